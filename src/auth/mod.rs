@@ -1,0 +1,3 @@
+//! Client authentication primitives (pure, no I/O): SCRAM-SHA-256 against stored verifiers.
+
+pub mod scram;

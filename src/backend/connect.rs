@@ -1,0 +1,175 @@
+//! Opening a backend connection: TCP, StartupMessage, authentication (SCRAM-SHA-256, md5,
+//! cleartext or trust) through `postgres-protocol`, then preparing the proxy's statements.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{BackendConn, BackendError, BackendKey};
+use crate::protocol::messages;
+use crate::protocol::{TxStatus, backend_tag as bt};
+
+/// Where and as whom the proxy connects.
+#[derive(Clone)]
+pub struct BackendTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    /// Parse messages for the proxy's statements.
+    pub prepare: bytes::Bytes,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Deliberately omits the password.
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+impl BackendTarget {
+    /// `host:port` for logs and errors.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Connects, authenticates and prepares the proxy's statements.
+    pub async fn connect(&self, id: u64) -> Result<BackendConn, BackendError> {
+        tokio::time::timeout(self.connect_timeout, self.connect_inner(id))
+            .await
+            .map_err(|_| BackendError::ConnectTimeout(self.addr()))?
+    }
+
+    async fn connect_inner(&self, id: u64) -> Result<BackendConn, BackendError> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|source| BackendError::Connect { addr: self.addr(), source })?;
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        let now = Instant::now();
+        let mut conn = BackendConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            params: HashMap::new(),
+            key: BackendKey { addr, pid: 0, secret: 0 },
+            prepared: false,
+            session_context: false,
+            created: now,
+            last_used: now,
+            id,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", self.user.as_str()),
+            ("database", self.dbname.as_str()),
+            ("application_name", "pgtenant"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out)?;
+        conn.stream.write_all(&out).await?;
+        self.authenticate(&mut conn).await?;
+        self.finish_startup(&mut conn).await?;
+        conn.exchange(&prepare_with_sync(&self.prepare)).await?;
+        conn.prepared = true;
+        Ok(conn)
+    }
+
+    async fn authenticate(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = conn.read_frame().await?;
+            match f.tag {
+                bt::AUTHENTICATION => {}
+                bt::ERROR_RESPONSE => {
+                    return Err(BackendError::Server(messages::parse_error_fields(f.body())));
+                }
+                other => return Err(BackendError::Protocol(format!("unexpected message {:?} during authentication", other as char))),
+            }
+            let body = f.body();
+            if body.len() < 4 {
+                return Err(BackendError::Protocol("short authentication message".into()));
+            }
+            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let payload = &body[4..];
+            let mut out = BytesMut::new();
+            match code {
+                0 => return Ok(()),
+                3 => frontend::password_message(self.password()?.as_bytes(), &mut out)?,
+                5 => {
+                    let salt: [u8; 4] = payload
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| BackendError::Protocol("short md5 salt".into()))?;
+                    let hash = md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), salt);
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                10 => {
+                    let offers_scram = payload.split(|&b| b == 0).any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                    if !offers_scram {
+                        return Err(BackendError::Auth("server offers no supported SASL mechanism".into()));
+                    }
+                    let s = sasl::ScramSha256::new(self.password()?.as_bytes(), sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASL continue without start".into()))?;
+                    s.update(payload).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                12 => {
+                    let s = scram.take().ok_or_else(|| BackendError::Protocol("SASL final without start".into()))?;
+                    let mut s = s;
+                    s.finish(payload).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    continue;
+                }
+                other => return Err(BackendError::Auth(format!("unsupported authentication method {other}"))),
+            }
+            conn.stream.write_all(&out).await?;
+        }
+    }
+
+    async fn finish_startup(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
+        loop {
+            let f = conn.read_frame().await?;
+            let body = f.body();
+            match f.tag {
+                bt::PARAMETER_STATUS => {
+                    conn.note_parameter(body);
+                }
+                bt::BACKEND_KEY_DATA if body.len() >= 8 => {
+                    conn.key.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    conn.key.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+                bt::ERROR_RESPONSE => {
+                    return Err(BackendError::Server(messages::parse_error_fields(body)));
+                }
+                bt::READY_FOR_QUERY => {
+                    return match body.first().copied().and_then(TxStatus::from_byte) {
+                        Some(TxStatus::Idle) => Ok(()),
+                        _ => Err(BackendError::Protocol("backend not idle after startup".into())),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn password(&self) -> Result<&str, BackendError> {
+        self.password
+            .as_deref()
+            .ok_or_else(|| BackendError::Auth("server requested a password but none is configured".into()))
+    }
+}
+
+fn prepare_with_sync(prepare: &[u8]) -> BytesMut {
+    let mut out = BytesMut::from(prepare);
+    messages::sync(&mut out);
+    out
+}

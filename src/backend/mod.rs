@@ -1,0 +1,159 @@
+//! One connection from the proxy to PostgreSQL: its socket, read buffer, the session
+//! parameters it currently has, and helpers for the proxy's own request/response exchanges.
+
+mod connect;
+pub mod doctor;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use connect::BackendTarget;
+
+use crate::protocol::codec::{Frame, FrameError, split_frame};
+use crate::protocol::messages::{self, ErrorFields};
+use crate::protocol::{TxStatus, backend_tag as bt};
+
+/// Largest message accepted from PostgreSQL (its own limit for a field is 1 GiB).
+pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+/// Why talking to PostgreSQL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out connecting to {0}")]
+    ConnectTimeout(String),
+    #[error("I/O error on backend connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend sent an invalid message: {0}")]
+    Framing(#[from] FrameError),
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+    #[error("backend authentication failed: {0}")]
+    Auth(String),
+    #[error("backend error {}: {}", .0.code, .0.message)]
+    Server(ErrorFields),
+}
+
+/// Backend (pid, secret) for cancelling its running query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// An established, authenticated backend connection.
+#[derive(Debug)]
+pub struct BackendConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    /// Session parameters as the backend has them: reported ones from ParameterStatus, and
+    /// unreported ones the proxy set itself.
+    pub params: HashMap<String, String>,
+    pub key: BackendKey,
+    /// Whether the proxy's prepared statements exist on this connection.
+    pub prepared: bool,
+    /// Session-level context was set (for a statement that cannot run in a transaction
+    /// block); it must be reset before anyone else uses this connection.
+    pub session_context: bool,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub id: u64,
+}
+
+impl BackendConn {
+    /// Reads the next complete message. Cancel safe only if the caller keeps `self`.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            if let Some(f) = split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE)? {
+                return Ok(f);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    /// Records a ParameterStatus the backend sent.
+    pub fn note_parameter(&mut self, body: &[u8]) -> Option<(String, String)> {
+        let (name, value) = messages::parse_parameter_status(body)?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let value = String::from_utf8_lossy(value).into_owned();
+        self.params.insert(name.clone(), value.clone());
+        Some((name, value))
+    }
+
+    /// Sends `out` and reads until ReadyForQuery, collecting DataRows as text. Used only for
+    /// the proxy's own housekeeping, never on a client's behalf.
+    pub async fn exchange(&mut self, out: &[u8]) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.stream.write_all(out).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                bt::DATA_ROW => rows.push(decode_data_row(f.body())),
+                bt::PARAMETER_STATUS => {
+                    self.note_parameter(f.body());
+                }
+                bt::ERROR_RESPONSE => error = Some(messages::parse_error_fields(f.body())),
+                bt::READY_FOR_QUERY => {
+                    if let Some(e) = error {
+                        return Err(BackendError::Server(e));
+                    }
+                    if f.body().first().copied().and_then(TxStatus::from_byte) != Some(TxStatus::Idle) {
+                        return Err(BackendError::Protocol("housekeeping left a transaction open".into()));
+                    }
+                    return Ok(rows);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `sql` with the simple protocol and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.exchange(&out).await
+    }
+
+    /// True when the idle socket is still healthy: no EOF and no unsolicited bytes (such as
+    /// a FATAL sent because the server is shutting down).
+    pub fn is_healthy_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+fn decode_data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    if body.len() < 2 {
+        return out;
+    }
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    for _ in 0..n {
+        if rest.len() < 4 {
+            break;
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = (len as usize).min(rest.len());
+        out.push(Some(String::from_utf8_lossy(&rest[..len]).into_owned()));
+        rest = &rest[len..];
+    }
+    out
+}

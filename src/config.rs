@@ -1,0 +1,392 @@
+//! Typed configuration: `config.toml` parsed with serde, then validated once so that
+//! every problem is reported together, each naming the key it concerns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::scram::ScramVerifier;
+
+/// Everything pgtenant needs to run, as loaded from `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub context: ContextConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// Listener, limits and logging: the proxy process itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Address of the HTTP listener for `/metrics`, `/healthz`, `/readyz`; empty disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest message a client may send before authenticating (PostgreSQL uses 10,000).
+    pub max_startup_message_size: usize,
+    /// Largest single protocol message accepted from a client after authentication.
+    pub max_message_size: usize,
+    /// A client that has not authenticated by then is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Upper bound on concurrently connected clients.
+    pub max_client_connections: usize,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
+            max_startup_message_size: 10_000,
+            max_message_size: 64 * 1024 * 1024,
+            auth_timeout: Duration::from_secs(15),
+            max_client_connections: 10_000,
+            log_format: LogFormat::Text,
+            worker_threads: 0,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which settings carry the tenant context into every transaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// The setting that receives the tenant id.
+    pub tenant_id_setting: String,
+    /// Further settings every transaction gets (a tenant without a value gets '').
+    pub extra_settings: Vec<String>,
+    /// How a backend connection is cleaned when a client releases it.
+    pub reset_on_release: ResetMode,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            tenant_id_setting: "app.current_tenant".into(),
+            extra_settings: Vec::new(),
+            reset_on_release: ResetMode::Always,
+        }
+    }
+}
+
+impl ContextConfig {
+    /// All injected settings, tenant id first: the order of the injection statement's parameters.
+    pub fn settings(&self) -> Vec<String> {
+        let mut all = vec![self.tenant_id_setting.clone()];
+        all.extend(self.extra_settings.iter().cloned());
+        all
+    }
+}
+
+/// Release-time cleanup policy.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetMode {
+    /// RESET the context settings after every transaction, plus a full cleanup when the
+    /// client may have changed session state.
+    Always,
+    /// Only clean up when the client may have changed session state (the context itself is
+    /// transaction-local and already gone).
+    Tracked,
+}
+
+/// How clients name their tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub user_convention: UserConvention,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { user_convention: UserConvention::Tenant }
+    }
+}
+
+/// Mapping from the startup `user` to a tenant name.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserConvention {
+    /// `user=acme` names tenant `acme`.
+    Tenant,
+    /// `user=<role>.<tenant>`: the part after the last dot names the tenant.
+    RoleDotTenant,
+}
+
+/// One logical database clients can ask for, and the backend pool that serves it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Backend database name; defaults to the logical name.
+    pub dbname: Option<String>,
+    /// Backend role (should be NOSUPERUSER NOBYPASSRLS).
+    pub user: String,
+    /// Backend password; prefer `password_env`.
+    pub password: Option<String>,
+    /// Environment variable holding the backend password.
+    pub password_env: Option<String>,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// How long a client waits for a backend connection before getting an error.
+    #[serde(default = "default_checkout_timeout", with = "humantime_serde")]
+    pub checkout_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle backend connections older than this are closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Backend connections are replaced after this long.
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_pool_size() -> usize {
+    20
+}
+fn default_checkout_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl DatabaseConfig {
+    /// The backend database name.
+    pub fn backend_dbname<'a>(&'a self, logical: &'a str) -> &'a str {
+        self.dbname.as_deref().unwrap_or(logical)
+    }
+
+    /// Resolves the backend password from the config or the environment.
+    pub fn resolve_password(&self) -> Option<String> {
+        match (&self.password_env, &self.password) {
+            (Some(var), _) => std::env::var(var).ok(),
+            (None, pw) => pw.clone(),
+        }
+    }
+}
+
+/// Transaction pooling shares backends between clients; session pooling pins one per client.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+/// One tenant: its identity, its secret and its context values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Value of the tenant id setting (e.g. a UUID).
+    pub id: String,
+    /// SCRAM-SHA-256 verifier from `pgtenant hash-password`; never a plaintext password.
+    pub password: String,
+    /// Values for `context.extra_settings`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A configuration problem, naming the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<config>".into(),
+            message: e.to_string(),
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Returns every problem in the configuration (empty when valid).
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, message: String| p.push(ConfigProblem { key, message });
+        let s = &self.server;
+        if s.max_startup_message_size < 1024 {
+            bad("server.max_startup_message_size".into(), "must be at least 1024".into());
+        }
+        if s.max_message_size < 8192 {
+            bad("server.max_message_size".into(), "must be at least 8192".into());
+        }
+        if s.max_client_connections == 0 {
+            bad("server.max_client_connections".into(), "must be at least 1".into());
+        }
+        let settings = self.context.settings();
+        for (i, name) in settings.iter().enumerate() {
+            let key = if i == 0 {
+                "context.tenant_id_setting".to_string()
+            } else {
+                format!("context.extra_settings[{}]", i - 1)
+            };
+            if !is_custom_setting_name(name) {
+                bad(key.clone(), format!("{name:?} is not a custom setting name of the form prefix.name (lowercase letters, digits, _)"));
+            }
+            if settings[..i].contains(name) {
+                bad(key, format!("{name:?} is listed twice"));
+            }
+        }
+        if self.databases.is_empty() {
+            bad("databases".into(), "at least one [databases.<name>] section is required".into());
+        }
+        for (name, db) in &self.databases {
+            let key = |k: &str| format!("databases.{name}.{k}");
+            if !is_plain_name(name) {
+                bad(format!("databases.{name}"), "database names may use letters, digits, _ and -".into());
+            }
+            if db.pool_size == 0 || db.pool_size > 10_000 {
+                bad(key("pool_size"), "must be between 1 and 10000".into());
+            }
+            if db.host.is_empty() {
+                bad(key("host"), "must not be empty".into());
+            }
+            if db.user.is_empty() {
+                bad(key("user"), "must not be empty".into());
+            }
+            if db.password.is_some() && db.password_env.is_some() {
+                bad(key("password_env"), "set either password or password_env, not both".into());
+            }
+            if let Some(var) = &db.password_env {
+                if std::env::var(var).is_err() {
+                    bad(key("password_env"), format!("environment variable {var} is not set"));
+                }
+            }
+            if db.checkout_timeout.is_zero() {
+                bad(key("checkout_timeout"), "must be greater than zero".into());
+            }
+            if db.connect_timeout.is_zero() {
+                bad(key("connect_timeout"), "must be greater than zero".into());
+            }
+        }
+        for (name, t) in &self.tenants {
+            let key = |k: &str| format!("tenants.{name}.{k}");
+            if !is_plain_name(name) || name.contains('.') {
+                bad(format!("tenants.{name}"), "tenant names may use letters, digits, _ and -".into());
+            }
+            if t.id.is_empty() {
+                bad(key("id"), "must not be empty".into());
+            }
+            if t.id.contains('\0') {
+                bad(key("id"), "must not contain NUL".into());
+            }
+            if let Err(e) = ScramVerifier::parse(&t.password) {
+                bad(key("password"), format!("not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"));
+            }
+            for (setting, value) in &t.settings {
+                if !self.context.extra_settings.contains(setting) {
+                    bad(format!("tenants.{name}.settings.{setting}"), "not listed in context.extra_settings".into());
+                }
+                if value.contains('\0') {
+                    bad(format!("tenants.{name}.settings.{setting}"), "must not contain NUL".into());
+                }
+            }
+        }
+        p
+    }
+}
+
+/// A custom GUC name such as `app.current_tenant`: the only kind pgtenant injects.
+pub fn is_custom_setting_name(name: &str) -> bool {
+    let mut parts = name.split('.');
+    let ok_part = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !s.as_bytes()[0].is_ascii_digit()
+    };
+    let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    ok_part(a) && ok_part(b) && parts.all(ok_part)
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! The `pgtenant` command: run the proxy, run the demo, mint password verifiers, or check a
+//! configuration file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use pgtenant::config::{Config, LogFormat};
+use pgtenant::metrics::Metrics;
+
+/// PostgreSQL proxy that authenticates clients as tenants, pools connections per
+/// transaction, and injects each tenant's context (set_config(..., true)) into every
+/// transaction so Row Level Security always sees the right tenant.
+#[derive(Parser, Debug)]
+#[command(name = "pgtenant", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, env = "PGTENANT_CONFIG", default_value = "config.toml", global = true)]
+    config: PathBuf,
+    /// Override server.listen (address clients connect to).
+    #[arg(long, env = "PGTENANT_LISTEN", global = true)]
+    listen: Option<SocketAddr>,
+    /// Override server.metrics_listen (HTTP /metrics, /healthz, /readyz).
+    #[arg(long, env = "PGTENANT_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<SocketAddr>,
+    /// Override server.log_format.
+    #[arg(long, env = "PGTENANT_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `pgtenant=debug` (also RUST_LOG).
+    #[arg(long, env = "PGTENANT_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Boot a throwaway PostgreSQL with the example RLS schema and run the proxy in front of it.
+    Demo,
+    /// Print a SCRAM-SHA-256 verifier for a tenant password (reads the password from stdin
+    /// when not given).
+    HashPassword {
+        /// The password; omit it to read one line from standard input.
+        password: Option<String>,
+    },
+    /// Validate a configuration file and list every problem; exits non-zero when invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::HashPassword { password }) => hash_password(password.clone()),
+        Some(Command::CheckConfig) => match load(&cli) {
+            Ok(_) => {
+                println!("{}: OK", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Demo) => {
+            init_tracing(&cli, LogFormat::Text);
+            runtime(0).block_on(async { report(pgtenant::demo::run(cli.listen, cli.metrics_listen).await) })
+        }
+        Some(Command::Run) | None => {
+            let cfg = match load(&cli) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(64);
+                }
+            };
+            init_tracing(&cli, cfg.server.log_format);
+            let threads = cfg.server.worker_threads;
+            runtime(threads).block_on(async { report(serve(cfg).await) })
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, pgtenant::config::ConfigError> {
+    let mut cfg = Config::load(&cli.config)?;
+    if let Some(l) = cli.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(m) = cli.metrics_listen {
+        cfg.server.metrics_listen = Some(m);
+    }
+    if let Some(f) = cli.log_format {
+        cfg.server.log_format = f;
+    }
+    Ok(cfg)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = pgtenant::server::start(cfg, Arc::new(Metrics::new()), shutdown).await?;
+    pgtenant::server::wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    running.await?;
+    Ok(())
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hash_password(password: Option<String>) -> ExitCode {
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("could not read a password from standard input");
+                return ExitCode::from(1);
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if password.is_empty() {
+        eprintln!("the password must not be empty");
+        return ExitCode::from(1);
+    }
+    println!("{}", pgtenant::auth::scram::ScramVerifier::hash_password(&password));
+    ExitCode::SUCCESS
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build().expect("tokio runtime")
+}
+
+fn init_tracing(cli: &Cli, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format.unwrap_or(format) {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,252 @@
+//! Backend connection pool for one logical database: at most `pool_size` connections, a
+//! fair FIFO of waiting clients, health checks at checkout, and a cleanup step on release
+//! that must succeed before a connection can serve anyone else.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::sync::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{BackendConn, BackendError, BackendTarget};
+use crate::config::{DatabaseConfig, PoolMode};
+use crate::metrics::PoolMetrics;
+
+/// Why a client could not get a backend connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no backend connection became available within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+    #[error("the pool is closed")]
+    Closed,
+}
+
+/// What a released connection needs before it may serve another client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Nothing: the transaction ended and left no session state.
+    None,
+    /// RESET the context settings.
+    ResetContext,
+    /// The client may have left session state: DISCARD ALL.
+    Full,
+    /// The client left mid-transaction: ROLLBACK, then DISCARD ALL.
+    Rollback,
+}
+
+/// The pool for one `[databases.<name>]` entry.
+pub struct Pool {
+    pub name: String,
+    pub mode: PoolMode,
+    target: BackendTarget,
+    size: usize,
+    checkout_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+    /// Idle connections, most recently used last. A std Mutex: every critical section is a
+    /// push or pop, never held across an await.
+    idle: Mutex<Vec<BackendConn>>,
+    slots: Arc<Semaphore>,
+    next_id: AtomicU64,
+    reset_sql: String,
+    pub metrics: PoolMetrics,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({} -> {:?})", self.name, self.target)
+    }
+}
+
+/// A checked-out connection. Dropping it without [`PooledConn::release`] closes the
+/// connection, so a session that dies never returns a connection in an unknown state.
+pub struct PooledConn {
+    conn: Option<BackendConn>,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<Pool>,
+}
+
+impl Pool {
+    /// Creates an empty pool; connections are opened on demand.
+    pub fn new(name: &str, cfg: &DatabaseConfig, target: BackendTarget, reset_sql: String, metrics: PoolMetrics) -> Arc<Pool> {
+        Arc::new(Pool {
+            name: name.to_string(),
+            mode: cfg.pool_mode,
+            target,
+            size: cfg.pool_size,
+            checkout_timeout: cfg.checkout_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_lifetime: cfg.max_lifetime,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(cfg.pool_size)),
+            next_id: AtomicU64::new(1),
+            reset_sql,
+            metrics,
+        })
+    }
+
+    /// The backend this pool connects to.
+    pub fn target(&self) -> &BackendTarget {
+        &self.target
+    }
+
+    /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
+    /// connection or opens a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        let started = Instant::now();
+        self.metrics.waiting.inc();
+        let permit = tokio::time::timeout(self.checkout_timeout, self.slots.clone().acquire_owned()).await;
+        self.metrics.waiting.dec();
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Err(_) => {
+                self.metrics.checkout_timeouts.inc();
+                return Err(PoolError::Timeout(self.checkout_timeout));
+            }
+        };
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        self.metrics.wait_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.active.inc();
+        Ok(PooledConn { conn: Some(conn), permit: Some(permit), pool: self.clone() })
+    }
+
+    /// Opens a connection outside the slot accounting (for start-up checks).
+    pub async fn open(&self) -> Result<BackendConn, BackendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.target.connect(id).await {
+            Ok(c) => {
+                self.metrics.opened.inc();
+                Ok(c)
+            }
+            Err(e) => {
+                self.metrics.connect_errors.inc();
+                Err(e)
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<BackendConn> {
+        loop {
+            let conn = self.idle.lock().ok()?.pop()?;
+            self.metrics.idle.dec();
+            if conn.created.elapsed() < self.max_lifetime && conn.is_healthy_idle() {
+                return Some(conn);
+            }
+            self.metrics.closed.inc();
+        }
+    }
+
+    fn put_idle(&self, mut conn: BackendConn) {
+        conn.last_used = Instant::now();
+        if conn.created.elapsed() >= self.max_lifetime {
+            self.metrics.closed.inc();
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+            self.metrics.idle.inc();
+        }
+    }
+
+    /// Closes idle connections unused for longer than the idle timeout.
+    pub fn reap_idle(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let before = idle.len();
+        idle.retain(|c| c.last_used.elapsed() < self.idle_timeout && c.created.elapsed() < self.max_lifetime);
+        let closed = before - idle.len();
+        self.metrics.idle.sub(closed as i64);
+        self.metrics.closed.inc_by(closed as u64);
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            self.metrics.idle.sub(idle.len() as i64);
+            idle.clear();
+        }
+    }
+
+    /// Configured maximum number of backend connections.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The queries a cleanup takes, each sent as its own Query message (DISCARD ALL may not
+    /// share an implicit transaction block with anything).
+    fn cleanup_queries(&self, cleanup: Cleanup, conn: &BackendConn) -> Vec<&str> {
+        match cleanup {
+            Cleanup::None if !conn.session_context => vec![],
+            Cleanup::None | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
+            Cleanup::Full => vec!["DISCARD ALL"],
+            Cleanup::Rollback => vec!["ROLLBACK", "DISCARD ALL"],
+        }
+    }
+}
+
+impl PooledConn {
+    /// The connection, while checked out.
+    pub fn conn(&mut self) -> &mut BackendConn {
+        self.conn.as_mut().expect("PooledConn used after release")
+    }
+
+    /// Returns the connection to the pool after `cleanup`; the slot stays taken until the
+    /// cleanup has succeeded, and a failed cleanup closes the connection instead.
+    pub fn release(mut self, cleanup: Cleanup) {
+        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
+        let pool = self.pool.clone();
+        pool.metrics.active.dec();
+        if pool.cleanup_queries(cleanup, &conn).is_empty() {
+            pool.put_idle(conn);
+            drop(permit);
+            return;
+        }
+        tokio::spawn(async move {
+            let queries = pool.cleanup_queries(cleanup, &conn);
+            let full = queries.contains(&"DISCARD ALL");
+            let mut result = Ok(());
+            for sql in queries {
+                result = conn.simple_query(sql).await.map(|_| ());
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => {
+                    conn.session_context = false;
+                    if full {
+                        conn.prepared = false;
+                        forget_unreported(&mut conn);
+                    }
+                    pool.put_idle(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, error = %e, "backend cleanup failed; closing the connection");
+                    pool.metrics.closed.inc();
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// After DISCARD ALL the backend reported every changed reported parameter; the unreported
+/// ones the proxy had set are back to their defaults, which the proxy does not know.
+fn forget_unreported(conn: &mut BackendConn) {
+    conn.params.retain(|k, _| crate::session::params::is_reported(k));
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.metrics.active.dec();
+            self.pool.metrics.closed.inc();
+        }
+    }
+}

@@ -1,0 +1,855 @@
+//! Small, panic-free PostgreSQL SQL lexer plus the classifiers the proxy needs.
+//!
+//! The proxy never rewrites client SQL, it only inspects it. Assumptions and limits:
+//! - `standard_conforming_strings = on` (the default since 9.1): backslashes in `'...'` are literal.
+//! - Runtime string building (`EXECUTE 'SE' || 'T ...'`, `format(...)` with `%I`) can't be fully
+//!   verified; string bodies are only checked heuristically (see [`find_protected_change`]).
+//! - Known false positive: a literal such as `SELECT 'SET app.current_tenant = 1'` is flagged,
+//!   because literals containing `set `/`reset `/`set_config` are lexed as SQL.
+
+use std::borrow::Cow;
+
+/// Kind of a lexed token, so classifiers can tell names from literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Unquoted identifier or keyword (compare with ASCII case folding).
+    Ident,
+    /// `"..."` or `U&"..."` identifier; text is the raw body with `""` escapes.
+    QuotedIdent,
+    /// `'...'` or `N'...'` string; text is the raw body with `''` escapes.
+    Str,
+    /// `E'...'` string; text is the raw body with backslash escapes.
+    EStr,
+    /// `U&'...'` string; text is the raw body with Unicode escapes.
+    UStr,
+    /// `B'...'` / `X'...'` bit-string literal; text is the raw body.
+    BitStr,
+    /// `$tag$...$tag$` string; text is the body between the tags.
+    DollarStr,
+    /// Numeric literal.
+    Number,
+    /// Positional parameter such as `$1`.
+    Param,
+    /// Any other single byte (operators and punctuation).
+    Op,
+}
+
+/// One token, borrowing its text from the lexed input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    /// What sort of token this is.
+    pub kind: TokenKind,
+    /// Token bytes (quotes and dollar tags stripped, escapes left as written).
+    pub text: &'a [u8],
+}
+
+/// Iterator over the tokens of raw SQL bytes; unterminated strings/comments end the stream.
+pub struct Lexer<'a> {
+    src: &'a [u8],
+    pos: usize,
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_cont(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+impl<'a> Lexer<'a> {
+    /// Starts lexing `src` from its first byte.
+    pub fn new(src: &'a [u8]) -> Self {
+        Lexer { src, pos: 0 }
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        self.src.get(i).copied()
+    }
+
+    /// First index at or after `i` whose byte doesn't satisfy `f`.
+    fn span(&self, mut i: usize, f: impl Fn(u8) -> bool) -> usize {
+        while self.at(i).is_some_and(&f) {
+            i += 1;
+        }
+        i
+    }
+
+    /// Ends the stream (unterminated string or comment).
+    fn stop<T>(&mut self) -> Option<T> {
+        self.pos = self.src.len();
+        None
+    }
+
+    /// Skips whitespace and comments; `None` at end of input or inside an unterminated comment.
+    fn skip_trivia(&mut self) -> Option<()> {
+        loop {
+            let (c, next) = (self.at(self.pos)?, self.at(self.pos + 1));
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+                self.pos += 1;
+            } else if c == b'-' && next == Some(b'-') {
+                self.pos = self.span(self.pos, |b| b != b'\n' && b != b'\r');
+            } else if c == b'/' && next == Some(b'*') {
+                let mut depth = 1usize;
+                self.pos += 2;
+                while depth > 0 {
+                    let Some(c) = self.at(self.pos) else {
+                        return self.stop();
+                    };
+                    match (c, self.at(self.pos + 1)) {
+                        (b'/', Some(b'*')) => (depth, self.pos) = (depth + 1, self.pos + 2),
+                        (b'*', Some(b'/')) => (depth, self.pos) = (depth - 1, self.pos + 2),
+                        _ => self.pos += 1,
+                    }
+                }
+            } else {
+                return Some(());
+            }
+        }
+    }
+
+    /// Lexes a quoted token whose body starts at `start` (just after the opening quote).
+    fn quoted(&mut self, kind: TokenKind, start: usize) -> Option<Token<'a>> {
+        let q = if kind == TokenKind::QuotedIdent {
+            b'"'
+        } else {
+            b'\''
+        };
+        let mut i = start;
+        loop {
+            let Some(c) = self.at(i) else {
+                return self.stop();
+            };
+            let escaped = kind == TokenKind::EStr && c == b'\\';
+            if escaped || (c == q && kind != TokenKind::BitStr && self.at(i + 1) == Some(q)) {
+                i += 2;
+            } else if c == q {
+                self.pos = i + 1;
+                return Some(Token {
+                    kind,
+                    text: self.src.get(start..i)?,
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn tok(&mut self, kind: TokenKind, start: usize, end: usize) -> Option<Token<'a>> {
+        self.pos = end;
+        Some(Token {
+            kind,
+            text: self.src.get(start..end)?,
+        })
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        use TokenKind::*;
+        self.skip_trivia()?;
+        let p = self.pos;
+        let (c, next) = (self.at(p)?, self.at(p + 1));
+        let digit = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_digit());
+        match c {
+            b'\'' => self.quoted(Str, p + 1),
+            b'"' => self.quoted(QuotedIdent, p + 1),
+            b'$' if digit(next) => self.tok(Param, p, self.span(p + 1, |b| b.is_ascii_digit())),
+            b'$' => {
+                // Dollar quote: `$$` or `$tag$` where tag is an identifier without `$`.
+                let mut e = p + 1;
+                if next.is_some_and(is_ident_start) {
+                    e = self.span(e, |b| is_ident_cont(b) && b != b'$');
+                }
+                if self.at(e) != Some(b'$') {
+                    return self.tok(Op, p, p + 1);
+                }
+                let (tag, body) = (self.src.get(p..=e)?, e + 1);
+                let rest = self.src.get(body..)?;
+                let Some(len) = rest.windows(tag.len()).position(|w| w == tag) else {
+                    return self.stop();
+                };
+                let t = self.tok(DollarStr, body, body + len);
+                self.pos = body + len + tag.len();
+                t
+            }
+            b'0'..=b'9' | b'.' if c != b'.' || digit(next) => {
+                let e = self.span(p, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+                self.tok(Number, p, e)
+            }
+            _ if is_ident_start(c) => {
+                let e = self.span(p + 1, is_ident_cont);
+                // Prefixed literals: E'..', N'..', B'..', X'..', U&'..', U&"..".
+                match (e - p, c.to_ascii_lowercase(), self.at(e), self.at(e + 1)) {
+                    (1, b'e', Some(b'\''), _) => self.quoted(EStr, e + 1),
+                    (1, b'n', Some(b'\''), _) => self.quoted(Str, e + 1),
+                    (1, b'b' | b'x', Some(b'\''), _) => self.quoted(BitStr, e + 1),
+                    (1, b'u', Some(b'&'), Some(b'\'')) => self.quoted(UStr, e + 2),
+                    (1, b'u', Some(b'&'), Some(b'"')) => self.quoted(QuotedIdent, e + 2),
+                    _ => self.tok(Ident, p, e),
+                }
+            }
+            _ => self.tok(Op, p, p + 1),
+        }
+    }
+}
+
+/// Why a statement was refused by the context guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardViolation {
+    /// Normalized lowercase name of the protected setting (or a `<non-literal name>` marker).
+    pub setting: String,
+}
+
+const MAX_DEPTH: usize = 4;
+const SET_CONFIG_UNVERIFIABLE: &str = "set_config(<non-literal name>)";
+const SET_UNVERIFIABLE: &str = "set <non-literal name>";
+
+fn is_kw(t: Option<&Token>, kw: &str) -> bool {
+    t.is_some_and(|t| t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(kw.as_bytes()))
+}
+
+fn is_kw_in(t: Option<&Token>, kws: &[&str]) -> bool {
+    kws.iter().any(|k| is_kw(t, k))
+}
+
+fn is_op(t: Option<&Token>, op: u8) -> bool {
+    t.is_some_and(|t| t.kind == TokenKind::Op && t.text == [op])
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Reads up to `max` digits of `radix` at `i`; returns the value and the digit count.
+fn digits(s: &[u8], i: usize, max: usize, radix: u32) -> (u32, usize) {
+    let (mut v, mut n) = (0u32, 0);
+    while n < max
+        && let Some(d) = s.get(i + n).and_then(|&b| (b as char).to_digit(radix))
+    {
+        (v, n) = (v.wrapping_mul(radix).wrapping_add(d), n + 1);
+    }
+    (v, n)
+}
+
+/// Value of a quoted token body: collapses doubled quotes and decodes E'' / U&'' escapes
+/// (`esc` is the U& escape character); borrows when nothing needs decoding.
+fn decode(s: &[u8], kind: TokenKind, esc: u8) -> Cow<'_, [u8]> {
+    let q = if kind == TokenKind::QuotedIdent {
+        b'"'
+    } else {
+        b'\''
+    };
+    let u = kind == TokenKind::UStr;
+    let escapes = u || kind == TokenKind::EStr;
+    if !(s.contains(&q) || escapes && s.contains(&esc)) {
+        return Cow::Borrowed(s);
+    }
+    let (mut out, mut i) = (Vec::with_capacity(s.len()), 0);
+    while let Some(&c) = s.get(i) {
+        i += 1;
+        if c == q && s.get(i) == Some(&q) {
+            i += 1;
+        }
+        if !escapes || c != esc {
+            out.push(c);
+            continue;
+        }
+        let Some(&e) = s.get(i) else { break };
+        let (radix, max, start) = match e {
+            _ if e == esc => (16, 0, i),
+            b'+' if u => (16, 6, i + 1),
+            _ if u => (16, 4, i),
+            b'0'..=b'7' => (8, 3, i),
+            b'x' => (16, 2, i + 1),
+            b'u' => (16, 4, i + 1),
+            b'U' => (16, 8, i + 1),
+            _ => (16, 0, i),
+        };
+        let (v, n) = digits(s, start, max, radix);
+        if n == 0 {
+            let simple = b"b\x08f\x0cn\nr\rt\t".chunks(2).find(|p| !u && p[0] == e);
+            out.push(simple.map_or(e, |p| p[1]));
+            i += 1;
+        } else if !u && (radix == 8 || e == b'x') {
+            out.push(v as u8);
+            i = start + n;
+        } else {
+            let mut buf = [0u8; 4];
+            let ch = char::from_u32(v).unwrap_or(char::REPLACEMENT_CHARACTER);
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            i = start + n;
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Reads the (possibly implicitly concatenated) string literal at `k`; returns its value and the next index.
+fn literal_at<'t>(toks: &[Token<'t>], mut k: usize) -> Option<(Cow<'t, [u8]>, usize)> {
+    use TokenKind::*;
+    let mut out: Option<Cow<'t, [u8]>> = None;
+    while let Some(t) = toks.get(k) {
+        let mut esc = b'\\';
+        match t.kind {
+            DollarStr if out.is_none() => return Some((Cow::Borrowed(t.text), k + 1)),
+            Str | EStr | BitStr => {}
+            UStr => {
+                let custom = toks
+                    .get(k + 2)
+                    .filter(|e| e.kind == Str && e.text.len() == 1);
+                if let Some(&e) = custom.and_then(|e| e.text.first())
+                    && is_kw(toks.get(k + 1), "uescape")
+                {
+                    (esc, k) = (e, k + 2);
+                }
+            }
+            _ => break,
+        }
+        let v = decode(t.text, t.kind, esc);
+        out = Some(match out {
+            None => v,
+            Some(prev) => {
+                let mut acc = prev.into_owned();
+                acc.extend_from_slice(&v);
+                Cow::Owned(acc)
+            }
+        });
+        k += 1;
+    }
+    out.map(|v| (v, k))
+}
+
+/// Parses a possibly dotted/quoted setting name at `k`, lowercased; returns it and the next index.
+fn parse_name(toks: &[Token], mut k: usize) -> Option<(Vec<u8>, usize)> {
+    let mut out = Vec::new();
+    loop {
+        let t = toks.get(k)?;
+        match t.kind {
+            TokenKind::Ident => out.extend_from_slice(t.text),
+            TokenKind::QuotedIdent => out.extend_from_slice(&decode(t.text, t.kind, 0)),
+            _ => return None,
+        }
+        k += 1;
+        if !is_op(toks.get(k), b'.') {
+            break;
+        }
+        out.push(b'.');
+        k += 1;
+    }
+    out.make_ascii_lowercase();
+    Some((out, k))
+}
+
+fn violation(setting: &str) -> Option<GuardViolation> {
+    let setting = setting.to_ascii_lowercase();
+    Some(GuardViolation { setting })
+}
+
+fn protected_match(name: &[u8], protected: &[String]) -> Option<GuardViolation> {
+    let p = protected
+        .iter()
+        .find(|p| p.as_bytes().eq_ignore_ascii_case(name));
+    violation(p?)
+}
+
+/// SET/RESET forms whose parameter isn't written as a plain name: (word, next word, setting).
+const IMPLICIT: [(&str, &str, &str); 5] = [
+    ("session", "authorization", "session_authorization"),
+    ("time", "zone", "timezone"),
+    ("xml", "option", "xmloption"),
+    ("names", "", "client_encoding"),
+    ("schema", "", "search_path"),
+];
+
+/// Where the SET/RESET at `i` sits: `Some(true)` starts a statement, `Some(false)` is a clause
+/// of ALTER or CREATE FUNCTION/PROCEDURE (`clause`), `None` is anything else (`UPDATE t SET`).
+fn set_context(toks: &[Token], stmt: usize, i: usize, clause: bool) -> Option<bool> {
+    let prev = |n: usize| i.checked_sub(n).and_then(|k| toks.get(k));
+    // PL/pgSQL bodies: `BEGIN SET ...`, `THEN SET ...`; not `UPDATE begin SET ...` (a table named begin).
+    let block = is_kw_in(prev(1), &["begin", "then", "else", "loop", "atomic"]);
+    let table_ref = is_kw_in(prev(2), &["update", "only", "as"]) || is_op(prev(2), b'.');
+    if i == stmt || (block && !table_ref) {
+        return Some(true);
+    }
+    clause.then_some(false)
+}
+
+/// Checks the SET/RESET at `i`.
+fn check_set(
+    toks: &[Token],
+    i: usize,
+    start: bool,
+    nested: bool,
+    prot: &[String],
+) -> Option<GuardViolation> {
+    let reset = is_kw(toks.get(i), "reset");
+    let kw = |k: usize, w: &str| is_kw(toks.get(k), w);
+    let mut j = i + 1;
+    if start && (kw(j, "local") || (kw(j, "session") && !kw(j + 1, "authorization"))) {
+        j += 1;
+    }
+    let implicit = IMPLICIT
+        .iter()
+        .find(|(a, b, _)| kw(j, a) && (b.is_empty() || kw(j + 1, b)));
+    if let Some((_, _, name)) = implicit.filter(|_| start) {
+        return protected_match(name.as_bytes(), prot);
+    }
+    let Some((name, after)) = parse_name(toks, j) else {
+        // `EXECUTE 'SET ' || ...` or `format('SET %I = %L', ...)`: the name can't be verified.
+        let opaque = toks.get(j).is_none() || is_op(toks.get(j), b'%');
+        return violation(SET_UNVERIFIABLE).filter(|_| nested && start && opaque);
+    };
+    if reset && name == b"all" {
+        // RESET ALL only clears settings: it can leave a client with no context, never with
+        // another tenant's, and drivers send it, so it is allowed (the proxy re-injects).
+        return None;
+    }
+    let assign = kw(after, "to") || kw(after, "from") || is_op(toks.get(after), b'=');
+    protected_match(&name, prot).filter(|_| start || reset || assign)
+}
+
+/// Checks the first argument of `set_config(` whose arguments start at `k`.
+fn check_set_config(toks: &[Token], k: usize, protected: &[String]) -> Option<GuardViolation> {
+    let Some((value, mut n)) = literal_at(toks, k) else {
+        return violation(SET_CONFIG_UNVERIFIABLE);
+    };
+    while is_op(toks.get(n), b':') && is_op(toks.get(n + 1), b':') {
+        match parse_name(toks, n + 2) {
+            Some((_, m)) => n = m,
+            None => break,
+        }
+    }
+    if is_op(toks.get(n), b',') || is_op(toks.get(n), b')') {
+        protected_match(&value, protected)
+    } else {
+        violation(SET_CONFIG_UNVERIFIABLE)
+    }
+}
+
+/// Matches `set_config` written plainly or as the quoted identifier `"set_config"`.
+fn is_set_config(t: &Token) -> bool {
+    let quoted = t.kind == TokenKind::QuotedIdent && t.text == b"set_config";
+    quoted || is_kw(Some(t), "set_config")
+}
+
+/// True when the `pg_settings` at `i` is the target of `UPDATE [ONLY] [pg_catalog.]pg_settings`.
+fn is_pg_settings_update(toks: &[Token], i: usize) -> bool {
+    let prev = |n: usize| i.checked_sub(n).and_then(|k| toks.get(k));
+    let k = if is_op(prev(1), b'.') { 3 } else { 1 };
+    is_kw_in(prev(k), &["update", "only"])
+}
+
+/// A literal is lexed as SQL only when it looks like it builds a setting change.
+fn has_trigger(v: &[u8]) -> bool {
+    let set_ws = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace();
+    v.windows(4).any(set_ws) || contains_ci(v, b"set_config")
+}
+
+/// Re-borrows `v` from the frame's input when possible so nested bodies stay allocation-free.
+fn lift<'a>(base: Option<&'a [u8]>, v: Cow<'_, [u8]>) -> Cow<'a, [u8]> {
+    if let (Some(src), Cow::Borrowed(s)) = (base, &v) {
+        let off = (s.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize);
+        if let Some(sub) = off.checked_add(s.len()).and_then(|end| src.get(off..end)) {
+            return Cow::Borrowed(sub);
+        }
+    }
+    Cow::Owned(v.into_owned())
+}
+
+/// Scans one text (top level or a string body); queues string bodies on `work`.
+fn scan_frame<'a>(
+    data: &[u8],
+    base: Option<&'a [u8]>,
+    depth: usize,
+    protected: &[String],
+    work: &mut Vec<(Cow<'a, [u8]>, usize)>,
+) -> Option<GuardViolation> {
+    use TokenKind::*;
+    let toks: Vec<Token> = Lexer::new(data).collect();
+    let (mut stmt, mut i) = (0, 0);
+    // Per-statement state: saw ALTER; saw CREATE; then FUNCTION/PROCEDURE; then UPDATE.
+    let (mut alter, mut create, mut func, mut update) = (false, false, false, false);
+    while let Some(t) = toks.get(i) {
+        if t.kind == Ident {
+            let kw = |w: &str| is_kw(Some(t), w);
+            alter |= kw("alter");
+            create |= kw("create");
+            func |= create && (kw("function") || kw("procedure"));
+            update |= create && kw("update");
+        }
+        match t.kind {
+            Op if t.text == b";" => {
+                stmt = i + 1;
+                (alter, create, func, update) = (false, false, false, false);
+            }
+            Ident | QuotedIdent if is_set_config(t) && is_op(toks.get(i + 1), b'(') => {
+                let v = check_set_config(&toks, i + 2, protected);
+                if v.is_some() {
+                    return v;
+                }
+            }
+            Ident if is_kw_in(Some(t), &["set", "reset"]) => {
+                let start = set_context(&toks, stmt, i, alter || (func && !update));
+                let v = start.and_then(|start| check_set(&toks, i, start, depth > 0, protected));
+                if v.is_some() {
+                    return v;
+                }
+            }
+            // `UPDATE pg_settings SET setting = ... WHERE name = ...` calls set_config().
+            Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(&toks, i) => {
+                return violation("pg_settings");
+            }
+            Str | EStr | UStr | BitStr | DollarStr => {
+                if let Some((v, next)) = literal_at(&toks, i) {
+                    if depth < MAX_DEPTH && (t.kind == DollarStr || has_trigger(&v)) {
+                        work.push((lift(base, v), depth + 1));
+                    }
+                    i = next;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Returns the first protected setting that `sql` tries to change, if any.
+/// `protected` holds lowercase setting names like "app.current_tenant", "role", "session_authorization".
+pub fn find_protected_change(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
+    if protected.is_empty() {
+        return None;
+    }
+    let mut work = vec![(Cow::Borrowed(sql), 0usize)];
+    while let Some((data, depth)) = work.pop() {
+        let base = match data {
+            Cow::Borrowed(s) => Some(s),
+            Cow::Owned(_) => None,
+        };
+        if let Some(v) = scan_frame(&data, base, depth, protected, &mut work) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Top-level statements of `sql` (split on `;`, empty ones dropped).
+fn statements<'t>(toks: &'t [Token<'t>]) -> impl Iterator<Item = &'t [Token<'t>]> {
+    toks.split(|t| is_op(Some(t), b';'))
+        .filter(|s| !s.is_empty())
+}
+
+/// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
+pub fn is_no_transaction_block(sql: &[u8]) -> bool {
+    let toks: Vec<Token> = Lexer::new(sql).collect();
+    let mut stmts = statements(&toks);
+    let (Some(s), None) = (stmts.next(), stmts.next()) else {
+        return false;
+    };
+    let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+    let any = |w: &str| s.iter().any(|t| is_kw(Some(t), w));
+    let first = |w: &str| kw(0, w);
+    // Index just past an optional parenthesized option list starting at `k`.
+    let close = |k: usize| {
+        (k..s.len())
+            .find(|&j| is_op(s.get(j), b')'))
+            .map_or(s.len(), |j| j + 1)
+    };
+    let skip_opts = |k: usize| if is_op(s.get(k), b'(') { close(k) } else { k };
+    if first("vacuum") {
+        true
+    } else if first("create") || first("drop") {
+        let obj = is_kw_in(s.get(1), &["database", "tablespace", "subscription"]);
+        let idx = 1 + usize::from(first("create") && kw(1, "unique"));
+        obj || (kw(idx, "index") && kw(idx + 1, "concurrently"))
+    } else if first("alter") {
+        let set_ts = (1..s.len()).any(|k| kw(k, "set") && kw(k + 1, "tablespace"));
+        kw(1, "system")
+            || kw(1, "subscription")
+            || (kw(1, "database") && set_ts)
+            || (kw(1, "table") && any("detach") && any("concurrently"))
+    } else if first("reindex") {
+        let k = skip_opts(1);
+        any("concurrently") || is_kw_in(s.get(k), &["database", "system", "schema"])
+    } else if first("cluster") {
+        let k = skip_opts(1);
+        s.len() <= k + usize::from(kw(k, "verbose"))
+    } else if first("commit") || first("rollback") {
+        kw(1, "prepared")
+    } else {
+        first("discard") && kw(1, "all")
+    }
+}
+
+/// True when `sql` may leave session-level state behind on the backend connection.
+pub fn may_change_session_state(sql: &[u8]) -> bool {
+    // Substring search also covers function bodies and DO blocks (conservative).
+    let mentions = [
+        "set_config",
+        "pg_advisory_lock",
+        "pg_try_advisory_lock",
+        "dblink_connect",
+    ];
+    if mentions.iter().any(|m| contains_ci(sql, m.as_bytes())) {
+        return true;
+    }
+    let toks: Vec<Token> = Lexer::new(sql).collect();
+    statements(&toks).any(|s| {
+        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+        let temp = |k: usize| kw(k, "temp") || kw(k, "temporary");
+        let session_kw = [
+            "reset",
+            "discard",
+            "listen",
+            "unlisten",
+            "prepare",
+            "deallocate",
+        ];
+        if kw(0, "set") {
+            !is_kw_in(s.get(1), &["local", "transaction", "constraints"])
+        } else if is_kw_in(s.first(), &session_kw)
+            || is_kw_in(s.first(), &["declare", "load", "do"])
+        {
+            // DO blocks can run SET, create temp tables, ...: assume they do.
+            true
+        } else if kw(0, "update") {
+            is_kw_in(s.get(1), &["pg_settings", "pg_catalog", "only"])
+                && contains_ci(sql, b"pg_settings")
+        } else if kw(0, "create") {
+            (1..s.len()).any(temp)
+        } else if kw(0, "select") || kw(0, "with") || is_op(s.first(), b'(') {
+            (0..s.len()).any(|k| {
+                let scope = usize::from(is_kw_in(s.get(k + 1), &["local", "global"]));
+                kw(k, "into") && temp(k + 1 + scope)
+            })
+        } else {
+            false
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prot(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn lexer_basics() {
+        use TokenKind::*;
+        let sql = b"SELECT \"a\"\"b\", E'x\\'y', U&'d', $q$ $$ $q$, $1, 1.5e3, x'0f' -- c\n/* a /* b */ c */ ;";
+        let got: Vec<(TokenKind, &[u8])> = Lexer::new(sql).map(|t| (t.kind, t.text)).collect();
+        let want: Vec<(TokenKind, &[u8])> = vec![
+            (Ident, b"SELECT"), (QuotedIdent, b"a\"\"b"), (Op, b","), (EStr, b"x\\'y"), (Op, b","),
+            (UStr, b"d"), (Op, b","), (DollarStr, b" $$ "), (Op, b","), (Param, b"$1"), (Op, b","),
+            (Number, b"1.5e3"), (Op, b","), (BitStr, b"0f"), (Op, b";"),
+        ];
+        assert_eq!(got, want);
+        for bad in [&b"select 'abc"[..], b"/* /* */", b"$a$ x", b"\"x", b"E'\\", b"a--", b"$", b"U&"] {
+            assert!(Lexer::new(bad).count() <= 2);
+        }
+        assert_eq!(decode(b"\\x53ET \\u0041\\101\\n''", EStr, b'\\').as_ref(), b"SET AA\n'");
+        assert_eq!(decode(b"!0053!+000045!!x", UStr, b'!').as_ref(), b"SE!x");
+        assert_eq!(decode(b"a\"\"b", QuotedIdent, 0).as_ref(), b"a\"b");
+    }
+
+    #[test]
+    fn protected_changes() {
+        let p = prot(&["app.current_tenant", "role", "session_authorization"]);
+        let t = Some("app.current_tenant");
+        let u = Some(SET_CONFIG_UNVERIFIABLE);
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<&str>)] = &[
+            ("SET app.current_tenant = 'x'", t),
+            ("set APP.Current_Tenant to 'x'", t),
+            ("SET SESSION app.current_tenant = 1", t),
+            ("SET LOCAL app.current_tenant TO DEFAULT", t),
+            ("SET /* x */ app.current_tenant = 1", t),
+            ("set\napp.current_tenant to 'x'", t),
+            ("SET \"app\".current_tenant = 1", t),
+            ("SET app.\"current_tenant\" = 1", t),
+            ("SET \"app.current_tenant\" = 1", t),
+            ("SELECT 1; SET app.current_tenant='x'", t),
+            ("ALTER ROLE bob SET app.current_tenant = '5'", t),
+            ("ALTER ROLE bob IN DATABASE d RESET app.current_tenant", t),
+            ("ALTER DATABASE d SET app.current_tenant TO '5'", t),
+            ("ALTER SYSTEM SET app.current_tenant = '5'", t),
+            ("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant = '1' AS $$ select 1 $$", t),
+            ("CREATE PROCEDURE p(a int DEFAULT CASE WHEN true THEN 1 ELSE 2 END) SET app.current_tenant FROM CURRENT AS 'x'", t),
+            ("RESET app.current_tenant", t),
+            ("reset \"app\".\"current_tenant\"", t),
+            ("RESET ALL", None),
+            ("SET ROLE admin", Some("role")),
+            ("set local role none", Some("role")),
+            ("SET role = 'x'", Some("role")),
+            ("RESET ROLE", Some("role")),
+            ("SET SESSION AUTHORIZATION bob", Some("session_authorization")),
+            ("SET session_authorization = 'bob'", Some("session_authorization")),
+            ("RESET SESSION AUTHORIZATION", Some("session_authorization")),
+            ("SELECT set_config('app.current_tenant','x',false)", t),
+            ("SELECT set_config('APP.CURRENT_TENANT'::text, 'x', false)", t),
+            ("SELECT pg_catalog.set_config(E'\\x61pp.current_tenant', 'x', false)", t),
+            ("SELECT \"set_config\"($$app.current_tenant$$, 'x', false)", t),
+            ("SELECT set_config('app.'\n'current_tenant', 'x', false)", t),
+            ("select pg_catalog.set_config($1,$2,true)", u),
+            ("select set_config('app.' || 'current_tenant', 'x', false)", u),
+            ("select set_config(lower('APP.CURRENT_TENANT'), 'x', false)", u),
+            ("select set_config(setting_name => 'x', new_value => 'y', is_local => false)", u),
+            ("DO $$ BEGIN SET app.current_tenant = 'x'; END $$", t),
+            ("DO $$BEGIN PERFORM set_config('app.current_tenant', '1', false); END$$", t),
+            ("DO $a$ BEGIN EXECUTE $b$ SET app.current_tenant = 1 $b$; END $a$", t),
+            ("DO $$ BEGIN IF x THEN RESET ROLE; END IF; END $$", Some("role")),
+            ("DO $$ BEGIN EXECUTE 'SET app.current_tenant = ''x'''; END $$", t),
+            ("DO $$ BEGIN EXECUTE E'\\x53ET app.current_tenant = 1'; END $$", t),
+            ("DO $$ BEGIN EXECUTE 'select set_config(''app.current_tenant'', ''1'', false)'; END $$", t),
+            ("DO $$ BEGIN EXECUTE format('SET %I = %L', 'app.current_tenant', '1'); END $$", Some(SET_UNVERIFIABLE)),
+            ("CREATE FUNCTION f() RETURNS void AS 'SET app.current_tenant = 1' LANGUAGE sql", t),
+            ("SELECT 'SET app.current_tenant = 1'", t), // known false positive (literal contains "set ")
+            ("SELECT 'x'; -- SET app.current_tenant = 1\nSELECT 1", None),
+            ("SELECT 1 /* SET app.current_tenant = 1 */", None),
+            ("SELECT current_setting('app.current_tenant')", None),
+            ("SHOW app.current_tenant", None),
+            ("SELECT current_tenant, 'app.current_tenant' FROM t", None),
+            ("UPDATE t SET col = 1", None),
+            ("UPDATE t SET role = 1, current_tenant = 2", None),
+            ("UPDATE begin SET role = 1", None),
+            ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET role = excluded.role", None),
+            ("DO $$ BEGIN UPDATE t SET role = 1; END $$", None),
+            ("SET search_path = public", None),
+            ("SET app.current_tenant_other = 1", None),
+            ("select set_config('search_path','x',false)", None),
+            ("ALTER TABLE t ALTER COLUMN role SET DEFAULT 'x'", None),
+            ("ALTER TABLE t SET (fillfactor = 50)", None),
+            ("CREATE FUNCTION f() RETURNS int BEGIN ATOMIC UPDATE t SET role = 1; END", None),
+            ("SELECT set_config", None),
+            ("UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'app.current_tenant'", Some("pg_settings")),
+            ("update only pg_settings set setting = 'x'", Some("pg_settings")),
+            ("SELECT * FROM pg_settings WHERE name = 'app.current_tenant'", None),
+            ("SELECT 'unterminated SET app.current_tenant = 1", None),
+        ];
+        for (sql, want) in cases {
+            let got = find_protected_change(sql.as_bytes(), &p);
+            assert_eq!(got.as_ref().map(|v| v.setting.as_str()), *want, "{sql}");
+        }
+        // Only listed names are protected.
+        let only_tenant = prot(&["app.current_tenant"]);
+        for sql in [
+            "SET ROLE admin",
+            "RESET SESSION AUTHORIZATION",
+            "SET TIME ZONE 'UTC'",
+        ] {
+            assert_eq!(
+                find_protected_change(sql.as_bytes(), &only_tenant),
+                None,
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            find_protected_change(b"SET app.current_tenant = 1", &[]),
+            None
+        );
+        let tz = find_protected_change(b"SET TIME ZONE 'UTC'", &prot(&["timezone"]));
+        assert_eq!(
+            tz,
+            Some(GuardViolation {
+                setting: "timezone".into()
+            })
+        );
+        // RESET ALL only clears settings and is allowed.
+        assert_eq!(find_protected_change(b"RESET ALL", &prot(&["role"])), None);
+        // Depth limit: the body at nesting depth 5 is opaque.
+        let nest = |n: usize| {
+            let mut s = "SET app.current_tenant = 1".to_string();
+            for k in 0..n {
+                s = format!("SELECT $t{k}${s}$t{k}$");
+            }
+            s
+        };
+        assert!(find_protected_change(nest(4).as_bytes(), &p).is_some());
+        assert_eq!(find_protected_change(nest(5).as_bytes(), &p), None);
+    }
+
+    #[test]
+    fn no_transaction_block() {
+        #[rustfmt::skip]
+        let cases: &[(&str, bool)] = &[
+            ("VACUUM", true), ("vacuum analyze t;", true), (" /* c */ VACUUM FULL t ;; ", true),
+            ("CREATE DATABASE d", true), ("DROP DATABASE IF EXISTS d", true), ("CREATE TABLESPACE s LOCATION '/x'", true),
+            ("DROP TABLESPACE s", true), ("ALTER DATABASE d SET TABLESPACE s", true), ("ALTER SYSTEM SET work_mem = '1MB'", true),
+            ("CREATE INDEX CONCURRENTLY i ON t (a)", true), ("create unique index concurrently i on t(a)", true),
+            ("DROP INDEX CONCURRENTLY i", true), ("REINDEX TABLE CONCURRENTLY t", true), ("REINDEX (VERBOSE) DATABASE d", true),
+            ("REINDEX SYSTEM", true), ("REINDEX SCHEMA s", true), ("CLUSTER", true), ("CLUSTER VERBOSE;", true),
+            ("CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p", true), ("DROP SUBSCRIPTION s", true),
+            ("ALTER SUBSCRIPTION s REFRESH PUBLICATION", true), ("COMMIT PREPARED 'x'", true), ("ROLLBACK PREPARED 'x'", true),
+            ("DISCARD ALL", true), ("ALTER TABLE p DETACH PARTITION c CONCURRENTLY", true),
+            ("ANALYZE t", false), ("SELECT 1", false), ("VACUUM; SELECT 1", false), ("SELECT 1; VACUUM", false),
+            ("CREATE INDEX i ON t (a)", false), ("REINDEX TABLE t", false), ("CLUSTER t USING i", false),
+            ("ALTER DATABASE d SET work_mem = 1", false), ("COMMIT", false), ("DISCARD PLANS", false), ("", false),
+            ("-- VACUUM", false), ("SELECT 'VACUUM'", false), ("DROP TABLE t", false),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(is_no_transaction_block(sql.as_bytes()), *want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_state() {
+        #[rustfmt::skip]
+        let cases: &[(&str, bool)] = &[
+            ("SET search_path = x", true), ("SET SESSION x = 1", true), ("select 1; RESET ALL", true), ("DISCARD ALL", true),
+            ("LISTEN c", true), ("UNLISTEN *", true), ("PREPARE p AS SELECT 1", true), ("DEALLOCATE p", true),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", true), ("LOAD 'auto_explain'", true),
+            ("CREATE TEMP TABLE t (a int)", true), ("CREATE GLOBAL TEMPORARY TABLE t (a int)", true),
+            ("SELECT * INTO TEMP t FROM x", true), ("SELECT * INTO LOCAL TEMPORARY t FROM x", true),
+            ("SELECT set_config('a.b', 'c', false)", true), ("SELECT pg_advisory_lock(1)", true),
+            ("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)", true), ("SELECT dblink_connect('x')", true),
+            ("DO $$ BEGIN PERFORM 1; END $$", true), ("UPDATE pg_settings SET setting = 1 WHERE name = 'x'", true),
+            ("SELECT 1", false), ("UPDATE t SET x=1", false), ("INSERT INTO t VALUES (1)", false), ("BEGIN", false),
+            ("COMMIT", false), ("SET LOCAL x = 1", false), ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false), ("LOCK TABLE t", false), ("SELECT pg_advisory_xact_lock(1)", false),
+            ("SELECT 'SET x = 1'", false), ("SELECT * INTO t FROM x", false), ("CREATE TABLE t (a int)", false),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(may_change_session_state(sql.as_bytes()), *want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let p = prot(&["app.current_tenant", "role"]);
+        let alphabet = b"$$''\"\"E U&xX/*-\n;()=.:,\\%_aSeEtT0123456789";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for iter in 0..100_000 {
+            let len = (next() % 64) as usize;
+            let buf: Vec<u8> = (0..len)
+                .map(|_| match iter % 2 {
+                    0 => next() as u8,
+                    _ => alphabet[(next() % alphabet.len() as u64) as usize],
+                })
+                .collect();
+            let mut sql = if iter % 3 == 0 {
+                b"SET ".to_vec()
+            } else {
+                Vec::new()
+            };
+            sql.extend_from_slice(&buf);
+            let _ = Lexer::new(&sql).count();
+            let _ = find_protected_change(&sql, &p);
+            let _ = is_no_transaction_block(&sql);
+            let _ = may_change_session_state(&sql);
+        }
+    }
+}

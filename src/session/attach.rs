@@ -1,0 +1,155 @@
+//! Attaching a backend at the start of a transaction (checkout, parameter sync, context
+//! injection) and releasing it when the transaction is over.
+
+use super::flow::Owner;
+use super::{End, Session};
+use crate::config::{PoolMode, ResetMode};
+use crate::pool::{Cleanup, PoolError};
+use crate::protocol::codec::Frame;
+use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
+
+/// Number of Parse messages in the proxy's statement preparation.
+const PREPARED_STATEMENTS: usize = 4;
+
+/// The text a client sees when it cannot get a backend; never a host name or a secret.
+pub(super) fn client_message(e: &PoolError) -> String {
+    match e {
+        PoolError::Timeout(d) => format!("pgtenant: no server connection became available within {d:?}"),
+        PoolError::Connect(_) => "pgtenant: could not connect to the database server".into(),
+        PoolError::Closed => "pgtenant: the connection pool is closed".into(),
+    }
+}
+
+impl Session {
+    /// Makes sure a backend is attached for `frame`. Returns false when none could be had;
+    /// the client has then been sent an error and the request consumed.
+    pub(super) async fn attach(&mut self, frame: &Frame) -> Result<bool, End> {
+        if self.backend.is_some() {
+            return Ok(true);
+        }
+        let mut pooled = match self.pool.checkout().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "no backend connection for the client");
+                let code = match e {
+                    PoolError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
+                    _ => sqlstate::CANNOT_CONNECT_NOW,
+                };
+                self.client_error(code, &client_message(&e));
+                match frame.tag {
+                    ft::QUERY | ft::FUNCTION_CALL | ft::SYNC => messages::ready_for_query(&mut self.cout, TxStatus::Idle),
+                    _ => self.skip_until_sync = true,
+                }
+                return Ok(false);
+            }
+        };
+        let conn = pooled.conn();
+        self.cancel.slot.set(Some(conn.key));
+        self.status = TxStatus::Idle;
+        self.injected = false;
+        self.reinject = false;
+        self.backend = Some(pooled);
+        self.ensure_prepared();
+        if let Some(b) = self.backend.as_mut() {
+            self.params.sync_backend(b.conn(), &mut self.bout, &mut self.flow);
+        }
+        Ok(true)
+    }
+
+    /// Re-creates the proxy's statements on the attached backend if the client (or a
+    /// cleanup) discarded them; pipelined ahead of whatever uses them.
+    fn ensure_prepared(&mut self) {
+        let Some(b) = self.backend.as_mut() else { return };
+        let conn = b.conn();
+        if conn.prepared {
+            return;
+        }
+        self.bout.extend_from_slice(&self.server.plan.prepare);
+        for _ in 0..PREPARED_STATEMENTS {
+            self.flow.sent(ft::PARSE, Owner::Proxy);
+        }
+        conn.prepared = true;
+    }
+
+    /// Puts the tenant context in front of the next client request when a transaction is
+    /// starting (or the client cleared it mid-transaction). Statements that cannot run in a
+    /// transaction block get the context at session level, reset on release.
+    pub(super) fn inject(&mut self, no_txn_block: bool) {
+        let needed = match self.status {
+            TxStatus::Idle => !self.injected,
+            TxStatus::InTransaction => self.reinject,
+            TxStatus::Failed => false,
+        };
+        if !needed {
+            return;
+        }
+        self.ensure_prepared();
+        let Some(b) = self.backend.as_mut() else { return };
+        let conn = b.conn();
+        if no_txn_block && self.status == TxStatus::Idle {
+            self.bout.extend_from_slice(&self.tenant.inject_session);
+            messages::sync(&mut self.bout);
+            for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
+                self.flow.sent(tag, Owner::Proxy);
+            }
+            conn.session_context = true;
+        } else {
+            self.bout.extend_from_slice(&self.tenant.inject_local);
+            self.flow.sent(ft::BIND, Owner::Proxy);
+            self.flow.sent(ft::EXECUTE, Owner::Proxy);
+        }
+        self.injected = true;
+        self.reinject = false;
+        self.server.metrics.context_injections.inc();
+    }
+
+    fn release_cleanup(&self) -> Cleanup {
+        if self.dirty {
+            Cleanup::Full
+        } else if self.server.config.context.reset_on_release == ResetMode::Always {
+            Cleanup::ResetContext
+        } else {
+            Cleanup::None
+        }
+    }
+
+    /// Returns the backend to the pool once the transaction is over (transaction pooling).
+    pub(super) fn maybe_release(&mut self) {
+        if self.pool.mode == PoolMode::Session
+            || self.backend.is_none()
+            || !self.flow.is_idle()
+            || self.status != TxStatus::Idle
+            || self.copy_in
+        {
+            return;
+        }
+        self.release_now(self.release_cleanup());
+    }
+
+    fn release_now(&mut self, cleanup: Cleanup) {
+        self.cancel.slot.set(None);
+        self.dirty = false;
+        self.injected = false;
+        if let Some(b) = self.backend.take() {
+            b.release(cleanup);
+        }
+    }
+
+    /// At the end of the session: a backend in a known, quiet state is cleaned and returned;
+    /// anything else (replies outstanding, COPY, a broken connection) is closed.
+    pub(super) fn detach_on_end(&mut self, end: &End) {
+        self.cancel.slot.set(None);
+        let quiet = self.flow.is_idle() && !self.copy_in;
+        let broken = matches!(end, End::BackendLost(_) | End::InjectionFailed(_));
+        if !quiet || broken {
+            self.backend = None;
+            return;
+        }
+        let cleanup = match self.status {
+            _ if self.pool.mode == PoolMode::Session && self.status == TxStatus::Idle => Cleanup::Full,
+            TxStatus::Idle => self.release_cleanup(),
+            _ => Cleanup::Rollback,
+        };
+        self.release_now(cleanup);
+    }
+}

@@ -1,0 +1,238 @@
+//! Response accounting: which backend messages answer which request, so that responses to
+//! the proxy's own injected requests are swallowed and everything else reaches the client in
+//! order. PostgreSQL answers requests strictly in order, so a FIFO of expected replies is
+//! enough.
+
+use std::collections::VecDeque;
+
+use crate::protocol::{backend_tag as bt, frontend_tag as ft};
+
+/// Who a request belongs to and what to do with its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The client's own request: replies are forwarded.
+    Client,
+    /// The proxy's request: replies are swallowed; an error means the session is unusable.
+    Proxy,
+    /// The proxy's request standing in for a refused client request: replies are swallowed,
+    /// except the error it exists to raise, which the client sees.
+    ProxyRaise,
+}
+
+/// One request whose final reply has not arrived yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    tag: u8,
+    owner: Owner,
+}
+
+/// What to do with one backend message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Forward,
+    Swallow,
+    /// An injected request failed: the tenant context may not be in place.
+    ProxyRequestFailed,
+}
+
+/// The FIFO of requests sent to the backend and not yet fully answered.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pending: VecDeque<Pending>,
+    /// Sync, Query and FunctionCall requests still waiting for their ReadyForQuery.
+    boundaries: usize,
+    /// Requests whose replies are skipped by the backend after an extended-protocol error.
+    skipping: bool,
+}
+
+fn is_boundary(tag: u8) -> bool {
+    matches!(tag, ft::SYNC | ft::QUERY | ft::FUNCTION_CALL)
+}
+
+/// Whether a request gets any reply at all (Flush and copy messages do not).
+fn expects_reply(tag: u8) -> bool {
+    matches!(
+        tag,
+        ft::QUERY | ft::PARSE | ft::BIND | ft::DESCRIBE | ft::EXECUTE | ft::CLOSE | ft::SYNC | ft::FUNCTION_CALL
+    )
+}
+
+impl Flow {
+    /// Records a request sent to the backend.
+    pub fn sent(&mut self, tag: u8, owner: Owner) {
+        if !expects_reply(tag) {
+            return;
+        }
+        if is_boundary(tag) {
+            self.boundaries += 1;
+        }
+        self.pending.push_back(Pending { tag, owner });
+    }
+
+    /// True while some Sync/Query has not been answered by ReadyForQuery, so the transaction
+    /// state after it is unknown.
+    pub fn awaiting_ready(&self) -> bool {
+        self.boundaries > 0
+    }
+
+    /// True when every request has been fully answered.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Decides what to do with a backend message and advances the FIFO.
+    pub fn on_backend(&mut self, tag: u8) -> Disposition {
+        if matches!(tag, bt::NOTICE_RESPONSE | bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS) {
+            return Disposition::Forward;
+        }
+        let Some(front) = self.pending.front().copied() else {
+            return Disposition::Forward;
+        };
+        if tag == bt::ERROR_RESPONSE {
+            return self.on_error(front);
+        }
+        if self.is_final_reply(front.tag, tag) {
+            self.pop_front();
+        }
+        match front.owner {
+            Owner::Client => Disposition::Forward,
+            Owner::Proxy | Owner::ProxyRaise => Disposition::Swallow,
+        }
+    }
+
+    fn on_error(&mut self, front: Pending) -> Disposition {
+        let disposition = match front.owner {
+            Owner::Client | Owner::ProxyRaise => Disposition::Forward,
+            Owner::Proxy => Disposition::ProxyRequestFailed,
+        };
+        // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
+        // makes the backend skip everything up to the next Sync.
+        if !is_boundary(front.tag) {
+            while let Some(p) = self.pending.front() {
+                if p.tag == ft::SYNC || p.tag == ft::QUERY || p.tag == ft::FUNCTION_CALL {
+                    break;
+                }
+                self.pending.pop_front();
+            }
+            self.skipping = true;
+        }
+        disposition
+    }
+
+    fn is_final_reply(&self, request: u8, reply: u8) -> bool {
+        match request {
+            ft::PARSE => reply == bt::PARSE_COMPLETE,
+            ft::BIND => reply == bt::BIND_COMPLETE,
+            ft::CLOSE => reply == bt::CLOSE_COMPLETE,
+            ft::DESCRIBE => matches!(reply, bt::ROW_DESCRIPTION | bt::NO_DATA),
+            ft::EXECUTE => matches!(
+                reply,
+                bt::COMMAND_COMPLETE | bt::EMPTY_QUERY | bt::PORTAL_SUSPENDED
+            ),
+            _ => reply == bt::READY_FOR_QUERY,
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(p) = self.pending.pop_front() {
+            if is_boundary(p.tag) {
+                self.boundaries -= 1;
+                self.skipping = false;
+            }
+        }
+    }
+
+    /// The backend entered COPY IN. A COPY started by Execute ignores the Syncs the client
+    /// already pipelined behind it; the client sends a fresh Sync after CopyDone/CopyFail.
+    pub fn copy_in_started(&mut self) {
+        let from_query = self.pending.front().is_some_and(|p| p.tag == ft::QUERY);
+        if from_query {
+            self.pending.truncate(1);
+            self.boundaries = 1;
+        } else {
+            self.pending.retain(|p| !is_boundary(p.tag));
+            self.boundaries = 0;
+        }
+    }
+
+    /// Forgets everything (the backend connection is gone).
+    pub fn clear(&mut self) {
+        *self = Flow::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_replies_are_swallowed_and_client_replies_forwarded() {
+        let mut f = Flow::default();
+        f.sent(ft::BIND, Owner::Proxy);
+        f.sent(ft::EXECUTE, Owner::Proxy);
+        f.sent(ft::QUERY, Owner::Client);
+        assert!(f.awaiting_ready());
+        assert_eq!(f.on_backend(bt::BIND_COMPLETE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::DATA_ROW), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::ROW_DESCRIPTION), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::DATA_ROW), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(!f.awaiting_ready());
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn extended_error_skips_to_sync() {
+        let mut f = Flow::default();
+        for t in [ft::PARSE, ft::BIND, ft::EXECUTE, ft::SYNC] {
+            f.sent(t, Owner::Client);
+        }
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn failed_injection_is_reported() {
+        let mut f = Flow::default();
+        f.sent(ft::BIND, Owner::Proxy);
+        f.sent(ft::EXECUTE, Owner::Proxy);
+        f.sent(ft::QUERY, Owner::Client);
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::ProxyRequestFailed);
+    }
+
+    #[test]
+    fn raise_stand_in_forwards_only_its_error() {
+        let mut f = Flow::default();
+        f.sent(ft::PARSE, Owner::Client);
+        f.sent(ft::PARSE, Owner::ProxyRaise);
+        f.sent(ft::BIND, Owner::ProxyRaise);
+        f.sent(ft::EXECUTE, Owner::ProxyRaise);
+        f.sent(ft::BIND, Owner::Client);
+        f.sent(ft::SYNC, Owner::Client);
+        assert_eq!(f.on_backend(bt::PARSE_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::PARSE_COMPLETE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::BIND_COMPLETE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn copy_from_execute_drops_ignored_syncs() {
+        let mut f = Flow::default();
+        for t in [ft::PARSE, ft::BIND, ft::EXECUTE, ft::SYNC] {
+            f.sent(t, Owner::Client);
+        }
+        f.on_backend(bt::PARSE_COMPLETE);
+        f.on_backend(bt::BIND_COMPLETE);
+        f.copy_in_started();
+        assert!(!f.awaiting_ready());
+        f.sent(ft::SYNC, Owner::Client);
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_idle());
+    }
+}

@@ -1,0 +1,66 @@
+//! Refusing client requests: attempts to change a protected setting and use of the proxy's
+//! reserved statement names. A refusal looks exactly like a PostgreSQL error: while a
+//! backend is attached the backend itself raises it (so an open transaction fails as it
+//! would in PostgreSQL); otherwise the proxy answers locally.
+
+use super::flow::Owner;
+use super::{End, Session};
+use crate::protocol::codec::{Frame, read_cstr};
+use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
+use crate::tenant::RESERVED_PREFIX;
+
+impl Session {
+    /// Refuses `frame` with SQLSTATE 42501 and `message`.
+    pub(super) async fn refuse(&mut self, frame: &Frame, message: &str) -> Result<(), End> {
+        self.server.metrics.context_rejections.with_label_values(&["sql"]).inc();
+        tracing::warn!(tenant = %self.tenant.name, "refused: {message}");
+        let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
+        if self.backend.is_none() {
+            self.client_error(sqlstate::INSUFFICIENT_PRIVILEGE, message);
+            if extended {
+                self.skip_until_sync = frame.tag != ft::SYNC;
+            } else {
+                messages::ready_for_query(&mut self.cout, TxStatus::Idle);
+            }
+            return Ok(());
+        }
+        let raise = raise_sql(message);
+        if extended {
+            messages::parse(&mut self.bout, "", &raise);
+            messages::bind(&mut self.bout, "", std::iter::empty());
+            messages::execute(&mut self.bout);
+            for tag in [ft::PARSE, ft::BIND, ft::EXECUTE] {
+                self.flow.sent(tag, Owner::ProxyRaise);
+            }
+        } else {
+            messages::query(&mut self.bout, &raise);
+            self.flow.sent(ft::QUERY, Owner::Client);
+        }
+        Ok(())
+    }
+}
+
+/// A DO block that raises `message` as SQLSTATE 42501. The message is built by the proxy
+/// from fixed text and validated setting names; quotes and dollars are neutralised anyway.
+fn raise_sql(message: &str) -> String {
+    let safe: String = message.chars().filter(|c| *c != '$').collect::<String>().replace('\'', "''");
+    format!(
+        "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{safe}', \
+         HINT = 'The tenant context is set by pgtenant from the credentials you connected with.'; END$pgtenant_raise$",
+        sqlstate::INSUFFICIENT_PRIVILEGE
+    )
+}
+
+/// True when a Parse, Bind, Describe, Close or Execute names a proxy-owned statement or portal.
+pub(super) fn uses_reserved_name(frame: &Frame) -> bool {
+    let body = frame.body();
+    let reserved = |name: &[u8]| name.starts_with(RESERVED_PREFIX.as_bytes());
+    match frame.tag {
+        ft::PARSE | ft::EXECUTE => read_cstr(body).is_some_and(|(n, _)| reserved(n)),
+        ft::BIND => read_cstr(body).is_some_and(|(portal, rest)| {
+            reserved(portal) || read_cstr(rest).is_some_and(|(stmt, _)| reserved(stmt))
+        }),
+        ft::DESCRIBE | ft::CLOSE => body.get(1..).and_then(read_cstr).is_some_and(|(n, _)| reserved(n)),
+        _ => false,
+    }
+}

@@ -1,0 +1,282 @@
+//! One authenticated client: the transaction-pooling relay. Client frames are forwarded
+//! untouched; at each transaction start a backend is checked out and the tenant's
+//! precomputed context injection goes out in the same write as the client's first message;
+//! when the backend reports ReadyForQuery(Idle) the connection is released.
+
+mod attach;
+pub mod flow;
+mod guard;
+pub mod params;
+mod relay;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::cancel::CancelRegistration;
+use crate::frontend::{Fatal, Startup};
+use crate::pool::{Cleanup, Pool, PooledConn};
+use crate::protocol::TxStatus;
+use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::sqlstate;
+use crate::server::Server;
+use crate::tenant::Tenant;
+use flow::Flow;
+use params::ClientParams;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    ClientTerminated,
+    ClientClosed,
+    ClientIo(std::io::Error),
+    BackendLost(String),
+    InjectionFailed(ErrorFields),
+    ProtocolViolation(String),
+    Shutdown,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::ClientTerminated => write!(f, "client sent Terminate"),
+            End::ClientClosed => write!(f, "client closed the connection"),
+            End::ClientIo(e) => write!(f, "client I/O error: {e}"),
+            End::BackendLost(e) => write!(f, "backend connection lost: {e}"),
+            End::InjectionFailed(e) => write!(f, "context injection failed: {} {}", e.code, e.message),
+            End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
+            End::Shutdown => write!(f, "server shutting down"),
+        }
+    }
+}
+
+/// State of one client session.
+pub struct Session {
+    server: Arc<Server>,
+    client: TcpStream,
+    /// Bytes read from the client and not yet processed.
+    cbuf: BytesMut,
+    /// Bytes to write to the client.
+    cout: BytesMut,
+    /// Bytes to write to the backend.
+    bout: BytesMut,
+    backend: Option<PooledConn>,
+    flow: Flow,
+    tenant: Arc<Tenant>,
+    pool: Arc<Pool>,
+    params: ClientParams,
+    /// Transaction status from the last ReadyForQuery (Idle while detached).
+    status: TxStatus,
+    /// The context has been injected into the current transaction.
+    injected: bool,
+    /// A RESET/DISCARD inside the transaction may have cleared the context.
+    reinject: bool,
+    /// The client may have left session state on the attached backend.
+    dirty: bool,
+    /// The backend is in COPY IN: copy messages go through regardless of pending replies.
+    copy_in: bool,
+    /// A request was refused by the proxy itself: drop frames up to the next Sync.
+    skip_until_sync: bool,
+    cancel: CancelRegistration,
+    max_message: usize,
+}
+
+impl Session {
+    /// Applies the client's startup settings on a backend, reports the resulting parameters
+    /// and the cancel key, and returns a session ready to relay.
+    pub async fn start(server: Arc<Server>, client: TcpStream, s: Startup) -> Result<Session, (TcpStream, Fatal)> {
+        let mut session = Session {
+            cancel: server.cancels.register(),
+            max_message: server.config.server.max_message_size,
+            client,
+            cbuf: s.leftover,
+            cout: BytesMut::new(),
+            bout: BytesMut::new(),
+            backend: None,
+            flow: Flow::default(),
+            tenant: s.tenant,
+            pool: s.pool,
+            params: ClientParams::from_startup(s.settings),
+            status: TxStatus::Idle,
+            injected: false,
+            reinject: false,
+            dirty: false,
+            copy_in: false,
+            skip_until_sync: false,
+            server,
+        };
+        match session.initial_parameters().await {
+            Ok(()) => Ok(session),
+            Err(f) => Err((session.client, f)),
+        }
+    }
+
+    async fn initial_parameters(&mut self) -> Result<(), Fatal> {
+        let mut pooled = self.pool.checkout().await.map_err(|e| {
+            tracing::warn!(error = %e, "no backend for a new client");
+            Fatal::new(sqlstate::CONNECTION_FAILURE, attach::client_message(&e))
+        })?;
+        let conn = pooled.conn();
+        let mut out = BytesMut::new();
+        let mut flow = Flow::default();
+        self.params.sync_backend(conn, &mut out, &mut flow);
+        messages::sync(&mut out);
+        if let Err(e) = conn.exchange(&out).await {
+            pooled.release(Cleanup::Full);
+            let (code, msg) = match e {
+                crate::backend::BackendError::Server(f) => (f.code, f.message),
+                other => (sqlstate::CONNECTION_FAILURE.to_string(), other.to_string()),
+            };
+            let code: &'static str = if code == "22023" { "22023" } else if code == "42704" { "42704" } else { sqlstate::CONNECTION_FAILURE };
+            return Err(Fatal::new(code, msg));
+        }
+        self.params.adopt_defaults(conn);
+        let reported: Vec<(String, String)> = conn
+            .params
+            .iter()
+            .filter(|(k, _)| params::is_reported(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        crate::frontend::startup_response(
+            &mut self.cout,
+            reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.cancel.pid,
+            self.cancel.secret,
+        );
+        if self.pool.mode == crate::config::PoolMode::Session {
+            self.cancel.slot.set(Some(conn.key));
+            self.backend = Some(pooled);
+        } else {
+            pooled.release(Cleanup::None);
+        }
+        self.client.write_all(&self.cout).await.map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+        self.cout.clear();
+        Ok(())
+    }
+
+    /// Sends an ERROR to the client (the connection stays open).
+    fn client_error(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.cout, Severity::Error, code, message);
+    }
+
+    /// Writes pending bytes: requests to the backend first, then replies to the client.
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.bout.is_empty() {
+            if let Some(b) = self.backend.as_mut() {
+                if let Err(e) = b.conn().stream.write_all(&self.bout).await {
+                    return Err(End::BackendLost(e.to_string()));
+                }
+            }
+            self.bout.clear();
+        }
+        if !self.cout.is_empty() {
+            self.client.write_all(&self.cout).await.map_err(End::ClientIo)?;
+            self.cout.clear();
+        }
+        trim(&mut self.cout);
+        trim(&mut self.bout);
+        if self.cbuf.is_empty() {
+            trim(&mut self.cbuf);
+        }
+        Ok(())
+    }
+}
+
+/// Frees a large buffer once it is empty, so idle clients hold little memory.
+fn trim(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Relays until the client leaves, then returns the backend (cleaned) or closes it.
+pub async fn run(s: &mut Session, mut shutdown: watch::Receiver<bool>) -> End {
+    let end = relay_loop(s, &mut shutdown).await;
+    match &end {
+        End::InjectionFailed(e) => {
+            tracing::error!(code = %e.code, message = %e.message, "could not set the tenant context; closing the client");
+            messages::error_response(
+                &mut s.cout,
+                Severity::Fatal,
+                sqlstate::INTERNAL_ERROR,
+                "pgtenant could not set the tenant context for this transaction",
+            );
+        }
+        End::BackendLost(_) => messages::error_response(
+            &mut s.cout,
+            Severity::Fatal,
+            sqlstate::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        ),
+        End::ProtocolViolation(m) => {
+            s.server.metrics.protocol_errors.with_label_values(&["bad_message"]).inc();
+            messages::error_response(&mut s.cout, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m)
+        }
+        End::Shutdown => messages::error_response(
+            &mut s.cout,
+            Severity::Fatal,
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        ),
+        _ => {}
+    }
+    if !s.cout.is_empty() {
+        let _ = s.client.write_all(&s.cout).await;
+    }
+    let _ = s.client.shutdown().await;
+    s.detach_on_end(&end);
+    end
+}
+
+async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> End {
+    let mut stopping = false;
+    loop {
+        if let Err(end) = s.process_client().await {
+            return end;
+        }
+        if let Err(end) = s.flush().await {
+            return end;
+        }
+        s.maybe_release();
+        if stopping && s.backend.is_none() {
+            return End::Shutdown;
+        }
+        let read_client = !s.has_blocked_frame();
+        let backend = &mut s.backend;
+        tokio::select! {
+            r = s.client.read_buf(&mut s.cbuf), if read_client => match r {
+                Ok(0) => return End::ClientClosed,
+                Ok(_) => {}
+                Err(e) => return End::ClientIo(e),
+            },
+            r = read_backend(backend) => match r {
+                Ok(()) => {
+                    if let Err(end) = s.process_backend() {
+                        return end;
+                    }
+                }
+                Err(e) => return End::BackendLost(e),
+            },
+            _ = shutdown.changed(), if !stopping => stopping = true,
+        }
+    }
+}
+
+/// Reads more backend bytes; pending forever when no backend is attached.
+async fn read_backend(backend: &mut Option<PooledConn>) -> Result<(), String> {
+    match backend {
+        Some(b) => {
+            let c = b.conn();
+            match c.stream.read_buf(&mut c.rbuf).await {
+                Ok(0) => Err("backend closed the connection".into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

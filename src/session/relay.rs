@@ -1,0 +1,177 @@
+//! The two directions of the relay: client frames (guarded, then forwarded after any
+//! injection) and backend frames (accounted, then forwarded or swallowed).
+
+use bytes::Buf;
+
+use super::flow::{Disposition, Owner};
+use super::{End, Session};
+use crate::protocol::codec::{Frame, read_cstr, split_frame};
+use crate::protocol::messages;
+use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
+
+impl Session {
+    /// True when a complete client frame is waiting for a ReadyForQuery before it may go
+    /// on; the client is not read further until then, bounding buffered input.
+    pub(super) fn has_blocked_frame(&self) -> bool {
+        self.frames_must_wait() && self.cbuf.len() >= 5 && {
+            let len = (&self.cbuf[1..5]).get_u32() as usize;
+            self.cbuf.len() > len
+        }
+    }
+
+    fn frames_must_wait(&self) -> bool {
+        self.flow.awaiting_ready() && !self.copy_in
+    }
+
+    /// Processes every client frame that may go on now.
+    pub(super) async fn process_client(&mut self) -> Result<(), End> {
+        loop {
+            if self.frames_must_wait() {
+                return Ok(());
+            }
+            let frame = match split_frame(&mut self.cbuf, self.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::ProtocolViolation(e.to_string())),
+            };
+            self.client_frame(frame).await?;
+        }
+    }
+
+    async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        if self.skip_until_sync {
+            if frame.tag == ft::SYNC {
+                self.skip_until_sync = false;
+                messages::ready_for_query(&mut self.cout, self.status);
+            }
+            return Ok(());
+        }
+        match frame.tag {
+            ft::TERMINATE => return Err(End::ClientTerminated),
+            ft::COPY_DATA | ft::COPY_DONE | ft::COPY_FAIL => {
+                // Outside COPY IN, PostgreSQL ignores copy messages; so do we.
+                if self.copy_in {
+                    self.copy_in = frame.tag == ft::COPY_DATA;
+                    self.bout.extend_from_slice(&frame.raw);
+                }
+                return Ok(());
+            }
+            ft::SYNC | ft::FLUSH if self.backend.is_none() => {
+                if frame.tag == ft::SYNC {
+                    messages::ready_for_query(&mut self.cout, TxStatus::Idle);
+                }
+                return Ok(());
+            }
+            ft::SYNC if self.copy_in => return Ok(()),
+            ft::QUERY | ft::PARSE | ft::BIND | ft::DESCRIBE | ft::EXECUTE | ft::CLOSE | ft::SYNC | ft::FLUSH
+            | ft::FUNCTION_CALL => {}
+            other => {
+                return Err(End::ProtocolViolation(format!("invalid frontend message type {}", other)));
+            }
+        }
+        let mut no_txn_block = false;
+        if let Some(text) = sql_text(&frame) {
+            if let Some(v) = sql::find_protected_change(text, &self.server.protected) {
+                return self.refuse(&frame, &format!("permission denied to set parameter \"{}\"", v.setting)).await;
+            }
+            if sql::may_change_session_state(text) {
+                self.dirty = true;
+            }
+            no_txn_block = frame.tag == ft::QUERY && sql::is_no_transaction_block(text);
+        }
+        if super::guard::uses_reserved_name(&frame) {
+            return self.refuse(&frame, "prepared statement and portal names starting with \"pgtenant_\" are reserved").await;
+        }
+        if !self.attach(&frame).await? {
+            return Ok(());
+        }
+        self.inject(no_txn_block);
+        if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
+            self.pool.metrics.queries.inc();
+        }
+        self.bout.extend_from_slice(&frame.raw);
+        self.flow.sent(frame.tag, Owner::Client);
+        Ok(())
+    }
+
+    /// Processes every complete backend frame read so far.
+    pub(super) fn process_backend(&mut self) -> Result<(), End> {
+        loop {
+            let Some(b) = self.backend.as_mut() else { return Ok(()) };
+            let conn = b.conn();
+            let frame = match split_frame(&mut conn.rbuf, crate::backend::MAX_BACKEND_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::BackendLost(e.to_string())),
+            };
+            match frame.tag {
+                bt::PARAMETER_STATUS => {
+                    if let Some((k, v)) = conn.note_parameter(frame.body()) {
+                        self.params.observe(&k, &v);
+                    }
+                }
+                bt::COMMAND_COMPLETE => self.note_command(frame.body()),
+                bt::COPY_IN_RESPONSE => {
+                    self.flow.copy_in_started();
+                    self.copy_in = true;
+                }
+                _ => {}
+            }
+            let disposition = self.flow.on_backend(frame.tag);
+            if frame.tag == bt::ERROR_RESPONSE {
+                self.copy_in = false;
+            }
+            match disposition {
+                Disposition::Forward => {
+                    self.cout.extend_from_slice(&frame.raw);
+                    if frame.tag == bt::READY_FOR_QUERY {
+                        self.on_ready(frame.body().first().copied());
+                    }
+                }
+                Disposition::Swallow => {}
+                Disposition::ProxyRequestFailed => {
+                    return Err(End::InjectionFailed(messages::parse_error_fields(frame.body())));
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, status: Option<u8>) {
+        self.status = status.and_then(TxStatus::from_byte).unwrap_or(TxStatus::Idle);
+        if self.status == TxStatus::Idle {
+            self.injected = false;
+            self.reinject = false;
+            if self.flow.is_idle() {
+                self.pool.metrics.transactions.inc();
+            }
+        }
+    }
+
+    /// Learns from command tags what the client did to its session.
+    fn note_command(&mut self, body: &[u8]) {
+        let tag = messages::command_tag(body);
+        let starts = |p: &[u8]| tag.starts_with(p);
+        if starts(b"DISCARD") || starts(b"DEALLOCATE") {
+            if let Some(b) = self.backend.as_mut() {
+                b.conn().prepared = false;
+            }
+        }
+        if starts(b"SET") || starts(b"RESET") || starts(b"DISCARD") {
+            self.dirty = true;
+            self.reinject = true;
+        }
+        if starts(b"LISTEN") || starts(b"PREPARE") || starts(b"DECLARE") || starts(b"DEALLOCATE") {
+            self.dirty = true;
+        }
+    }
+}
+
+/// The SQL text of a Query or Parse message.
+fn sql_text(frame: &Frame) -> Option<&[u8]> {
+    let body = frame.body();
+    match frame.tag {
+        ft::QUERY => read_cstr(body).map(|(q, _)| q),
+        ft::PARSE => read_cstr(body).and_then(|(_, rest)| read_cstr(rest)).map(|(q, _)| q),
+        _ => None,
+    }
+}

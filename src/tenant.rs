@@ -1,0 +1,140 @@
+//! Tenants: who a client is once authenticated, and the exact bytes that put that tenant's
+//! context into a transaction (precomputed, so the hot path only copies them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::scram::ScramVerifier;
+use crate::config::{Config, UserConvention};
+use crate::protocol::messages;
+
+/// Prepared statement that sets every context setting transaction-locally.
+pub const CTX_STATEMENT: &str = "pgtenant_ctx";
+/// Prepared statement that sets every context setting for the session (for statements that
+/// cannot run inside a transaction block); always followed by a reset on release.
+pub const CTX_SESSION_STATEMENT: &str = "pgtenant_ctx_session";
+/// Prepared statement that applies one client session parameter.
+pub const PARAM_STATEMENT: &str = "pgtenant_param";
+/// Prepared statement that puts one setting back to its default.
+pub const PARAM_RESET_STATEMENT: &str = "pgtenant_param_reset";
+/// Statement names with this prefix belong to the proxy; clients may not use them.
+pub const RESERVED_PREFIX: &str = "pgtenant_";
+
+/// An authenticated tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: String,
+    pub id: String,
+    pub verifier: ScramVerifier,
+    /// Bind + Execute of [`CTX_STATEMENT`] with this tenant's values.
+    pub inject_local: Bytes,
+    /// Bind + Execute of [`CTX_SESSION_STATEMENT`] with this tenant's values.
+    pub inject_session: Bytes,
+}
+
+/// The SQL of the proxy's own statements, derived from the configured setting names.
+#[derive(Debug, Clone)]
+pub struct InjectionPlan {
+    pub settings: Vec<String>,
+    /// Parse messages for the proxy's statements, sent once per backend connection.
+    pub prepare: Bytes,
+    /// `RESET` of every context setting, for release.
+    pub reset_sql: String,
+}
+
+impl InjectionPlan {
+    /// Builds the statements for the configured settings. Setting names are validated at
+    /// config load (lowercase identifiers and dots), so they are safe as SQL literals; tenant
+    /// values only ever travel as bound parameters.
+    pub fn new(settings: Vec<String>) -> InjectionPlan {
+        let sql = |local: bool| {
+            let calls: Vec<String> = settings
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("pg_catalog.set_config('{name}', ${}, {local})", i + 1))
+                .collect();
+            format!("SELECT {}", calls.join(", "))
+        };
+        let mut prepare = BytesMut::new();
+        messages::parse(&mut prepare, CTX_STATEMENT, &sql(true));
+        messages::parse(&mut prepare, CTX_SESSION_STATEMENT, &sql(false));
+        messages::parse(&mut prepare, PARAM_STATEMENT, "SELECT pg_catalog.set_config($1, $2, false)");
+        messages::parse(
+            &mut prepare,
+            PARAM_RESET_STATEMENT,
+            "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
+        );
+        let reset_sql = settings.iter().map(|s| format!("RESET {s}")).collect::<Vec<_>>().join("; ");
+        InjectionPlan { settings, prepare: prepare.freeze(), reset_sql }
+    }
+
+    fn injection(&self, statement: &str, values: &[&[u8]]) -> Bytes {
+        let mut out = BytesMut::new();
+        messages::bind(&mut out, statement, values.iter().copied());
+        messages::execute(&mut out);
+        out.freeze()
+    }
+}
+
+/// Lookup of tenants by the startup `user` name.
+#[derive(Debug, Default)]
+pub struct TenantDirectory {
+    by_name: HashMap<String, Arc<Tenant>>,
+    convention: Option<UserConvention>,
+}
+
+impl TenantDirectory {
+    /// Builds the directory and each tenant's injection bytes from a validated config.
+    pub fn from_config(cfg: &Config, plan: &InjectionPlan) -> TenantDirectory {
+        let mut by_name = HashMap::new();
+        for (name, t) in &cfg.tenants {
+            let values: Vec<&[u8]> = plan
+                .settings
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if i == 0 {
+                        t.id.as_bytes()
+                    } else {
+                        t.settings.get(s).map(|v| v.as_bytes()).unwrap_or(b"")
+                    }
+                })
+                .collect();
+            let Ok(verifier) = ScramVerifier::parse(&t.password) else { continue };
+            let tenant = Tenant {
+                name: name.clone(),
+                id: t.id.clone(),
+                verifier,
+                inject_local: plan.injection(CTX_STATEMENT, &values),
+                inject_session: plan.injection(CTX_SESSION_STATEMENT, &values),
+            };
+            by_name.insert(name.clone(), Arc::new(tenant));
+        }
+        TenantDirectory { by_name, convention: Some(cfg.auth.user_convention) }
+    }
+
+    /// The tenant name a startup `user` refers to under the configured convention.
+    pub fn tenant_name<'a>(&self, user: &'a str) -> Option<&'a str> {
+        match self.convention.unwrap_or(UserConvention::Tenant) {
+            UserConvention::Tenant => Some(user),
+            UserConvention::RoleDotTenant => user.rsplit_once('.').map(|(_, t)| t).filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Finds the tenant for a startup `user`.
+    pub fn lookup(&self, user: &str) -> Option<Arc<Tenant>> {
+        self.tenant_name(user).and_then(|n| self.by_name.get(n)).cloned()
+    }
+
+    /// Number of configured tenants.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when no tenant is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
