@@ -168,6 +168,10 @@ pub struct DatabaseConfig {
     /// Backend connections are replaced after this long.
     #[serde(default = "default_max_lifetime", with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// Client prepared statements each backend connection keeps (least recently used
+    /// closed first).
+    #[serde(default = "default_statement_cache")]
+    pub prepared_statement_cache_size: usize,
 }
 
 fn default_pg_port() -> u16 {
@@ -184,6 +188,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_statement_cache() -> usize {
+    256
 }
 fn default_max_lifetime() -> Duration {
     Duration::from_secs(3600)

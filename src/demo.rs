@@ -47,10 +47,12 @@ pub async fn run(listen: Option<SocketAddr>, metrics_listen: Option<SocketAddr>)
     if let Some(m) = metrics_listen {
         cfg.server.metrics_listen = Some(m);
     }
-    let addr = cfg.server.listen;
-    let metrics_addr = cfg.server.metrics_listen;
+    let wanted = cfg.server.listen;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let running = crate::server::start(cfg, Arc::new(Metrics::new()), shutdown).await.with_context(|| format!("listening on {addr}"))?;
+    let running = crate::server::start(cfg, Arc::new(Metrics::new()), shutdown)
+        .await
+        .with_context(|| format!("listening on {wanted}"))?;
+    let (addr, metrics_addr) = (running.addr, running.metrics_addr);
     println!();
     println!("PostgreSQL {}:{} (data in {}), pgtenant on {addr}", cluster.host(), cluster.port(), cluster.data_dir().display());
     if let Some(m) = metrics_addr {
@@ -72,7 +74,7 @@ pub async fn run(listen: Option<SocketAddr>, metrics_listen: Option<SocketAddr>)
     crate::server::wait_for_signal().await;
     println!("Stopping ...");
     let _ = stop.send(true);
-    let _ = running.await;
+    let _ = running.task.await;
     cluster.stop().await.context("stopping PostgreSQL")?;
     Ok(())
 }

@@ -104,7 +104,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     pgtenant::server::wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
-    running.await?;
+    running.task.await?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     wait_seconds: HistogramVec,
     transactions: IntCounterVec,
     queries: IntCounterVec,
+    statement_evictions: IntCounterVec,
 }
 
 /// Pre-resolved handles for one pool, so the hot path never hashes label values.
@@ -40,6 +41,7 @@ pub struct PoolMetrics {
     pub wait_seconds: Histogram,
     pub transactions: IntCounter,
     pub queries: IntCounter,
+    pub statement_evictions: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -110,6 +112,11 @@ impl Metrics {
             ),
             transactions: counter("pgtenant_transactions_total", "Transactions completed.", &["pool"]),
             queries: counter("pgtenant_queries_total", "Query and Execute messages forwarded.", &["pool"]),
+            statement_evictions: counter(
+                "pgtenant_prepared_statement_evictions_total",
+                "Client statements closed on a backend to stay within the cache size.",
+                &["pool"],
+            ),
             registry: r,
         }
     }
@@ -127,6 +134,7 @@ impl Metrics {
             wait_seconds: self.wait_seconds.with_label_values(&[pool]),
             transactions: self.transactions.with_label_values(&[pool]),
             queries: self.queries.with_label_values(&[pool]),
+            statement_evictions: self.statement_evictions.with_label_values(&[pool]),
         }
     }
 

@@ -46,6 +46,7 @@ impl Server {
                 password: db.resolve_password(),
                 connect_timeout: db.connect_timeout,
                 prepare: plan.prepare.clone(),
+                statement_cache_size: db.prepared_statement_cache_size,
             };
             let pool = Pool::new(name, db, target, plan.reset_sql.clone(), metrics.pool(name));
             pools.insert(name.clone(), pool);
@@ -146,24 +147,31 @@ async fn maintain(server: Arc<Server>) {
     }
 }
 
-/// Binds the listeners and starts the proxy; the returned task ends after `shutdown`.
-pub async fn start(
-    config: Config,
-    metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// A started proxy: where it listens, and the task that ends after shutdown.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub server: Arc<Server>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the listeners (port 0 picks a free port) and starts the proxy.
+pub async fn start(config: Config, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.server.listen).await?;
+    let addr = listener.local_addr()?;
     let metrics_listener = match config.server.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
     let server = Server::new(config, metrics.clone());
+    let mut metrics_addr = None;
     if let Some(l) = metrics_listener {
-        tracing::info!(listen = %l.local_addr()?, "metrics listener ready");
-        let ready = server.readiness.clone();
-        tokio::spawn(crate::http::serve(l, metrics, ready));
+        metrics_addr = Some(l.local_addr()?);
+        tracing::info!(listen = ?metrics_addr, "metrics listener ready");
+        tokio::spawn(crate::http::serve(l, metrics, server.readiness.clone()));
     }
-    Ok(tokio::spawn(run(server, listener, shutdown)))
+    let task = tokio::spawn(run(server.clone(), listener, shutdown));
+    Ok(Running { addr, metrics_addr, server, task })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -25,6 +25,8 @@ pub struct BackendTarget {
     pub connect_timeout: Duration,
     /// Parse messages for the proxy's statements.
     pub prepare: bytes::Bytes,
+    /// How many client statements each backend connection keeps prepared.
+    pub statement_cache_size: usize,
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -61,6 +63,7 @@ impl BackendTarget {
             key: BackendKey { addr, pid: 0, secret: 0 },
             prepared: false,
             session_context: false,
+            statements: crate::session::statements::BackendStatements::new(self.statement_cache_size),
             created: now,
             last_used: now,
             id,

@@ -64,6 +64,8 @@ pub struct BackendConn {
     /// Session-level context was set (for a statement that cannot run in a transaction
     /// block); it must be reset before anyone else uses this connection.
     pub session_context: bool,
+    /// Client statements prepared here under proxy-owned names.
+    pub statements: crate::session::statements::BackendStatements,
     pub created: Instant,
     pub last_used: Instant,
     pub id: u64,

@@ -173,6 +173,11 @@ impl Pool {
         }
     }
 
+    /// Counts a prepared statement evicted from a backend's cache.
+    pub fn metrics_statement_evictions(&self) {
+        self.metrics.statement_evictions.inc();
+    }
+
     /// Configured maximum number of backend connections.
     pub fn size(&self) -> usize {
         self.size
@@ -222,6 +227,7 @@ impl PooledConn {
                     conn.session_context = false;
                     if full {
                         conn.prepared = false;
+                        conn.statements.clear();
                         forget_unreported(&mut conn);
                     }
                     pool.put_idle(conn);

@@ -585,6 +585,18 @@ pub fn is_no_transaction_block(sql: &[u8]) -> bool {
     }
 }
 
+/// True when some statement in `sql` is SQL-level PREPARE, EXECUTE or DEALLOCATE (other
+/// than DEALLOCATE ALL): named statements that cannot follow a client across backends.
+pub fn uses_sql_prepared_statements(sql: &[u8]) -> bool {
+    let toks: Vec<Token> = Lexer::new(sql).collect();
+    statements(&toks).any(|s| {
+        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+        kw(0, "prepare") && !kw(1, "transaction")
+            || kw(0, "execute")
+            || kw(0, "deallocate") && !(kw(1, "all") || kw(1, "prepare") && kw(2, "all"))
+    })
+}
+
 /// True when `sql` may leave session-level state behind on the backend connection.
 pub fn may_change_session_state(sql: &[u8]) -> bool {
     // Substring search also covers function bodies and DO blocks (conservative).
@@ -638,6 +650,21 @@ mod tests {
 
     fn prot(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sql_prepared_statements() {
+        for (q, want) in [
+            ("PREPARE p AS SELECT 1", true),
+            ("select 1; execute p(1)", true),
+            ("DEALLOCATE p", true),
+            ("DEALLOCATE ALL", false),
+            ("deallocate prepare all", false),
+            ("PREPARE TRANSACTION 'x'", false),
+            ("SELECT 'prepare'", false),
+        ] {
+            assert_eq!(uses_sql_prepared_statements(q.as_bytes()), want, "{q}");
+        }
     }
 
     #[test]

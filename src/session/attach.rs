@@ -48,6 +48,7 @@ impl Session {
         self.status = TxStatus::Idle;
         self.injected = false;
         self.reinject = false;
+        self.unnamed_on_backend = false;
         self.backend = Some(pooled);
         self.ensure_prepared();
         if let Some(b) = self.backend.as_mut() {

@@ -14,16 +14,22 @@ pub enum Owner {
     Client,
     /// The proxy's request: replies are swallowed; an error means the session is unusable.
     Proxy,
-    /// The proxy's request standing in for a refused client request: replies are swallowed,
-    /// except the error it exists to raise, which the client sees.
-    ProxyRaise,
+    /// The proxy's request on the client's behalf (a refusal raised by the backend, or a
+    /// re-prepare of the client's statement): success replies are swallowed, errors are
+    /// the client's to see.
+    ProxyForwardErrors,
+    /// A request the proxy answered itself with this reply tag (no backend reply comes);
+    /// emitted in order, and dropped like any request when an earlier error skips it.
+    Synthetic(u8),
 }
 
 /// One request whose final reply has not arrived yet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pending {
     tag: u8,
     owner: Owner,
+    /// For a Parse of a proxy-named statement: its name, forgotten if the Parse fails.
+    statement: Option<String>,
 }
 
 /// What to do with one backend message.
@@ -43,6 +49,8 @@ pub struct Flow {
     boundaries: usize,
     /// Requests whose replies are skipped by the backend after an extended-protocol error.
     skipping: bool,
+    /// Proxy-named statements whose Parse failed, for the session to forget.
+    failed_statements: Vec<String>,
 }
 
 fn is_boundary(tag: u8) -> bool {
@@ -60,13 +68,35 @@ fn expects_reply(tag: u8) -> bool {
 impl Flow {
     /// Records a request sent to the backend.
     pub fn sent(&mut self, tag: u8, owner: Owner) {
+        self.sent_parse(tag, owner, None);
+    }
+
+    /// Records a request, remembering the proxy-named statement a Parse creates.
+    pub fn sent_parse(&mut self, tag: u8, owner: Owner, statement: Option<String>) {
         if !expects_reply(tag) {
             return;
         }
         if is_boundary(tag) {
             self.boundaries += 1;
         }
-        self.pending.push_back(Pending { tag, owner });
+        self.pending.push_back(Pending { tag, owner, statement });
+    }
+
+    /// Pops a synthetic reply that is due (every earlier request has been answered).
+    pub fn take_synthetic(&mut self) -> Option<u8> {
+        match self.pending.front() {
+            Some(Pending { owner: Owner::Synthetic(reply), .. }) => {
+                let reply = *reply;
+                self.pop_front();
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+
+    /// Statement names whose Parse failed since the last call.
+    pub fn take_failed_statements(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.failed_statements)
     }
 
     /// True while some Sync/Query has not been answered by ReadyForQuery, so the transaction
@@ -85,7 +115,7 @@ impl Flow {
         if matches!(tag, bt::NOTICE_RESPONSE | bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS) {
             return Disposition::Forward;
         }
-        let Some(front) = self.pending.front().copied() else {
+        let Some(front) = self.pending.front().cloned() else {
             return Disposition::Forward;
         };
         if tag == bt::ERROR_RESPONSE {
@@ -95,16 +125,19 @@ impl Flow {
             self.pop_front();
         }
         match front.owner {
-            Owner::Client => Disposition::Forward,
-            Owner::Proxy | Owner::ProxyRaise => Disposition::Swallow,
+            Owner::Client | Owner::Synthetic(_) => Disposition::Forward,
+            Owner::Proxy | Owner::ProxyForwardErrors => Disposition::Swallow,
         }
     }
 
     fn on_error(&mut self, front: Pending) -> Disposition {
         let disposition = match front.owner {
-            Owner::Client | Owner::ProxyRaise => Disposition::Forward,
+            Owner::Client | Owner::ProxyForwardErrors | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy => Disposition::ProxyRequestFailed,
         };
+        if let Some(name) = front.statement {
+            self.failed_statements.push(name);
+        }
         // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
         // makes the backend skip everything up to the next Sync.
         if !is_boundary(front.tag) {
@@ -207,9 +240,9 @@ mod tests {
     fn raise_stand_in_forwards_only_its_error() {
         let mut f = Flow::default();
         f.sent(ft::PARSE, Owner::Client);
-        f.sent(ft::PARSE, Owner::ProxyRaise);
-        f.sent(ft::BIND, Owner::ProxyRaise);
-        f.sent(ft::EXECUTE, Owner::ProxyRaise);
+        f.sent(ft::PARSE, Owner::ProxyForwardErrors);
+        f.sent(ft::BIND, Owner::ProxyForwardErrors);
+        f.sent(ft::EXECUTE, Owner::ProxyForwardErrors);
         f.sent(ft::BIND, Owner::Client);
         f.sent(ft::SYNC, Owner::Client);
         assert_eq!(f.on_backend(bt::PARSE_COMPLETE), Disposition::Forward);

@@ -6,17 +6,17 @@
 use super::flow::Owner;
 use super::{End, Session};
 use crate::protocol::codec::{Frame, read_cstr};
-use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
+use crate::protocol::{TxStatus, frontend_tag as ft, messages};
 use crate::tenant::RESERVED_PREFIX;
 
 impl Session {
-    /// Refuses `frame` with SQLSTATE 42501 and `message`.
-    pub(super) async fn refuse(&mut self, frame: &Frame, message: &str) -> Result<(), End> {
-        self.server.metrics.context_rejections.with_label_values(&["sql"]).inc();
+    /// Refuses `frame` with SQLSTATE `code` and `message`; `source` labels the metric.
+    pub(super) async fn refuse(&mut self, frame: &Frame, code: &str, message: &str, source: &str) -> Result<(), End> {
+        self.server.metrics.context_rejections.with_label_values(&[source]).inc();
         tracing::warn!(tenant = %self.tenant.name, "refused: {message}");
         let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
         if self.backend.is_none() {
-            self.client_error(sqlstate::INSUFFICIENT_PRIVILEGE, message);
+            self.client_error(code, message);
             if extended {
                 self.skip_until_sync = frame.tag != ft::SYNC;
             } else {
@@ -24,13 +24,14 @@ impl Session {
             }
             return Ok(());
         }
-        let raise = raise_sql(message);
+        let raise = raise_sql(code, message);
         if extended {
+            self.unnamed_on_backend = false;
             messages::parse(&mut self.bout, "", &raise);
             messages::bind(&mut self.bout, "", std::iter::empty());
             messages::execute(&mut self.bout);
             for tag in [ft::PARSE, ft::BIND, ft::EXECUTE] {
-                self.flow.sent(tag, Owner::ProxyRaise);
+                self.flow.sent(tag, Owner::ProxyForwardErrors);
             }
         } else {
             messages::query(&mut self.bout, &raise);
@@ -42,12 +43,12 @@ impl Session {
 
 /// A DO block that raises `message` as SQLSTATE 42501. The message is built by the proxy
 /// from fixed text and validated setting names; quotes and dollars are neutralised anyway.
-fn raise_sql(message: &str) -> String {
-    let safe: String = message.chars().filter(|c| *c != '$').collect::<String>().replace('\'', "''");
+fn raise_sql(code: &str, message: &str) -> String {
+    let clean = |s: &str| s.chars().filter(|c| *c != '$').collect::<String>().replace('\'', "''");
     format!(
-        "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{safe}', \
-         HINT = 'The tenant context is set by pgtenant from the credentials you connected with.'; END$pgtenant_raise$",
-        sqlstate::INSUFFICIENT_PRIVILEGE
+        "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgtenant_raise$",
+        clean(code),
+        clean(message)
     )
 }
 

@@ -7,7 +7,9 @@ mod attach;
 pub mod flow;
 mod guard;
 pub mod params;
+mod prepared;
 mod relay;
+pub mod statements;
 
 use std::fmt;
 use std::sync::Arc;
@@ -83,6 +85,10 @@ pub struct Session {
     skip_until_sync: bool,
     cancel: CancelRegistration,
     max_message: usize,
+    /// The client's named and unnamed prepared statements.
+    statements: statements::ClientStatements,
+    /// The client's unnamed statement exists on the attached backend.
+    unnamed_on_backend: bool,
 }
 
 impl Session {
@@ -107,6 +113,8 @@ impl Session {
             dirty: false,
             copy_in: false,
             skip_until_sync: false,
+            statements: Default::default(),
+            unnamed_on_backend: false,
             server,
         };
         match session.initial_parameters().await {

@@ -3,11 +3,12 @@
 
 use bytes::Buf;
 
-use super::flow::{Disposition, Owner};
+use super::flow::Disposition;
 use super::{End, Session};
 use crate::protocol::codec::{Frame, read_cstr, split_frame};
 use crate::protocol::messages;
-use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
+use crate::config::PoolMode;
+use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql, sqlstate};
 
 impl Session {
     /// True when a complete client frame is waiting for a ReadyForQuery before it may go
@@ -72,7 +73,16 @@ impl Session {
         let mut no_txn_block = false;
         if let Some(text) = sql_text(&frame) {
             if let Some(v) = sql::find_protected_change(text, &self.server.protected) {
-                return self.refuse(&frame, &format!("permission denied to set parameter \"{}\"", v.setting)).await;
+                let msg = format!(
+                    "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
+                    v.setting
+                );
+                return self.refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql").await;
+            }
+            if self.pool.mode == PoolMode::Transaction && sql::uses_sql_prepared_statements(text) {
+                let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
+                           use protocol-level prepared statements (every driver's default) or a session-mode database";
+                return self.refuse(&frame, sqlstate::FEATURE_NOT_SUPPORTED, msg, "unsupported").await;
             }
             if sql::may_change_session_state(text) {
                 self.dirty = true;
@@ -80,7 +90,8 @@ impl Session {
             no_txn_block = frame.tag == ft::QUERY && sql::is_no_transaction_block(text);
         }
         if super::guard::uses_reserved_name(&frame) {
-            return self.refuse(&frame, "prepared statement and portal names starting with \"pgtenant_\" are reserved").await;
+            let msg = "prepared statement and portal names starting with \"pgtenant_\" are reserved";
+            return self.refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "reserved_name").await;
         }
         if !self.attach(&frame).await? {
             return Ok(());
@@ -89,8 +100,8 @@ impl Session {
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
         }
-        self.bout.extend_from_slice(&frame.raw);
-        self.flow.sent(frame.tag, Owner::Client);
+        self.forward_client(frame)?;
+        self.emit_synthetic();
         Ok(())
     }
 
@@ -118,6 +129,7 @@ impl Session {
                 _ => {}
             }
             let disposition = self.flow.on_backend(frame.tag);
+            self.forget_failed_statements();
             if frame.tag == bt::ERROR_RESPONSE {
                 self.copy_in = false;
             }
@@ -133,6 +145,7 @@ impl Session {
                     return Err(End::InjectionFailed(messages::parse_error_fields(frame.body())));
                 }
             }
+            self.emit_synthetic();
         }
     }
 
@@ -153,7 +166,12 @@ impl Session {
         let starts = |p: &[u8]| tag.starts_with(p);
         if starts(b"DISCARD") || starts(b"DEALLOCATE") {
             if let Some(b) = self.backend.as_mut() {
-                b.conn().prepared = false;
+                let conn = b.conn();
+                conn.prepared = false;
+                conn.statements.clear();
+            }
+            if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                self.statements.clear();
             }
         }
         if starts(b"SET") || starts(b"RESET") || starts(b"DISCARD") {

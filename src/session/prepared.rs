@@ -1,0 +1,136 @@
+//! Forwarding Parse/Bind/Describe/Close under transaction pooling: client statement names
+//! are mapped to proxy-owned names prepared on demand on the current backend (see
+//! [`super::statements`]); the unnamed statement is re-created when the client uses it on a
+//! backend other than the one it was parsed on. In session pooling frames go through as-is.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::flow::Owner;
+use super::statements::{StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target};
+use super::{End, Session};
+use crate::config::PoolMode;
+use crate::protocol::codec::Frame;
+use crate::protocol::messages::write_msg;
+use crate::protocol::{backend_tag as bt, frontend_tag as ft};
+
+impl Session {
+    /// Forwards one client request to the attached backend, translating statement names.
+    pub(super) fn forward_client(&mut self, frame: Frame) -> Result<(), End> {
+        if self.pool.mode == PoolMode::Transaction && self.forward_translated(&frame).is_some() {
+            return Ok(());
+        }
+        if frame.tag == ft::PARSE && self.pool.mode == PoolMode::Transaction {
+            self.unnamed_on_backend = true;
+        }
+        self.bout.extend_from_slice(&frame.raw);
+        self.flow.sent(frame.tag, Owner::Client);
+        Ok(())
+    }
+
+    /// Handles the frames that need translation; None means "forward unchanged".
+    fn forward_translated(&mut self, frame: &Frame) -> Option<()> {
+        match frame.tag {
+            ft::PARSE => {
+                let (named, def) = self.statements.define(frame.body())?;
+                if !named {
+                    return None;
+                }
+                let conn = self.backend.as_mut()?.conn();
+                if conn.statements.touch(&def) {
+                    self.flow.sent(ft::PARSE, Owner::Synthetic(bt::PARSE_COMPLETE));
+                } else {
+                    self.prepare_on_backend(&def, Owner::Client);
+                }
+                Some(())
+            }
+            ft::BIND => {
+                let name = bind_statement(frame)?;
+                if name.is_empty() {
+                    return self.ensure_unnamed().and(None);
+                }
+                let def = self.statements.get(name)?;
+                self.ensure_prepared_statement(&def);
+                rewrite_bind(frame, &def.backend_name, &mut self.bout)?;
+                self.flow.sent(ft::BIND, Owner::Client);
+                Some(())
+            }
+            ft::DESCRIBE => {
+                let name = statement_target(frame)?;
+                if name.is_empty() {
+                    return self.ensure_unnamed().and(None);
+                }
+                let def = self.statements.get(name)?;
+                self.ensure_prepared_statement(&def);
+                rewrite_describe(&def.backend_name, &mut self.bout);
+                self.flow.sent(ft::DESCRIBE, Owner::Client);
+                Some(())
+            }
+            ft::CLOSE => {
+                let name = statement_target(frame)?;
+                if name.is_empty() {
+                    return None;
+                }
+                // Backend statements are shared by content and cached; only the client's
+                // name goes away. PostgreSQL answers CloseComplete even for unknown names.
+                self.statements.remove(name);
+                self.flow.sent(ft::CLOSE, Owner::Synthetic(bt::CLOSE_COMPLETE));
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// Prepares `def` on the attached backend unless it is already there.
+    fn ensure_prepared_statement(&mut self, def: &Arc<StatementDef>) {
+        let Some(b) = self.backend.as_mut() else { return };
+        if !b.conn().statements.touch(def) {
+            self.prepare_on_backend(def, Owner::ProxyForwardErrors);
+        }
+    }
+
+    /// Sends Parse for `def` under its backend name, closing whatever the cache evicts.
+    fn prepare_on_backend(&mut self, def: &Arc<StatementDef>, owner: Owner) {
+        let Some(b) = self.backend.as_mut() else { return };
+        for victim in b.conn().statements.insert(def) {
+            StatementDef::close_message(&victim, &mut self.bout);
+            self.flow.sent(ft::CLOSE, Owner::Proxy);
+            self.pool.metrics_statement_evictions();
+        }
+        def.parse_message(&mut self.bout);
+        self.flow.sent_parse(ft::PARSE, owner, Some(def.backend_name.clone()));
+    }
+
+    /// Re-creates the client's unnamed statement on this backend if it was parsed elsewhere.
+    fn ensure_unnamed(&mut self) -> Option<()> {
+        if self.unnamed_on_backend {
+            return Some(());
+        }
+        let def = self.statements.get(b"")?;
+        write_msg(&mut self.bout, ft::PARSE, |b: &mut BytesMut| {
+            b.extend_from_slice(&[0]);
+            b.extend_from_slice(&def.body);
+        });
+        self.flow.sent(ft::PARSE, Owner::ProxyForwardErrors);
+        self.unnamed_on_backend = true;
+        Some(())
+    }
+
+    /// Emits replies the proxy owes for requests it answered itself, once they are due.
+    pub(super) fn emit_synthetic(&mut self) {
+        while let Some(tag) = self.flow.take_synthetic() {
+            write_msg(&mut self.cout, tag, |_| {});
+        }
+    }
+
+    /// Forgets proxy-named statements whose Parse failed on the backend.
+    pub(super) fn forget_failed_statements(&mut self) {
+        for name in self.flow.take_failed_statements() {
+            if let Some(b) = self.backend.as_mut() {
+                b.conn().statements.remove(&name);
+            }
+            self.statements.forget_backend_name(&name);
+        }
+    }
+}

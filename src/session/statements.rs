@@ -1,0 +1,243 @@
+//! Named prepared statements under transaction pooling. A client's statement names are its
+//! own: the proxy remembers each definition, and on whichever backend serves the client it
+//! uses a proxy-owned name derived from the definition's content (so two tenants using the
+//! same name for different SQL never share a statement, and identical SQL is prepared once
+//! per backend). Each backend keeps a bounded LRU of what it has prepared.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::codec::{Frame, read_cstr};
+use crate::protocol::frontend_tag as ft;
+use crate::protocol::messages::write_msg;
+use crate::tenant::RESERVED_PREFIX;
+
+/// A statement definition: the Parse body after the name (query and parameter types).
+#[derive(Debug)]
+pub struct StatementDef {
+    /// Proxy-owned name used on backends.
+    pub backend_name: String,
+    pub body: Bytes,
+}
+
+impl StatementDef {
+    /// Builds the definition from a Parse body (name, query, types).
+    fn from_parse_body(body: &[u8], seed: &std::hash::RandomState) -> Option<(Vec<u8>, Arc<StatementDef>)> {
+        let (name, rest) = read_cstr(body)?;
+        let mut h = seed.build_hasher();
+        h.write(rest);
+        let def = StatementDef {
+            backend_name: format!("{RESERVED_PREFIX}s_{:016x}", h.finish()),
+            body: Bytes::copy_from_slice(rest),
+        };
+        Some((name.to_vec(), Arc::new(def)))
+    }
+
+    /// A Parse message creating this statement under its backend name.
+    pub fn parse_message(&self, out: &mut BytesMut) {
+        write_msg(out, ft::PARSE, |b| {
+            b.extend_from_slice(self.backend_name.as_bytes());
+            b.extend_from_slice(&[0]);
+            b.extend_from_slice(&self.body);
+        });
+    }
+
+    /// A Close message dropping this statement from a backend.
+    pub fn close_message(name: &str, out: &mut BytesMut) {
+        write_msg(out, ft::CLOSE, |b| {
+            b.extend_from_slice(b"S");
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&[0]);
+        });
+    }
+}
+
+/// The statements one client has prepared, by the client's names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Vec<u8>, Arc<StatementDef>>,
+    seed: std::hash::RandomState,
+}
+
+impl ClientStatements {
+    /// Records the statement a Parse defines (the unnamed one included, under `""`).
+    pub fn define(&mut self, parse_body: &[u8]) -> Option<(bool, Arc<StatementDef>)> {
+        let (name, def) = StatementDef::from_parse_body(parse_body, &self.seed)?;
+        let named = !name.is_empty();
+        self.by_name.insert(name, def.clone());
+        Some((named, def))
+    }
+
+    /// The definition behind a client statement name.
+    pub fn get(&self, name: &[u8]) -> Option<Arc<StatementDef>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Forgets a statement (client Close, or a Parse that failed).
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    /// Forgets every name bound to a backend statement whose Parse failed.
+    pub fn forget_backend_name(&mut self, backend_name: &str) {
+        self.by_name.retain(|_, d| d.backend_name != backend_name);
+    }
+
+    /// Forgets everything (DEALLOCATE ALL / DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// The proxy-named statements prepared on one backend connection, least recently used
+/// evicted first.
+#[derive(Debug)]
+pub struct BackendStatements {
+    entries: HashMap<String, (Bytes, u64)>,
+    tick: u64,
+    capacity: usize,
+}
+
+impl BackendStatements {
+    /// An empty cache holding at most `capacity` statements.
+    pub fn new(capacity: usize) -> BackendStatements {
+        BackendStatements { entries: HashMap::new(), tick: 0, capacity: capacity.max(1) }
+    }
+
+    /// True when `def` is prepared here with exactly this body (a hash collision with a
+    /// different body counts as absent).
+    pub fn touch(&mut self, def: &StatementDef) -> bool {
+        self.tick += 1;
+        match self.entries.get_mut(&def.backend_name) {
+            Some((body, used)) if *body == def.body => {
+                *used = self.tick;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records `def` as prepared; returns a statement name to close first when a different
+    /// body held the name or the cache was full.
+    pub fn insert(&mut self, def: &StatementDef) -> Vec<String> {
+        let mut close = Vec::new();
+        if self.entries.contains_key(&def.backend_name) {
+            close.push(def.backend_name.clone());
+        } else if self.entries.len() >= self.capacity {
+            if let Some(victim) = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+                self.entries.remove(&victim);
+                close.push(victim);
+            }
+        }
+        self.tick += 1;
+        self.entries.insert(def.backend_name.clone(), (def.body.clone(), self.tick));
+        close
+    }
+
+    /// Forgets a statement (its Parse failed).
+    pub fn remove(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
+    /// Forgets everything (the backend's statements were deallocated).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Number of statements prepared.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is prepared.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Rewrites a Bind's statement name; None when the message is malformed.
+pub fn rewrite_bind(frame: &Frame, backend_name: &str, out: &mut BytesMut) -> Option<()> {
+    let (portal, rest) = read_cstr(frame.body())?;
+    let (_, rest) = read_cstr(rest)?;
+    write_msg(out, ft::BIND, |b| {
+        b.extend_from_slice(portal);
+        b.extend_from_slice(&[0]);
+        b.extend_from_slice(backend_name.as_bytes());
+        b.extend_from_slice(&[0]);
+        b.extend_from_slice(rest);
+    });
+    Some(())
+}
+
+/// Rewrites a Describe of a statement to the backend name.
+pub fn rewrite_describe(backend_name: &str, out: &mut BytesMut) {
+    write_msg(out, ft::DESCRIBE, |b| {
+        b.extend_from_slice(b"S");
+        b.extend_from_slice(backend_name.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+}
+
+/// The statement name a Bind refers to.
+pub fn bind_statement(frame: &Frame) -> Option<&[u8]> {
+    let (_, rest) = read_cstr(frame.body())?;
+    read_cstr(rest).map(|(s, _)| s)
+}
+
+/// For Describe/Close: `Some(name)` when the target is a statement ('S').
+pub fn statement_target(frame: &Frame) -> Option<&[u8]> {
+    let body = frame.body();
+    if body.first() != Some(&b'S') {
+        return None;
+    }
+    read_cstr(body.get(1..)?).map(|(n, _)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(body: &[u8]) -> Arc<StatementDef> {
+        let mut c = ClientStatements::default();
+        let mut parse = b"n\0".to_vec();
+        parse.extend_from_slice(body);
+        c.define(&parse).unwrap().1
+    }
+
+    #[test]
+    fn same_sql_same_backend_name_and_different_sql_different_name() {
+        let mut a = ClientStatements::default();
+        let x = a.define(b"s0\0select 1\0\0\0").unwrap().1;
+        let y = a.define(b"s1\0select 1\0\0\0").unwrap().1;
+        let z = a.define(b"s0\0select 2\0\0\0").unwrap().1;
+        assert_eq!(x.backend_name, y.backend_name);
+        assert_ne!(x.backend_name, z.backend_name);
+        assert!(Arc::ptr_eq(&a.get(b"s0").unwrap(), &z));
+        assert!(!a.define(b"\0select 3\0\0\0").unwrap().0);
+    }
+
+    #[test]
+    fn backend_cache_evicts_least_recently_used() {
+        let mut cache = BackendStatements::new(2);
+        let (a, b, c) = (def(b"a\0\0\0"), def(b"b\0\0\0"), def(b"c\0\0\0"));
+        assert!(cache.insert(&a).is_empty());
+        assert!(cache.insert(&b).is_empty());
+        assert!(cache.touch(&a));
+        assert_eq!(cache.insert(&c), vec![b.backend_name.clone()]);
+        assert!(cache.touch(&a) && cache.touch(&c) && !cache.touch(&b));
+    }
+
+    #[test]
+    fn rewrites_bind_keeping_parameters() {
+        let mut raw = BytesMut::new();
+        write_msg(&mut raw, ft::BIND, |b| b.extend_from_slice(b"p\0s0\0\0\0\0\x01\0\0\0\x01x\0\0"));
+        let frame = Frame { tag: ft::BIND, raw: raw.freeze() };
+        assert_eq!(bind_statement(&frame), Some(&b"s0"[..]));
+        let mut out = BytesMut::new();
+        rewrite_bind(&frame, "pgtenant_s_1", &mut out).unwrap();
+        assert_eq!(&out[5..], b"p\0pgtenant_s_1\0\0\0\0\x01\0\0\0\x01x\0\0");
+    }
+}
