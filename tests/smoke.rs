@@ -31,3 +31,21 @@ async fn psql_works_through_the_proxy() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "180000");
 }
+
+#[tokio::test]
+async fn pipelined_transactions_with_several_syncs_in_one_write() {
+    use common::raw::*;
+    let env = TestEnv::start().await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret").await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    for _ in 0..3 {
+        extended(&mut out, "SELECT current_setting('app.current_tenant')", &[]);
+        sync(&mut out);
+    }
+    c.send(&out).await;
+    for _ in 0..3 {
+        let msgs = c.until_ready().await;
+        assert_eq!(tags(&msgs), "12DCZ");
+        assert_eq!(data_rows(&msgs), vec![vec![Some(ACME.to_string())]]);
+    }
+}

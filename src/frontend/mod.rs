@@ -24,14 +24,14 @@ pub use handshake::{Startup, StartupOutcome};
 /// A client-visible failure during startup: sent as FATAL, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fatal {
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 impl Fatal {
     /// A FATAL with the given SQLSTATE.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Fatal {
-        Fatal { code, message: message.into() }
+    pub fn new(code: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> Fatal {
+        Fatal { code: code.into(), message: message.into() }
     }
 }
 
@@ -81,7 +81,7 @@ pub async fn serve(server: Arc<Server>, mut socket: TcpStream, peer: SocketAddr,
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.
 pub async fn send_fatal(socket: &mut TcpStream, fatal: &Fatal) {
     let mut out = BytesMut::new();
-    messages::error_response(&mut out, Severity::Fatal, fatal.code, &fatal.message);
+    messages::error_response(&mut out, Severity::Fatal, &fatal.code, &fatal.message);
     let _ = socket.write_all(&out).await;
     let _ = socket.shutdown().await;
 }

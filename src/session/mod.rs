@@ -135,12 +135,11 @@ impl Session {
         messages::sync(&mut out);
         if let Err(e) = conn.exchange(&out).await {
             pooled.release(Cleanup::Full);
-            let (code, msg) = match e {
-                crate::backend::BackendError::Server(f) => (f.code, f.message),
-                other => (sqlstate::CONNECTION_FAILURE.to_string(), other.to_string()),
-            };
-            let code: &'static str = if code == "22023" { "22023" } else if code == "42704" { "42704" } else { sqlstate::CONNECTION_FAILURE };
-            return Err(Fatal::new(code, msg));
+            // An invalid startup setting: PostgreSQL would refuse the connection the same way.
+            return Err(match e {
+                crate::backend::BackendError::Server(f) => Fatal::new(f.code, f.message),
+                other => Fatal::new(sqlstate::CONNECTION_FAILURE, other.to_string()),
+            });
         }
         self.params.adopt_defaults(conn);
         let reported: Vec<(String, String)> = conn

@@ -2,6 +2,8 @@
 //! an in-process pgtenant in front of it, both on free ports.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -1,0 +1,184 @@
+//! A tiny raw-protocol client for tests that need exact control of the bytes on the wire
+//! (pipelines with several Syncs in one write, malformed input, abrupt disconnects).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgtenant::protocol::codec::split_frame;
+use pgtenant::protocol::messages::{self, ErrorFields, parse_error_fields};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One backend message as received.
+pub type Msg = (u8, Bytes);
+
+/// A raw connection to the proxy.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    /// Opens a TCP connection without sending anything.
+    pub async fn tcp(addr: SocketAddr) -> RawConn {
+        RawConn { stream: TcpStream::connect(addr).await.expect("tcp connect"), buf: BytesMut::new() }
+    }
+
+    /// Connects and authenticates with SCRAM-SHA-256; returns the ErrorResponse on failure.
+    pub async fn connect(addr: SocketAddr, user: &str, password: &str) -> Result<RawConn, ErrorFields> {
+        Self::connect_with(addr, &[("user", user), ("database", "app")], password).await
+    }
+
+    /// Like [`RawConn::connect`] with arbitrary startup parameters.
+    pub async fn connect_with(addr: SocketAddr, params: &[(&str, &str)], password: &str) -> Result<RawConn, ErrorFields> {
+        let mut c = Self::tcp(addr).await;
+        let mut out = BytesMut::new();
+        frontend::startup_message(params.iter().copied(), &mut out).unwrap();
+        c.send(&out).await;
+        let mut scram = None;
+        loop {
+            let (tag, body) = c.recv().await.ok_or_else(closed)?;
+            match tag {
+                b'E' => return Err(parse_error_fields(&body)),
+                b'R' => {
+                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => {}
+                        10 => {
+                            let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out).unwrap();
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().unwrap();
+                            s.update(&body[4..]).unwrap();
+                            frontend::sasl_response(s.message(), &mut out).unwrap();
+                        }
+                        12 => {
+                            scram.take().unwrap().finish(&body[4..]).unwrap();
+                        }
+                        other => panic!("unexpected auth code {other}"),
+                    }
+                    if !out.is_empty() {
+                        c.send(&out).await;
+                    }
+                }
+                b'Z' => return Ok(c),
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one message; None on EOF or after 20 s of silence.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        loop {
+            if let Some(f) = split_frame(&mut self.buf, 1 << 30).ok()? {
+                return Some((f.tag, Bytes::copy_from_slice(f.body())));
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf)).await.ok()?.ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until ReadyForQuery (inclusive).
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.recv().await {
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Runs a simple query; returns all messages up to ReadyForQuery.
+    pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+        let mut out = BytesMut::new();
+        messages::query(&mut out, sql);
+        self.send(&out).await;
+        self.until_ready().await
+    }
+
+    /// True when the server closed the connection (EOF within a few seconds).
+    pub async fn is_closed(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+fn closed() -> ErrorFields {
+    ErrorFields { severity: "FATAL".into(), code: "closed".into(), message: "connection closed".into() }
+}
+
+/// Appends Parse(unnamed) + Bind + Execute of `sql` with text parameters, no Sync.
+pub fn extended(out: &mut BytesMut, sql: &str, params: &[&str]) {
+    messages::parse(out, "", sql);
+    messages::bind(out, "", params.iter().map(|p| p.as_bytes()));
+    messages::execute(out);
+}
+
+/// Appends a Sync.
+pub fn sync(out: &mut BytesMut) {
+    messages::sync(out);
+}
+
+/// The text values of every DataRow in `msgs`.
+pub fn data_rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, body)| {
+            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut rest = &body[2..];
+            (0..n)
+                .map(|_| {
+                    let len = i32::from_be_bytes(rest[..4].try_into().unwrap());
+                    rest = &rest[4..];
+                    if len < 0 {
+                        return None;
+                    }
+                    let v = String::from_utf8_lossy(&rest[..len as usize]).into_owned();
+                    rest = &rest[len as usize..];
+                    Some(v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The ErrorResponses in `msgs`.
+pub fn errors(msgs: &[Msg]) -> Vec<ErrorFields> {
+    msgs.iter().filter(|(t, _)| *t == b'E').map(|(_, b)| parse_error_fields(b)).collect()
+}
+
+/// The message tags in `msgs`, as a string (e.g. "12DCZ").
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// A length-prefixed untagged packet (startup-style) with `code` and `rest`.
+pub fn startup_packet(code: u32, rest: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u32((rest.len() + 8) as u32);
+    b.put_u32(code);
+    b.put_slice(rest);
+    b
+}
