@@ -63,7 +63,12 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot::default());
             if let dashmap::Entry::Vacant(v) = self.keys.entry((pid, secret)) {
                 v.insert(slot.clone());
-                return CancelRegistration { registry: self.clone(), pid, secret, slot };
+                return CancelRegistration {
+                    registry: self.clone(),
+                    pid,
+                    secret,
+                    slot,
+                };
             }
         }
     }

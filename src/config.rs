@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
+    #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -120,12 +122,35 @@ pub enum ResetMode {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub user_convention: UserConvention,
+    /// Default authentication method (tenants may override it).
+    pub method: AuthMethod,
+    /// Refuse a client whose startup user names a different tenant than its certificate.
+    pub check_user_matches_certificate: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { user_convention: UserConvention::Tenant }
+        AuthConfig {
+            user_convention: UserConvention::Tenant,
+            method: AuthMethod::Password,
+            check_user_matches_certificate: true,
+        }
     }
+}
+
+/// How a tenant proves who it is.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (or -PLUS over TLS) against the tenant's verifier.
+    #[default]
+    Password,
+    /// A verified client certificate that maps to the tenant.
+    Certificate,
+    /// Either of the two.
+    CertificateOrPassword,
+    /// Both.
+    CertificateAndPassword,
 }
 
 /// Mapping from the startup `user` to a tenant name.
@@ -172,6 +197,16 @@ pub struct DatabaseConfig {
     /// closed first).
     #[serde(default = "default_statement_cache")]
     pub prepared_statement_cache_size: usize,
+    /// TLS to the backend, libpq semantics.
+    #[serde(default)]
+    pub sslmode: crate::tls::SslMode,
+    /// CA bundle the backend's certificate must chain to.
+    pub sslrootcert: Option<std::path::PathBuf>,
+    /// Client certificate for backends that require certificate authentication.
+    pub sslcert: Option<std::path::PathBuf>,
+    pub sslkey: Option<std::path::PathBuf>,
+    /// Host name to send as SNI and verify (default: `host`).
+    pub server_name: Option<String>,
 }
 
 fn default_pg_port() -> u16 {
@@ -227,10 +262,14 @@ pub struct TenantConfig {
     /// Value of the tenant id setting (e.g. a UUID).
     pub id: String,
     /// SCRAM-SHA-256 verifier from `pgtenant hash-password`; never a plaintext password.
+    /// May be empty for tenants that authenticate by certificate only.
+    #[serde(default)]
     pub password: String,
     /// Values for `context.extra_settings`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Overrides `auth.method` for this tenant.
+    pub auth_method: Option<AuthMethod>,
 }
 
 /// A configuration problem, naming the key it concerns.
@@ -250,7 +289,10 @@ impl std::fmt::Display for ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
@@ -294,13 +336,22 @@ impl Config {
         let mut bad = |key: String, message: String| p.push(ConfigProblem { key, message });
         let s = &self.server;
         if s.max_startup_message_size < 1024 {
-            bad("server.max_startup_message_size".into(), "must be at least 1024".into());
+            bad(
+                "server.max_startup_message_size".into(),
+                "must be at least 1024".into(),
+            );
         }
         if s.max_message_size < 8192 {
-            bad("server.max_message_size".into(), "must be at least 8192".into());
+            bad(
+                "server.max_message_size".into(),
+                "must be at least 8192".into(),
+            );
         }
         if s.max_client_connections == 0 {
-            bad("server.max_client_connections".into(), "must be at least 1".into());
+            bad(
+                "server.max_client_connections".into(),
+                "must be at least 1".into(),
+            );
         }
         let settings = self.context.settings();
         for (i, name) in settings.iter().enumerate() {
@@ -310,19 +361,30 @@ impl Config {
                 format!("context.extra_settings[{}]", i - 1)
             };
             if !is_custom_setting_name(name) {
-                bad(key.clone(), format!("{name:?} is not a custom setting name of the form prefix.name (lowercase letters, digits, _)"));
+                bad(
+                    key.clone(),
+                    format!(
+                        "{name:?} is not a custom setting name of the form prefix.name (lowercase letters, digits, _)"
+                    ),
+                );
             }
             if settings[..i].contains(name) {
                 bad(key, format!("{name:?} is listed twice"));
             }
         }
         if self.databases.is_empty() {
-            bad("databases".into(), "at least one [databases.<name>] section is required".into());
+            bad(
+                "databases".into(),
+                "at least one [databases.<name>] section is required".into(),
+            );
         }
         for (name, db) in &self.databases {
             let key = |k: &str| format!("databases.{name}.{k}");
             if !is_plain_name(name) {
-                bad(format!("databases.{name}"), "database names may use letters, digits, _ and -".into());
+                bad(
+                    format!("databases.{name}"),
+                    "database names may use letters, digits, _ and -".into(),
+                );
             }
             if db.pool_size == 0 || db.pool_size > 10_000 {
                 bad(key("pool_size"), "must be between 1 and 10000".into());
@@ -334,11 +396,17 @@ impl Config {
                 bad(key("user"), "must not be empty".into());
             }
             if db.password.is_some() && db.password_env.is_some() {
-                bad(key("password_env"), "set either password or password_env, not both".into());
+                bad(
+                    key("password_env"),
+                    "set either password or password_env, not both".into(),
+                );
             }
             if let Some(var) = &db.password_env {
                 if std::env::var(var).is_err() {
-                    bad(key("password_env"), format!("environment variable {var} is not set"));
+                    bad(
+                        key("password_env"),
+                        format!("environment variable {var} is not set"),
+                    );
                 }
             }
             if db.checkout_timeout.is_zero() {
@@ -347,11 +415,58 @@ impl Config {
             if db.connect_timeout.is_zero() {
                 bad(key("connect_timeout"), "must be greater than zero".into());
             }
+            use crate::tls::SslMode;
+            if matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+                && db.sslrootcert.is_none()
+            {
+                bad(
+                    key("sslrootcert"),
+                    "required for sslmode verify-ca and verify-full".into(),
+                );
+            }
+            if db.sslcert.is_some() != db.sslkey.is_some() {
+                bad(key("sslkey"), "sslcert and sslkey go together".into());
+            }
+            for (k, p) in [
+                ("sslrootcert", &db.sslrootcert),
+                ("sslcert", &db.sslcert),
+                ("sslkey", &db.sslkey),
+            ] {
+                if let Some(p) = p {
+                    if !p.exists() {
+                        bad(key(k), format!("{} does not exist", p.display()));
+                    }
+                }
+            }
+        }
+        let mut tls_problems = Vec::new();
+        self.tls.validate(&mut tls_problems);
+        for tp in tls_problems {
+            bad(tp.key, tp.message);
+        }
+        let cert_methods = [
+            AuthMethod::Certificate,
+            AuthMethod::CertificateOrPassword,
+            AuthMethod::CertificateAndPassword,
+        ];
+        let uses_certs = cert_methods.contains(&self.auth.method)
+            || self
+                .tenants
+                .values()
+                .any(|t| t.auth_method.is_some_and(|m| cert_methods.contains(&m)));
+        if uses_certs && self.tls.client_ca_files.is_empty() {
+            bad(
+                "tls.client_ca_files".into(),
+                "certificate authentication needs at least one client CA bundle".into(),
+            );
         }
         for (name, t) in &self.tenants {
             let key = |k: &str| format!("tenants.{name}.{k}");
             if !is_plain_name(name) || name.contains('.') {
-                bad(format!("tenants.{name}"), "tenant names may use letters, digits, _ and -".into());
+                bad(
+                    format!("tenants.{name}"),
+                    "tenant names may use letters, digits, _ and -".into(),
+                );
             }
             if t.id.is_empty() {
                 bad(key("id"), "must not be empty".into());
@@ -359,15 +474,29 @@ impl Config {
             if t.id.contains('\0') {
                 bad(key("id"), "must not contain NUL".into());
             }
-            if let Err(e) = ScramVerifier::parse(&t.password) {
-                bad(key("password"), format!("not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"));
+            let cert_only = t.auth_method.unwrap_or(self.auth.method) == AuthMethod::Certificate;
+            if cert_only && t.password.is_empty() {
+                // Certificate-only tenants need no password.
+            } else if let Err(e) = ScramVerifier::parse(&t.password) {
+                bad(
+                    key("password"),
+                    format!(
+                        "not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"
+                    ),
+                );
             }
             for (setting, value) in &t.settings {
                 if !self.context.extra_settings.contains(setting) {
-                    bad(format!("tenants.{name}.settings.{setting}"), "not listed in context.extra_settings".into());
+                    bad(
+                        format!("tenants.{name}.settings.{setting}"),
+                        "not listed in context.extra_settings".into(),
+                    );
                 }
                 if value.contains('\0') {
-                    bad(format!("tenants.{name}.settings.{setting}"), "must not contain NUL".into());
+                    bad(
+                        format!("tenants.{name}.settings.{setting}"),
+                        "must not contain NUL".into(),
+                    );
                 }
             }
         }
@@ -380,7 +509,8 @@ pub fn is_custom_setting_name(name: &str) -> bool {
     let mut parts = name.split('.');
     let ok_part = |s: &str| {
         !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !s.as_bytes()[0].is_ascii_digit()
     };
     let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
@@ -392,7 +522,9 @@ pub fn is_custom_setting_name(name: &str) -> bool {
 fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]

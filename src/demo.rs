@@ -20,9 +20,17 @@ pub const DEMO_TENANTS: [(&str, &str); 2] = [("acme", "acme-secret"), ("globex",
 
 /// Starts a cluster with the example schema loaded in database `app`.
 pub async fn start_cluster() -> anyhow::Result<TempCluster> {
-    let cluster = TempCluster::start(ClusterOptions::default()).await.context("starting PostgreSQL")?;
-    cluster.psql("postgres", "CREATE DATABASE app").await.context("creating database app")?;
-    cluster.psql("app", SCHEMA).await.context("loading the example schema")?;
+    let cluster = TempCluster::start(ClusterOptions::default())
+        .await
+        .context("starting PostgreSQL")?;
+    cluster
+        .psql("postgres", "CREATE DATABASE app")
+        .await
+        .context("creating database app")?;
+    cluster
+        .psql("app", SCHEMA)
+        .await
+        .context("loading the example schema")?;
     Ok(cluster)
 }
 
@@ -37,7 +45,10 @@ pub fn config_for(cluster: &TempCluster) -> anyhow::Result<Config> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(listen: Option<SocketAddr>, metrics_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+pub async fn run(
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     println!("Starting a throwaway PostgreSQL cluster ...");
     let cluster = start_cluster().await?;
     let mut cfg = config_for(&cluster)?;
@@ -54,7 +65,12 @@ pub async fn run(listen: Option<SocketAddr>, metrics_listen: Option<SocketAddr>)
         .with_context(|| format!("listening on {wanted}"))?;
     let (addr, metrics_addr) = (running.addr, running.metrics_addr);
     println!();
-    println!("PostgreSQL {}:{} (data in {}), pgtenant on {addr}", cluster.host(), cluster.port(), cluster.data_dir().display());
+    println!(
+        "PostgreSQL {}:{} (data in {}), pgtenant on {addr}",
+        cluster.host(),
+        cluster.port(),
+        cluster.data_dir().display()
+    );
     if let Some(m) = metrics_addr {
         println!("Metrics: curl http://{m}/metrics");
     }
@@ -68,8 +84,12 @@ pub async fn run(listen: Option<SocketAddr>, metrics_listen: Option<SocketAddr>)
         );
     }
     println!();
-    println!("Each tenant sees only its own invoices. Inserting a row for the other tenant fails with");
-    println!("'new row violates row-level security policy'; SET app.current_tenant is refused (42501).");
+    println!(
+        "Each tenant sees only its own invoices. Inserting a row for the other tenant fails with"
+    );
+    println!(
+        "'new row violates row-level security policy'; SET app.current_tenant is refused (42501)."
+    );
     println!("Press Ctrl-C to stop and delete the cluster.");
     crate::server::wait_for_signal().await;
     println!("Stopping ...");

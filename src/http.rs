@@ -24,7 +24,9 @@ pub struct Readiness {
 /// Serves the HTTP endpoints until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
@@ -32,17 +34,29 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Read
                 let resp = respond(req.uri().path(), &metrics, &ready);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn respond(path: &str, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if ready.backend_reachable.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".into()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no backend reachable\n".into()),
+        "/readyz" if ready.backend_reachable.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no backend reachable\n".into(),
+        ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -15,6 +15,7 @@
 //! - [`frontend`]: one client up to an authenticated tenant.
 //! - [`session`]: the transaction-pooling relay loop.
 //! - [`pool`] / [`backend`]: backend connections.
+//! - [`tls`], [`stream`]: TLS on both legs, client-certificate identity.
 //! - [`cancel`], [`metrics`], [`http`]: cancel routing and operations.
 //! - [`server`]: the accept loop and process lifecycle.
 //! - [`pgcluster`], [`demo`]: a throwaway PostgreSQL for the demo and the tests.
@@ -34,6 +35,8 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod stream;
 pub mod tenant;
+pub mod tls;
 
 pub use server::{Server, run};

@@ -17,7 +17,13 @@ use pgtenant::metrics::Metrics;
 #[command(name = "pgtenant", version, about, long_about = None)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, env = "PGTENANT_CONFIG", default_value = "config.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "PGTENANT_CONFIG",
+        default_value = "config.toml",
+        global = true
+    )]
     config: PathBuf,
     /// Override server.listen (address clients connect to).
     #[arg(long, env = "PGTENANT_LISTEN", global = true)]
@@ -67,7 +73,9 @@ fn main() -> ExitCode {
         },
         Some(Command::Demo) => {
             init_tracing(&cli, LogFormat::Text);
-            runtime(0).block_on(async { report(pgtenant::demo::run(cli.listen, cli.metrics_listen).await) })
+            runtime(0).block_on(async {
+                report(pgtenant::demo::run(cli.listen, cli.metrics_listen).await)
+            })
         }
         Some(Command::Run) | None => {
             let cfg = match load(&cli) {
@@ -134,7 +142,10 @@ fn hash_password(password: Option<String>) -> ExitCode {
         eprintln!("the password must not be empty");
         return ExitCode::from(1);
     }
-    println!("{}", pgtenant::auth::scram::ScramVerifier::hash_password(&password));
+    println!(
+        "{}",
+        pgtenant::auth::scram::ScramVerifier::hash_password(&password)
+    );
     ExitCode::SUCCESS
 }
 
@@ -149,7 +160,9 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 fn init_tracing(cli: &Cli, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format.unwrap_or(format) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -4,8 +4,8 @@
 //! addresses or secrets.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All process-wide metric families.
@@ -16,6 +16,9 @@ pub struct Metrics {
     pub context_injections: IntCounter,
     pub context_rejections: IntCounterVec,
     pub protocol_errors: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub tls_cert_expiry: IntGaugeVec,
     backend_connections: IntGaugeVec,
     pool_waiting: IntGaugeVec,
     backend_opened: IntCounterVec,
@@ -55,18 +58,32 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let build = reg(
             &r,
-            IntGaugeVec::new(Opts::new("pgtenant_build_info", "Build information."), &["version"]).expect("valid metric"),
+            IntGaugeVec::new(
+                Opts::new("pgtenant_build_info", "Build information."),
+                &["version"],
+            )
+            .expect("valid metric"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
-            client_connections: gauge("pgtenant_client_connections", "Client connections by state.", &["state"]),
+            client_connections: gauge(
+                "pgtenant_client_connections",
+                "Client connections by state.",
+                &["state"],
+            ),
             auth_attempts: counter(
                 "pgtenant_auth_attempts_total",
                 "Client authentication attempts by method, result and reason.",
@@ -74,8 +91,11 @@ impl Metrics {
             ),
             context_injections: reg(
                 &r,
-                IntCounter::new("pgtenant_context_injections_total", "Transactions given the tenant context.")
-                    .expect("valid metric"),
+                IntCounter::new(
+                    "pgtenant_context_injections_total",
+                    "Transactions given the tenant context.",
+                )
+                .expect("valid metric"),
             ),
             context_rejections: counter(
                 "pgtenant_context_change_rejections_total",
@@ -87,10 +107,41 @@ impl Metrics {
                 "Client connections closed for protocol violations.",
                 &["reason"],
             ),
-            backend_connections: gauge("pgtenant_backend_connections", "Backend connections by pool and state.", &["pool", "state"]),
-            pool_waiting: gauge("pgtenant_pool_waiting_clients", "Clients waiting for a backend connection.", &["pool"]),
-            backend_opened: counter("pgtenant_backend_connections_opened_total", "Backend connections opened.", &["pool"]),
-            backend_closed: counter("pgtenant_backend_connections_closed_total", "Backend connections closed.", &["pool"]),
+            config_reloads: counter(
+                "pgtenant_config_reloads_total",
+                "Configuration and TLS reloads by result.",
+                &["result"],
+            ),
+            tls_handshakes: counter(
+                "pgtenant_tls_handshakes_total",
+                "Client TLS handshakes by result.",
+                &["result"],
+            ),
+            tls_cert_expiry: gauge(
+                "pgtenant_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the served TLS certificate.",
+                &["listener"],
+            ),
+            backend_connections: gauge(
+                "pgtenant_backend_connections",
+                "Backend connections by pool and state.",
+                &["pool", "state"],
+            ),
+            pool_waiting: gauge(
+                "pgtenant_pool_waiting_clients",
+                "Clients waiting for a backend connection.",
+                &["pool"],
+            ),
+            backend_opened: counter(
+                "pgtenant_backend_connections_opened_total",
+                "Backend connections opened.",
+                &["pool"],
+            ),
+            backend_closed: counter(
+                "pgtenant_backend_connections_closed_total",
+                "Backend connections closed.",
+                &["pool"],
+            ),
             backend_connect_errors: counter(
                 "pgtenant_backend_connect_errors_total",
                 "Failed attempts to open a backend connection.",
@@ -104,14 +155,27 @@ impl Metrics {
             wait_seconds: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("pgtenant_pool_checkout_wait_seconds", "Time to obtain a backend connection.")
-                        .buckets(vec![0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                    HistogramOpts::new(
+                        "pgtenant_pool_checkout_wait_seconds",
+                        "Time to obtain a backend connection.",
+                    )
+                    .buckets(vec![
+                        0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                    ]),
                     &["pool"],
                 )
                 .expect("valid metric"),
             ),
-            transactions: counter("pgtenant_transactions_total", "Transactions completed.", &["pool"]),
-            queries: counter("pgtenant_queries_total", "Query and Execute messages forwarded.", &["pool"]),
+            transactions: counter(
+                "pgtenant_transactions_total",
+                "Transactions completed.",
+                &["pool"],
+            ),
+            queries: counter(
+                "pgtenant_queries_total",
+                "Query and Execute messages forwarded.",
+                &["pool"],
+            ),
             statement_evictions: counter(
                 "pgtenant_prepared_statement_evictions_total",
                 "Client statements closed on a backend to stay within the cache size.",
@@ -124,7 +188,9 @@ impl Metrics {
     /// Handles for one pool.
     pub fn pool(&self, pool: &str) -> PoolMetrics {
         PoolMetrics {
-            active: self.backend_connections.with_label_values(&[pool, "active"]),
+            active: self
+                .backend_connections
+                .with_label_values(&[pool, "active"]),
             idle: self.backend_connections.with_label_values(&[pool, "idle"]),
             waiting: self.pool_waiting.with_label_values(&[pool]),
             opened: self.backend_opened.with_label_values(&[pool]),
@@ -141,7 +207,9 @@ impl Metrics {
     /// Counts one authentication attempt.
     pub fn auth(&self, method: &str, ok: bool, reason: &str) {
         let result = if ok { "success" } else { "failure" };
-        self.auth_attempts.with_label_values(&[method, result, reason]).inc();
+        self.auth_attempts
+            .with_label_values(&[method, result, reason])
+            .inc();
     }
 
     /// The registry in Prometheus text format.

@@ -26,19 +26,33 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub cancels: Arc<CancelRegistry>,
     pub readiness: Arc<Readiness>,
+    /// Client-facing TLS, when enabled.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Protected setting names (lowercase): the injected ones plus role and session_authorization.
     pub protected: Vec<String>,
     clients: AtomicUsize,
 }
 
 impl Server {
-    /// Builds the shared state from a validated config.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Server> {
+    /// Builds the shared state from a validated config; fails when TLS files cannot be loaded.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Server>, crate::tls::TlsError> {
+        let tls = match config.tls.mode {
+            crate::tls::TlsMode::Disable => None,
+            _ => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
+        };
         let plan = InjectionPlan::new(config.context.settings());
         let tenants = TenantDirectory::from_config(&config, &plan);
         let mut pools = HashMap::new();
         for (name, db) in &config.databases {
+            let tls_config = crate::tls::client::backend_config(
+                db.sslmode,
+                db.sslrootcert.as_deref(),
+                db.sslcert.as_deref().zip(db.sslkey.as_deref()),
+            )?;
             let target = BackendTarget {
+                tls: tls_config,
+                sslmode: db.sslmode,
+                server_name: db.server_name.clone().unwrap_or_else(|| db.host.clone()),
                 host: db.host.clone(),
                 port: db.port,
                 dbname: db.backend_dbname(name).to_string(),
@@ -53,7 +67,8 @@ impl Server {
         }
         let mut protected = plan.settings.clone();
         protected.extend(["role".to_string(), "session_authorization".to_string()]);
-        Arc::new(Server {
+        let server = Arc::new(Server {
+            tls,
             config,
             tenants,
             plan,
@@ -63,7 +78,40 @@ impl Server {
             readiness: Arc::new(Readiness::default()),
             protected,
             clients: AtomicUsize::new(0),
-        })
+        });
+        server.publish_cert_expiry();
+        Ok(server)
+    }
+
+    fn publish_cert_expiry(&self) {
+        if let Some(t) = self.tls.as_ref().and_then(|t| t.current().not_after) {
+            self.metrics
+                .tls_cert_expiry
+                .with_label_values(&["client"])
+                .set(t);
+        }
+    }
+
+    /// Re-reads TLS files (SIGHUP, or a change on disk); the old ones stay on error.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificates reloaded");
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.publish_cert_expiry();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates");
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+            }
+        }
     }
 
     /// Reserves a client slot; None when `max_client_connections` is reached.
@@ -90,13 +138,19 @@ impl Server {
                                 tracing::warn!(pool = %pool.name, "UNSAFE BACKEND ROLE: {}", f.0);
                             }
                         }
-                        Err(e) => tracing::warn!(pool = %pool.name, error = %e, "could not inspect the backend role"),
+                        Err(e) => {
+                            tracing::warn!(pool = %pool.name, error = %e, "could not inspect the backend role")
+                        }
                     }
                 }
-                Err(e) => tracing::warn!(pool = %pool.name, backend = ?pool.target(), error = %e, "backend not reachable (clients will get errors until it is)"),
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, backend = ?pool.target(), error = %e, "backend not reachable (clients will get errors until it is)")
+                }
             }
         }
-        self.readiness.backend_reachable.store(reachable, Ordering::Relaxed);
+        self.readiness
+            .backend_reachable
+            .store(reachable, Ordering::Relaxed);
     }
 }
 
@@ -133,11 +187,42 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
     }
 }
 
-/// Periodic housekeeping: idle-connection reaping and readiness.
+/// Periodic housekeeping: idle-connection reaping, readiness, TLS file changes, SIGHUP.
 async fn maintain(server: Arc<Server>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let poll = server
+        .tls
+        .as_ref()
+        .map(|t| t.config().reload_interval)
+        .filter(|d| !d.is_zero());
+    let mut tick = tokio::time::interval(
+        poll.unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5)),
+    );
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
+        #[cfg(unix)]
+        {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading TLS files");
+                    server.reload_tls();
+                    continue;
+                }
+            }
+        }
+        #[cfg(not(unix))]
         tick.tick().await;
+        if poll.is_some() && server.tls.as_ref().is_some_and(|t| t.changed()) {
+            server.reload_tls();
+        }
         for pool in server.pools.values() {
             pool.reap_idle();
         }
@@ -156,14 +241,18 @@ pub struct Running {
 }
 
 /// Binds the listeners (port 0 picks a free port) and starts the proxy.
-pub async fn start(config: Config, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> std::io::Result<Running> {
+pub async fn start(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     let metrics_listener = match config.server.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
-    let server = Server::new(config, metrics.clone());
+    let server = Server::new(config, metrics.clone()).map_err(std::io::Error::other)?;
     let mut metrics_addr = None;
     if let Some(l) = metrics_listener {
         metrics_addr = Some(l.local_addr()?);
@@ -171,7 +260,12 @@ pub async fn start(config: Config, metrics: Arc<Metrics>, shutdown: watch::Recei
         tokio::spawn(crate::http::serve(l, metrics, server.readiness.clone()));
     }
     let task = tokio::spawn(run(server.clone(), listener, shutdown));
-    Ok(Running { addr, metrics_addr, server, task })
+    Ok(Running {
+        addr,
+        metrics_addr,
+        server,
+        task,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -179,13 +273,14 @@ pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::scram::ScramVerifier;
-use crate::config::{Config, UserConvention};
+use crate::config::{AuthMethod, Config, UserConvention};
 use crate::protocol::messages;
 
 /// Prepared statement that sets every context setting transaction-locally.
@@ -27,7 +27,9 @@ pub const RESERVED_PREFIX: &str = "pgtenant_";
 pub struct Tenant {
     pub name: String,
     pub id: String,
-    pub verifier: ScramVerifier,
+    /// None for certificate-only tenants.
+    pub verifier: Option<ScramVerifier>,
+    pub auth_method: AuthMethod,
     /// Bind + Execute of [`CTX_STATEMENT`] with this tenant's values.
     pub inject_local: Bytes,
     /// Bind + Execute of [`CTX_SESSION_STATEMENT`] with this tenant's values.
@@ -60,14 +62,26 @@ impl InjectionPlan {
         let mut prepare = BytesMut::new();
         messages::parse(&mut prepare, CTX_STATEMENT, &sql(true));
         messages::parse(&mut prepare, CTX_SESSION_STATEMENT, &sql(false));
-        messages::parse(&mut prepare, PARAM_STATEMENT, "SELECT pg_catalog.set_config($1, $2, false)");
+        messages::parse(
+            &mut prepare,
+            PARAM_STATEMENT,
+            "SELECT pg_catalog.set_config($1, $2, false)",
+        );
         messages::parse(
             &mut prepare,
             PARAM_RESET_STATEMENT,
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
-        let reset_sql = settings.iter().map(|s| format!("RESET {s}")).collect::<Vec<_>>().join("; ");
-        InjectionPlan { settings, prepare: prepare.freeze(), reset_sql }
+        let reset_sql = settings
+            .iter()
+            .map(|s| format!("RESET {s}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        InjectionPlan {
+            settings,
+            prepare: prepare.freeze(),
+            reset_sql,
+        }
     }
 
     fn injection(&self, statement: &str, values: &[&[u8]]) -> Bytes {
@@ -102,30 +116,43 @@ impl TenantDirectory {
                     }
                 })
                 .collect();
-            let Ok(verifier) = ScramVerifier::parse(&t.password) else { continue };
             let tenant = Tenant {
                 name: name.clone(),
                 id: t.id.clone(),
-                verifier,
+                verifier: ScramVerifier::parse(&t.password).ok(),
+                auth_method: t.auth_method.unwrap_or(cfg.auth.method),
                 inject_local: plan.injection(CTX_STATEMENT, &values),
                 inject_session: plan.injection(CTX_SESSION_STATEMENT, &values),
             };
             by_name.insert(name.clone(), Arc::new(tenant));
         }
-        TenantDirectory { by_name, convention: Some(cfg.auth.user_convention) }
+        TenantDirectory {
+            by_name,
+            convention: Some(cfg.auth.user_convention),
+        }
     }
 
     /// The tenant name a startup `user` refers to under the configured convention.
     pub fn tenant_name<'a>(&self, user: &'a str) -> Option<&'a str> {
         match self.convention.unwrap_or(UserConvention::Tenant) {
             UserConvention::Tenant => Some(user),
-            UserConvention::RoleDotTenant => user.rsplit_once('.').map(|(_, t)| t).filter(|t| !t.is_empty()),
+            UserConvention::RoleDotTenant => user
+                .rsplit_once('.')
+                .map(|(_, t)| t)
+                .filter(|t| !t.is_empty()),
         }
+    }
+
+    /// Finds a tenant by its own name.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.by_name.get(name).cloned()
     }
 
     /// Finds the tenant for a startup `user`.
     pub fn lookup(&self, user: &str) -> Option<Arc<Tenant>> {
-        self.tenant_name(user).and_then(|n| self.by_name.get(n)).cloned()
+        self.tenant_name(user)
+            .and_then(|n| self.by_name.get(n))
+            .cloned()
     }
 
     /// Number of configured tenants.

@@ -10,12 +10,18 @@ async fn each_tenant_sees_only_its_rows_and_context() {
     let env = TestEnv::start().await;
     for (tenant, _, id) in TENANTS {
         let c = env.proxy.connect(tenant).await;
-        let rows = c.query("SELECT tenant_id::text FROM invoices", &[]).await.unwrap();
+        let rows = c
+            .query("SELECT tenant_id::text FROM invoices", &[])
+            .await
+            .unwrap();
         assert!(!rows.is_empty(), "{tenant} sees its invoices");
         for r in rows {
             assert_eq!(r.get::<_, String>(0), id);
         }
-        let row = c.query_one("SELECT current_setting('app.current_tenant')", &[]).await.unwrap();
+        let row = c
+            .query_one("SELECT current_setting('app.current_tenant')", &[])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), id);
     }
 }
@@ -24,11 +30,19 @@ async fn each_tenant_sees_only_its_rows_and_context() {
 async fn psql_works_through_the_proxy() {
     let env = TestEnv::start().await;
     let out = tokio::process::Command::new("psql")
-        .args([&env.proxy.url("globex"), "-XAtc", "SELECT sum(amount_cents) FROM invoices"])
+        .args([
+            &env.proxy.url("globex"),
+            "-XAtc",
+            "SELECT sum(amount_cents) FROM invoices",
+        ])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "180000");
 }
 
@@ -36,10 +50,16 @@ async fn psql_works_through_the_proxy() {
 async fn pipelined_transactions_with_several_syncs_in_one_write() {
     use common::raw::*;
     let env = TestEnv::start().await;
-    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret").await.unwrap();
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
     let mut out = bytes::BytesMut::new();
     for _ in 0..3 {
-        extended(&mut out, "SELECT current_setting('app.current_tenant')", &[]);
+        extended(
+            &mut out,
+            "SELECT current_setting('app.current_tenant')",
+            &[],
+        );
         sync(&mut out);
     }
     c.send(&out).await;

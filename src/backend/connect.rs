@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{BackendConn, BackendError, BackendKey};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt};
+use crate::stream::BackendStream;
+use crate::tls::SslMode;
+use crate::tls::identity::end_point_hash;
 
 /// Where and as whom the proxy connects.
 #[derive(Clone)]
@@ -27,12 +31,21 @@ pub struct BackendTarget {
     pub prepare: bytes::Bytes,
     /// How many client statements each backend connection keeps prepared.
     pub statement_cache_size: usize,
+    /// TLS client configuration (None: plaintext).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub sslmode: SslMode,
+    /// SNI and verified host name.
+    pub server_name: String,
 }
 
 impl std::fmt::Debug for BackendTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Deliberately omits the password.
-        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
     }
 }
 
@@ -50,20 +63,30 @@ impl BackendTarget {
     }
 
     async fn connect_inner(&self, id: u64) -> Result<BackendConn, BackendError> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|source| BackendError::Connect { addr: self.addr(), source })?;
-        stream.set_nodelay(true)?;
-        let addr = stream.peer_addr()?;
+            .map_err(|source| BackendError::Connect {
+                addr: self.addr(),
+                source,
+            })?;
+        tcp.set_nodelay(true)?;
+        let addr = tcp.peer_addr()?;
+        let (stream, end_point) = self.negotiate_tls(tcp).await?;
         let now = Instant::now();
         let mut conn = BackendConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             params: HashMap::new(),
-            key: BackendKey { addr, pid: 0, secret: 0 },
+            key: BackendKey {
+                addr,
+                pid: 0,
+                secret: 0,
+            },
             prepared: false,
             session_context: false,
-            statements: crate::session::statements::BackendStatements::new(self.statement_cache_size),
+            statements: crate::session::statements::BackendStatements::new(
+                self.statement_cache_size,
+            ),
             created: now,
             last_used: now,
             id,
@@ -76,14 +99,67 @@ impl BackendTarget {
         ];
         frontend::startup_message(params.iter().copied(), &mut out)?;
         conn.stream.write_all(&out).await?;
-        self.authenticate(&mut conn).await?;
+        self.authenticate(&mut conn, end_point).await?;
         self.finish_startup(&mut conn).await?;
         conn.exchange(&prepare_with_sync(&self.prepare)).await?;
         conn.prepared = true;
         Ok(conn)
     }
 
-    async fn authenticate(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
+    /// SSLRequest and the TLS handshake, per sslmode. Exactly one byte is read after the
+    /// request, so a server cannot slip plaintext into the encrypted stream (CVE-2021-23222).
+    async fn negotiate_tls(
+        &self,
+        mut tcp: TcpStream,
+    ) -> Result<(BackendStream, Option<Vec<u8>>), BackendError> {
+        let Some(config) = &self.tls else {
+            return Ok((BackendStream::Plain(tcp), None));
+        };
+        let mut out = BytesMut::new();
+        frontend::ssl_request(&mut out);
+        tcp.write_all(&out).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {}
+            b'N' if self.sslmode == SslMode::Prefer => {
+                return Ok((BackendStream::Plain(tcp), None));
+            }
+            b'N' => {
+                return Err(BackendError::Tls(format!(
+                    "server at {} does not support TLS (sslmode requires it)",
+                    self.addr()
+                )));
+            }
+            other => {
+                return Err(BackendError::Protocol(format!(
+                    "unexpected answer {other:#x} to SSLRequest"
+                )));
+            }
+        }
+        let name = ServerName::try_from(self.server_name.clone()).map_err(|_| {
+            BackendError::Tls(format!("invalid server name {:?}", self.server_name))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                BackendError::Tls(format!("TLS handshake with {} failed: {e}", self.addr()))
+            })?;
+        let end_point = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| end_point_hash(c));
+        Ok((BackendStream::Tls(Box::new(tls)), end_point))
+    }
+
+    async fn authenticate(
+        &self,
+        conn: &mut BackendConn,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), BackendError> {
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
             let f = conn.read_frame().await?;
@@ -92,11 +168,18 @@ impl BackendTarget {
                 bt::ERROR_RESPONSE => {
                     return Err(BackendError::Server(messages::parse_error_fields(f.body())));
                 }
-                other => return Err(BackendError::Protocol(format!("unexpected message {:?} during authentication", other as char))),
+                other => {
+                    return Err(BackendError::Protocol(format!(
+                        "unexpected message {:?} during authentication",
+                        other as char
+                    )));
+                }
             }
             let body = f.body();
             if body.len() < 4 {
-                return Err(BackendError::Protocol("short authentication message".into()));
+                return Err(BackendError::Protocol(
+                    "short authentication message".into(),
+                ));
             }
             let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let payload = &body[4..];
@@ -113,26 +196,46 @@ impl BackendTarget {
                     frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 10 => {
-                    let offers_scram = payload.split(|&b| b == 0).any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
-                    if !offers_scram {
-                        return Err(BackendError::Auth("server offers no supported SASL mechanism".into()));
+                    let offers = |m: &str| payload.split(|&b| b == 0).any(|x| x == m.as_bytes());
+                    let (mechanism, binding) = match &end_point {
+                        Some(cb) if offers(sasl::SCRAM_SHA_256_PLUS) => (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            sasl::ChannelBinding::tls_server_end_point(cb.clone()),
+                        ),
+                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    if !offers(sasl::SCRAM_SHA_256) && mechanism == sasl::SCRAM_SHA_256 {
+                        return Err(BackendError::Auth(
+                            "server offers no supported SASL mechanism".into(),
+                        ));
                     }
-                    let s = sasl::ScramSha256::new(self.password()?.as_bytes(), sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    let s = sasl::ScramSha256::new(self.password()?.as_bytes(), binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| BackendError::Protocol("SASL continue without start".into()))?;
-                    s.update(payload).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        BackendError::Protocol("SASL continue without start".into())
+                    })?;
+                    s.update(payload)
+                        .map_err(|e| BackendError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut out)?;
                 }
                 12 => {
-                    let s = scram.take().ok_or_else(|| BackendError::Protocol("SASL final without start".into()))?;
+                    let s = scram
+                        .take()
+                        .ok_or_else(|| BackendError::Protocol("SASL final without start".into()))?;
                     let mut s = s;
-                    s.finish(payload).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    s.finish(payload)
+                        .map_err(|e| BackendError::Auth(e.to_string()))?;
                     continue;
                 }
-                other => return Err(BackendError::Auth(format!("unsupported authentication method {other}"))),
+                other => {
+                    return Err(BackendError::Auth(format!(
+                        "unsupported authentication method {other}"
+                    )));
+                }
             }
             conn.stream.write_all(&out).await?;
         }
@@ -156,7 +259,9 @@ impl BackendTarget {
                 bt::READY_FOR_QUERY => {
                     return match body.first().copied().and_then(TxStatus::from_byte) {
                         Some(TxStatus::Idle) => Ok(()),
-                        _ => Err(BackendError::Protocol("backend not idle after startup".into())),
+                        _ => Err(BackendError::Protocol(
+                            "backend not idle after startup".into(),
+                        )),
                     };
                 }
                 _ => {}
@@ -165,9 +270,9 @@ impl BackendTarget {
     }
 
     fn password(&self) -> Result<&str, BackendError> {
-        self.password
-            .as_deref()
-            .ok_or_else(|| BackendError::Auth("server requested a password but none is configured".into()))
+        self.password.as_deref().ok_or_else(|| {
+            BackendError::Auth("server requested a password but none is configured".into())
+        })
     }
 }
 

@@ -22,13 +22,19 @@ pub async fn check_role(conn: &mut BackendConn) -> Result<Vec<Finding>, BackendE
         let yes = |i: usize| row.get(i).and_then(|v| v.as_deref()) == Some("t");
         let role = row.first().cloned().flatten().unwrap_or_default();
         if yes(1) {
-            findings.push(Finding(format!("backend role {role:?} is a SUPERUSER: row level security does not apply to it")));
+            findings.push(Finding(format!(
+                "backend role {role:?} is a SUPERUSER: row level security does not apply to it"
+            )));
         }
         if yes(2) {
-            findings.push(Finding(format!("backend role {role:?} has BYPASSRLS: row level security does not apply to it")));
+            findings.push(Finding(format!(
+                "backend role {role:?} has BYPASSRLS: row level security does not apply to it"
+            )));
         }
         if yes(3) {
-            findings.push(Finding(format!("backend role {role:?} is a member of a role with SUPERUSER or BYPASSRLS")));
+            findings.push(Finding(format!(
+                "backend role {role:?} is a member of a role with SUPERUSER or BYPASSRLS"
+            )));
         }
     }
     let owned = conn

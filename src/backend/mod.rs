@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use connect::BackendTarget;
 
 use crate::protocol::codec::{Frame, FrameError, split_frame};
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{TxStatus, backend_tag as bt};
+use crate::stream::BackendStream;
 
 /// Largest message accepted from PostgreSQL (its own limit for a field is 1 GiB).
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
@@ -25,7 +25,10 @@ pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("could not connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),
     #[error("I/O error on backend connection: {0}")]
@@ -36,6 +39,8 @@ pub enum BackendError {
     Framing(#[from] FrameError),
     #[error("backend protocol error: {0}")]
     Protocol(String),
+    #[error("backend TLS: {0}")]
+    Tls(String),
     #[error("backend authentication failed: {0}")]
     Auth(String),
     #[error("backend error {}: {}", .0.code, .0.message)]
@@ -53,7 +58,7 @@ pub struct BackendKey {
 /// An established, authenticated backend connection.
 #[derive(Debug)]
 pub struct BackendConn {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub rbuf: BytesMut,
     /// Session parameters as the backend has them: reported ones from ParameterStatus, and
     /// unreported ones the proxy set itself.
@@ -111,8 +116,12 @@ impl BackendConn {
                     if let Some(e) = error {
                         return Err(BackendError::Server(e));
                     }
-                    if f.body().first().copied().and_then(TxStatus::from_byte) != Some(TxStatus::Idle) {
-                        return Err(BackendError::Protocol("housekeeping left a transaction open".into()));
+                    if f.body().first().copied().and_then(TxStatus::from_byte)
+                        != Some(TxStatus::Idle)
+                    {
+                        return Err(BackendError::Protocol(
+                            "housekeeping left a transaction open".into(),
+                        ));
                     }
                     return Ok(rows);
                 }
@@ -122,7 +131,10 @@ impl BackendConn {
     }
 
     /// Runs `sql` with the simple protocol and returns its rows as text.
-    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut out = BytesMut::new();
         messages::query(&mut out, sql);
         self.exchange(&out).await
@@ -131,8 +143,7 @@ impl BackendConn {
     /// True when the idle socket is still healthy: no EOF and no unsolicited bytes (such as
     /// a FATAL sent because the server is shutting down).
     pub fn is_healthy_idle(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_quiet()
     }
 }
 

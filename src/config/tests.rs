@@ -3,7 +3,10 @@ use super::*;
 #[test]
 fn example_config_is_valid() {
     let cfg = Config::parse(crate::demo::EXAMPLE_CONFIG).expect("config.toml must be valid");
-    assert_eq!(cfg.context.settings(), vec!["app.current_tenant", "app.tenant_plan"]);
+    assert_eq!(
+        cfg.context.settings(),
+        vec!["app.current_tenant", "app.tenant_plan"]
+    );
     assert_eq!(cfg.tenants.len(), 2);
 }
 
@@ -21,7 +24,9 @@ fn every_problem_is_reported_with_its_key() {
         password = "plaintext"
         settings = { "app.other" = "x" }
     "#;
-    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else { panic!("expected invalid") };
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected invalid")
+    };
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     for key in [
         "context.tenant_id_setting",

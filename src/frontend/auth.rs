@@ -4,38 +4,59 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
 use super::Fatal;
 use super::handshake::read_frame;
+use super::negotiate::TlsInfo;
 use crate::auth::scram::{ScramServer, ScramVerifier};
 use crate::protocol::codec::read_cstr;
 use crate::protocol::{frontend_tag, messages, sqlstate};
 use crate::server::Server;
+use crate::stream::ClientStream;
 use crate::tenant::Tenant;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
-/// Authenticates `user`; returns its tenant or the FATAL to send.
-pub async fn authenticate(
+/// Authenticates `user` as `tenant` (None: unknown, which fails the same way as a wrong
+/// password) with SCRAM; returns the tenant or the FATAL to send.
+pub async fn password(
     server: &Server,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
+    tenant: Option<Arc<Tenant>>,
+    tls: Option<&TlsInfo>,
 ) -> Result<Arc<Tenant>, Fatal> {
-    let tenant = server.tenants.lookup(user);
-    let verifier = tenant.as_ref().map(|t| t.verifier.clone()).unwrap_or_else(|| ScramVerifier::dummy(user));
-    let result = scram_exchange(server, socket, buf, verifier).await;
-    let failed = || Fatal::new(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+    let tenant = tenant.filter(|t| t.verifier.is_some());
+    let verifier = tenant
+        .as_ref()
+        .and_then(|t| t.verifier.clone())
+        .unwrap_or_else(|| ScramVerifier::dummy(user));
+    let result = scram_exchange(
+        server,
+        socket,
+        buf,
+        verifier,
+        tls.map(|t| t.end_point.as_slice()),
+    )
+    .await;
+    let failed = || {
+        Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
     match (result, tenant) {
         (Ok(()), Some(t)) => {
             server.metrics.auth("scram-sha-256", true, "ok");
             Ok(t)
         }
         (Ok(()), None) | (Err(ScramFailure::Proof), None) => {
-            server.metrics.auth("scram-sha-256", false, "unknown_tenant");
+            server
+                .metrics
+                .auth("scram-sha-256", false, "unknown_tenant");
             tracing::info!(user, "authentication failed: unknown tenant");
             Err(failed())
         }
@@ -64,22 +85,49 @@ impl From<Fatal> for ScramFailure {
 
 async fn scram_exchange(
     server: &Server,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     buf: &mut BytesMut,
     verifier: ScramVerifier,
+    end_point: Option<&[u8]>,
 ) -> Result<(), ScramFailure> {
     let max = server.config.server.max_startup_message_size;
     let mut out = BytesMut::new();
-    messages::authentication_sasl(&mut out, &[SCRAM_SHA_256]);
+    let mechanisms: &[&str] = if end_point.is_some() {
+        &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+    } else {
+        &[SCRAM_SHA_256]
+    };
+    messages::authentication_sasl(&mut out, mechanisms);
     send(socket, &mut out).await?;
 
     let first = read_frame(socket, buf, max).await?;
     let (mechanism, data) = parse_initial_response(&first.raw[..]).ok_or_else(bad_sasl)?;
-    if mechanism != SCRAM_SHA_256.as_bytes() {
-        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "client selected an invalid SASL authentication mechanism").into());
-    }
-    let mut scram = ScramServer::new(verifier, None);
-    let server_first = scram.handle_client_first(data).map_err(|_| ScramFailure::Proof)?;
+    let channel_binding = match (mechanism, end_point) {
+        (m, Some(cb)) if m == SCRAM_SHA_256_PLUS.as_bytes() => Some(cb.to_vec()),
+        (m, cb) if m == SCRAM_SHA_256.as_bytes() => {
+            // A client that supports channel binding but believes we do not ('y') while we
+            // offered it is being downgraded by someone in the middle.
+            if cb.is_some() && data.starts_with(b"y") {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "SCRAM channel binding negotiation error: the server supports channel binding",
+                )
+                .into());
+            }
+            None
+        }
+        _ => {
+            return Err(Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client selected an invalid SASL authentication mechanism",
+            )
+            .into());
+        }
+    };
+    let mut scram = ScramServer::new(verifier, channel_binding);
+    let server_first = scram
+        .handle_client_first(data)
+        .map_err(|_| ScramFailure::Proof)?;
     messages::authentication(&mut out, 11, &server_first);
     send(socket, &mut out).await?;
 
@@ -87,7 +135,9 @@ async fn scram_exchange(
     if fin.tag != frontend_tag::PASSWORD {
         return Err(bad_sasl().into());
     }
-    let server_final = scram.handle_client_final(fin.body()).map_err(|_| ScramFailure::Proof)?;
+    let server_final = scram
+        .handle_client_final(fin.body())
+        .map_err(|_| ScramFailure::Proof)?;
     messages::authentication(&mut out, 12, &server_final);
     messages::authentication(&mut out, 0, &[]);
     send(socket, &mut out).await?;
@@ -113,8 +163,13 @@ fn bad_sasl() -> Fatal {
     Fatal::new(sqlstate::PROTOCOL_VIOLATION, "malformed SASL message")
 }
 
-async fn send(socket: &mut TcpStream, out: &mut BytesMut) -> Result<(), Fatal> {
+async fn send(socket: &mut ClientStream, out: &mut BytesMut) -> Result<(), Fatal> {
     let r = socket.write_all(out).await;
     out.clear();
-    r.map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, format!("connection error: {e}")))
+    r.map_err(|e| {
+        Fatal::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection error: {e}"),
+        )
+    })
 }

@@ -1,21 +1,20 @@
-//! The startup phase: SSLRequest/GSSENCRequest negotiation, CancelRequest routing, the
-//! StartupMessage's parameters (refusing any attempt to choose the tenant context), and
-//! authentication.
+//! The startup phase: the StartupMessage's parameters (refusing any attempt to choose the
+//! tenant context), then authentication.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use super::{Fatal, auth};
+use super::Fatal;
+use super::negotiate::TlsInfo;
 use crate::pool::Pool;
 use crate::protocol::codec::{Frame, split_frame};
 use crate::protocol::messages::write_msg;
-use crate::protocol::startup::{StartupPacket, StartupParams, parse_options, parse_startup};
+use crate::protocol::startup::{StartupParams, parse_options};
 use crate::protocol::{backend_tag, sqlstate};
 use crate::server::Server;
+use crate::stream::ClientStream;
 use crate::tenant::Tenant;
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An authenticated client, ready for a session.
 pub struct Startup {
@@ -28,71 +27,73 @@ pub struct Startup {
     pub leftover: BytesMut,
 }
 
-/// How the startup phase ended.
-pub enum StartupOutcome {
-    Session(Startup),
-    /// The connection carried a CancelRequest, or the client left: nothing more to do.
-    Done,
-}
-
 /// Startup parameters handled by the proxy itself rather than passed on as settings.
 const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication"];
 
-/// Runs the startup phase. Not cancel safe (the caller drops the socket on timeout).
-pub async fn startup(server: &Arc<Server>, socket: &mut TcpStream) -> Result<StartupOutcome, Fatal> {
-    let max = server.config.server.max_startup_message_size;
-    let mut buf = BytesMut::with_capacity(512);
-    let params = loop {
-        let packet = loop {
-            match parse_startup(&mut buf, max) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => {
-                    server.metrics.protocol_errors.with_label_values(&["bad_startup"]).inc();
-                    return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
-                }
-            }
-            if read_more(socket, &mut buf).await? == 0 {
-                return Ok(StartupOutcome::Done);
-            }
-        };
-        match packet {
-            // TLS and GSS encryption are not offered on this listener: say 'N' and let the
-            // client continue in plaintext or give up, as PostgreSQL does.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                socket.write_all(b"N").await.map_err(io_fatal)?;
-            }
-            StartupPacket::Cancel { pid, secret } => {
-                server.cancels.cancel(pid, secret).await;
-                return Ok(StartupOutcome::Done);
-            }
-            StartupPacket::Startup(p) => break p,
-        }
-    };
+/// Runs the startup phase after negotiation: parameters, then authentication by the
+/// tenant's method. Not cancel safe (the caller drops the connection on timeout).
+pub async fn startup(
+    server: &Arc<Server>,
+    stream: &mut ClientStream,
+    params: StartupParams,
+    mut buf: BytesMut,
+    tls: Option<TlsInfo>,
+) -> Result<Startup, Fatal> {
     if params.minor_version > 0 || !params.unsupported_options.is_empty() {
-        negotiate_protocol(socket, &params).await?;
+        negotiate_protocol(stream, &params).await?;
     }
     let (user, dbname, settings) = check_params(server, &params)?;
-    let tenant = auth::authenticate(server, socket, &mut buf, &user).await?;
-    let pool = server
-        .pools
-        .get(&dbname)
-        .cloned()
-        .ok_or_else(|| Fatal::new(sqlstate::INVALID_CATALOG_NAME, format!("database \"{dbname}\" does not exist")))?;
-    Ok(StartupOutcome::Session(Startup { tenant, pool, user, settings, leftover: buf }))
+    let cert_tenant = match &tls {
+        Some(info) => super::cert::certificate_tenant(server, info, &user)?,
+        None => None,
+    };
+    let tenant =
+        super::cert::authenticate(server, stream, &mut buf, &user, cert_tenant, tls.as_ref())
+            .await?;
+    let pool = server.pools.get(&dbname).cloned().ok_or_else(|| {
+        Fatal::new(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{dbname}\" does not exist"),
+        )
+    })?;
+    Ok(Startup {
+        tenant,
+        pool,
+        user,
+        settings,
+        leftover: buf,
+    })
 }
 
 /// Validates the startup parameters; returns user, database and the settings to apply.
-fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, Vec<(String, String)>), Fatal> {
+fn check_params(
+    server: &Server,
+    p: &StartupParams,
+) -> Result<(String, String, Vec<(String, String)>), Fatal> {
     let user = p
         .get("user")
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| Fatal::new(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?
+        .ok_or_else(|| {
+            Fatal::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
         .to_string();
-    let dbname = p.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    let dbname = p
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
     if let Some(r) = p.get("replication") {
-        if !matches!(r.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
-            return Err(Fatal::new(sqlstate::FEATURE_NOT_SUPPORTED, "pgtenant does not support replication connections"));
+        if !matches!(
+            r.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ) {
+            return Err(Fatal::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "pgtenant does not support replication connections",
+            ));
         }
     }
     let mut settings: Vec<(String, String)> = p
@@ -110,21 +111,34 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, V
     for (name, _) in &settings {
         let lower = name.to_ascii_lowercase();
         if server.protected.contains(&lower) {
-            server.metrics.context_rejections.with_label_values(&["startup"]).inc();
+            server
+                .metrics
+                .context_rejections
+                .with_label_values(&["startup"])
+                .inc();
             return Err(Fatal::new(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!("permission denied to set parameter \"{lower}\": the tenant context is set by pgtenant from your credentials"),
+                format!(
+                    "permission denied to set parameter \"{lower}\": the tenant context is set by pgtenant from your credentials"
+                ),
             ));
         }
-        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
-            return Err(Fatal::new("42704", format!("unrecognized configuration parameter \"{name}\"")));
+        if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            return Err(Fatal::new(
+                "42704",
+                format!("unrecognized configuration parameter \"{name}\""),
+            ));
         }
     }
     Ok((user, dbname, settings))
 }
 
 /// Tells a client asking for protocol 3.x (x > 0) or `_pq_.` options that we speak 3.0.
-async fn negotiate_protocol(socket: &mut TcpStream, p: &StartupParams) -> Result<(), Fatal> {
+async fn negotiate_protocol(socket: &mut ClientStream, p: &StartupParams) -> Result<(), Fatal> {
     let mut out = BytesMut::new();
     write_msg(&mut out, backend_tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
         b.put_u32(3 << 16);
@@ -138,12 +152,19 @@ async fn negotiate_protocol(socket: &mut TcpStream, p: &StartupParams) -> Result
 }
 
 /// Reads more bytes from the client.
-pub(super) async fn read_more(socket: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, Fatal> {
+pub(super) async fn read_more(
+    socket: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<usize, Fatal> {
     socket.read_buf(buf).await.map_err(io_fatal)
 }
 
 /// Reads one tagged message during authentication, bounded by the startup size limit.
-pub(super) async fn read_frame(socket: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Result<Frame, Fatal> {
+pub(super) async fn read_frame(
+    socket: &mut ClientStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, Fatal> {
     loop {
         match split_frame(buf, max) {
             Ok(Some(f)) => return Ok(f),
@@ -151,11 +172,17 @@ pub(super) async fn read_frame(socket: &mut TcpStream, buf: &mut BytesMut, max: 
             Err(e) => return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
         }
         if read_more(socket, buf).await? == 0 {
-            return Err(Fatal::new(sqlstate::CONNECTION_FAILURE, "client closed the connection during authentication"));
+            return Err(Fatal::new(
+                sqlstate::CONNECTION_FAILURE,
+                "client closed the connection during authentication",
+            ));
         }
     }
 }
 
 fn io_fatal(e: std::io::Error) -> Fatal {
-    Fatal::new(sqlstate::CONNECTION_FAILURE, format!("connection error: {e}"))
+    Fatal::new(
+        sqlstate::CONNECTION_FAILURE,
+        format!("connection error: {e}"),
+    )
 }

@@ -2,7 +2,9 @@
 //! the initial session parameters, then hand-over to [`crate::session`].
 
 mod auth;
+mod cert;
 mod handshake;
+pub mod negotiate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use crate::protocol::messages::{self, Severity};
 use crate::protocol::{TxStatus, sqlstate};
 use crate::server::Server;
 use crate::session::{self, Session};
+use crate::stream::ClientStream;
 
-pub use handshake::{Startup, StartupOutcome};
+pub use handshake::Startup;
+use negotiate::Negotiated;
 
 /// A client-visible failure during startup: sent as FATAL, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,41 +34,96 @@ pub struct Fatal {
 
 impl Fatal {
     /// A FATAL with the given SQLSTATE.
-    pub fn new(code: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> Fatal {
-        Fatal { code: code.into(), message: message.into() }
+    pub fn new(
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Fatal {
+        Fatal {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Serves one accepted socket to completion.
-pub async fn serve(server: Arc<Server>, mut socket: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    server: Arc<Server>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = socket.set_nodelay(true);
     let conn_id = rand::random::<u32>();
-    let span = tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
+    let span =
+        tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
     async move {
         let Some(_slot) = server.admit_client() else {
-            server.metrics.protocol_errors.with_label_values(&["too_many_clients"]).inc();
-            send_fatal(&mut socket, &Fatal::new(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")).await;
+            server
+                .metrics
+                .protocol_errors
+                .with_label_values(&["too_many_clients"])
+                .inc();
+            let mut stream = ClientStream::Plain(socket);
+            send_fatal(
+                &mut stream,
+                &Fatal::new(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already",
+                ),
+            )
+            .await;
             return;
         };
-        let _gauge = GaugeGuard::new(server.metrics.client_connections.with_label_values(&["connected"]));
-        let timeout = server.config.server.auth_timeout;
-        let outcome = tokio::time::timeout(timeout, handshake::startup(&server, &mut socket)).await;
+        let _gauge = GaugeGuard::new(
+            server
+                .metrics
+                .client_connections
+                .with_label_values(&["connected"]),
+        );
+        let deadline = tokio::time::Instant::now() + server.config.server.auth_timeout;
+        let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
+        let (stream, negotiated) =
+            match tokio::time::timeout_at(deadline, negotiate::negotiate(&server, socket)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    server
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&["auth_timeout"])
+                        .inc();
+                    return;
+                }
+            };
+        let Some(mut stream) = stream else { return };
+        let (params, buf, tls) = match negotiated {
+            Err(fatal) => return send_fatal(&mut stream, &fatal).await,
+            Ok(Negotiated::Closed) => return,
+            Ok(Negotiated::Cancel { pid, secret }) => {
+                server.cancels.cancel(pid, secret).await;
+                return;
+            }
+            Ok(Negotiated::Startup { params, buf, tls }) => (params, buf, tls),
+        };
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            handshake::startup(&server, &mut stream, params, buf, tls),
+        )
+        .await;
         let startup = match outcome {
             Err(_) => {
-                server.metrics.protocol_errors.with_label_values(&["auth_timeout"]).inc();
-                send_fatal(&mut socket, &Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out")).await;
-                return;
+                server
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&["auth_timeout"])
+                    .inc();
+                return send_fatal(&mut stream, &timed_out()).await;
             }
-            Ok(Err(fatal)) => {
-                send_fatal(&mut socket, &fatal).await;
-                return;
-            }
-            Ok(Ok(StartupOutcome::Done)) => return,
-            Ok(Ok(StartupOutcome::Session(s))) => s,
+            Ok(Err(fatal)) => return send_fatal(&mut stream, &fatal).await,
+            Ok(Ok(s)) => s,
         };
         tracing::Span::current().record("tenant", startup.tenant.name.as_str());
         tracing::info!(database = %startup.pool.name, "client authenticated");
-        let mut session = match Session::start(server.clone(), socket, startup).await {
+        let mut session = match Session::start(server.clone(), stream, startup).await {
             Ok(s) => s,
             Err((mut socket, fatal)) => {
                 send_fatal(&mut socket, &fatal).await;
@@ -79,7 +138,7 @@ pub async fn serve(server: Arc<Server>, mut socket: TcpStream, peer: SocketAddr,
 }
 
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.
-pub async fn send_fatal(socket: &mut TcpStream, fatal: &Fatal) {
+pub async fn send_fatal(socket: &mut ClientStream, fatal: &Fatal) {
     let mut out = BytesMut::new();
     messages::error_response(&mut out, Severity::Fatal, &fatal.code, &fatal.message);
     let _ = socket.write_all(&out).await;

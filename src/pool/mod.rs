@@ -71,7 +71,13 @@ pub struct PooledConn {
 
 impl Pool {
     /// Creates an empty pool; connections are opened on demand.
-    pub fn new(name: &str, cfg: &DatabaseConfig, target: BackendTarget, reset_sql: String, metrics: PoolMetrics) -> Arc<Pool> {
+    pub fn new(
+        name: &str,
+        cfg: &DatabaseConfig,
+        target: BackendTarget,
+        reset_sql: String,
+        metrics: PoolMetrics,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             name: name.to_string(),
             mode: cfg.pool_mode,
@@ -98,7 +104,8 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
         self.metrics.waiting.inc();
-        let permit = tokio::time::timeout(self.checkout_timeout, self.slots.clone().acquire_owned()).await;
+        let permit =
+            tokio::time::timeout(self.checkout_timeout, self.slots.clone().acquire_owned()).await;
         self.metrics.waiting.dec();
         let permit = match permit {
             Ok(Ok(p)) => p,
@@ -112,9 +119,15 @@ impl Pool {
             Some(c) => c,
             None => self.open().await?,
         };
-        self.metrics.wait_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .wait_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.active.inc();
-        Ok(PooledConn { conn: Some(conn), permit: Some(permit), pool: self.clone() })
+        Ok(PooledConn {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: self.clone(),
+        })
     }
 
     /// Opens a connection outside the slot accounting (for start-up checks).
@@ -157,9 +170,13 @@ impl Pool {
 
     /// Closes idle connections unused for longer than the idle timeout.
     pub fn reap_idle(&self) {
-        let Ok(mut idle) = self.idle.lock() else { return };
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
         let before = idle.len();
-        idle.retain(|c| c.last_used.elapsed() < self.idle_timeout && c.created.elapsed() < self.max_lifetime);
+        idle.retain(|c| {
+            c.last_used.elapsed() < self.idle_timeout && c.created.elapsed() < self.max_lifetime
+        });
         let closed = before - idle.len();
         self.metrics.idle.sub(closed as i64);
         self.metrics.closed.inc_by(closed as u64);
@@ -204,7 +221,9 @@ impl PooledConn {
     /// Returns the connection to the pool after `cleanup`; the slot stays taken until the
     /// cleanup has succeeded, and a failed cleanup closes the connection instead.
     pub fn release(mut self, cleanup: Cleanup) {
-        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
+        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+            return;
+        };
         let pool = self.pool.clone();
         pool.metrics.active.dec();
         if pool.cleanup_queries(cleanup, &conn).is_empty() {
@@ -245,7 +264,8 @@ impl PooledConn {
 /// After DISCARD ALL the backend reported every changed reported parameter; the unreported
 /// ones the proxy had set are back to their defaults, which the proxy does not know.
 fn forget_unreported(conn: &mut BackendConn) {
-    conn.params.retain(|k, _| crate::session::params::is_reported(k));
+    conn.params
+        .retain(|k, _| crate::session::params::is_reported(k));
 }
 
 impl Drop for PooledConn {

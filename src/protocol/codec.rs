@@ -38,14 +38,20 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }
     let total = len as usize + 1;
     if total > max_len {
-        return Err(FrameError::TooLarge { len: total, max: max_len });
+        return Err(FrameError::TooLarge {
+            len: total,
+            max: max_len,
+        });
     }
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
     let tag = buf[0];
-    Ok(Some(Frame { tag, raw: buf.split_to(total).freeze() }))
+    Ok(Some(Frame {
+        tag,
+        raw: buf.split_to(total).freeze(),
+    }))
 }
 
 /// Reads a NUL-terminated string at the start of `b`, returning it and the rest.
@@ -74,9 +80,15 @@ mod tests {
     #[test]
     fn rejects_bad_and_oversized_lengths() {
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
-        assert_eq!(split_frame(&mut buf, 1024), Err(FrameError::BadLength(3)).map(|_: ()| None));
+        assert_eq!(
+            split_frame(&mut buf, 1024),
+            Err(FrameError::BadLength(3)).map(|_: ()| None)
+        );
         let mut buf = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
-        assert!(matches!(split_frame(&mut buf, 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            split_frame(&mut buf, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

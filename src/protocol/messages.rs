@@ -63,7 +63,9 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, messag
 
 /// ReadyForQuery with the given status.
 pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
-    write_msg(out, backend_tag::READY_FOR_QUERY, |b| b.put_u8(status.as_byte()));
+    write_msg(out, backend_tag::READY_FOR_QUERY, |b| {
+        b.put_u8(status.as_byte())
+    });
 }
 
 /// ParameterStatus.
@@ -116,7 +118,11 @@ pub fn parse(out: &mut BytesMut, name: &str, sql: &str) {
 }
 
 /// Bind of text parameters to the unnamed portal, all results in text.
-pub fn bind<'a>(out: &mut BytesMut, statement: &str, params: impl ExactSizeIterator<Item = &'a [u8]>) {
+pub fn bind<'a>(
+    out: &mut BytesMut,
+    statement: &str,
+    params: impl ExactSizeIterator<Item = &'a [u8]>,
+) {
     write_msg(out, frontend_tag::BIND, |b| {
         put_cstr(b, b"");
         put_cstr(b, statement.as_bytes());
@@ -164,7 +170,9 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
         if field == 0 {
             break;
         }
-        let Some((value, tail)) = read_cstr(tail) else { break };
+        let Some((value, tail)) = read_cstr(tail) else {
+            break;
+        };
         let value = String::from_utf8_lossy(value).into_owned();
         match field {
             b'V' => fields.severity = value,
@@ -198,7 +206,12 @@ mod tests {
     #[test]
     fn error_response_roundtrips() {
         let mut out = BytesMut::new();
-        error_response(&mut out, Severity::Fatal, "28P01", "password authentication failed");
+        error_response(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed",
+        );
         let f = split_frame(&mut out, 1 << 20).unwrap().unwrap();
         assert_eq!(f.tag, b'E');
         let e = parse_error_fields(f.body());
@@ -211,12 +224,18 @@ mod tests {
     fn bind_encodes_parameters() {
         let mut out = BytesMut::new();
         bind(&mut out, "s", [&b"ab"[..], &b""[..]].into_iter());
-        assert_eq!(&out[..], b"B\0\0\0\x19\0s\0\0\0\0\x02\0\0\0\x02ab\0\0\0\0\0\0");
+        assert_eq!(
+            &out[..],
+            b"B\0\0\0\x19\0s\0\0\0\0\x02\0\0\0\x02ab\0\0\0\0\0\0"
+        );
     }
 
     #[test]
     fn parameter_status_and_command_tag_decode() {
-        assert_eq!(parse_parameter_status(b"TimeZone\0UTC\0"), Some((&b"TimeZone"[..], &b"UTC"[..])));
+        assert_eq!(
+            parse_parameter_status(b"TimeZone\0UTC\0"),
+            Some((&b"TimeZone"[..], &b"UTC"[..]))
+        );
         assert_eq!(command_tag(b"SELECT 1\0"), b"SELECT 1");
     }
 }

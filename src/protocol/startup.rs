@@ -35,7 +35,10 @@ pub struct StartupParams {
 impl StartupParams {
     /// The value of a startup parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -53,7 +56,10 @@ pub enum StartupError {
 }
 
 /// Splits and decodes the first packet from `buf`; `Ok(None)` means more bytes are needed.
-pub fn parse_startup(buf: &mut BytesMut, max_len: usize) -> Result<Option<StartupPacket>, StartupError> {
+pub fn parse_startup(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> Result<Option<StartupPacket>, StartupError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -77,12 +83,18 @@ pub fn parse_startup(buf: &mut BytesMut, max_len: usize) -> Result<Option<Startu
         }
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(StartupError::BadLength),
         _ if code >> 16 == 3 => parse_params(code, body).map(|p| Some(StartupPacket::Startup(p))),
-        _ => Err(StartupError::UnsupportedProtocol { major: (code >> 16) as u16, minor: (code & 0xffff) as u16 }),
+        _ => Err(StartupError::UnsupportedProtocol {
+            major: (code >> 16) as u16,
+            minor: (code & 0xffff) as u16,
+        }),
     }
 }
 
 fn parse_params(code: u32, mut body: &[u8]) -> Result<StartupParams, StartupError> {
-    let mut out = StartupParams { minor_version: (code - PROTOCOL_3) as u16, ..Default::default() };
+    let mut out = StartupParams {
+        minor_version: (code - PROTOCOL_3) as u16,
+        ..Default::default()
+    };
     loop {
         let (name, rest) = read_cstr(body).ok_or(StartupError::Malformed)?;
         if name.is_empty() {
@@ -92,8 +104,12 @@ fn parse_params(code: u32, mut body: &[u8]) -> Result<StartupParams, StartupErro
             return Ok(out);
         }
         let (value, rest) = read_cstr(rest).ok_or(StartupError::Malformed)?;
-        let name = std::str::from_utf8(name).map_err(|_| StartupError::NotUtf8)?.to_string();
-        let value = std::str::from_utf8(value).map_err(|_| StartupError::NotUtf8)?.to_string();
+        let name = std::str::from_utf8(name)
+            .map_err(|_| StartupError::NotUtf8)?
+            .to_string();
+        let value = std::str::from_utf8(value)
+            .map_err(|_| StartupError::NotUtf8)?
+            .to_string();
         if name.starts_with("_pq_.") {
             out.unsupported_options.push(name);
         } else {
@@ -140,7 +156,10 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
             return Err(tok);
         };
         let (name, value) = setting.split_once('=').ok_or_else(|| setting.clone())?;
-        out.push((name.replace('-', "_").to_ascii_lowercase(), value.to_string()));
+        out.push((
+            name.replace('-', "_").to_ascii_lowercase(),
+            value.to_string(),
+        ));
     }
     Ok(out)
 }
@@ -159,23 +178,54 @@ mod tests {
 
     #[test]
     fn decodes_each_kind() {
-        assert_eq!(parse_startup(&mut packet(SSL_REQUEST, b""), 10000).unwrap(), Some(StartupPacket::SslRequest));
-        assert_eq!(parse_startup(&mut packet(GSSENC_REQUEST, b""), 10000).unwrap(), Some(StartupPacket::GssEncRequest));
-        let c = parse_startup(&mut packet(CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]), 10000).unwrap();
+        assert_eq!(
+            parse_startup(&mut packet(SSL_REQUEST, b""), 10000).unwrap(),
+            Some(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            parse_startup(&mut packet(GSSENC_REQUEST, b""), 10000).unwrap(),
+            Some(StartupPacket::GssEncRequest)
+        );
+        let c = parse_startup(
+            &mut packet(CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]),
+            10000,
+        )
+        .unwrap();
         assert_eq!(c, Some(StartupPacket::Cancel { pid: 7, secret: 9 }));
-        let s = parse_startup(&mut packet(PROTOCOL_3, b"user\0acme\0database\0app\0\0"), 10000).unwrap();
-        let Some(StartupPacket::Startup(p)) = s else { panic!("{s:?}") };
+        let s = parse_startup(
+            &mut packet(PROTOCOL_3, b"user\0acme\0database\0app\0\0"),
+            10000,
+        )
+        .unwrap();
+        let Some(StartupPacket::Startup(p)) = s else {
+            panic!("{s:?}")
+        };
         assert_eq!(p.get("user"), Some("acme"));
         assert_eq!(p.get("database"), Some("app"));
     }
 
     #[test]
     fn refuses_bad_packets() {
-        assert_eq!(parse_startup(&mut packet(2 << 16, b""), 10000), Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 }));
-        assert_eq!(parse_startup(&mut packet(PROTOCOL_3, b"user\0acme"), 10000), Err(StartupError::Malformed));
-        assert_eq!(parse_startup(&mut BytesMut::from(&[0xff, 0, 0, 0][..]), 10000), Err(StartupError::BadLength));
-        assert_eq!(parse_startup(&mut BytesMut::from(&[0, 0, 0, 2][..]), 10000), Err(StartupError::BadLength));
-        assert_eq!(parse_startup(&mut BytesMut::from(&[0, 0][..]), 10000), Ok(None));
+        assert_eq!(
+            parse_startup(&mut packet(2 << 16, b""), 10000),
+            Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 })
+        );
+        assert_eq!(
+            parse_startup(&mut packet(PROTOCOL_3, b"user\0acme"), 10000),
+            Err(StartupError::Malformed)
+        );
+        assert_eq!(
+            parse_startup(&mut BytesMut::from(&[0xff, 0, 0, 0][..]), 10000),
+            Err(StartupError::BadLength)
+        );
+        assert_eq!(
+            parse_startup(&mut BytesMut::from(&[0, 0, 0, 2][..]), 10000),
+            Err(StartupError::BadLength)
+        );
+        assert_eq!(
+            parse_startup(&mut BytesMut::from(&[0, 0][..]), 10000),
+            Ok(None)
+        );
     }
 
     #[test]

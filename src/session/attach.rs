@@ -14,7 +14,9 @@ const PREPARED_STATEMENTS: usize = 4;
 /// The text a client sees when it cannot get a backend; never a host name or a secret.
 pub(super) fn client_message(e: &PoolError) -> String {
     match e {
-        PoolError::Timeout(d) => format!("pgtenant: no server connection became available within {d:?}"),
+        PoolError::Timeout(d) => {
+            format!("pgtenant: no server connection became available within {d:?}")
+        }
         PoolError::Connect(_) => "pgtenant: could not connect to the database server".into(),
         PoolError::Closed => "pgtenant: the connection pool is closed".into(),
     }
@@ -37,7 +39,9 @@ impl Session {
                 };
                 self.client_error(code, &client_message(&e));
                 match frame.tag {
-                    ft::QUERY | ft::FUNCTION_CALL | ft::SYNC => messages::ready_for_query(&mut self.cout, TxStatus::Idle),
+                    ft::QUERY | ft::FUNCTION_CALL | ft::SYNC => {
+                        messages::ready_for_query(&mut self.cout, TxStatus::Idle)
+                    }
                     _ => self.skip_until_sync = true,
                 }
                 return Ok(false);
@@ -52,7 +56,8 @@ impl Session {
         self.backend = Some(pooled);
         self.ensure_prepared();
         if let Some(b) = self.backend.as_mut() {
-            self.params.sync_backend(b.conn(), &mut self.bout, &mut self.flow);
+            self.params
+                .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
         }
         Ok(true)
     }
@@ -60,7 +65,9 @@ impl Session {
     /// Re-creates the proxy's statements on the attached backend if the client (or a
     /// cleanup) discarded them; pipelined ahead of whatever uses them.
     fn ensure_prepared(&mut self) {
-        let Some(b) = self.backend.as_mut() else { return };
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
         let conn = b.conn();
         if conn.prepared {
             return;
@@ -85,7 +92,9 @@ impl Session {
             return;
         }
         self.ensure_prepared();
-        let Some(b) = self.backend.as_mut() else { return };
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
         let conn = b.conn();
         if no_txn_block && self.status == TxStatus::Idle {
             self.bout.extend_from_slice(&self.tenant.inject_session);
@@ -147,7 +156,9 @@ impl Session {
             return;
         }
         let cleanup = match self.status {
-            _ if self.pool.mode == PoolMode::Session && self.status == TxStatus::Idle => Cleanup::Full,
+            _ if self.pool.mode == PoolMode::Session && self.status == TxStatus::Idle => {
+                Cleanup::Full
+            }
             TxStatus::Idle => self.release_cleanup(),
             _ => Cleanup::Rollback,
         };

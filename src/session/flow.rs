@@ -61,7 +61,14 @@ fn is_boundary(tag: u8) -> bool {
 fn expects_reply(tag: u8) -> bool {
     matches!(
         tag,
-        ft::QUERY | ft::PARSE | ft::BIND | ft::DESCRIBE | ft::EXECUTE | ft::CLOSE | ft::SYNC | ft::FUNCTION_CALL
+        ft::QUERY
+            | ft::PARSE
+            | ft::BIND
+            | ft::DESCRIBE
+            | ft::EXECUTE
+            | ft::CLOSE
+            | ft::SYNC
+            | ft::FUNCTION_CALL
     )
 }
 
@@ -79,13 +86,20 @@ impl Flow {
         if is_boundary(tag) {
             self.boundaries += 1;
         }
-        self.pending.push_back(Pending { tag, owner, statement });
+        self.pending.push_back(Pending {
+            tag,
+            owner,
+            statement,
+        });
     }
 
     /// Pops a synthetic reply that is due (every earlier request has been answered).
     pub fn take_synthetic(&mut self) -> Option<u8> {
         match self.pending.front() {
-            Some(Pending { owner: Owner::Synthetic(reply), .. }) => {
+            Some(Pending {
+                owner: Owner::Synthetic(reply),
+                ..
+            }) => {
                 let reply = *reply;
                 self.pop_front();
                 Some(reply)
@@ -112,7 +126,10 @@ impl Flow {
 
     /// Decides what to do with a backend message and advances the FIFO.
     pub fn on_backend(&mut self, tag: u8) -> Disposition {
-        if matches!(tag, bt::NOTICE_RESPONSE | bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS) {
+        if matches!(
+            tag,
+            bt::NOTICE_RESPONSE | bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS
+        ) {
             return Disposition::Forward;
         }
         let Some(front) = self.pending.front().cloned() else {
@@ -233,7 +250,10 @@ mod tests {
         f.sent(ft::BIND, Owner::Proxy);
         f.sent(ft::EXECUTE, Owner::Proxy);
         f.sent(ft::QUERY, Owner::Client);
-        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::ProxyRequestFailed);
+        assert_eq!(
+            f.on_backend(bt::ERROR_RESPONSE),
+            Disposition::ProxyRequestFailed
+        );
     }
 
     #[test]

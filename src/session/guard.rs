@@ -11,8 +11,18 @@ use crate::tenant::RESERVED_PREFIX;
 
 impl Session {
     /// Refuses `frame` with SQLSTATE `code` and `message`; `source` labels the metric.
-    pub(super) async fn refuse(&mut self, frame: &Frame, code: &str, message: &str, source: &str) -> Result<(), End> {
-        self.server.metrics.context_rejections.with_label_values(&[source]).inc();
+    pub(super) async fn refuse(
+        &mut self,
+        frame: &Frame,
+        code: &str,
+        message: &str,
+        source: &str,
+    ) -> Result<(), End> {
+        self.server
+            .metrics
+            .context_rejections
+            .with_label_values(&[source])
+            .inc();
         tracing::warn!(tenant = %self.tenant.name, "refused: {message}");
         let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
         if self.backend.is_none() {
@@ -44,7 +54,12 @@ impl Session {
 /// A DO block that raises `message` as SQLSTATE 42501. The message is built by the proxy
 /// from fixed text and validated setting names; quotes and dollars are neutralised anyway.
 fn raise_sql(code: &str, message: &str) -> String {
-    let clean = |s: &str| s.chars().filter(|c| *c != '$').collect::<String>().replace('\'', "''");
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '$')
+            .collect::<String>()
+            .replace('\'', "''")
+    };
     format!(
         "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgtenant_raise$",
         clean(code),
@@ -61,7 +76,10 @@ pub(super) fn uses_reserved_name(frame: &Frame) -> bool {
         ft::BIND => read_cstr(body).is_some_and(|(portal, rest)| {
             reserved(portal) || read_cstr(rest).is_some_and(|(stmt, _)| reserved(stmt))
         }),
-        ft::DESCRIBE | ft::CLOSE => body.get(1..).and_then(read_cstr).is_some_and(|(n, _)| reserved(n)),
+        ft::DESCRIBE | ft::CLOSE => body
+            .get(1..)
+            .and_then(read_cstr)
+            .is_some_and(|(n, _)| reserved(n)),
         _ => false,
     }
 }

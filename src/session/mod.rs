@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::cancel::CancelRegistration;
@@ -26,6 +25,7 @@ use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::sqlstate;
 use crate::server::Server;
+use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use flow::Flow;
 use params::ClientParams;
@@ -49,7 +49,9 @@ impl fmt::Display for End {
             End::ClientClosed => write!(f, "client closed the connection"),
             End::ClientIo(e) => write!(f, "client I/O error: {e}"),
             End::BackendLost(e) => write!(f, "backend connection lost: {e}"),
-            End::InjectionFailed(e) => write!(f, "context injection failed: {} {}", e.code, e.message),
+            End::InjectionFailed(e) => {
+                write!(f, "context injection failed: {} {}", e.code, e.message)
+            }
             End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             End::Shutdown => write!(f, "server shutting down"),
         }
@@ -59,7 +61,7 @@ impl fmt::Display for End {
 /// State of one client session.
 pub struct Session {
     server: Arc<Server>,
-    client: TcpStream,
+    client: ClientStream,
     /// Bytes read from the client and not yet processed.
     cbuf: BytesMut,
     /// Bytes to write to the client.
@@ -94,7 +96,11 @@ pub struct Session {
 impl Session {
     /// Applies the client's startup settings on a backend, reports the resulting parameters
     /// and the cancel key, and returns a session ready to relay.
-    pub async fn start(server: Arc<Server>, client: TcpStream, s: Startup) -> Result<Session, (TcpStream, Fatal)> {
+    pub async fn start(
+        server: Arc<Server>,
+        client: ClientStream,
+        s: Startup,
+    ) -> Result<Session, (ClientStream, Fatal)> {
         let mut session = Session {
             cancel: server.cancels.register(),
             max_message: server.config.server.max_message_size,
@@ -160,7 +166,10 @@ impl Session {
         } else {
             pooled.release(Cleanup::None);
         }
-        self.client.write_all(&self.cout).await.map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+        self.client
+            .write_all(&self.cout)
+            .await
+            .map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
         self.cout.clear();
         Ok(())
     }
@@ -181,7 +190,10 @@ impl Session {
             self.bout.clear();
         }
         if !self.cout.is_empty() {
-            self.client.write_all(&self.cout).await.map_err(End::ClientIo)?;
+            self.client
+                .write_all(&self.cout)
+                .await
+                .map_err(End::ClientIo)?;
             self.cout.clear();
         }
         trim(&mut self.cout);
@@ -220,8 +232,17 @@ pub async fn run(s: &mut Session, mut shutdown: watch::Receiver<bool>) -> End {
             "server closed the connection unexpectedly",
         ),
         End::ProtocolViolation(m) => {
-            s.server.metrics.protocol_errors.with_label_values(&["bad_message"]).inc();
-            messages::error_response(&mut s.cout, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, m)
+            s.server
+                .metrics
+                .protocol_errors
+                .with_label_values(&["bad_message"])
+                .inc();
+            messages::error_response(
+                &mut s.cout,
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                m,
+            )
         }
         End::Shutdown => messages::error_response(
             &mut s.cout,

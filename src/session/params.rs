@@ -104,13 +104,22 @@ impl ClientParams {
     }
 
     /// Appends the proxy requests that bring `conn` to this client's view; returns how many.
-    pub fn sync_backend(&self, conn: &mut BackendConn, out: &mut BytesMut, flow: &mut Flow) -> usize {
+    pub fn sync_backend(
+        &self,
+        conn: &mut BackendConn,
+        out: &mut BytesMut,
+        flow: &mut Flow,
+    ) -> usize {
         let mut n = 0;
         for (k, v) in &self.values {
             if conn.params.get(k) == Some(v) {
                 continue;
             }
-            messages::bind(out, PARAM_STATEMENT, [k.as_bytes(), v.as_bytes()].into_iter());
+            messages::bind(
+                out,
+                PARAM_STATEMENT,
+                [k.as_bytes(), v.as_bytes()].into_iter(),
+            );
             messages::execute(out);
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);

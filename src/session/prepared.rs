@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::flow::Owner;
-use super::statements::{StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target};
+use super::statements::{
+    StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target,
+};
 use super::{End, Session};
 use crate::config::PoolMode;
 use crate::protocol::codec::Frame;
@@ -39,7 +41,8 @@ impl Session {
                 }
                 let conn = self.backend.as_mut()?.conn();
                 if conn.statements.touch(&def) {
-                    self.flow.sent(ft::PARSE, Owner::Synthetic(bt::PARSE_COMPLETE));
+                    self.flow
+                        .sent(ft::PARSE, Owner::Synthetic(bt::PARSE_COMPLETE));
                 } else {
                     self.prepare_on_backend(&def, Owner::Client);
                 }
@@ -75,7 +78,8 @@ impl Session {
                 // Backend statements are shared by content and cached; only the client's
                 // name goes away. PostgreSQL answers CloseComplete even for unknown names.
                 self.statements.remove(name);
-                self.flow.sent(ft::CLOSE, Owner::Synthetic(bt::CLOSE_COMPLETE));
+                self.flow
+                    .sent(ft::CLOSE, Owner::Synthetic(bt::CLOSE_COMPLETE));
                 Some(())
             }
             _ => None,
@@ -84,7 +88,9 @@ impl Session {
 
     /// Prepares `def` on the attached backend unless it is already there.
     fn ensure_prepared_statement(&mut self, def: &Arc<StatementDef>) {
-        let Some(b) = self.backend.as_mut() else { return };
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
         if !b.conn().statements.touch(def) {
             self.prepare_on_backend(def, Owner::ProxyForwardErrors);
         }
@@ -92,14 +98,17 @@ impl Session {
 
     /// Sends Parse for `def` under its backend name, closing whatever the cache evicts.
     fn prepare_on_backend(&mut self, def: &Arc<StatementDef>, owner: Owner) {
-        let Some(b) = self.backend.as_mut() else { return };
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
         for victim in b.conn().statements.insert(def) {
             StatementDef::close_message(&victim, &mut self.bout);
             self.flow.sent(ft::CLOSE, Owner::Proxy);
             self.pool.metrics_statement_evictions();
         }
         def.parse_message(&mut self.bout);
-        self.flow.sent_parse(ft::PARSE, owner, Some(def.backend_name.clone()));
+        self.flow
+            .sent_parse(ft::PARSE, owner, Some(def.backend_name.clone()));
     }
 
     /// Re-creates the client's unnamed statement on this backend if it was parsed elsewhere.

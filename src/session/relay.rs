@@ -5,9 +5,9 @@ use bytes::Buf;
 
 use super::flow::Disposition;
 use super::{End, Session};
+use crate::config::PoolMode;
 use crate::protocol::codec::{Frame, read_cstr, split_frame};
 use crate::protocol::messages;
-use crate::config::PoolMode;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql, sqlstate};
 
 impl Session {
@@ -64,10 +64,20 @@ impl Session {
                 return Ok(());
             }
             ft::SYNC if self.copy_in => return Ok(()),
-            ft::QUERY | ft::PARSE | ft::BIND | ft::DESCRIBE | ft::EXECUTE | ft::CLOSE | ft::SYNC | ft::FLUSH
+            ft::QUERY
+            | ft::PARSE
+            | ft::BIND
+            | ft::DESCRIBE
+            | ft::EXECUTE
+            | ft::CLOSE
+            | ft::SYNC
+            | ft::FLUSH
             | ft::FUNCTION_CALL => {}
             other => {
-                return Err(End::ProtocolViolation(format!("invalid frontend message type {}", other)));
+                return Err(End::ProtocolViolation(format!(
+                    "invalid frontend message type {}",
+                    other
+                )));
             }
         }
         let mut no_txn_block = false;
@@ -77,12 +87,16 @@ impl Session {
                     "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
                     v.setting
                 );
-                return self.refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql").await;
+                return self
+                    .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
+                    .await;
             }
             if self.pool.mode == PoolMode::Transaction && sql::uses_sql_prepared_statements(text) {
                 let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
                            use protocol-level prepared statements (every driver's default) or a session-mode database";
-                return self.refuse(&frame, sqlstate::FEATURE_NOT_SUPPORTED, msg, "unsupported").await;
+                return self
+                    .refuse(&frame, sqlstate::FEATURE_NOT_SUPPORTED, msg, "unsupported")
+                    .await;
             }
             if sql::may_change_session_state(text) {
                 self.dirty = true;
@@ -90,8 +104,16 @@ impl Session {
             no_txn_block = frame.tag == ft::QUERY && sql::is_no_transaction_block(text);
         }
         if super::guard::uses_reserved_name(&frame) {
-            let msg = "prepared statement and portal names starting with \"pgtenant_\" are reserved";
-            return self.refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "reserved_name").await;
+            let msg =
+                "prepared statement and portal names starting with \"pgtenant_\" are reserved";
+            return self
+                .refuse(
+                    &frame,
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    msg,
+                    "reserved_name",
+                )
+                .await;
         }
         if !self.attach(&frame).await? {
             return Ok(());
@@ -108,7 +130,9 @@ impl Session {
     /// Processes every complete backend frame read so far.
     pub(super) fn process_backend(&mut self) -> Result<(), End> {
         loop {
-            let Some(b) = self.backend.as_mut() else { return Ok(()) };
+            let Some(b) = self.backend.as_mut() else {
+                return Ok(());
+            };
             let conn = b.conn();
             let frame = match split_frame(&mut conn.rbuf, crate::backend::MAX_BACKEND_MESSAGE) {
                 Ok(Some(f)) => f,
@@ -142,7 +166,9 @@ impl Session {
                 }
                 Disposition::Swallow => {}
                 Disposition::ProxyRequestFailed => {
-                    return Err(End::InjectionFailed(messages::parse_error_fields(frame.body())));
+                    return Err(End::InjectionFailed(messages::parse_error_fields(
+                        frame.body(),
+                    )));
                 }
             }
             self.emit_synthetic();
@@ -150,7 +176,9 @@ impl Session {
     }
 
     fn on_ready(&mut self, status: Option<u8>) {
-        self.status = status.and_then(TxStatus::from_byte).unwrap_or(TxStatus::Idle);
+        self.status = status
+            .and_then(TxStatus::from_byte)
+            .unwrap_or(TxStatus::Idle);
         if self.status == TxStatus::Idle {
             self.injected = false;
             self.reinject = false;
@@ -189,7 +217,9 @@ fn sql_text(frame: &Frame) -> Option<&[u8]> {
     let body = frame.body();
     match frame.tag {
         ft::QUERY => read_cstr(body).map(|(q, _)| q),
-        ft::PARSE => read_cstr(body).and_then(|(_, rest)| read_cstr(rest)).map(|(q, _)| q),
+        ft::PARSE => read_cstr(body)
+            .and_then(|(_, rest)| read_cstr(rest))
+            .map(|(q, _)| q),
         _ => None,
     }
 }

@@ -25,7 +25,10 @@ pub struct StatementDef {
 
 impl StatementDef {
     /// Builds the definition from a Parse body (name, query, types).
-    fn from_parse_body(body: &[u8], seed: &std::hash::RandomState) -> Option<(Vec<u8>, Arc<StatementDef>)> {
+    fn from_parse_body(
+        body: &[u8],
+        seed: &std::hash::RandomState,
+    ) -> Option<(Vec<u8>, Arc<StatementDef>)> {
         let (name, rest) = read_cstr(body)?;
         let mut h = seed.build_hasher();
         h.write(rest);
@@ -104,7 +107,11 @@ pub struct BackendStatements {
 impl BackendStatements {
     /// An empty cache holding at most `capacity` statements.
     pub fn new(capacity: usize) -> BackendStatements {
-        BackendStatements { entries: HashMap::new(), tick: 0, capacity: capacity.max(1) }
+        BackendStatements {
+            entries: HashMap::new(),
+            tick: 0,
+            capacity: capacity.max(1),
+        }
     }
 
     /// True when `def` is prepared here with exactly this body (a hash collision with a
@@ -127,13 +134,19 @@ impl BackendStatements {
         if self.entries.contains_key(&def.backend_name) {
             close.push(def.backend_name.clone());
         } else if self.entries.len() >= self.capacity {
-            if let Some(victim) = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+            if let Some(victim) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
                 self.entries.remove(&victim);
                 close.push(victim);
             }
         }
         self.tick += 1;
-        self.entries.insert(def.backend_name.clone(), (def.body.clone(), self.tick));
+        self.entries
+            .insert(def.backend_name.clone(), (def.body.clone(), self.tick));
         close
     }
 
@@ -233,8 +246,13 @@ mod tests {
     #[test]
     fn rewrites_bind_keeping_parameters() {
         let mut raw = BytesMut::new();
-        write_msg(&mut raw, ft::BIND, |b| b.extend_from_slice(b"p\0s0\0\0\0\0\x01\0\0\0\x01x\0\0"));
-        let frame = Frame { tag: ft::BIND, raw: raw.freeze() };
+        write_msg(&mut raw, ft::BIND, |b| {
+            b.extend_from_slice(b"p\0s0\0\0\0\0\x01\0\0\0\x01x\0\0")
+        });
+        let frame = Frame {
+            tag: ft::BIND,
+            raw: raw.freeze(),
+        };
         assert_eq!(bind_statement(&frame), Some(&b"s0"[..]));
         let mut out = BytesMut::new();
         rewrite_bind(&frame, "pgtenant_s_1", &mut out).unwrap();

@@ -27,7 +27,11 @@ pub const TENANTS: [(&str, &str, &str); 3] = [
 
 /// The tenant id for a tenant name.
 pub fn tenant_id(name: &str) -> &'static str {
-    TENANTS.iter().find(|t| t.0 == name).map(|t| t.2).expect("known tenant")
+    TENANTS
+        .iter()
+        .find(|t| t.0 == name)
+        .map(|t| t.2)
+        .expect("known tenant")
 }
 
 /// A running proxy.
@@ -45,8 +49,16 @@ impl Proxy {
         cfg.server.listen = "127.0.0.1:0".parse().unwrap();
         cfg.server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         let (stop, shutdown) = watch::channel(false);
-        let r = pgtenant::server::start(cfg, Arc::new(Metrics::new()), shutdown).await.expect("proxy starts");
-        Proxy { addr: r.addr, metrics_addr: r.metrics_addr, server: r.server, stop, task: r.task }
+        let r = pgtenant::server::start(cfg, Arc::new(Metrics::new()), shutdown)
+            .await
+            .expect("proxy starts");
+        Proxy {
+            addr: r.addr,
+            metrics_addr: r.metrics_addr,
+            server: r.server,
+            stop,
+            task: r.task,
+        }
     }
 
     /// Asks the proxy to stop and waits for its accept loop to end.
@@ -57,24 +69,40 @@ impl Proxy {
 
     /// A libpq-style connection string for `tenant` with its password.
     pub fn conn_str(&self, tenant: &str) -> String {
-        let pw = TENANTS.iter().find(|t| t.0 == tenant).map(|t| t.1).unwrap_or("nope");
+        let pw = TENANTS
+            .iter()
+            .find(|t| t.0 == tenant)
+            .map(|t| t.1)
+            .unwrap_or("nope");
         self.conn_str_with(tenant, pw)
     }
 
     /// A connection string for any user and password.
     pub fn conn_str_with(&self, user: &str, password: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname=app", self.addr.port())
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=app",
+            self.addr.port()
+        )
     }
 
     /// A URL for psql.
     pub fn url(&self, tenant: &str) -> String {
-        let pw = TENANTS.iter().find(|t| t.0 == tenant).map(|t| t.1).unwrap_or("nope");
-        format!("postgresql://{tenant}:{pw}@127.0.0.1:{}/app", self.addr.port())
+        let pw = TENANTS
+            .iter()
+            .find(|t| t.0 == tenant)
+            .map(|t| t.1)
+            .unwrap_or("nope");
+        format!(
+            "postgresql://{tenant}:{pw}@127.0.0.1:{}/app",
+            self.addr.port()
+        )
     }
 
     /// Connects as `tenant` with tokio-postgres.
     pub async fn connect(&self, tenant: &str) -> tokio_postgres::Client {
-        connect(&self.conn_str(tenant)).await.expect("connect through pgtenant")
+        connect(&self.conn_str(tenant))
+            .await
+            .expect("connect through pgtenant")
     }
 
     /// Scrapes /metrics.
@@ -95,7 +123,9 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_pos
 /// A minimal HTTP GET (no client library needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("http connect");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
@@ -141,14 +171,19 @@ impl TestEnv {
 
     /// A connection straight to PostgreSQL as the app role (what pgtenant logs in as).
     pub async fn app_user_direct(&self) -> tokio_postgres::Client {
-        let s = format!("host=127.0.0.1 port={} user=app_user password=app_password dbname=app", self.cluster.port());
+        let s = format!(
+            "host=127.0.0.1 port={} user=app_user password=app_password dbname=app",
+            self.cluster.port()
+        );
         connect(&s).await.expect("app_user connect")
     }
 }
 
 /// Starts PostgreSQL with the demo schema and a third tenant.
 pub async fn start_cluster() -> TempCluster {
-    let cluster = pgtenant::demo::start_cluster().await.expect("cluster with demo schema");
+    let cluster = pgtenant::demo::start_cluster()
+        .await
+        .expect("cluster with demo schema");
     cluster
         .psql(
             "app",
@@ -171,6 +206,7 @@ pub fn test_config(cluster: &TempCluster) -> Config {
             id: INITECH.into(),
             password: ScramVerifier::hash_password("initech-secret"),
             settings: Default::default(),
+            auth_method: None,
         },
     );
     for db in cfg.databases.values_mut() {

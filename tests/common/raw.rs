@@ -25,16 +25,27 @@ pub struct RawConn {
 impl RawConn {
     /// Opens a TCP connection without sending anything.
     pub async fn tcp(addr: SocketAddr) -> RawConn {
-        RawConn { stream: TcpStream::connect(addr).await.expect("tcp connect"), buf: BytesMut::new() }
+        RawConn {
+            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
     }
 
     /// Connects and authenticates with SCRAM-SHA-256; returns the ErrorResponse on failure.
-    pub async fn connect(addr: SocketAddr, user: &str, password: &str) -> Result<RawConn, ErrorFields> {
+    pub async fn connect(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<RawConn, ErrorFields> {
         Self::connect_with(addr, &[("user", user), ("database", "app")], password).await
     }
 
     /// Like [`RawConn::connect`] with arbitrary startup parameters.
-    pub async fn connect_with(addr: SocketAddr, params: &[(&str, &str)], password: &str) -> Result<RawConn, ErrorFields> {
+    pub async fn connect_with(
+        addr: SocketAddr,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> Result<RawConn, ErrorFields> {
         let mut c = Self::tcp(addr).await;
         let mut out = BytesMut::new();
         frontend::startup_message(params.iter().copied(), &mut out).unwrap();
@@ -50,8 +61,12 @@ impl RawConn {
                     match code {
                         0 => {}
                         10 => {
-                            let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out).unwrap();
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                                .unwrap();
                             scram = Some(s);
                         }
                         11 => {
@@ -85,7 +100,11 @@ impl RawConn {
             if let Some(f) = split_frame(&mut self.buf, 1 << 30).ok()? {
                 return Some((f.tag, Bytes::copy_from_slice(f.body())));
             }
-            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf)).await.ok()?.ok()?;
+            let n =
+                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .ok()?
+                    .ok()?;
             if n == 0 {
                 return None;
             }
@@ -116,7 +135,9 @@ impl RawConn {
     /// True when the server closed the connection (EOF within a few seconds).
     pub async fn is_closed(&mut self) -> bool {
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.buf))
+                .await
+            {
                 Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(_)) => continue,
                 Err(_) => return false,
@@ -126,7 +147,11 @@ impl RawConn {
 }
 
 fn closed() -> ErrorFields {
-    ErrorFields { severity: "FATAL".into(), code: "closed".into(), message: "connection closed".into() }
+    ErrorFields {
+        severity: "FATAL".into(),
+        code: "closed".into(),
+        message: "connection closed".into(),
+    }
 }
 
 /// Appends Parse(unnamed) + Bind + Execute of `sql` with text parameters, no Sync.
@@ -166,7 +191,10 @@ pub fn data_rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
 
 /// The ErrorResponses in `msgs`.
 pub fn errors(msgs: &[Msg]) -> Vec<ErrorFields> {
-    msgs.iter().filter(|(t, _)| *t == b'E').map(|(_, b)| parse_error_fields(b)).collect()
+    msgs.iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| parse_error_fields(b))
+        .collect()
 }
 
 /// The message tags in `msgs`, as a string (e.g. "12DCZ").

@@ -1,0 +1,12 @@
+//! TLS on both legs: the client-facing acceptor with hot reload and client-certificate
+//! identity, and libpq-style `sslmode` for backend connections. rustls with the ring
+//! provider, passed explicitly everywhere.
+
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod server;
+pub mod verify;
+
+pub use config::{IdentitySource, SslMode, TlsConfig, TlsMode};
+pub use server::{ServerTls, TlsError};
