@@ -77,6 +77,7 @@ impl BackendTarget {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             params: HashMap::new(),
+            defaults: HashMap::new(),
             key: BackendKey {
                 addr,
                 pid: 0,
@@ -95,12 +96,12 @@ impl BackendTarget {
         let params = [
             ("user", self.user.as_str()),
             ("database", self.dbname.as_str()),
-            ("application_name", "pgtenant"),
         ];
         frontend::startup_message(params.iter().copied(), &mut out)?;
         conn.stream.write_all(&out).await?;
         self.authenticate(&mut conn, end_point).await?;
         self.finish_startup(&mut conn).await?;
+        conn.defaults = conn.params.clone();
         conn.exchange(&prepare_with_sync(&self.prepare)).await?;
         conn.prepared = true;
         Ok(conn)

@@ -63,6 +63,8 @@ pub struct BackendConn {
     /// Session parameters as the backend has them: reported ones from ParameterStatus, and
     /// unreported ones the proxy set itself.
     pub params: HashMap<String, String>,
+    /// Reported parameters as the server set them at connection start (its defaults).
+    pub defaults: HashMap<String, String>,
     pub key: BackendKey,
     /// Whether the proxy's prepared statements exist on this connection.
     pub prepared: bool,

@@ -82,18 +82,8 @@ pub async fn serve(
         );
         let deadline = tokio::time::Instant::now() + server.config.server.auth_timeout;
         let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
-        let (stream, negotiated) =
-            match tokio::time::timeout_at(deadline, negotiate::negotiate(&server, socket)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    server
-                        .metrics
-                        .protocol_errors
-                        .with_label_values(&["auth_timeout"])
-                        .inc();
-                    return;
-                }
-            };
+        // negotiate enforces the deadline itself, so it can still send a FATAL.
+        let (stream, negotiated) = negotiate::negotiate(&server, socket, deadline).await;
         let Some(mut stream) = stream else { return };
         let (params, buf, tls) = match negotiated {
             Err(fatal) => return send_fatal(&mut stream, &fatal).await,

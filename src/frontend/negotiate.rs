@@ -52,17 +52,28 @@ pub enum Negotiated {
 pub async fn negotiate(
     server: &Arc<Server>,
     tcp: TcpStream,
+    deadline: tokio::time::Instant,
 ) -> (Option<ClientStream>, Result<Negotiated, Fatal>) {
     let mut stream = ClientStream::Plain(tcp);
     let mut tls_info = None;
     if server.tls.is_some() {
         let mut first = [0u8; 1];
         if let ClientStream::Plain(tcp) = &stream {
-            if matches!(tcp.peek(&mut first).await, Ok(1)) && first[0] == TLS_HANDSHAKE_RECORD {
+            if matches!(
+                tokio::time::timeout_at(deadline, tcp.peek(&mut first))
+                    .await
+                    .unwrap_or(Ok(0)),
+                Ok(1)
+            ) && first[0] == TLS_HANDSHAKE_RECORD
+            {
                 let ClientStream::Plain(tcp) = stream else {
                     unreachable!()
                 };
-                match accept_tls(server, tcp, true).await {
+                match tokio::time::timeout_at(deadline, accept_tls(server, tcp, true))
+                    .await
+                    .ok()
+                    .flatten()
+                {
                     Some((s, info)) => {
                         stream = s;
                         tls_info = Some(info);
@@ -91,9 +102,18 @@ pub async fn negotiate(
                     );
                 }
             }
-            match read_more(&mut stream, &mut buf).await {
-                Ok(0) | Err(_) => return (Some(stream), Ok(Negotiated::Closed)),
-                Ok(_) => {}
+            match tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buf)).await {
+                Err(_) => {
+                    server
+                        .metrics
+                        .protocol_errors
+                        .with_label_values(&["auth_timeout"])
+                        .inc();
+                    let f = Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
+                    return (Some(stream), Err(f));
+                }
+                Ok(Ok(0) | Err(_)) => return (Some(stream), Ok(Negotiated::Closed)),
+                Ok(Ok(_)) => {}
             }
         };
         match packet {
@@ -116,7 +136,11 @@ pub async fn negotiate(
                 if tcp.write_all(b"S").await.is_err() {
                     return (Some(ClientStream::Plain(tcp)), Ok(Negotiated::Closed));
                 }
-                match accept_tls(server, tcp, false).await {
+                match tokio::time::timeout_at(deadline, accept_tls(server, tcp, false))
+                    .await
+                    .ok()
+                    .flatten()
+                {
                     Some((s, info)) => {
                         stream = s;
                         tls_info = Some(info);

@@ -442,6 +442,16 @@ fn is_pg_settings_update(toks: &[Token], i: usize) -> bool {
     is_kw_in(prev(k), &["update", "only"])
 }
 
+/// True when `EXECUTE` at `k` runs one plain string literal (checked like any literal).
+fn is_plain_execute(toks: &[Token], k: usize) -> bool {
+    use TokenKind::*;
+    let literal = toks
+        .get(k)
+        .is_some_and(|t| matches!(t.kind, Str | EStr | UStr | DollarStr));
+    let end = toks.get(k + 1);
+    literal && (end.is_none() || is_op(end, b';') || is_kw_in(end, &["using", "into"]))
+}
+
 /// A literal is lexed as SQL only when it looks like it builds a setting change.
 fn has_trigger(v: &[u8]) -> bool {
     let set_ws = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace();
@@ -498,6 +508,11 @@ fn scan_frame<'a>(
                     return v;
                 }
             }
+            // Dynamic SQL inside a function body or DO block (`EXECUTE 'SE' || 'T ...'`,
+            // `EXECUTE format(...)`, `EXECUTE some_variable`) cannot be verified.
+            Ident if depth > 0 && is_kw(Some(t), "execute") && !is_plain_execute(&toks, i + 1) => {
+                return violation("dynamic SQL in a function body");
+            }
             // `UPDATE pg_settings SET setting = ... WHERE name = ...` calls set_config().
             Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(&toks, i) => {
                 return violation("pg_settings");
@@ -523,6 +538,10 @@ fn scan_frame<'a>(
 pub fn find_protected_change(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
     if protected.is_empty() {
         return None;
+    }
+    // Unicode-escaped identifiers (`U&"set\005fconfig"`) could spell any name; refuse them.
+    if contains_ci(sql, b"u&\"") {
+        return violation("unicode-escaped identifier");
     }
     let mut work = vec![(Cow::Borrowed(sql), 0usize)];
     while let Some((data, depth)) = work.pop() {
@@ -736,7 +755,7 @@ mod tests {
             ("DO $$ BEGIN EXECUTE 'SET app.current_tenant = ''x'''; END $$", t),
             ("DO $$ BEGIN EXECUTE E'\\x53ET app.current_tenant = 1'; END $$", t),
             ("DO $$ BEGIN EXECUTE 'select set_config(''app.current_tenant'', ''1'', false)'; END $$", t),
-            ("DO $$ BEGIN EXECUTE format('SET %I = %L', 'app.current_tenant', '1'); END $$", Some(SET_UNVERIFIABLE)),
+            ("DO $$ BEGIN EXECUTE format('SET %I = %L', 'app.current_tenant', '1'); END $$", Some("dynamic sql in a function body")),
             ("CREATE FUNCTION f() RETURNS void AS 'SET app.current_tenant = 1' LANGUAGE sql", t),
             ("SELECT 'SET app.current_tenant = 1'", t), // known false positive (literal contains "set ")
             ("SELECT 'x'; -- SET app.current_tenant = 1\nSELECT 1", None),

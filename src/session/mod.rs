@@ -136,7 +136,12 @@ impl Session {
         })?;
         let conn = pooled.conn();
         let mut out = BytesMut::new();
+        if !conn.prepared {
+            out.extend_from_slice(&self.server.plan.prepare);
+            conn.prepared = true;
+        }
         let mut flow = Flow::default();
+        self.params.fill_defaults(conn);
         self.params.sync_backend(conn, &mut out, &mut flow);
         messages::sync(&mut out);
         if let Err(e) = conn.exchange(&out).await {
@@ -147,13 +152,18 @@ impl Session {
                 other => Fatal::new(sqlstate::CONNECTION_FAILURE, other.to_string()),
             });
         }
-        self.params.adopt_defaults(conn);
-        let reported: Vec<(String, String)> = conn
+        self.params.normalize(conn);
+        let mut reported: Vec<(String, String)> = conn
             .params
             .iter()
             .filter(|(k, _)| params::is_reported(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for (k, v) in self.params.iter() {
+            if let Some(slot) = reported.iter_mut().find(|(r, _)| r == k) {
+                slot.1 = v.to_string();
+            }
+        }
         crate::frontend::startup_response(
             &mut self.cout,
             reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),

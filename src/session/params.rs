@@ -60,6 +60,8 @@ pub fn canonical(name: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct ClientParams {
     values: Vec<(String, String)>,
+    /// Settings the client chose itself (startup parameters and options).
+    explicit: Vec<String>,
 }
 
 impl ClientParams {
@@ -68,6 +70,7 @@ impl ClientParams {
         let mut p = ClientParams::default();
         for (k, v) in settings {
             p.set(&k, &v);
+            p.explicit.push(canonical(&k));
         }
         p
     }
@@ -88,12 +91,26 @@ impl ClientParams {
         }
     }
 
-    /// Adopts the backend's current value for every followed setting the client has not
-    /// chosen, so later backends are brought to the same view.
-    pub fn adopt_defaults(&mut self, conn: &BackendConn) {
+    /// Takes the server's default (as of connection start, never what an earlier client
+    /// left) for every followed setting the client has not chosen.
+    pub fn fill_defaults(&mut self, conn: &BackendConn) {
         for name in FOLLOWED {
-            if let Some(v) = conn.params.get(*name) {
-                self.set(name, v);
+            if !self.explicit.iter().any(|e| e == name) {
+                if let Some(v) = conn.defaults.get(*name) {
+                    self.set(name, &v.clone());
+                }
+            }
+        }
+    }
+
+    /// After the client's settings were applied, adopts the values as the server reported
+    /// them (normalised, e.g. `iso` becomes `ISO, MDY`).
+    pub fn normalize(&mut self, conn: &BackendConn) {
+        for name in self.explicit.clone() {
+            if FOLLOWED.contains(&name.as_str()) {
+                if let Some(v) = conn.params.get(&name) {
+                    self.set(&name, &v.clone());
+                }
             }
         }
     }

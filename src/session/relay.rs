@@ -101,7 +101,19 @@ impl Session {
             if sql::may_change_session_state(text) {
                 self.dirty = true;
             }
-            no_txn_block = frame.tag == ft::QUERY && sql::is_no_transaction_block(text);
+            no_txn_block = sql::is_no_transaction_block(text);
+        }
+        if frame.tag == ft::BIND {
+            let name = super::statements::bind_statement(&frame).unwrap_or_default();
+            no_txn_block = self.statements.get(name).is_some_and(|d| d.no_txn_block);
+        }
+        if frame.tag == ft::FUNCTION_CALL
+            && frame.body().get(..4) == Some(&SET_CONFIG_OID.to_be_bytes()[..])
+        {
+            let msg = "permission denied to call set_config through the function-call protocol";
+            return self
+                .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
+                .await;
         }
         if super::guard::uses_reserved_name(&frame) {
             let msg =
@@ -211,6 +223,9 @@ impl Session {
         }
     }
 }
+
+/// `pg_catalog.set_config(text, text, boolean)`: a built-in, so its OID is fixed.
+const SET_CONFIG_OID: u32 = 2078;
 
 /// The SQL text of a Query or Parse message.
 fn sql_text(frame: &Frame) -> Option<&[u8]> {

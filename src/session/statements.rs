@@ -5,7 +5,7 @@
 //! per backend). Each backend keeps a bounded LRU of what it has prepared.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -21,20 +21,23 @@ pub struct StatementDef {
     /// Proxy-owned name used on backends.
     pub backend_name: String,
     pub body: Bytes,
+    /// The statement cannot run inside a transaction block (VACUUM, DISCARD ALL, ...).
+    pub no_txn_block: bool,
 }
 
 impl StatementDef {
     /// Builds the definition from a Parse body (name, query, types).
-    fn from_parse_body(
-        body: &[u8],
-        seed: &std::hash::RandomState,
-    ) -> Option<(Vec<u8>, Arc<StatementDef>)> {
+    fn from_parse_body(body: &[u8]) -> Option<(Vec<u8>, Arc<StatementDef>)> {
         let (name, rest) = read_cstr(body)?;
-        let mut h = seed.build_hasher();
+        // A fixed-key hash, so identical SQL from different clients shares one backend
+        // statement; a collision is harmless because cache hits compare the whole body.
+        let mut h = std::hash::DefaultHasher::new();
         h.write(rest);
+        let query = read_cstr(rest).map(|(q, _)| q).unwrap_or_default();
         let def = StatementDef {
             backend_name: format!("{RESERVED_PREFIX}s_{:016x}", h.finish()),
             body: Bytes::copy_from_slice(rest),
+            no_txn_block: crate::protocol::sql::is_no_transaction_block(query),
         };
         Some((name.to_vec(), Arc::new(def)))
     }
@@ -62,13 +65,12 @@ impl StatementDef {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<Vec<u8>, Arc<StatementDef>>,
-    seed: std::hash::RandomState,
 }
 
 impl ClientStatements {
     /// Records the statement a Parse defines (the unnamed one included, under `""`).
     pub fn define(&mut self, parse_body: &[u8]) -> Option<(bool, Arc<StatementDef>)> {
-        let (name, def) = StatementDef::from_parse_body(parse_body, &self.seed)?;
+        let (name, def) = StatementDef::from_parse_body(parse_body)?;
         let named = !name.is_empty();
         self.by_name.insert(name, def.clone());
         Some((named, def))
