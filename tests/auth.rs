@@ -1,0 +1,322 @@
+//! Client authentication: SCRAM-SHA-256 against the tenant directory, without revealing
+//! which tenants exist; the role.tenant user convention; database and replication checks;
+//! the auth metrics; and the authentication timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::RawConn;
+use common::*;
+use pgtenant::config::UserConvention;
+use pgtenant::protocol::messages::ErrorFields;
+
+/// Collects failed checks so one run reports every problem, not just the first.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failed checks:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}
+
+/// (severity, SQLSTATE, message) of a failed tokio-postgres connect.
+async fn connect_error(conn_str: &str) -> Option<(String, String, String)> {
+    match connect(conn_str).await {
+        Ok(_) => None,
+        Err(e) => Some(match e.as_db_error() {
+            Some(db) => (
+                db.severity().to_string(),
+                db.code().code().to_string(),
+                db.message().to_string(),
+            ),
+            None => (
+                "<none>".into(),
+                "<not a server error>".into(),
+                e.to_string(),
+            ),
+        }),
+    }
+}
+
+fn failed_for(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
+
+/// Value of the `pgtenant_auth_attempts_total` sample whose labels include `reason`.
+fn auth_metric(text: &str, reason: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("pgtenant_auth_attempts_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test]
+async fn failures_are_indistinguishable_and_counted() {
+    let env = TestEnv::start().await;
+    let p = &env.proxy;
+    let mut f = Failures::default();
+
+    // Correct passwords work for every tenant.
+    for (tenant, _, id) in TENANTS {
+        match connect(&p.conn_str(tenant)).await {
+            Ok(c) => {
+                let r = c
+                    .query_one("SELECT current_setting('app.current_tenant')", &[])
+                    .await;
+                f.check(
+                    r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == id),
+                    || format!("{tenant}: context {r:?}"),
+                );
+            }
+            Err(e) => f.check(false, || format!("{tenant} with its password: {e}")),
+        }
+    }
+
+    // Wrong password for a real tenant vs. any password for an unknown one.
+    let cases = [
+        ("acme", "wrong-password"),
+        ("acme", "globex-secret"),
+        ("globex", "acme-secret"),
+        ("nobody", "whatever"),
+        ("nobody", "acme-secret"),
+        ("ACME", "acme-secret"),
+    ];
+    for (user, pw) in cases {
+        let got = connect_error(&p.conn_str_with(user, pw)).await;
+        let want = ("FATAL".to_string(), "28P01".to_string(), failed_for(user));
+        f.check(got.as_ref() == Some(&want), || {
+            format!("user {user:?} password {pw:?}: got {got:?}, want {want:?}")
+        });
+    }
+    // The same through the raw client: every field of the ErrorResponse is identical apart
+    // from the user name.
+    let a = RawConn::connect(p.addr, "acme", "wrong").await.err();
+    let b = RawConn::connect(p.addr, "zzzz", "wrong").await.err();
+    let norm = |e: Option<ErrorFields>, user: &str| {
+        e.map(|mut e| {
+            e.message = e.message.replace(&format!("\"{user}\""), "\"<user>\"");
+            e
+        })
+    };
+    let (a, b) = (norm(a, "acme"), norm(b, "zzzz"));
+    f.check(a.is_some() && a == b, || {
+        format!("raw errors differ: {a:?} vs {b:?}")
+    });
+
+    // A missing database is reported only after successful authentication.
+    let s = format!(
+        "host=127.0.0.1 port={} user=acme password=acme-secret dbname=nope",
+        p.addr.port()
+    );
+    let got = connect_error(&s).await;
+    let want = (
+        "FATAL".to_string(),
+        "3D000".to_string(),
+        "database \"nope\" does not exist".to_string(),
+    );
+    f.check(got.as_ref() == Some(&want), || {
+        format!("dbname=nope: got {got:?}")
+    });
+    let s = format!(
+        "host=127.0.0.1 port={} user=acme password=wrong dbname=nope",
+        p.addr.port()
+    );
+    let got = connect_error(&s).await;
+    f.check(got.as_ref().is_some_and(|g| g.1 == "28P01"), || {
+        format!("dbname=nope with a wrong password: {got:?}")
+    });
+
+    // Replication connections are not supported.
+    for mode in ["database", "true", "on", "1"] {
+        let r = RawConn::connect_with(
+            p.addr,
+            &[("user", "acme"), ("database", "app"), ("replication", mode)],
+            "acme-secret",
+        )
+        .await
+        .err();
+        f.check(
+            r.as_ref()
+                .is_some_and(|e| e.code == "0A000" && e.severity == "FATAL"),
+            || format!("replication={mode}: {r:?}"),
+        );
+    }
+    let r = RawConn::connect_with(
+        p.addr,
+        &[
+            ("user", "acme"),
+            ("database", "app"),
+            ("replication", "false"),
+        ],
+        "acme-secret",
+    )
+    .await;
+    f.check(r.is_ok(), || {
+        format!("replication=false refused: {:?}", r.err())
+    });
+
+    // No user name at all.
+    let r = RawConn::connect_with(p.addr, &[("database", "app")], "x")
+        .await
+        .err();
+    f.check(
+        r.as_ref()
+            .is_some_and(|e| e.code == "28000" && e.severity == "FATAL"),
+        || format!("no user: {r:?}"),
+    );
+
+    // The metrics tell the two failure kinds apart (only operators see them).
+    let text = p.metrics().await;
+    let bad = auth_metric(&text, "bad_password");
+    let unknown = auth_metric(&text, "unknown_tenant");
+    f.check(bad.is_some_and(|v| v >= 4.0), || {
+        format!("bad_password count {bad:?}")
+    });
+    f.check(unknown.is_some_and(|v| v >= 4.0), || {
+        format!("unknown_tenant count {unknown:?}")
+    });
+    let ok = auth_metric(&text, "ok");
+    f.check(ok.is_some_and(|v| v >= 3.0), || format!("ok count {ok:?}"));
+    f.finish();
+}
+
+#[tokio::test]
+async fn role_dot_tenant_convention() {
+    let env =
+        TestEnv::start_with(|cfg| cfg.auth.user_convention = UserConvention::RoleDotTenant).await;
+    let p = &env.proxy;
+    let mut f = Failures::default();
+    for (user, pw, id) in [
+        ("app.acme", "acme-secret", ACME),
+        ("reporting.globex", "globex-secret", GLOBEX),
+        ("a.b.initech", "initech-secret", INITECH),
+    ] {
+        match connect(&p.conn_str_with(user, pw)).await {
+            Ok(c) => {
+                let r = c
+                    .query_one("SELECT current_setting('app.current_tenant')", &[])
+                    .await;
+                f.check(
+                    r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == id),
+                    || format!("{user}: context {r:?}"),
+                );
+                let rows = c
+                    .query("SELECT tenant_id::text FROM invoices", &[])
+                    .await
+                    .unwrap();
+                f.check(
+                    !rows.is_empty() && rows.iter().all(|r| r.get::<_, String>(0) == id),
+                    || format!("{user}: foreign rows"),
+                );
+            }
+            Err(e) => f.check(false, || format!("{user}: {e}")),
+        }
+    }
+    for (user, pw) in [
+        ("acme", "acme-secret"),
+        ("app.", "acme-secret"),
+        ("app.acme", "globex-secret"),
+        ("app.nobody", "x"),
+    ] {
+        let got = connect_error(&p.conn_str_with(user, pw)).await;
+        let want = ("FATAL".to_string(), "28P01".to_string(), failed_for(user));
+        f.check(got.as_ref() == Some(&want), || {
+            format!("{user:?}/{pw:?}: got {got:?}")
+        });
+    }
+    f.finish();
+}
+
+#[tokio::test]
+async fn silent_clients_are_disconnected_after_auth_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::start_with(|cfg| cfg.server.auth_timeout = Duration::from_secs(1)).await;
+    let addr = env.proxy.addr;
+    let mut f = Failures::default();
+
+    // A normal client is unaffected by the short timeout once authenticated.
+    let c = env.proxy.connect("acme").await;
+
+    // (1) sends nothing; (2) sends half a startup packet; (3) sends a startup packet and
+    // never answers the SASL request; (4) SSLRequest, then silence.
+    let mut silent = RawConn::tcp(addr).await;
+    let mut partial = RawConn::tcp(addr).await;
+    partial.send(&[0, 0, 0, 40, 0, 3]).await;
+    let mut mid_auth = RawConn::tcp(addr).await;
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "acme"), ("database", "app")],
+        &mut out,
+    )
+    .unwrap();
+    mid_auth.send(&out).await;
+    let mut after_ssl = RawConn::tcp(addr).await;
+    after_ssl
+        .send(&common::raw::startup_packet(80877103, b""))
+        .await;
+    let mut n = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut after_ssl.stream, &mut n)
+        .await
+        .unwrap();
+    f.check(n[0] == b'N', || {
+        format!("SSLRequest answered {:?}", n[0] as char)
+    });
+
+    for (what, conn) in [
+        ("silent", &mut silent),
+        ("partial startup", &mut partial),
+        ("mid-SASL", &mut mid_auth),
+        ("after SSLRequest", &mut after_ssl),
+    ] {
+        let started = std::time::Instant::now();
+        let mut fatal = None;
+        while let Some((tag, body)) = conn.recv().await {
+            if tag == b'E' {
+                fatal = Some(pgtenant::protocol::messages::parse_error_fields(&body));
+                break;
+            }
+        }
+        f.check(
+            fatal.as_ref().is_some_and(|e| e.severity == "FATAL"),
+            || {
+                format!(
+                    "{what}: expected a FATAL before the close, got {fatal:?} after {:?}",
+                    started.elapsed()
+                )
+            },
+        );
+        f.check(conn.is_closed().await, || {
+            format!("{what}: connection not closed")
+        });
+    }
+    let _ = silent.stream.shutdown().await;
+
+    let r = c
+        .query_one("SELECT current_setting('app.current_tenant')", &[])
+        .await;
+    f.check(
+        r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == ACME),
+        || format!("normal client after timeouts: {r:?}"),
+    );
+    let text = env.proxy.metrics().await;
+    f.check(text.contains("reason=\"auth_timeout\""), || {
+        "no auth_timeout protocol error metric".into()
+    });
+    f.finish();
+}

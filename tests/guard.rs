@@ -1,0 +1,1001 @@
+//! The context guard end to end: every way a client could change a protected setting
+//! (app.current_tenant, app.tenant_plan, role, session_authorization) is refused with 42501
+//! naming the setting, in the simple and the extended protocol, inside and outside explicit
+//! transactions, at startup and through reserved statement names; the connection stays
+//! usable and keeps its own tenant context. Allowed look-alikes keep working.
+
+mod common;
+
+use bytes::BytesMut;
+use common::raw::{self, RawConn};
+use common::*;
+use pgtenant::protocol::messages;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const CTX: &str = "SELECT current_setting('app.current_tenant')";
+
+/// Collects failed checks so one run reports every problem, not just the first.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failed checks:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}
+
+/// "code: message" of an error, or "ok" when the call succeeded.
+fn describe<T>(r: &Result<T, tokio_postgres::Error>) -> String {
+    match r {
+        Ok(_) => "success".into(),
+        Err(e) => match e.as_db_error() {
+            Some(db) => format!("{} {}", db.code().code(), db.message()),
+            None => format!("non-server error: {e}"),
+        },
+    }
+}
+
+/// Checks that `r` failed with SQLSTATE `code` and a message containing `needle`.
+fn expect_err<T>(
+    f: &mut Failures,
+    r: Result<T, tokio_postgres::Error>,
+    code: &str,
+    needle: &str,
+    what: &str,
+) {
+    let ok = match &r {
+        Err(e) => e
+            .as_db_error()
+            .is_some_and(|db| db.code().code() == code && db.message().contains(needle)),
+        Ok(_) => false,
+    };
+    f.check(ok, || {
+        format!(
+            "{what}: expected {code} mentioning {needle:?}, got {}",
+            describe(&r)
+        )
+    });
+}
+
+/// The first column of every row a simple query returned.
+fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<Option<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks the connection still works and carries `id` in both protocols, and that the
+/// tenant sees exactly its own invoices.
+async fn check_own_context(f: &mut Failures, c: &Client, id: &str, what: &str) {
+    match c.simple_query(CTX).await {
+        Ok(m) => {
+            let v = simple_values(&m);
+            f.check(v == vec![Some(id.to_string())], || {
+                format!("{what}: simple context {v:?}, expected {id}")
+            });
+        }
+        Err(e) => f.check(false, || {
+            format!(
+                "{what}: simple context query failed: {}",
+                describe::<()>(&Err(e))
+            )
+        }),
+    }
+    match c
+        .query(
+            "SELECT current_setting('app.current_tenant'), tenant_id::text FROM invoices",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => {
+            f.check(rows.len() == 3, || {
+                format!("{what}: {} invoice rows, expected 3", rows.len())
+            });
+            for r in rows {
+                let (ctx, tid): (String, String) = (r.get(0), r.get(1));
+                f.check(ctx == id && tid == id, || {
+                    format!("{what}: context {ctx}, row of tenant {tid}")
+                });
+            }
+        }
+        Err(e) => f.check(false, || {
+            format!(
+                "{what}: extended invoices query failed: {}",
+                describe::<()>(&Err(e))
+            )
+        }),
+    }
+}
+
+/// Statements that must be refused with 42501, and the setting the message must name.
+fn refused_statements() -> Vec<(String, &'static str)> {
+    vec![
+        (
+            format!("SET app.current_tenant = '{GLOBEX}'"),
+            "app.current_tenant",
+        ),
+        (
+            format!("SET LOCAL app.current_tenant TO '{GLOBEX}'"),
+            "app.current_tenant",
+        ),
+        (
+            format!("set session app.current_tenant = '{GLOBEX}'"),
+            "app.current_tenant",
+        ),
+        ("RESET app.current_tenant".into(), "app.current_tenant"),
+        (
+            format!("SELECT set_config('app.current_tenant', '{GLOBEX}', false)"),
+            "app.current_tenant",
+        ),
+        ("SET app.tenant_plan = 'x'".into(), "app.tenant_plan"),
+        ("SET ROLE postgres".into(), "role"),
+        (
+            "SET SESSION AUTHORIZATION postgres".into(),
+            "session_authorization",
+        ),
+        (
+            "select 1; set app.current_tenant = 'x'".into(),
+            "app.current_tenant",
+        ),
+        (
+            "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'x', false); END $$".into(),
+            "app.current_tenant",
+        ),
+        (
+            "ALTER ROLE app_user SET app.current_tenant = 'x'".into(),
+            "app.current_tenant",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn protected_settings_are_refused_outside_transactions() {
+    let env = TestEnv::start().await;
+    let c = env.proxy.connect("acme").await;
+    let mut f = Failures::default();
+    check_own_context(&mut f, &c, ACME, "before anything").await;
+
+    for (sql, setting) in refused_statements() {
+        let r = c.simple_query(&sql).await;
+        expect_err(
+            &mut f,
+            r,
+            "42501",
+            setting,
+            &format!("simple_query {sql:?}"),
+        );
+        check_own_context(&mut f, &c, ACME, &format!("after simple_query {sql:?}")).await;
+
+        let r = c.batch_execute(&sql).await;
+        expect_err(
+            &mut f,
+            r,
+            "42501",
+            setting,
+            &format!("batch_execute {sql:?}"),
+        );
+
+        let r = c.query(sql.as_str(), &[]).await;
+        expect_err(&mut f, r, "42501", setting, &format!("extended {sql:?}"));
+        check_own_context(&mut f, &c, ACME, &format!("after extended {sql:?}")).await;
+    }
+
+    // Parameters: the value (or the name) is not known when the statement is parsed.
+    let r = c
+        .query(
+            "SELECT pg_catalog.set_config('app.current_tenant', $1, true)",
+            &[&GLOBEX],
+        )
+        .await;
+    expect_err(
+        &mut f,
+        r,
+        "42501",
+        "app.current_tenant",
+        "set_config with a parameter value",
+    );
+    let r = c
+        .query(
+            "SELECT set_config($1, $2, false)",
+            &[&"app.current_tenant", &GLOBEX],
+        )
+        .await;
+    expect_err(
+        &mut f,
+        r,
+        "42501",
+        "set_config",
+        "set_config with a parameter name",
+    );
+    check_own_context(&mut f, &c, ACME, "after parameterised set_config").await;
+
+    // A prepared statement that would be harmless cannot be swapped for a refused one.
+    let stmt = c.prepare(CTX).await.expect("prepare");
+    let r = c
+        .prepare(&format!(
+            "SELECT set_config('app.current_tenant', '{GLOBEX}', true), 1"
+        ))
+        .await;
+    expect_err(
+        &mut f,
+        r,
+        "42501",
+        "app.current_tenant",
+        "prepare of a set_config",
+    );
+    match c.query_one(&stmt, &[]).await {
+        Ok(row) => f.check(row.get::<_, String>(0) == ACME, || {
+            format!("prepared ctx after refusal: {}", row.get::<_, String>(0))
+        }),
+        Err(e) => f.check(false, || {
+            format!(
+                "prepared statement after refusal failed: {}",
+                describe::<()>(&Err(e))
+            )
+        }),
+    }
+
+    // The superuser's view: no role or database setting was stored by the refused ALTER ROLE.
+    let su = env.superuser().await;
+    let n: i64 = su
+        .query_one("SELECT count(*) FROM pg_db_role_setting", &[])
+        .await
+        .unwrap()
+        .get(0);
+    f.check(n == 0, || {
+        format!("pg_db_role_setting has {n} rows after refused ALTER ROLE")
+    });
+
+    // Another tenant is unaffected by all of this.
+    let g = env.proxy.connect("globex").await;
+    let row = g.query_one(CTX, &[]).await.unwrap();
+    f.check(row.get::<_, String>(0) == GLOBEX, || {
+        "globex context changed".into()
+    });
+    f.finish();
+}
+
+#[tokio::test]
+async fn refusals_inside_transactions_abort_them_like_postgres_errors() {
+    let env = TestEnv::start().await;
+    let mut c = env.proxy.connect("acme").await;
+    let mut f = Failures::default();
+    let cases = [
+        (
+            format!("SET app.current_tenant = '{GLOBEX}'"),
+            "app.current_tenant",
+        ),
+        (
+            format!("SET LOCAL app.current_tenant TO '{GLOBEX}'"),
+            "app.current_tenant",
+        ),
+        (
+            format!("SELECT set_config('app.current_tenant', '{GLOBEX}', true)"),
+            "app.current_tenant",
+        ),
+        ("RESET app.current_tenant".to_string(), "app.current_tenant"),
+        ("SET ROLE postgres".to_string(), "role"),
+        (
+            "SET SESSION AUTHORIZATION postgres".to_string(),
+            "session_authorization",
+        ),
+        ("SET app.tenant_plan = 'x'".to_string(), "app.tenant_plan"),
+    ];
+
+    // Simple protocol: BEGIN, then the refused statement, then anything fails with 25P02.
+    for (sql, setting) in &cases {
+        let what = format!("simple BEGIN; {sql:?}");
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        let r = c.simple_query(CTX).await;
+        f.check(
+            r.as_ref()
+                .is_ok_and(|m| simple_values(m) == vec![Some(ACME.to_string())]),
+            || format!("{what}: context before the refusal: {}", describe(&r)),
+        );
+        let r = c.simple_query(sql).await;
+        expect_err(&mut f, r, "42501", setting, &what);
+        let r = c.simple_query(CTX).await;
+        expect_err(&mut f, r, "25P02", "", &format!("{what}: next statement"));
+        let r = c.query(CTX, &[]).await;
+        expect_err(
+            &mut f,
+            r,
+            "25P02",
+            "",
+            &format!("{what}: next extended statement"),
+        );
+        let r = c.batch_execute("ROLLBACK").await;
+        f.check(r.is_ok(), || format!("{what}: ROLLBACK: {}", describe(&r)));
+        check_own_context(&mut f, &c, ACME, &format!("{what}: after ROLLBACK")).await;
+    }
+
+    // The whole transaction in one simple query string.
+    let r = c
+        .simple_query(&format!(
+            "BEGIN; SET app.current_tenant = '{GLOBEX}'; COMMIT"
+        ))
+        .await;
+    expect_err(
+        &mut f,
+        r,
+        "42501",
+        "app.current_tenant",
+        "one-string transaction",
+    );
+    check_own_context(&mut f, &c, ACME, "after one-string transaction").await;
+
+    // Extended protocol through client.transaction().
+    for (sql, setting) in &cases {
+        let what = format!("transaction() {sql:?}");
+        let tx = c.transaction().await.expect("begin");
+        let r = tx.query_one(CTX, &[]).await;
+        f.check(
+            r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == ACME),
+            || format!("{what}: context before the refusal: {}", describe(&r)),
+        );
+        let r = tx.query(sql.as_str(), &[]).await;
+        expect_err(&mut f, r, "42501", setting, &what);
+        let r = tx.query(CTX, &[]).await;
+        expect_err(&mut f, r, "25P02", "", &format!("{what}: next statement"));
+        let r = tx.rollback().await;
+        f.check(r.is_ok(), || format!("{what}: rollback: {}", describe(&r)));
+        check_own_context(&mut f, &c, ACME, &format!("{what}: after rollback")).await;
+    }
+
+    // A parameterised set_config inside a transaction.
+    let tx = c.transaction().await.expect("begin");
+    let r = tx
+        .query(
+            "SELECT pg_catalog.set_config('app.current_tenant', $1, true)",
+            &[&GLOBEX],
+        )
+        .await;
+    expect_err(
+        &mut f,
+        r,
+        "42501",
+        "app.current_tenant",
+        "parameterised set_config in transaction",
+    );
+    let r = tx.query(CTX, &[]).await;
+    expect_err(
+        &mut f,
+        r,
+        "25P02",
+        "",
+        "after parameterised set_config in transaction",
+    );
+    tx.rollback().await.expect("rollback");
+    check_own_context(
+        &mut f,
+        &c,
+        ACME,
+        "after parameterised set_config in transaction",
+    )
+    .await;
+
+    // Committing a failed transaction rolls it back, as in PostgreSQL.
+    c.batch_execute("BEGIN").await.unwrap();
+    let _ = c.simple_query("SET ROLE postgres").await;
+    let r = c.simple_query("COMMIT").await;
+    f.check(r.is_ok(), || {
+        format!("COMMIT of a failed transaction: {}", describe(&r))
+    });
+    check_own_context(&mut f, &c, ACME, "after COMMIT of a failed transaction").await;
+    let row = c
+        .query_one("SELECT current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    f.check(row.get::<_, String>(0) == "app_user", || {
+        format!("current_user is {}", row.get::<_, String>(0))
+    });
+    f.finish();
+}
+
+#[tokio::test]
+async fn allowed_lookalikes_reset_all_discard_all_and_sql_prepare() {
+    let env = TestEnv::start().await;
+    let c = env.proxy.connect("acme").await;
+    let mut f = Failures::default();
+
+    // Allowed statements, in both protocols.
+    for sql in [
+        "SET search_path = public",
+        "SELECT set_config('search_path', 'public', false)",
+        "SELECT current_setting('app.current_tenant')",
+        "SHOW app.current_tenant",
+        "UPDATE invoices SET status = 'paid' WHERE false",
+        "SELECT 'app.current_tenant'",
+        "SELECT current_setting('app.tenant_plan')",
+        "SELECT name FROM pg_settings WHERE name = 'app.current_tenant'",
+    ] {
+        let r = c.simple_query(sql).await;
+        f.check(r.is_ok(), || format!("simple {sql:?}: {}", describe(&r)));
+        let r = c.query(sql, &[]).await;
+        f.check(r.is_ok(), || format!("extended {sql:?}: {}", describe(&r)));
+    }
+    let r = c.simple_query("SHOW app.current_tenant").await;
+    f.check(
+        r.as_ref()
+            .is_ok_and(|m| simple_values(m) == vec![Some(ACME.to_string())]),
+        || {
+            format!(
+                "SHOW app.current_tenant: {:?}",
+                r.as_ref()
+                    .map(|m| simple_values(m))
+                    .map_err(|e| e.to_string())
+            )
+        },
+    );
+    let r = c
+        .query_one("SELECT current_setting('app.tenant_plan')", &[])
+        .await;
+    f.check(
+        r.as_ref()
+            .is_ok_and(|row| row.get::<_, String>(0) == "enterprise"),
+        || "acme plan".into(),
+    );
+    check_own_context(&mut f, &c, ACME, "after allowed statements").await;
+
+    // RESET ALL in autocommit: the next transaction has the context again.
+    let r = c.batch_execute("RESET ALL").await;
+    f.check(r.is_ok(), || format!("RESET ALL: {}", describe(&r)));
+    check_own_context(&mut f, &c, ACME, "after autocommit RESET ALL").await;
+    let r = c.execute("RESET ALL", &[]).await;
+    f.check(r.is_ok(), || {
+        format!("extended RESET ALL: {}", describe(&r))
+    });
+    check_own_context(&mut f, &c, ACME, "after extended RESET ALL").await;
+
+    // RESET ALL inside a transaction: the context afterwards may be ours or none, never another's.
+    let mut observed = Vec::new();
+    let allowed =
+        |v: &Option<String>| v.is_none() || v.as_deref() == Some("") || v.as_deref() == Some(ACME);
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("RESET ALL").await.unwrap();
+    let v = simple_values(
+        &c.simple_query("SELECT current_setting('app.current_tenant', true)")
+            .await
+            .unwrap(),
+    );
+    observed.push((
+        "BEGIN / RESET ALL / SELECT as separate simple queries",
+        v.clone(),
+    ));
+    f.check(v.len() == 1 && allowed(&v[0]), || {
+        format!("separate statements after RESET ALL: {v:?}")
+    });
+    c.batch_execute("COMMIT").await.unwrap();
+
+    let msgs = c
+        .simple_query(
+            "BEGIN; RESET ALL; SELECT current_setting('app.current_tenant', true); COMMIT",
+        )
+        .await
+        .unwrap();
+    let v = simple_values(&msgs);
+    observed.push(("one simple query string", v.clone()));
+    f.check(v.len() == 1 && allowed(&v[0]), || {
+        format!("one-string RESET ALL: {v:?}")
+    });
+
+    let mut c = c;
+    {
+        let tx = c.transaction().await.unwrap();
+        tx.execute("RESET ALL", &[]).await.unwrap();
+        let row = tx
+            .query_one("SELECT current_setting('app.current_tenant', true)", &[])
+            .await
+            .unwrap();
+        let v: Option<String> = row.get(0);
+        observed.push(("transaction() with extended RESET ALL", vec![v.clone()]));
+        f.check(allowed(&v), || {
+            format!("extended RESET ALL in transaction: {v:?}")
+        });
+        // Whatever the context is, RLS never shows another tenant's rows.
+        if let Ok(rows) = tx.query("SELECT tenant_id::text FROM invoices", &[]).await {
+            for r in rows {
+                f.check(r.get::<_, String>(0) == ACME, || {
+                    "foreign row after RESET ALL in transaction".into()
+                });
+            }
+        }
+        let _ = tx.rollback().await;
+    }
+    println!("context within a transaction after RESET ALL: {observed:?}");
+    check_own_context(&mut f, &c, ACME, "after RESET ALL in transactions").await;
+
+    // DISCARD ALL: compare with what PostgreSQL itself does to a prepared statement.
+    let direct = env.app_user_direct().await;
+    let dstmt = direct.prepare("SELECT 1::int4").await.unwrap();
+    let direct_discard = direct.batch_execute("DISCARD ALL").await;
+    let direct_after = direct.query(&dstmt, &[]).await;
+    let direct_extended_discard = direct.execute("DISCARD ALL", &[]).await;
+    println!(
+        "direct PostgreSQL: DISCARD ALL {}, statement afterwards: {}, extended DISCARD ALL: {}",
+        describe(&direct_discard),
+        describe(&direct_after),
+        describe(&direct_extended_discard)
+    );
+
+    let stmt = c.prepare(CTX).await.unwrap();
+    let r = c.batch_execute("DISCARD ALL").await;
+    f.check(r.is_ok(), || format!("DISCARD ALL: {}", describe(&r)));
+    check_own_context(&mut f, &c, ACME, "after DISCARD ALL").await;
+    let after = c.query(&stmt, &[]).await;
+    match (&after, &direct_after) {
+        (Ok(rows), _) => f.check(
+            rows.len() == 1 && rows[0].get::<_, String>(0) == ACME,
+            || "statement prepared before DISCARD ALL returned a foreign context".into(),
+        ),
+        (Err(e), Err(d)) => f.check(sqlstate(e) == sqlstate(d), || {
+            format!(
+                "statement after DISCARD ALL: proxy {}, PostgreSQL {}",
+                describe(&after),
+                describe(&direct_after)
+            )
+        }),
+        (Err(_), Ok(_)) => f.check(false, || {
+            format!("statement after DISCARD ALL failed: {}", describe(&after))
+        }),
+    }
+    check_own_context(
+        &mut f,
+        &c,
+        ACME,
+        "after reusing a statement across DISCARD ALL",
+    )
+    .await;
+    let r = c.execute("DISCARD ALL", &[]).await;
+    if direct_extended_discard.is_ok() {
+        f.check(r.is_ok(), || {
+            format!(
+                "extended DISCARD ALL: {} (PostgreSQL accepts it)",
+                describe(&r)
+            )
+        });
+    }
+    check_own_context(&mut f, &c, ACME, "after extended DISCARD ALL").await;
+    let fresh = c.prepare(CTX).await;
+    f.check(fresh.is_ok(), || {
+        format!("prepare after DISCARD ALL: {}", describe(&fresh))
+    });
+    if let Ok(s) = fresh {
+        let r = c.query_one(&s, &[]).await;
+        f.check(
+            r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == ACME),
+            || format!("fresh statement after DISCARD ALL: {}", describe(&r)),
+        );
+    }
+
+    // SQL-level prepared statements cannot follow a client across backends.
+    for sql in [
+        "PREPARE p AS SELECT 1",
+        "EXECUTE p",
+        "DEALLOCATE p",
+        "select 1; prepare q as select 2",
+    ] {
+        let r = c.simple_query(sql).await;
+        expect_err(&mut f, r, "0A000", "PREPARE", &format!("simple {sql:?}"));
+        let r = c.query(sql, &[]).await;
+        expect_err(&mut f, r, "0A000", "PREPARE", &format!("extended {sql:?}"));
+    }
+    for sql in ["DEALLOCATE ALL", "DEALLOCATE PREPARE ALL"] {
+        let r = c.simple_query(sql).await;
+        f.check(r.is_ok(), || format!("{sql}: {}", describe(&r)));
+    }
+    check_own_context(&mut f, &c, ACME, "after SQL-level PREPARE attempts").await;
+    f.finish();
+}
+
+#[tokio::test]
+async fn reserved_statement_names_and_startup_settings_are_refused() {
+    let env = TestEnv::start().await;
+    let addr = env.proxy.addr;
+    let mut f = Failures::default();
+    let mut c = RawConn::connect(addr, "acme", "acme-secret")
+        .await
+        .expect("raw connect");
+
+    // Parse / Bind / Describe / Close / Execute naming the proxy's statements, outside and
+    // inside a transaction. Each is refused; after Sync comes ReadyForQuery.
+    let attempts: Vec<(&str, BytesMut)> = vec![
+        ("Parse pgtenant_ctx", {
+            let mut b = BytesMut::new();
+            messages::parse(&mut b, "pgtenant_ctx", "SELECT 1");
+            b
+        }),
+        ("Bind pgtenant_ctx with another tenant's id", {
+            let mut b = BytesMut::new();
+            messages::bind(
+                &mut b,
+                "pgtenant_ctx",
+                [GLOBEX.as_bytes(), b"free"].into_iter(),
+            );
+            messages::execute(&mut b);
+            b
+        }),
+        ("Bind pgtenant_ctx_session", {
+            let mut b = BytesMut::new();
+            messages::bind(
+                &mut b,
+                "pgtenant_ctx_session",
+                [GLOBEX.as_bytes(), b"free"].into_iter(),
+            );
+            messages::execute(&mut b);
+            b
+        }),
+        ("Bind pgtenant_param", {
+            let mut b = BytesMut::new();
+            messages::bind(
+                &mut b,
+                "pgtenant_param",
+                [&b"app.current_tenant"[..], GLOBEX.as_bytes()].into_iter(),
+            );
+            messages::execute(&mut b);
+            b
+        }),
+        ("Describe pgtenant_ctx", {
+            let mut b = BytesMut::new();
+            messages::write_msg(&mut b, b'D', |b| b.extend_from_slice(b"Spgtenant_ctx\0"));
+            b
+        }),
+        ("Close pgtenant_ctx", {
+            let mut b = BytesMut::new();
+            messages::write_msg(&mut b, b'C', |b| b.extend_from_slice(b"Spgtenant_ctx\0"));
+            b
+        }),
+    ];
+    for in_tx in [false, true] {
+        for (what, bytes) in &attempts {
+            let what = format!("{what} (in transaction: {in_tx})");
+            if in_tx {
+                let m = c.simple("BEGIN").await;
+                f.check(raw::tags(&m).ends_with('Z'), || {
+                    format!("{what}: BEGIN gave {}", raw::tags(&m))
+                });
+            }
+            let mut out = bytes.clone();
+            raw::sync(&mut out);
+            c.send(&out).await;
+            let msgs = c.until_ready().await;
+            let errs = raw::errors(&msgs);
+            f.check(
+                errs.len() == 1 && errs[0].code == "42501" && errs[0].message.contains("pgtenant_"),
+                || {
+                    format!(
+                        "{what}: expected one 42501 about reserved names, got {errs:?} ({})",
+                        raw::tags(&msgs)
+                    )
+                },
+            );
+            f.check(raw::tags(&msgs).ends_with('Z'), || {
+                format!("{what}: no ReadyForQuery ({})", raw::tags(&msgs))
+            });
+            f.check(raw::data_rows(&msgs).is_empty(), || {
+                format!("{what}: returned rows {:?}", raw::data_rows(&msgs))
+            });
+            if in_tx {
+                let status = msgs
+                    .last()
+                    .map(|(_, b)| b.first().copied().unwrap_or(0) as char);
+                f.check(status == Some('E'), || {
+                    format!("{what}: transaction status {status:?}, expected E")
+                });
+                let m = c.simple("ROLLBACK").await;
+                f.check(raw::errors(&m).is_empty(), || {
+                    format!("{what}: ROLLBACK failed {:?}", raw::errors(&m))
+                });
+            }
+            let m = c.simple(CTX).await;
+            f.check(
+                raw::data_rows(&m) == vec![vec![Some(ACME.to_string())]],
+                || {
+                    format!(
+                        "{what}: context afterwards {:?} {:?}",
+                        raw::data_rows(&m),
+                        raw::errors(&m)
+                    )
+                },
+            );
+        }
+    }
+    // The extended protocol still works normally on the same connection.
+    let mut out = BytesMut::new();
+    raw::extended(
+        &mut out,
+        "SELECT current_setting('app.current_tenant'), $1::text",
+        &["x"],
+    );
+    raw::sync(&mut out);
+    c.send(&out).await;
+    let m = c.until_ready().await;
+    f.check(
+        raw::data_rows(&m) == vec![vec![Some(ACME.to_string()), Some("x".into())]],
+        || {
+            format!(
+                "extended query after reserved names: {:?} {:?}",
+                raw::data_rows(&m),
+                raw::errors(&m)
+            )
+        },
+    );
+
+    // Startup: options and parameters naming protected settings are refused before auth.
+    let port = addr.port();
+    for (opts, setting) in [
+        (
+            format!("-c app.current_tenant={GLOBEX}"),
+            "app.current_tenant",
+        ),
+        (
+            format!("--app.current_tenant={GLOBEX}"),
+            "app.current_tenant",
+        ),
+        (
+            "-c app.tenant_plan=enterprise".to_string(),
+            "app.tenant_plan",
+        ),
+        ("-c role=postgres".to_string(), "role"),
+        (
+            "-c session_authorization=postgres".to_string(),
+            "session_authorization",
+        ),
+        (
+            "-c search_path=public -c APP.CURRENT_TENANT=x".to_string(),
+            "app.current_tenant",
+        ),
+    ] {
+        let s = format!(
+            "host=127.0.0.1 port={port} user=acme password=acme-secret dbname=app options='{opts}'"
+        );
+        let r = connect(&s).await;
+        let ok = r
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|db| {
+                db.code().code() == "42501"
+                    && db.message().contains(setting)
+                    && db.severity() == "FATAL"
+            });
+        f.check(ok, || format!("options {opts:?}: {}", describe(&r)));
+    }
+    for (name, value) in [
+        ("app.current_tenant", "x"),
+        ("app.current_tenant", GLOBEX),
+        ("App.Current_Tenant", GLOBEX),
+        ("role", "postgres"),
+        ("session_authorization", "postgres"),
+        ("app.tenant_plan", "x"),
+    ] {
+        let r = RawConn::connect_with(
+            addr,
+            &[("user", "acme"), ("database", "app"), (name, value)],
+            "acme-secret",
+        )
+        .await;
+        match r {
+            Ok(_) => f.check(false, || {
+                format!("startup parameter {name}={value} was accepted")
+            }),
+            Err(e) => f.check(
+                e.code == "42501"
+                    && e.severity == "FATAL"
+                    && e.message.contains(&name.to_ascii_lowercase()),
+                || format!("startup parameter {name}={value}: {e:?}"),
+            ),
+        }
+    }
+    // A harmless startup setting is fine.
+    let s = format!(
+        "host=127.0.0.1 port={port} user=acme password=acme-secret dbname=app options='-c search_path=public'"
+    );
+    match connect(&s).await {
+        Ok(c2) => {
+            let r = c2.query_one(CTX, &[]).await;
+            f.check(
+                r.as_ref().is_ok_and(|row| row.get::<_, String>(0) == ACME),
+                || format!("context with harmless options: {}", describe(&r)),
+            );
+        }
+        Err(e) => f.check(false, || {
+            format!("harmless options refused: {}", describe::<()>(&Err(e)))
+        }),
+    }
+
+    let text = env.proxy.metrics().await;
+    f.check(
+        text.contains("pgtenant_context_change_rejections_total{source=\"startup\"}"),
+        || "no startup rejection metric".into(),
+    );
+    f.check(
+        text.contains("pgtenant_context_change_rejections_total{source=\"reserved_name\"}"),
+        || "no reserved_name rejection metric".into(),
+    );
+    f.finish();
+}
+
+/// Sends a FunctionCall ('F') message for function `oid` with text arguments.
+fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
+    use bytes::BufMut;
+    messages::write_msg(out, b'F', |b| {
+        b.put_u32(oid);
+        b.put_i16(1);
+        b.put_i16(0);
+        b.put_i16(args.len() as i16);
+        for a in args {
+            b.put_i32(a.len() as i32);
+            b.put_slice(a.as_bytes());
+        }
+        b.put_i16(0);
+    });
+}
+
+/// Less obvious ways to change the context inside a transaction. Whatever the proxy does
+/// with each (refuse it or let it through), the transaction must never run with another
+/// tenant's id or see another tenant's rows. Each attack is first run straight against
+/// PostgreSQL as app_user to show it is valid SQL that really changes the setting.
+#[tokio::test]
+async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
+    let env = TestEnv::start().await;
+    let addr = env.proxy.addr;
+    let mut f = Failures::default();
+    let check = format!(
+        "SELECT current_setting('app.current_tenant', true), (SELECT count(*) FROM invoices WHERE tenant_id = '{GLOBEX}')::text"
+    );
+    let attacks = [
+        format!("SELECT U&\"set\\005fconfig\"('app.current_tenant', '{GLOBEX}', true)"),
+        format!("SET LOCAL U&\"app\\002ecurrent_tenant\" = '{GLOBEX}'"),
+        format!("SET U&\"app\\002ecurrent_tenant\" TO '{GLOBEX}'"),
+        format!("DO $$ BEGIN EXECUTE 'SE' || 'T LOCAL app.current_tenant = ''{GLOBEX}'''; END $$"),
+        format!(
+            "DO $$ BEGIN PERFORM set_config(chr(97) || 'pp.current_tenant', '{GLOBEX}', true); END $$"
+        ),
+        format!("SELECT set_config(n, '{GLOBEX}', true) FROM (VALUES ('app.current_tenant')) v(n)"),
+        format!(
+            "UPDATE pg_catalog.pg_settings SET setting = '{GLOBEX}' WHERE name = 'app.current_tenant'"
+        ),
+        format!("SELECT SET_CONFIG /* x */ ('app.current_tenant', '{GLOBEX}', true)"),
+    ];
+
+    // Straight to PostgreSQL: which attacks are valid and effective.
+    let direct = env.app_user_direct().await;
+    let mut effective = Vec::new();
+    for sql in &attacks {
+        direct.batch_execute("BEGIN").await.unwrap();
+        let r = direct.batch_execute(sql).await;
+        let v = direct.simple_query(&check).await.ok().map(|m| {
+            m.iter()
+                .filter_map(|x| match x {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        });
+        direct.batch_execute("ROLLBACK").await.unwrap();
+        let works = r.is_ok() && v.as_deref() == Some(&[GLOBEX.to_string()][..]);
+        println!("direct: {sql:?}: {} -> context {v:?}", describe(&r));
+        effective.push(works);
+    }
+
+    let mut c = RawConn::connect(addr, "acme", "acme-secret")
+        .await
+        .expect("raw connect");
+    for (sql, works_directly) in attacks.iter().zip(&effective) {
+        let m = c.simple("BEGIN").await;
+        assert!(raw::errors(&m).is_empty());
+        let attempt = c.simple(sql).await;
+        let m = c.simple(&check).await;
+        let rows = raw::data_rows(&m);
+        let errs = raw::errors(&attempt);
+        println!("proxy: {sql:?} (valid directly: {works_directly}): {errs:?} -> {rows:?}");
+        if let [row] = rows.as_slice() {
+            f.check(
+                row[0].as_deref() != Some(GLOBEX) && row[1].as_deref() == Some("0"),
+                || {
+                    format!(
+                        "{sql:?}: transaction ran with context {:?} and sees {:?} globex invoices",
+                        row[0], row[1]
+                    )
+                },
+            );
+        }
+        if *works_directly {
+            f.check(errs.first().is_some_and(|e| e.code == "42501"), || {
+                format!("{sql:?}: not refused (errors {errs:?}); in the transaction afterwards: {rows:?}")
+            });
+        }
+        c.simple("ROLLBACK").await;
+        let m = c.simple(CTX).await;
+        f.check(
+            raw::data_rows(&m) == vec![vec![Some(ACME.to_string())]],
+            || format!("{sql:?}: context afterwards {m:?}"),
+        );
+
+        // The same attack followed by the check in one simple query string (no chance for
+        // the proxy to re-inject between the two).
+        let m = c.simple(&format!("BEGIN; {sql}; {check}; ROLLBACK")).await;
+        let rows = raw::data_rows(&m);
+        println!(
+            "proxy, one string: {sql:?}: {:?} -> {rows:?}",
+            raw::errors(&m)
+        );
+        for row in rows.iter().filter(|r| r.len() == 2) {
+            f.check(
+                row[0].as_deref() != Some(GLOBEX) && row[1].as_deref() == Some("0"),
+                || {
+                    format!(
+                        "one string {sql:?}: ran with context {:?} and sees {:?} globex invoices",
+                        row[0], row[1]
+                    )
+                },
+            );
+        }
+        let m = c.simple(CTX).await;
+        f.check(
+            raw::data_rows(&m) == vec![vec![Some(ACME.to_string())]],
+            || format!("{sql:?}: context afterwards {m:?}"),
+        );
+    }
+
+    // The FunctionCall message calls set_config by OID, with no SQL text to inspect.
+    let su = env.superuser().await;
+    let oid: u32 = su
+        .query_one(
+            "SELECT 'pg_catalog.set_config(text,text,boolean)'::regprocedure::oid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for local in ["true", "false"] {
+        let m = c.simple("BEGIN").await;
+        assert!(raw::errors(&m).is_empty());
+        let mut out = BytesMut::new();
+        function_call(&mut out, oid, &["app.current_tenant", GLOBEX, local]);
+        c.send(&out).await;
+        let attempt = c.until_ready().await;
+        let m = c.simple(&check).await;
+        let rows = raw::data_rows(&m);
+        println!(
+            "FunctionCall set_config(is_local={local}): {:?} -> {rows:?}",
+            raw::errors(&attempt)
+        );
+        f.check(raw::errors(&attempt).first().is_some_and(|e| e.code == "42501"), || {
+            format!("FunctionCall set_config(is_local={local}) not refused; afterwards in the transaction: {rows:?}")
+        });
+        if let [row] = rows.as_slice() {
+            f.check(row[0].as_deref() != Some(GLOBEX) && row[1].as_deref() == Some("0"), || {
+                format!("FunctionCall set_config(is_local={local}): context {:?}, {:?} globex invoices visible", row[0], row[1])
+            });
+        }
+        c.simple("ROLLBACK").await;
+        let m = c.simple(CTX).await;
+        f.check(
+            raw::data_rows(&m) == vec![vec![Some(ACME.to_string())]],
+            || {
+                format!(
+                    "FunctionCall(is_local={local}): context afterwards {:?}",
+                    raw::data_rows(&m)
+                )
+            },
+        );
+    }
+    f.finish();
+}
