@@ -45,7 +45,9 @@ pub fn certificate_tenant(
     let Some(tls_cfg) = server.tls.as_ref().map(|t| t.config()) else {
         return Ok(None);
     };
-    let Some(tenant) = tenant_from_certificate(leaf, tls_cfg) else {
+    let known =
+        tenant_from_certificate(leaf, tls_cfg).filter(|t| server.tenants.by_name(t).is_some());
+    let Some(tenant) = known else {
         return refuse(
             "cert_unmapped",
             "the client certificate does not identify any tenant",

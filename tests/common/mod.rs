@@ -2,6 +2,7 @@
 //! an in-process pgtenant in front of it, both on free ports.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod raw;
 
 use std::net::SocketAddr;

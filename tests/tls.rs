@@ -1,0 +1,284 @@
+//! TLS on both legs with real certificates generated at run time: psql (libpq) against the
+//! proxy with verify-full, client-certificate tenant identity, refusals, SCRAM-SHA-256-PLUS,
+//! the SSLRequest plaintext-injection attempt, certificate rotation, and backend verify-full.
+
+mod common;
+
+use std::path::Path;
+
+use common::certs::*;
+use common::raw::*;
+use common::*;
+use pgtenant::config::AuthMethod;
+use pgtenant::pgcluster::{ClusterOptions, TempCluster};
+use pgtenant::tls::{SslMode, TlsMode};
+
+/// Runs psql with a libpq connection string; returns (success, stdout, stderr).
+async fn psql(conn: &str, sql: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("psql")
+        .args(["-XAtw", conn, "-c", sql])
+        .env_remove("PGPASSWORD")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+struct Pki {
+    dir: TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new();
+        let ca = Ca::new("pgtenant test CA");
+        ca.write(&dir.0, "ca.crt");
+        ca.issue(
+            &dir.0,
+            "server",
+            "localhost",
+            vec![dns("localhost"), ip("127.0.0.1")],
+            false,
+            true,
+        );
+        Pki { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).display().to_string()
+    }
+
+    fn conn(&self, port: u16, user: &str, client: Option<&str>, extra: &str) -> String {
+        let mut s = format!(
+            "host=localhost port={port} user={user} dbname=app sslmode=verify-full sslrootcert={}",
+            self.path("ca.crt")
+        );
+        if let Some(c) = client {
+            s += &format!(
+                " sslcert={} sslkey={}",
+                self.path(&format!("{c}.crt")),
+                self.path(&format!("{c}.key"))
+            );
+        }
+        format!("{s} {extra}")
+    }
+}
+
+fn tls_config(cfg: &mut pgtenant::config::Config, dir: &Path) {
+    cfg.tls.mode = TlsMode::Require;
+    cfg.tls.cert_file = Some(dir.join("server.crt"));
+    cfg.tls.key_file = Some(dir.join("server.key"));
+    cfg.tls.client_ca_files = vec![dir.join("ca.crt")];
+    cfg.auth.method = AuthMethod::CertificateOrPassword;
+}
+
+#[tokio::test]
+async fn client_tls_certificates_identify_tenants() {
+    let pki = Pki::new();
+    let d = &pki.dir.0;
+    pki.ca.issue(d, "acme", "acme", vec![], false, false);
+    pki.ca.issue(d, "expired", "acme", vec![], true, false);
+    pki.ca.issue(d, "nobody", "nobody", vec![], false, false);
+    Ca::new("some other CA").issue(d, "foreign", "acme", vec![], false, false);
+    let env = TestEnv::start_with(|c| tls_config(c, d)).await;
+    let port = env.proxy.addr.port();
+    let ctx = "SELECT current_setting('app.current_tenant')";
+
+    let (ok, out, err) = psql(&pki.conn(port, "acme", Some("acme"), ""), ctx).await;
+    assert!(ok, "certificate login failed: {err}");
+    assert_eq!(out, ACME);
+
+    let refusals = [
+        ("expired", "acme", "expired"),
+        (
+            "foreign",
+            "acme",
+            "not signed by a trusted certificate authority",
+        ),
+        ("nobody", "nobody", "does not identify any tenant"),
+        ("acme", "globex", "does not match the client certificate"),
+    ];
+    for (cert, user, message) in refusals {
+        let (ok, _, err) = psql(&pki.conn(port, user, Some(cert), ""), ctx).await;
+        assert!(!ok, "{cert} as {user} must be refused");
+        assert!(err.contains(message), "{cert} as {user}: {err}");
+    }
+
+    // No certificate: SCRAM over TLS, with channel binding required by the client.
+    let conn = pki.conn(
+        port,
+        "globex",
+        None,
+        "password=globex-secret channel_binding=require",
+    );
+    let (ok, out, err) = psql(&conn, ctx).await;
+    assert!(ok, "SCRAM-SHA-256-PLUS failed: {err}");
+    assert_eq!(out, GLOBEX);
+
+    // Plaintext is refused with a clear FATAL when TLS is required.
+    let plain = format!(
+        "host=127.0.0.1 port={port} user=acme password=acme-secret dbname=app sslmode=disable"
+    );
+    let (ok, _, err) = psql(&plain, ctx).await;
+    assert!(!ok);
+    assert!(err.contains("requires an encrypted connection"), "{err}");
+
+    // Bytes pipelined after SSLRequest are never processed (CVE-2021-23214 class).
+    let mut c = RawConn::tcp(env.proxy.addr).await;
+    let mut bytes = startup_packet(80877103, b"");
+    bytes.extend_from_slice(&startup_packet(196608, b"user\0acme\0database\0app\0\0"));
+    c.send(&bytes).await;
+    let msgs = c.until_ready().await;
+    let errs = errors(&msgs);
+    assert_eq!(errs.len(), 1, "{msgs:?}");
+    assert_eq!(errs[0].code, "08P01");
+    assert!(
+        errs[0]
+            .message
+            .contains("unencrypted data after SSL request")
+    );
+    assert!(c.is_closed().await);
+
+    let metrics = env.proxy.metrics().await;
+    assert!(metrics.contains("reason=\"cert_expired\""), "{metrics}");
+    assert!(metrics.contains("pgtenant_tls_certificate_expiry_timestamp_seconds"));
+}
+
+#[tokio::test]
+async fn rotated_certificates_apply_to_new_clients_without_dropping_old_ones() {
+    let pki = Pki::new();
+    let d = &pki.dir.0;
+    let env = TestEnv::start_with(|c| {
+        tls_config(c, d);
+        c.auth.method = AuthMethod::Password;
+        c.tls.client_ca_files.clear();
+    })
+    .await;
+    let port = env.proxy.addr.port();
+    let old = pki.conn(port, "acme", None, "password=acme-secret");
+    let long_lived = tokio::process::Command::new("psql")
+        .args([
+            "-XAtw",
+            &old,
+            "-c",
+            "SELECT pg_sleep(3)",
+            "-c",
+            "SELECT current_setting('app.current_tenant')",
+        ])
+        .output();
+    let long_lived = tokio::spawn(long_lived);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Rotate to a certificate from a new CA, then reload.
+    let new_ca = Ca::new("rotated CA");
+    new_ca.write(d, "ca2.crt");
+    new_ca.issue(
+        d,
+        "server",
+        "localhost",
+        vec![dns("localhost"), ip("127.0.0.1")],
+        false,
+        true,
+    );
+    env.proxy.server.reload_tls();
+    let new_conn = pki
+        .conn(port, "acme", None, "password=acme-secret")
+        .replace("ca.crt", "ca2.crt");
+    let (ok, out, err) = psql(&new_conn, "SELECT current_setting('app.current_tenant')").await;
+    assert!(ok, "new certificate not served: {err}");
+    assert_eq!(out, ACME);
+    let (ok, _, _) = psql(&old, "SELECT 1").await;
+    assert!(
+        !ok,
+        "the old CA must no longer verify the rotated certificate"
+    );
+
+    let done = long_lived.await.unwrap().unwrap();
+    assert!(
+        done.status.success(),
+        "long-lived client dropped: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains(ACME));
+
+    // A broken file keeps the previous certificate.
+    std::fs::write(d.join("server.crt"), "not a certificate").unwrap();
+    env.proxy.server.reload_tls();
+    let (ok, _, err) = psql(&new_conn, "SELECT 1").await;
+    assert!(ok, "a broken reload must keep the old certificate: {err}");
+}
+
+#[tokio::test]
+async fn backend_tls_verify_full() {
+    let pki = Pki::new();
+    let d = &pki.dir.0;
+    let server_cert = std::fs::read(d.join("server.crt")).unwrap();
+    let server_key = std::fs::read(d.join("server.key")).unwrap();
+    let opts = ClusterOptions {
+        extra_conf: vec![("ssl".into(), "on".into())],
+        extra_files: vec![
+            ("server.crt".into(), server_cert),
+            ("server.key".into(), server_key),
+        ],
+        ..Default::default()
+    };
+    let cluster = TempCluster::start(opts).await.unwrap();
+    cluster
+        .psql("postgres", "CREATE DATABASE app")
+        .await
+        .unwrap();
+    cluster.psql("app", pgtenant::demo::SCHEMA).await.unwrap();
+
+    let mut cfg = test_config(&cluster);
+    for db in cfg.databases.values_mut() {
+        db.host = "127.0.0.1".into();
+        db.sslmode = SslMode::VerifyFull;
+        db.sslrootcert = Some(d.join("ca.crt"));
+        db.server_name = Some("localhost".into());
+    }
+    let proxy = Proxy::start(cfg.clone()).await;
+    let c = proxy.connect("acme").await;
+    let row = c
+        .query_one("SELECT current_setting('app.current_tenant')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), ACME);
+    let su = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname=app",
+        cluster.port(),
+        cluster.superuser_password()
+    );
+    let su = connect(&su).await.unwrap();
+    let row = su
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'app_user'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<bool>>(0),
+        Some(true),
+        "backend connections must use TLS"
+    );
+
+    // The certificate does not name this host: verify-full refuses it.
+    for db in cfg.databases.values_mut() {
+        db.server_name = Some("wrong.example".into());
+    }
+    let proxy = Proxy::start(cfg).await;
+    let err = connect(&proxy.conn_str("acme"))
+        .await
+        .err()
+        .expect("must fail");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("could not connect"), "{err:?}");
+}
