@@ -401,13 +401,13 @@ impl Config {
                     "set either password or password_env, not both".into(),
                 );
             }
-            if let Some(var) = &db.password_env {
-                if std::env::var(var).is_err() {
-                    bad(
-                        key("password_env"),
-                        format!("environment variable {var} is not set"),
-                    );
-                }
+            if let Some(var) = &db.password_env
+                && std::env::var(var).is_err()
+            {
+                bad(
+                    key("password_env"),
+                    format!("environment variable {var} is not set"),
+                );
             }
             if db.checkout_timeout.is_zero() {
                 bad(key("checkout_timeout"), "must be greater than zero".into());
@@ -432,10 +432,10 @@ impl Config {
                 ("sslcert", &db.sslcert),
                 ("sslkey", &db.sslkey),
             ] {
-                if let Some(p) = p {
-                    if !p.exists() {
-                        bad(key(k), format!("{} does not exist", p.display()));
-                    }
+                if let Some(p) = p
+                    && !p.exists()
+                {
+                    bad(key(k), format!("{} does not exist", p.display()));
                 }
             }
         }

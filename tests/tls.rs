@@ -274,8 +274,7 @@ async fn backend_tls_verify_full() {
     let proxy = Proxy::start(cfg).await;
     let err = connect(&proxy.conn_str("acme"))
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     let message = err
         .as_db_error()
         .map(|e| e.message().to_string())

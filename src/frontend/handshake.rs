@@ -65,11 +65,11 @@ pub async fn startup(
     })
 }
 
+/// Session settings a client asked for: `(name, value)` pairs.
+type Settings = Vec<(String, String)>;
+
 /// Validates the startup parameters; returns user, database and the settings to apply.
-fn check_params(
-    server: &Server,
-    p: &StartupParams,
-) -> Result<(String, String, Vec<(String, String)>), Fatal> {
+fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, Settings), Fatal> {
     let user = p
         .get("user")
         .filter(|u| !u.is_empty())
@@ -85,16 +85,16 @@ fn check_params(
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_string();
-    if let Some(r) = p.get("replication") {
-        if !matches!(
+    if let Some(r) = p.get("replication")
+        && !matches!(
             r.to_ascii_lowercase().as_str(),
             "false" | "off" | "no" | "0"
-        ) {
-            return Err(Fatal::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "pgtenant does not support replication connections",
-            ));
-        }
+        )
+    {
+        return Err(Fatal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgtenant does not support replication connections",
+        ));
     }
     let mut settings: Vec<(String, String)> = p
         .params

@@ -58,28 +58,28 @@ pub async fn negotiate(
     let mut tls_info = None;
     if server.tls.is_some() {
         let mut first = [0u8; 1];
-        if let ClientStream::Plain(tcp) = &stream {
-            if matches!(
+        if let ClientStream::Plain(tcp) = &stream
+            && matches!(
                 tokio::time::timeout_at(deadline, tcp.peek(&mut first))
                     .await
                     .unwrap_or(Ok(0)),
                 Ok(1)
-            ) && first[0] == TLS_HANDSHAKE_RECORD
+            )
+            && first[0] == TLS_HANDSHAKE_RECORD
+        {
+            let ClientStream::Plain(tcp) = stream else {
+                unreachable!()
+            };
+            match tokio::time::timeout_at(deadline, accept_tls(server, tcp, true))
+                .await
+                .ok()
+                .flatten()
             {
-                let ClientStream::Plain(tcp) = stream else {
-                    unreachable!()
-                };
-                match tokio::time::timeout_at(deadline, accept_tls(server, tcp, true))
-                    .await
-                    .ok()
-                    .flatten()
-                {
-                    Some((s, info)) => {
-                        stream = s;
-                        tls_info = Some(info);
-                    }
-                    None => return (None, Ok(Negotiated::Closed)),
+                Some((s, info)) => {
+                    stream = s;
+                    tls_info = Some(info);
                 }
+                None => return (None, Ok(Negotiated::Closed)),
             }
         }
     }

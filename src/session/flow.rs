@@ -184,11 +184,11 @@ impl Flow {
     }
 
     fn pop_front(&mut self) {
-        if let Some(p) = self.pending.pop_front() {
-            if is_boundary(p.tag) {
-                self.boundaries -= 1;
-                self.skipping = false;
-            }
+        if let Some(p) = self.pending.pop_front()
+            && is_boundary(p.tag)
+        {
+            self.boundaries -= 1;
+            self.skipping = false;
         }
     }
 

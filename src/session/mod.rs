@@ -192,10 +192,10 @@ impl Session {
     /// Writes pending bytes: requests to the backend first, then replies to the client.
     async fn flush(&mut self) -> Result<(), End> {
         if !self.bout.is_empty() {
-            if let Some(b) = self.backend.as_mut() {
-                if let Err(e) = b.conn().stream.write_all(&self.bout).await {
-                    return Err(End::BackendLost(e.to_string()));
-                }
+            if let Some(b) = self.backend.as_mut()
+                && let Err(e) = b.conn().stream.write_all(&self.bout).await
+            {
+                return Err(End::BackendLost(e.to_string()));
             }
             self.bout.clear();
         }

@@ -95,10 +95,10 @@ impl ClientParams {
     /// left) for every followed setting the client has not chosen.
     pub fn fill_defaults(&mut self, conn: &BackendConn) {
         for name in FOLLOWED {
-            if !self.explicit.iter().any(|e| e == name) {
-                if let Some(v) = conn.defaults.get(*name) {
-                    self.set(name, &v.clone());
-                }
+            if !self.explicit.iter().any(|e| e == name)
+                && let Some(v) = conn.defaults.get(*name)
+            {
+                self.set(name, &v.clone());
             }
         }
     }
@@ -107,10 +107,10 @@ impl ClientParams {
     /// them (normalised, e.g. `iso` becomes `ISO, MDY`).
     pub fn normalize(&mut self, conn: &BackendConn) {
         for name in self.explicit.clone() {
-            if FOLLOWED.contains(&name.as_str()) {
-                if let Some(v) = conn.params.get(&name) {
-                    self.set(&name, &v.clone());
-                }
+            if FOLLOWED.contains(&name.as_str())
+                && let Some(v) = conn.params.get(&name)
+            {
+                self.set(&name, &v.clone());
             }
         }
     }

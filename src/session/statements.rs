@@ -135,16 +135,15 @@ impl BackendStatements {
         let mut close = Vec::new();
         if self.entries.contains_key(&def.backend_name) {
             close.push(def.backend_name.clone());
-        } else if self.entries.len() >= self.capacity {
-            if let Some(victim) = self
+        } else if self.entries.len() >= self.capacity
+            && let Some(victim) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, (_, used))| *used)
                 .map(|(k, _)| k.clone())
-            {
-                self.entries.remove(&victim);
-                close.push(victim);
-            }
+        {
+            self.entries.remove(&victim);
+            close.push(victim);
         }
         self.tick += 1;
         self.entries

@@ -132,10 +132,10 @@ impl TlsConfig {
             }
         }
         for (key, path) in [("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
-            if let Some(p) = path {
-                if !p.exists() {
-                    bad(key, format!("{} does not exist", p.display()));
-                }
+            if let Some(p) = path
+                && !p.exists()
+            {
+                bad(key, format!("{} does not exist", p.display()));
             }
         }
         for (i, p) in self.client_ca_files.iter().enumerate() {
@@ -146,13 +146,13 @@ impl TlsConfig {
                 );
             }
         }
-        if let Some(p) = &self.identity.pattern {
-            if p.matches("{tenant}").count() != 1 {
-                bad(
-                    "identity.pattern",
-                    "must contain {tenant} exactly once".into(),
-                );
-            }
+        if let Some(p) = &self.identity.pattern
+            && p.matches("{tenant}").count() != 1
+        {
+            bad(
+                "identity.pattern",
+                "must contain {tenant} exactly once".into(),
+            );
         }
         if self.identity.source == IdentitySource::Fingerprint && self.fingerprints.is_empty() {
             bad(
