@@ -70,18 +70,7 @@ pub fn backend_config(
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    for c in certs {
-        roots.add(c).map_err(|e| TlsError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    }
+    super::server::add_pem_roots(&mut roots, path)?;
     Ok(roots)
 }
 

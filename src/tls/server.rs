@@ -157,18 +157,7 @@ fn client_verifier(
     }
     let mut roots = rustls::RootCertStore::empty();
     for path in &cfg.client_ca_files {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        for c in certs {
-            roots.add(c).map_err(|e| TlsError::File {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        }
+        add_pem_roots(&mut roots, path)?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -181,4 +170,22 @@ fn not_after(cert_der: &[u8]) -> Option<i64> {
     X509Certificate::from_der(cert_der)
         .ok()
         .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// Adds every certificate of a PEM bundle to `roots`; errors name the file.
+pub fn add_pem_roots(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+) -> Result<(), TlsError> {
+    let file_err = |e: String| TlsError::File {
+        path: path.display().to_string(),
+        message: e,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_err(e.to_string()))?;
+    for c in certs {
+        roots.add(c).map_err(|e| file_err(e.to_string()))?;
+    }
+    Ok(())
 }
