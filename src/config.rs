@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Tokio worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// On SIGTERM/SIGINT, how long in-flight transactions may finish before clients are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             max_client_connections: 10_000,
             log_format: LogFormat::Text,
             worker_threads: 0,
+            shutdown_grace_period: Duration::from_secs(30),
         }
     }
 }

@@ -181,9 +181,37 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
             _ = shutdown.changed() => break,
         }
     }
+    drop(listener);
+    drain(&server).await;
     reaper.abort();
     for pool in server.pools.values() {
         pool.close_idle();
+    }
+}
+
+/// Graceful shutdown: no new clients; sessions finish their transaction and then get FATAL
+/// 57P01; waits up to `server.shutdown_grace_period` for all of them.
+async fn drain(server: &Server) {
+    let grace = server.config.server.shutdown_grace_period;
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while server.clients.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+    }
+    let left = server.clients.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(
+            clients = left,
+            ?grace,
+            "grace period over; closing remaining clients"
+        );
+    }
+}
+
+impl Server {
+    /// Connected clients (including those still authenticating).
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
     }
 }
 

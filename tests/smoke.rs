@@ -69,3 +69,38 @@ async fn pipelined_transactions_with_several_syncs_in_one_write() {
         assert_eq!(data_rows(&msgs), vec![vec![Some(ACME.to_string())]]);
     }
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_transactions_finish_then_says_57p01() {
+    let env = TestEnv::start().await;
+    let busy = env.proxy.connect("acme").await;
+    let idle = env.proxy.connect("globex").await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let server = env.proxy.server.clone();
+    let addr = env.proxy.addr;
+    let stopping = tokio::spawn(env.proxy.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The open transaction can still finish ...
+    let row = busy
+        .query_one("SELECT current_setting('app.current_tenant')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), ACME);
+    busy.batch_execute("COMMIT").await.unwrap();
+    // ... after which both clients are told the server is shutting down.
+    for c in [&busy, &idle] {
+        let err = c.simple_query("SELECT 1").await.unwrap_err();
+        if let Some(db) = err.as_db_error() {
+            assert_eq!(db.code().code(), "57P01");
+        }
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(server.client_count(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new clients after shutdown"
+    );
+}
