@@ -12,6 +12,7 @@ use common::*;
 use pgtenant::config::AuthMethod;
 use pgtenant::pgcluster::{ClusterOptions, TempCluster};
 use pgtenant::tls::{SslMode, TlsMode};
+use sha2::Digest;
 
 /// Runs psql with a libpq connection string; returns (success, stdout, stderr).
 async fn psql(conn: &str, sql: &str) -> (bool, String, String) {
@@ -280,4 +281,101 @@ async fn backend_tls_verify_full() {
         .map(|e| e.message().to_string())
         .unwrap_or_default();
     assert!(message.contains("could not connect"), "{err:?}");
+}
+
+#[tokio::test]
+async fn san_uri_and_fingerprint_rules_and_direct_tls() {
+    use pgtenant::tls::IdentitySource;
+    let pki = Pki::new();
+    let d = &pki.dir.0;
+    let spiffe = pki.ca.issue(
+        d,
+        "spiffe",
+        "workload",
+        vec![uri("spiffe://example.org/tenant/initech")],
+        false,
+        false,
+    );
+    let _wrong_domain = pki.ca.issue(
+        d,
+        "elsewhere",
+        "workload",
+        vec![uri("spiffe://evil.org/tenant/initech")],
+        false,
+        false,
+    );
+    let env = TestEnv::start_with(|c| {
+        tls_config(c, d);
+        c.tls.identity.source = IdentitySource::SanUri;
+        c.tls.identity.pattern = Some("spiffe://example.org/tenant/{tenant}".into());
+    })
+    .await;
+    let port = env.proxy.addr.port();
+    let ctx = "SELECT current_setting('app.current_tenant')";
+    let (ok, out, err) = psql(&pki.conn(port, "initech", Some("spiffe"), ""), ctx).await;
+    assert!(ok, "SPIFFE identity failed: {err}");
+    assert_eq!(out, INITECH);
+    let (ok, _, err) = psql(&pki.conn(port, "initech", Some("elsewhere"), ""), ctx).await;
+    assert!(!ok && err.contains("does not identify any tenant"), "{err}");
+
+    // Fingerprint table: the certificate's SHA-256 names the tenant.
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(spiffe.cert_pem.as_bytes()).unwrap();
+    let der: rustls_pki_types::CertificateDer = der;
+    let fp = pgtenant::tls::identity::hex(&sha2::Sha256::digest(der.as_ref()));
+    let mut cfg = env.config();
+    tls_config(&mut cfg, d);
+    cfg.tls.identity.source = IdentitySource::Fingerprint;
+    cfg.tls.fingerprints.insert(fp, "globex".into());
+    let proxy = Proxy::start(cfg).await;
+    let (ok, out, err) = psql(
+        &pki.conn(proxy.addr.port(), "globex", Some("spiffe"), ""),
+        ctx,
+    )
+    .await;
+    assert!(ok, "fingerprint identity failed: {err}");
+    assert_eq!(out, GLOBEX);
+
+    // PostgreSQL 17 direct TLS: a ClientHello first, ALPN "postgresql" required.
+    for (alpn, accepted) in [(Some(b"postgresql".to_vec()), true), (None, false)] {
+        let mut roots = rustls::RootCertStore::empty();
+        pgtenant::tls::server::add_pem_roots(&mut roots, &d.join("ca.crt")).unwrap();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(pgtenant::tls::server::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.into_iter().collect();
+        let tcp = tokio::net::TcpStream::connect(env.proxy.addr)
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        let Ok(mut tls) = tls else {
+            assert!(!accepted, "direct TLS with ALPN must be accepted");
+            continue;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let startup = startup_packet(196608, b"user\0acme\0database\0app\0\0");
+        tls.write_all(&startup).await.unwrap();
+        let mut first = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut first))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if accepted {
+            assert_eq!(
+                (n, first[0]),
+                (1, b'R'),
+                "expected an authentication request over direct TLS"
+            );
+        } else {
+            assert!(
+                n == 0 || first[0] != b'R',
+                "direct TLS without ALPN must be refused"
+            );
+        }
+    }
 }
