@@ -11,27 +11,6 @@ use common::*;
 use pgtenant::config::UserConvention;
 use pgtenant::protocol::messages::ErrorFields;
 
-/// Collects failed checks so one run reports every problem, not just the first.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(what());
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} failed checks:\n  {}",
-            self.0.len(),
-            self.0.join("\n  ")
-        );
-    }
-}
-
 /// (severity, SQLSTATE, message) of a failed tokio-postgres connect.
 async fn connect_error(conn_str: &str) -> Option<(String, String, String)> {
     match connect(conn_str).await {

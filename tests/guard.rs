@@ -14,27 +14,6 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 const CTX: &str = "SELECT current_setting('app.current_tenant')";
 
-/// Collects failed checks so one run reports every problem, not just the first.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(what());
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} failed checks:\n  {}",
-            self.0.len(),
-            self.0.join("\n  ")
-        );
-    }
-}
-
 /// "code: message" of an error, or "ok" when the call succeeded.
 fn describe<T>(r: &Result<T, tokio_postgres::Error>) -> String {
     match r {

@@ -372,27 +372,6 @@ async fn load_client(
     Ok(())
 }
 
-/// Polls PostgreSQL until no app_user backend is inside a transaction (up to 10 s);
-/// returns the last count seen.
-async fn idle_in_transaction(su: &Client) -> i64 {
-    let mut n = -1;
-    for _ in 0..100 {
-        n = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user' AND state LIKE 'idle in transaction%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_tenants_never_see_each_other() {
     let env = TestEnv::start().await;

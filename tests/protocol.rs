@@ -23,27 +23,6 @@ const SSL_REQUEST: u32 = 80877103;
 const GSSENC_REQUEST: u32 = 80877104;
 const CANCEL_REQUEST: u32 = 80877102;
 
-/// Collects failed checks so one run reports every problem, not just the first.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(what());
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} failed checks:\n  {}",
-            self.0.len(),
-            self.0.join("\n  ")
-        );
-    }
-}
-
 /// Starts the test environment used by this file (small max_message_size).
 async fn start_env() -> TestEnv {
     TestEnv::start_with(|cfg| cfg.server.max_message_size = 65536).await
@@ -518,21 +497,7 @@ async fn bad_messages_after_authentication_close_only_that_client() {
     // The clients above that died inside a transaction must not have kept backends: the
     // pool has 5, more than 5 of them were in a transaction.
     let su = env.superuser().await;
-    let mut busy = -1i64;
-    for _ in 0..100 {
-        busy = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user' AND state LIKE 'idle in transaction%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if busy == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let busy = idle_in_transaction(&su).await;
     f.check(busy == 0, || {
         format!("{busy} backends left idle in transaction")
     });

@@ -152,17 +152,19 @@ impl Flow {
             Owner::Client | Owner::ProxyForwardErrors | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy => Disposition::ProxyRequestFailed,
         };
-        if let Some(name) = front.statement {
-            self.failed_statements.push(name);
-        }
         // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
-        // makes the backend skip everything up to the next Sync.
-        if !is_boundary(front.tag) {
+        // makes the backend skip everything up to the next Sync. A skipped Parse never
+        // created its statement, exactly like a failed one.
+        if is_boundary(front.tag) {
+            self.failed_statements.extend(front.statement);
+        } else {
             while let Some(p) = self.pending.front() {
-                if p.tag == ft::SYNC || p.tag == ft::QUERY || p.tag == ft::FUNCTION_CALL {
+                if is_boundary(p.tag) {
                     break;
                 }
-                self.pending.pop_front();
+                if let Some(p) = self.pending.pop_front() {
+                    self.failed_statements.extend(p.statement);
+                }
             }
             self.skipping = true;
         }
@@ -269,6 +271,22 @@ mod tests {
         assert_eq!(f.on_backend(bt::PARSE_COMPLETE), Disposition::Swallow);
         assert_eq!(f.on_backend(bt::BIND_COMPLETE), Disposition::Swallow);
         assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn parses_skipped_after_an_error_are_reported_as_failed() {
+        let mut f = Flow::default();
+        f.sent(ft::BIND, Owner::Client);
+        f.sent_parse(
+            ft::PARSE,
+            Owner::ProxyForwardErrors,
+            Some("pgtenant_s_1".into()),
+        );
+        f.sent(ft::SYNC, Owner::Client);
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(f.take_failed_statements(), vec!["pgtenant_s_1".to_string()]);
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
         assert!(f.is_idle());
     }

@@ -221,3 +221,47 @@ pub fn test_config(cluster: &TempCluster) -> Config {
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code().to_string())
 }
+
+/// Collects failed checks so a test reports all of them at once.
+#[derive(Default)]
+pub struct Failures(pub Vec<String>);
+
+impl Failures {
+    /// Records `what()` when `ok` is false.
+    pub fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    /// Fails the test with every recorded failure.
+    pub fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} failed checks:\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}
+
+/// Polls PostgreSQL until no app_user backend is inside a transaction (up to 10 s);
+/// returns the last count seen.
+pub async fn idle_in_transaction(su: &tokio_postgres::Client) -> i64 {
+    let mut n = -1;
+    for _ in 0..100 {
+        n = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user' AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    n
+}
