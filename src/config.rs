@@ -26,6 +26,31 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin console: a virtual database reached through the normal port with its own
+/// credentials, never a tenant's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Database name that reaches the console instead of a pool.
+    pub database: String,
+    /// Admin users (every command) and their SCRAM-SHA-256 verifiers.
+    pub users: BTreeMap<String, String>,
+    /// Read-only users: SHOW commands only.
+    pub stats_users: BTreeMap<String, String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            database: "pgtenant".into(),
+            users: BTreeMap::new(),
+            stats_users: BTreeMap::new(),
+        }
+    }
 }
 
 /// Listener, limits and logging: the proxy process itself.
@@ -52,6 +77,31 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight transactions may finish before clients are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
+    /// Clients connected at once per tenant (0: no limit beyond `max_client_connections`).
+    pub max_connections_per_tenant: usize,
+    /// Backend connections one tenant may hold at once, over all pools (0: no limit), so
+    /// one tenant cannot take a whole pool.
+    pub max_backend_connections_per_tenant: usize,
+    /// A client with no transaction open that sends nothing for this long is disconnected
+    /// (0: never).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client that holds a transaction open without sending anything for this long is
+    /// disconnected and its transaction rolled back (0: never).
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
+    /// TCP keepalive on client and backend sockets: idle time before the first probe
+    /// (0: keepalives off).
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalives_idle: Duration,
+    /// Time between keepalive probes.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalives_interval: Duration,
+    /// Unanswered probes before the connection is considered dead.
+    pub tcp_keepalives_count: u32,
+    /// Tenants with their own label value in per-tenant metrics; the rest are summed under
+    /// `tenant="other"`, so many tenants cannot blow up Prometheus.
+    pub metrics_top_tenants: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +116,14 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             worker_threads: 0,
             shutdown_grace_period: Duration::from_secs(30),
+            max_connections_per_tenant: 0,
+            max_backend_connections_per_tenant: 0,
+            client_idle_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
+            tcp_keepalives_idle: Duration::from_secs(60),
+            tcp_keepalives_interval: Duration::from_secs(10),
+            tcp_keepalives_count: 6,
+            metrics_top_tenants: 20,
         }
     }
 }
@@ -260,7 +318,7 @@ pub enum PoolMode {
 }
 
 /// One tenant: its identity, its secret and its context values.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Value of the tenant id setting (e.g. a UUID).
@@ -274,6 +332,24 @@ pub struct TenantConfig {
     pub settings: BTreeMap<String, String>,
     /// Overrides `auth.method` for this tenant.
     pub auth_method: Option<AuthMethod>,
+    /// Overrides `server.max_connections_per_tenant`.
+    pub max_connections: Option<usize>,
+    /// Overrides `server.max_backend_connections_per_tenant`.
+    pub max_backend_connections: Option<usize>,
+}
+
+impl TenantConfig {
+    /// Client connection cap for this tenant (0: none).
+    pub fn connection_limit(&self, server: &ServerConfig) -> usize {
+        self.max_connections
+            .unwrap_or(server.max_connections_per_tenant)
+    }
+
+    /// Backend connection cap for this tenant (0: none).
+    pub fn backend_limit(&self, server: &ServerConfig) -> usize {
+        self.max_backend_connections
+            .unwrap_or(server.max_backend_connections_per_tenant)
+    }
 }
 
 /// A configuration problem, naming the key it concerns.
@@ -463,6 +539,37 @@ impl Config {
                 "tls.client_ca_files".into(),
                 "certificate authentication needs at least one client CA bundle".into(),
             );
+        }
+        if s.tcp_keepalives_count == 0 && !s.tcp_keepalives_idle.is_zero() {
+            bad(
+                "server.tcp_keepalives_count".into(),
+                "must be at least 1 when keepalives are on".into(),
+            );
+        }
+        if !is_plain_name(&self.admin.database) {
+            bad(
+                "admin.database".into(),
+                "database names may use letters, digits, _ and -".into(),
+            );
+        }
+        if self.databases.contains_key(&self.admin.database) {
+            bad(
+                format!("databases.{}", self.admin.database),
+                "this name is the admin console's (admin.database)".into(),
+            );
+        }
+        for (section, users) in [
+            ("admin.users", &self.admin.users),
+            ("admin.stats_users", &self.admin.stats_users),
+        ] {
+            for (user, verifier) in users {
+                if let Err(e) = ScramVerifier::parse(verifier) {
+                    bad(
+                        format!("{section}.{user}"),
+                        format!("not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"),
+                    );
+                }
+            }
         }
         for (name, t) in &self.tenants {
             let key = |k: &str| format!("tenants.{name}.{k}");

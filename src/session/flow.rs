@@ -83,6 +83,11 @@ impl Flow {
         if !expects_reply(tag) {
             return;
         }
+        if self.backend_discards() && tag != ft::SYNC {
+            // The backend ignores it: no reply will come, and a Parse creates nothing.
+            self.failed_statements.extend(statement);
+            return;
+        }
         if is_boundary(tag) {
             self.boundaries += 1;
         }
@@ -119,9 +124,16 @@ impl Flow {
         self.boundaries > 0
     }
 
-    /// True when every request has been fully answered.
+    /// True when every request has been fully answered and the backend is not discarding
+    /// requests after an error (it would ignore the next client's messages).
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && !self.skipping
+    }
+
+    /// True when the backend ignores every request but Sync: an extended-protocol error
+    /// happened and no Sync has been sent since. Such requests get no reply at all.
+    pub fn backend_discards(&self) -> bool {
+        self.skipping && self.boundaries == 0
     }
 
     /// Decides what to do with a backend message and advances the FIFO.
@@ -289,6 +301,24 @@ mod tests {
         assert_eq!(f.take_failed_statements(), vec!["pgtenant_s_1".to_string()]);
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
         assert!(f.is_idle());
+    }
+
+    #[test]
+    fn requests_after_an_error_and_before_sync_expect_no_reply() {
+        let mut f = Flow::default();
+        f.sent(ft::BIND, Owner::Client);
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        // No Sync was sent yet: the backend now discards everything up to one.
+        assert!(f.backend_discards());
+        assert!(!f.is_idle(), "a discarding backend must not be released");
+        f.sent(ft::EXECUTE, Owner::Client);
+        f.sent_parse(ft::PARSE, Owner::Proxy, Some("pgtenant_s_2".into()));
+        assert_eq!(f.take_failed_statements(), vec!["pgtenant_s_2".to_string()]);
+        f.sent(ft::SYNC, Owner::Client);
+        assert!(!f.backend_discards());
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_idle());
+        assert!(!f.awaiting_ready());
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl Session {
     }
 
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        tracing::trace!(tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, skip = self.skip_until_sync, attached = self.backend.is_some(), "client frame");
         if self.skip_until_sync {
             if frame.tag == ft::SYNC {
                 self.skip_until_sync = false;
@@ -64,6 +65,9 @@ impl Session {
                 return Ok(());
             }
             ft::SYNC if self.copy_in => return Ok(()),
+            // After an extended-protocol error PostgreSQL ignores everything up to Sync;
+            // so does the proxy (nothing is translated, refused or counted).
+            _ if self.flow.backend_discards() && frame.tag != ft::SYNC => return Ok(()),
             ft::QUERY
             | ft::PARSE
             | ft::BIND
@@ -165,6 +169,7 @@ impl Session {
                 _ => {}
             }
             let disposition = self.flow.on_backend(frame.tag);
+            tracing::trace!(tag = %(frame.tag as char), ?disposition, flow = ?self.flow, "backend frame");
             self.forget_failed_statements();
             if frame.tag == bt::ERROR_RESPONSE {
                 self.copy_in = false;

@@ -47,6 +47,7 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy with `cfg` (listen addresses are forced to free ports).
     pub async fn start(mut cfg: Config) -> Proxy {
+        init_test_log();
         cfg.server.listen = "127.0.0.1:0".parse().unwrap();
         cfg.server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         let (stop, shutdown) = watch::channel(false);
@@ -206,8 +207,7 @@ pub fn test_config(cluster: &TempCluster) -> Config {
         TenantConfig {
             id: INITECH.into(),
             password: ScramVerifier::hash_password("initech-secret"),
-            settings: Default::default(),
-            auth_method: None,
+            ..Default::default()
         },
     );
     for db in cfg.databases.values_mut() {
@@ -264,4 +264,27 @@ pub async fn idle_in_transaction(su: &tokio_postgres::Client) -> i64 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     n
+}
+
+/// Opt-in proxy logs for debugging a test: `PGTENANT_TEST_LOG=<filter>` writes them to
+/// `PGTENANT_TEST_LOG_FILE` (default: stderr).
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let Ok(filter) = std::env::var("PGTENANT_TEST_LOG") else {
+        return;
+    };
+    ONCE.call_once(|| {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false);
+        match std::env::var("PGTENANT_TEST_LOG_FILE") {
+            Ok(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                let _ = builder.with_writer(std::sync::Mutex::new(file)).try_init();
+            }
+            Err(_) => {
+                let _ = builder.try_init();
+            }
+        }
+    });
 }

@@ -210,3 +210,17 @@ pub fn startup_packet(code: u32, rest: &[u8]) -> BytesMut {
     b.put_slice(rest);
     b
 }
+
+/// Flush: asks for the replies so far without ending the pipeline.
+pub fn flush(out: &mut BytesMut) {
+    messages::write_msg(out, b'H', |_| {});
+}
+
+/// Close of the prepared statement `name`.
+pub fn close_statement(out: &mut BytesMut, name: &str) {
+    messages::write_msg(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+    });
+}

@@ -1,0 +1,144 @@
+//! An extended-protocol error that reaches the proxy before the client's Sync: PostgreSQL
+//! then ignores every message up to the Sync, and the proxy must expect no replies for them
+//! and must not hand the backend to anyone else in the meantime. (A client whose Bind,
+//! Execute and Sync arrived in separate reads once hung here.)
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::raw::{self, Msg, RawConn};
+use common::*;
+use pgtenant::protocol::messages;
+
+/// Sends Parse+Bind of a statement that fails at Bind (1/0 is folded while planning) and a
+/// Flush, and waits for the error: the backend is now discarding until Sync.
+async fn fail_before_sync(c: &mut RawConn) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    messages::parse(&mut out, "", "SELECT 1/0");
+    messages::bind(&mut out, "", std::iter::empty());
+    raw::flush(&mut out);
+    c.send(&out).await;
+    let mut seen = Vec::new();
+    while let Some(m) = c.recv().await {
+        let tag = m.0;
+        seen.push(m);
+        if tag == b'E' {
+            let errs = raw::errors(&seen);
+            return match errs.first() {
+                Some(e) if e.code == "22012" => Ok(()),
+                other => Err(format!("expected 22012, got {other:?}")),
+            };
+        }
+    }
+    Err(format!("no error before close; got {}", raw::tags(&seen)))
+}
+
+/// Sends `frames` and then Sync, and returns what came back up to ReadyForQuery.
+async fn then_sync(c: &mut RawConn, frames: impl FnOnce(&mut BytesMut)) -> Vec<Msg> {
+    let mut out = BytesMut::new();
+    frames(&mut out);
+    messages::sync(&mut out);
+    c.send(&out).await;
+    c.until_ready().await
+}
+
+fn status(msgs: &[Msg]) -> Option<u8> {
+    msgs.last()
+        .filter(|m| m.0 == b'Z')
+        .and_then(|m| m.1.first().copied())
+}
+
+async fn ctx(c: &mut RawConn) -> Vec<Vec<Option<String>>> {
+    raw::data_rows(&c.simple("SELECT current_setting('app.current_tenant')").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_between_an_error_and_sync_get_no_reply_and_keep_the_backend() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let mut f = Failures::default();
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .expect("acme connects");
+
+    // Inside an explicit transaction: Execute, a named Parse, a Close and a Query sent after
+    // the error are all ignored; the Sync answers with ReadyForQuery(E).
+    let begin = c.simple("BEGIN").await;
+    f.check(status(&begin) == Some(b'T'), || {
+        format!("BEGIN: {}", raw::tags(&begin))
+    });
+    if let Err(e) = fail_before_sync(&mut c).await {
+        f.check(false, || format!("in transaction: {e}"));
+    }
+    let after = tokio::time::timeout(
+        Duration::from_secs(10),
+        then_sync(&mut c, |out| {
+            messages::execute(out);
+            messages::parse(out, "later", "SELECT 2");
+            raw::close_statement(out, "later");
+            messages::query(out, "SELECT 3");
+        }),
+    )
+    .await;
+    match after {
+        Err(_) => f.check(false, || "in transaction: hung after the Sync".into()),
+        Ok(m) => f.check(raw::tags(&m) == "Z" && status(&m) == Some(b'E'), || {
+            format!("in transaction: expected only Z(E), got {}", raw::tags(&m))
+        }),
+    }
+    let rollback = c.simple("ROLLBACK").await;
+    f.check(status(&rollback) == Some(b'I'), || {
+        format!("ROLLBACK: {}", raw::tags(&rollback))
+    });
+    // The ignored Parse created nothing.
+    let m = then_sync(&mut c, |out| {
+        messages::bind(out, "later", std::iter::empty());
+        messages::execute(out);
+    })
+    .await;
+    let errs = raw::errors(&m);
+    f.check(
+        errs.first().is_some_and(|e| e.code == "26000"),
+        || format!("statement from an ignored Parse: {errs:?}"),
+    );
+    f.check(ctx(&mut c).await == vec![vec![Some(ACME.to_string())]], || {
+        "context after the transaction".into()
+    });
+
+    // Outside a transaction: until the Sync, the only backend must stay with acme. Globex
+    // asks for it meanwhile and must get it only afterwards, clean and in its own context.
+    if let Err(e) = fail_before_sync(&mut c).await {
+        f.check(false, || format!("autocommit: {e}"));
+    }
+    let addr = env.proxy.addr;
+    let globex = tokio::spawn(async move {
+        let mut g = RawConn::connect(addr, "globex", "globex-secret")
+            .await
+            .map_err(|e| format!("globex connect: {}", e.message))?;
+        let rows = tokio::time::timeout(Duration::from_secs(15), ctx(&mut g))
+            .await
+            .map_err(|_| "globex hung".to_string())?;
+        Ok::<_, String>(rows)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = then_sync(&mut c, |out| messages::execute(out)).await;
+    f.check(raw::tags(&m) == "Z" && status(&m) == Some(b'I'), || {
+        format!("autocommit: expected only Z(I), got {}", raw::tags(&m))
+    });
+    match globex.await.expect("globex task") {
+        Ok(rows) => f.check(rows == vec![vec![Some(GLOBEX.to_string())]], || {
+            format!("globex saw {rows:?}")
+        }),
+        Err(e) => f.check(false, || e),
+    }
+    f.check(ctx(&mut c).await == vec![vec![Some(ACME.to_string())]], || {
+        "acme after globex".into()
+    });
+    f.finish();
+}
