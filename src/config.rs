@@ -104,6 +104,21 @@ pub struct ServerConfig {
     pub metrics_top_tenants: usize,
 }
 
+impl ServerConfig {
+    /// The TCP keepalive settings for client and backend sockets (None: off).
+    pub fn keepalive(&self) -> Option<socket2::TcpKeepalive> {
+        if self.tcp_keepalives_idle.is_zero() {
+            return None;
+        }
+        Some(
+            socket2::TcpKeepalive::new()
+                .with_time(self.tcp_keepalives_idle)
+                .with_interval(self.tcp_keepalives_interval)
+                .with_retries(self.tcp_keepalives_count),
+        )
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -318,7 +333,7 @@ pub enum PoolMode {
 }
 
 /// One tenant: its identity, its secret and its context values.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Value of the tenant id setting (e.g. a UUID).
@@ -566,7 +581,9 @@ impl Config {
                 if let Err(e) = ScramVerifier::parse(verifier) {
                     bad(
                         format!("{section}.{user}"),
-                        format!("not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"),
+                        format!(
+                            "not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"
+                        ),
                     );
                 }
             }

@@ -83,6 +83,12 @@ pub async fn run(
             addr.port()
         );
     }
+    println!("  Admin console (SHOW POOLS, SHOW CLIENTS, SHOW TENANTS, ...):");
+    println!(
+        "    psql \"postgresql://admin:admin-secret@{}:{}/pgtenant\" -c 'SHOW POOLS'",
+        addr.ip(),
+        addr.port()
+    );
     println!();
     println!(
         "Each tenant sees only its own invoices. Inserting a row for the other tenant fails with"

@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod stream;

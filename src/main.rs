@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             };
             init_tracing(&cli, cfg.server.log_format);
             let threads = cfg.server.worker_threads;
-            runtime(threads).block_on(async { report(serve(cfg).await) })
+            runtime(threads).block_on(async { report(serve(cli, cfg).await) })
         }
     }
 }
@@ -106,13 +106,20 @@ fn load(cli: &Cli) -> Result<Config, pgtenant::config::ConfigError> {
     Ok(cfg)
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cli: Cli, cfg: Config) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let running = pgtenant::server::start(cfg, Arc::new(Metrics::new()), shutdown).await?;
-    pgtenant::server::wait_for_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    running.task.await?;
+    let mut running = pgtenant::server::start(cfg, Arc::new(Metrics::new()), shutdown).await?;
+    running
+        .server
+        .set_config_source(Box::new(move || load(&cli)));
+    tokio::select! {
+        _ = pgtenant::server::wait_for_signal() => {
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+            (&mut running.task).await?;
+        }
+        r = &mut running.task => r?,
+    }
     Ok(())
 }
 

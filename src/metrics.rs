@@ -19,7 +19,19 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub tls_cert_expiry: IntGaugeVec,
+    pub client_rejections: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
+    pub client_received_bytes: IntCounter,
+    pub client_sent_bytes: IntCounter,
+    server_errors: IntCounterVec,
+    /// One counter per SQLSTATE class, resolved lazily ("other" for malformed codes).
+    error_classes: dashmap::DashMap<[u8; 2], IntCounter>,
     backend_connections: IntGaugeVec,
+    pool_size: IntGaugeVec,
+    backend_up: IntGaugeVec,
+    transaction_seconds: HistogramVec,
+    statement_hits: IntCounterVec,
+    statement_misses: IntCounterVec,
     pool_waiting: IntGaugeVec,
     backend_opened: IntCounterVec,
     backend_closed: IntCounterVec,
@@ -43,8 +55,13 @@ pub struct PoolMetrics {
     pub checkout_timeouts: IntCounter,
     pub wait_seconds: Histogram,
     pub transactions: IntCounter,
+    pub transaction_seconds: Histogram,
     pub queries: IntCounter,
+    pub statement_hits: IntCounter,
+    pub statement_misses: IntCounter,
     pub statement_evictions: IntCounter,
+    pub size: IntGauge,
+    pub up: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -83,6 +100,72 @@ impl Metrics {
                 "pgtenant_client_connections",
                 "Client connections by state.",
                 &["state"],
+            ),
+            client_rejections: counter(
+                "pgtenant_client_connections_rejected_total",
+                "Client connections refused by a limit, by reason.",
+                &["reason"],
+            ),
+            client_timeouts: counter(
+                "pgtenant_client_timeouts_total",
+                "Clients disconnected by a timeout, by kind.",
+                &["kind"],
+            ),
+            client_received_bytes: reg(
+                &r,
+                IntCounter::new(
+                    "pgtenant_client_received_bytes_total",
+                    "Bytes received from authenticated clients.",
+                )
+                .expect("valid metric"),
+            ),
+            client_sent_bytes: reg(
+                &r,
+                IntCounter::new(
+                    "pgtenant_client_sent_bytes_total",
+                    "Bytes sent to authenticated clients.",
+                )
+                .expect("valid metric"),
+            ),
+            server_errors: counter(
+                "pgtenant_server_errors_total",
+                "ErrorResponses relayed to clients, by SQLSTATE class (first two characters).",
+                &["class"],
+            ),
+            error_classes: dashmap::DashMap::new(),
+            pool_size: gauge(
+                "pgtenant_pool_size",
+                "Configured maximum backend connections.",
+                &["pool"],
+            ),
+            backend_up: gauge(
+                "pgtenant_backend_up",
+                "1 when the last attempt to connect to the pool's server succeeded.",
+                &["pool"],
+            ),
+            transaction_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "pgtenant_transaction_duration_seconds",
+                        "Time a transaction held its backend connection.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                    ]),
+                    &["pool"],
+                )
+                .expect("valid metric"),
+            ),
+            statement_hits: counter(
+                "pgtenant_prepared_statement_cache_hits_total",
+                "Client statements already prepared on the backend that served them.",
+                &["pool"],
+            ),
+            statement_misses: counter(
+                "pgtenant_prepared_statement_cache_misses_total",
+                "Client statements that had to be prepared on the backend.",
+                &["pool"],
             ),
             auth_attempts: counter(
                 "pgtenant_auth_attempts_total",
@@ -199,9 +282,42 @@ impl Metrics {
             checkout_timeouts: self.checkout_timeouts.with_label_values(&[pool]),
             wait_seconds: self.wait_seconds.with_label_values(&[pool]),
             transactions: self.transactions.with_label_values(&[pool]),
+            transaction_seconds: self.transaction_seconds.with_label_values(&[pool]),
             queries: self.queries.with_label_values(&[pool]),
+            statement_hits: self.statement_hits.with_label_values(&[pool]),
+            statement_misses: self.statement_misses.with_label_values(&[pool]),
             statement_evictions: self.statement_evictions.with_label_values(&[pool]),
+            size: self.pool_size.with_label_values(&[pool]),
+            up: self.backend_up.with_label_values(&[pool]),
         }
+    }
+
+    /// Counts an ErrorResponse by the class of its SQLSTATE.
+    pub fn server_error(&self, code: &[u8]) {
+        let class = match code {
+            [a, b, ..] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => [*a, *b],
+            _ => *b"??",
+        };
+        if let Some(c) = self.error_classes.get(&class) {
+            c.inc();
+            return;
+        }
+        let label = if class == *b"??" {
+            "other".to_string()
+        } else {
+            String::from_utf8_lossy(&class).to_ascii_uppercase()
+        };
+        let c = self.server_errors.with_label_values(&[&label]);
+        c.inc();
+        self.error_classes.insert(class, c);
+    }
+
+    /// The client-state gauges, in [`crate::registry::ClientState::ALL`] order.
+    pub fn client_state_gauges(&self) -> Vec<IntGauge> {
+        crate::registry::ClientState::ALL
+            .iter()
+            .map(|s| self.client_connections.with_label_values(&[s.label()]))
+            .collect()
     }
 
     /// Counts one authentication attempt.
@@ -223,23 +339,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// A client-connection gauge that decrements itself when dropped, so a panicking or
-/// cancelled task cannot leave the count high.
-pub struct GaugeGuard(IntGauge);
-
-impl GaugeGuard {
-    /// Increments `gauge` until the guard is dropped.
-    pub fn new(gauge: IntGauge) -> GaugeGuard {
-        gauge.inc();
-        GaugeGuard(gauge)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -2,35 +2,51 @@
 //! and shuts down on request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::{ArcSwap, Guard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::{BackendTarget, doctor};
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::registry::Registry;
 use crate::tenant::{InjectionPlan, TenantDirectory};
 
-/// Everything a client connection needs, shared by all of them.
+/// Where a reload reads the new configuration from (the file plus CLI overrides).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// Everything a client connection needs, shared by all of them. The parts a reload may
+/// change sit behind [`ArcSwap`]s; sessions re-check them at transaction boundaries.
 pub struct Server {
-    pub config: Config,
-    pub tenants: TenantDirectory,
+    config: ArcSwap<Config>,
+    tenants: ArcSwap<TenantDirectory>,
+    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
     pub plan: InjectionPlan,
-    pub pools: HashMap<String, Arc<Pool>>,
     pub metrics: Arc<Metrics>,
     pub cancels: Arc<CancelRegistry>,
     pub readiness: Arc<Readiness>,
+    /// Every connected client and per-tenant counters.
+    pub registry: Arc<Registry>,
     /// Client-facing TLS, when enabled.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Protected setting names (lowercase): the injected ones plus role and session_authorization.
     pub protected: Vec<String>,
     clients: AtomicUsize,
+    /// PAUSE: new transactions wait until RESUME.
+    paused: watch::Sender<bool>,
+    /// SHUTDOWN from the admin console.
+    shutdown_requested: watch::Sender<bool>,
+    source: OnceLock<ConfigSource>,
+    tenant_top: Arc<AtomicUsize>,
+    reload_lock: Mutex<()>,
+    pub started_at: SystemTime,
 }
 
 impl Server {
@@ -43,44 +59,65 @@ impl Server {
         let plan = InjectionPlan::new(config.context.settings());
         let tenants = TenantDirectory::from_config(&config, &plan);
         let mut pools = HashMap::new();
-        for (name, db) in &config.databases {
-            let tls_config = crate::tls::client::backend_config(
-                db.sslmode,
-                db.sslrootcert.as_deref(),
-                db.sslcert.as_deref().zip(db.sslkey.as_deref()),
-            )?;
-            let target = BackendTarget {
-                tls: tls_config,
-                sslmode: db.sslmode,
-                server_name: db.server_name.clone().unwrap_or_else(|| db.host.clone()),
-                host: db.host.clone(),
-                port: db.port,
-                dbname: db.backend_dbname(name).to_string(),
-                user: db.user.clone(),
-                password: db.resolve_password(),
-                connect_timeout: db.connect_timeout,
-                prepare: plan.prepare.clone(),
-                statement_cache_size: db.prepared_statement_cache_size,
-            };
-            let pool = Pool::new(name, db, target, plan.reset_sql.clone(), metrics.pool(name));
-            pools.insert(name.clone(), pool);
+        for name in config.databases.keys() {
+            pools.insert(name.clone(), build_pool(name, &config, &plan, &metrics)?);
         }
         let mut protected = plan.settings.clone();
         protected.extend(["role".to_string(), "session_authorization".to_string()]);
+        let registry = Arc::new(Registry::new(metrics.client_state_gauges()));
+        let tenant_top = Arc::new(AtomicUsize::new(config.server.metrics_top_tenants));
+        // A second server on the same metrics registry (tests) keeps the first collector.
+        let _ = metrics
+            .registry
+            .register(Box::new(registry.tenant_collector(tenant_top.clone())));
         let server = Arc::new(Server {
             tls,
-            config,
-            tenants,
+            config: ArcSwap::from_pointee(config),
+            tenants: ArcSwap::from_pointee(tenants),
+            pools: ArcSwap::from_pointee(pools),
             plan,
-            pools,
             metrics,
             cancels: Arc::new(CancelRegistry::default()),
             readiness: Arc::new(Readiness::default()),
+            registry,
             protected,
             clients: AtomicUsize::new(0),
+            paused: watch::channel(false).0,
+            shutdown_requested: watch::channel(false).0,
+            source: OnceLock::new(),
+            tenant_top,
+            reload_lock: Mutex::new(()),
+            started_at: SystemTime::now(),
         });
         server.publish_cert_expiry();
         Ok(server)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The tenant directory in force.
+    pub fn tenants(&self) -> Guard<Arc<TenantDirectory>> {
+        self.tenants.load()
+    }
+
+    /// The pool serving database `name`, if configured.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.pools.load().get(name).cloned()
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut all: Vec<_> = self.pools.load().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Where [`Server::reload`] reads the configuration from; set once at start-up.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        let _ = self.source.set(source);
     }
 
     fn publish_cert_expiry(&self) {
@@ -92,31 +129,146 @@ impl Server {
         }
     }
 
-    /// Re-reads TLS files (SIGHUP, or a change on disk); the old ones stay on error.
-    pub fn reload_tls(&self) {
-        let Some(tls) = &self.tls else { return };
+    fn count_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Re-reads TLS files (a change on disk); the old ones stay on error.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let Some(tls) = &self.tls else { return Ok(()) };
         match tls.reload() {
             Ok(()) => {
                 tracing::info!("TLS certificates reloaded");
-                self.metrics
-                    .config_reloads
-                    .with_label_values(&["success"])
-                    .inc();
+                self.count_reload(true);
                 self.publish_cert_expiry();
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates");
-                self.metrics
-                    .config_reloads
-                    .with_label_values(&["failure"])
-                    .inc();
+                self.count_reload(false);
+                Err(format!("tls: {e}"))
             }
         }
     }
 
+    /// SIGHUP and RELOAD: reads the configuration again and applies it as a whole, or
+    /// keeps the old one and says why.
+    pub fn reload(&self) -> Result<String, String> {
+        let loaded = match self.source.get() {
+            Some(source) => source().map_err(|e| e.to_string()),
+            None => Err("this server was started without a configuration file".into()),
+        };
+        let result = loaded.and_then(|cfg| self.apply(cfg));
+        match &result {
+            Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration stays in force")
+            }
+        }
+        result
+    }
+
+    /// Applies a validated configuration: tenants, pools, limits and TLS files. Settings
+    /// that need a restart are refused (context) or kept with a warning (listeners).
+    pub fn apply(&self, cfg: Config) -> Result<String, String> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.apply_locked(cfg);
+        if result.is_err() {
+            self.count_reload(false);
+        }
+        result
+    }
+
+    fn apply_locked(&self, cfg: Config) -> Result<String, String> {
+        let old = self.config.load_full();
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            return Err(list.join("; "));
+        }
+        if cfg.context.settings() != old.context.settings() {
+            return Err(
+                "context: the injected settings cannot change while running; restart pgtenant"
+                    .into(),
+            );
+        }
+        if cfg.tls.mode != old.tls.mode {
+            return Err("tls.mode: needs a restart".into());
+        }
+        for (key, changed) in [
+            ("server.listen", cfg.server.listen != old.server.listen),
+            (
+                "server.metrics_listen",
+                cfg.server.metrics_listen != old.server.metrics_listen,
+            ),
+            (
+                "server.worker_threads",
+                cfg.server.worker_threads != old.server.worker_threads,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the configuration file; takes effect after a restart"
+                );
+            }
+        }
+        if self.tls.is_some() {
+            self.reload_tls()?;
+        }
+        let mut cfg = cfg;
+        cfg.server.listen = old.server.listen;
+        cfg.server.metrics_listen = old.server.metrics_listen;
+        cfg.server.worker_threads = old.server.worker_threads;
+
+        let old_pools = self.pools.load_full();
+        let mut pools = HashMap::new();
+        let (mut kept, mut replaced) = (0, 0);
+        for (name, db) in &cfg.databases {
+            match old_pools.get(name) {
+                Some(p) if p.same_backend(db) => {
+                    p.reconfigure(db);
+                    pools.insert(name.clone(), p.clone());
+                    kept += 1;
+                }
+                _ => {
+                    let p = build_pool(name, &cfg, &self.plan, &self.metrics)
+                        .map_err(|e| format!("databases.{name}: {e}"))?;
+                    pools.insert(name.clone(), p);
+                    replaced += 1;
+                }
+            }
+        }
+        for (name, p) in old_pools.iter() {
+            if !pools.get(name).is_some_and(|n| Arc::ptr_eq(n, p)) {
+                p.retire();
+            }
+        }
+        let mut tenants = TenantDirectory::from_config(&cfg, &self.plan);
+        let old_tenants = self.tenants.load_full();
+        let changed_tenants = tenants.carry_over(&old_tenants);
+        let added = tenants
+            .names()
+            .filter(|t| old_tenants.by_name(t).is_none())
+            .count();
+        self.tenant_top
+            .store(cfg.server.metrics_top_tenants, Ordering::Relaxed);
+        self.pools.store(Arc::new(pools));
+        self.tenants.store(Arc::new(tenants));
+        self.config.store(Arc::new(cfg));
+        self.count_reload(true);
+        Ok(format!(
+            "pools: {kept} kept, {replaced} new or rebuilt; tenants: {added} added, {changed_tenants} changed or removed"
+        ))
+    }
+
     /// Reserves a client slot; None when `max_client_connections` is reached.
     pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
-        let max = self.config.server.max_client_connections;
+        let max = self.config().server.max_client_connections;
         let prev = self.clients.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.clients.fetch_sub(1, Ordering::AcqRel);
@@ -125,10 +277,31 @@ impl Server {
         Some(ClientSlot(self.clone()))
     }
 
+    /// PAUSE (true) or RESUME (false) new transactions.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Resolves once new transactions may start (immediately unless paused).
+    pub async fn wait_unpaused(&self) {
+        let mut rx = self.paused.subscribe();
+        let _ = rx.wait_for(|p| !*p).await;
+    }
+
+    /// True while PAUSE is in force.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM would.
+    pub fn request_shutdown(&self) {
+        self.shutdown_requested.send_replace(true);
+    }
+
     /// Checks each pool's backend once: logs the RLS doctor's findings and records readiness.
     pub async fn check_backends(self: &Arc<Self>) {
         let mut reachable = false;
-        for pool in self.pools.values() {
+        for pool in self.pools() {
             match pool.open().await {
                 Ok(mut conn) => {
                     reachable = true;
@@ -154,6 +327,42 @@ impl Server {
     }
 }
 
+/// A pool for `[databases.<name>]`.
+fn build_pool(
+    name: &str,
+    cfg: &Config,
+    plan: &InjectionPlan,
+    metrics: &Metrics,
+) -> Result<Arc<Pool>, crate::tls::TlsError> {
+    let db = &cfg.databases[name];
+    let tls_config = crate::tls::client::backend_config(
+        db.sslmode,
+        db.sslrootcert.as_deref(),
+        db.sslcert.as_deref().zip(db.sslkey.as_deref()),
+    )?;
+    let target = BackendTarget {
+        tls: tls_config,
+        sslmode: db.sslmode,
+        server_name: db.server_name.clone().unwrap_or_else(|| db.host.clone()),
+        host: db.host.clone(),
+        port: db.port,
+        dbname: db.backend_dbname(name).to_string(),
+        user: db.user.clone(),
+        password: db.resolve_password(),
+        connect_timeout: db.connect_timeout,
+        prepare: plan.prepare.clone(),
+        statement_cache_size: db.prepared_statement_cache_size,
+        keepalive: cfg.server.keepalive(),
+    };
+    Ok(Pool::new(
+        name,
+        db,
+        target,
+        plan.reset_sql.clone(),
+        metrics.pool(name),
+    ))
+}
+
 /// A reserved client slot, released on drop.
 pub struct ClientSlot(Arc<Server>);
 
@@ -167,24 +376,30 @@ impl Drop for ClientSlot {
 pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     server.check_backends().await;
     let reaper = tokio::spawn(maintain(server.clone()));
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tenants = server.tenants.len(), "pgtenant ready");
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tenants = server.tenants().len(), "pgtenant ready");
+    let mut admin_shutdown = server.shutdown_requested.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((socket, peer)) = accepted else { continue };
                 let server = server.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = server.shutdown_requested.subscribe();
                 tokio::spawn(async move {
                     crate::frontend::serve(server, socket, peer, shutdown).await;
                 });
             }
             _ = shutdown.changed() => break,
+            _ = admin_shutdown.wait_for(|s| *s) => {
+                tracing::info!("SHUTDOWN from the admin console");
+                break;
+            }
         }
     }
     drop(listener);
+    server.shutdown_requested.send_replace(true);
     drain(&server).await;
     reaper.abort();
-    for pool in server.pools.values() {
+    for pool in server.pools() {
         pool.close_idle();
     }
 }
@@ -192,7 +407,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
 /// Graceful shutdown: no new clients; sessions finish their transaction and then get FATAL
 /// 57P01; waits up to `server.shutdown_grace_period` for all of them.
 async fn drain(server: &Server) {
-    let grace = server.config.server.shutdown_grace_period;
+    let grace = server.config().server.shutdown_grace_period;
     let deadline = tokio::time::Instant::now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while server.clients.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
@@ -240,8 +455,8 @@ async fn maintain(server: Arc<Server>) {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = hangup => {
-                    tracing::info!("SIGHUP: reloading TLS files");
-                    server.reload_tls();
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = server.reload();
                     continue;
                 }
             }
@@ -249,9 +464,9 @@ async fn maintain(server: Arc<Server>) {
         #[cfg(not(unix))]
         tick.tick().await;
         if poll.is_some() && server.tls.as_ref().is_some_and(|t| t.changed()) {
-            server.reload_tls();
+            let _ = server.reload_tls();
         }
-        for pool in server.pools.values() {
+        for pool in server.pools() {
             pool.reap_idle();
         }
         if !server.readiness.backend_reachable.load(Ordering::Relaxed) {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::scram::ScramVerifier;
-use crate::config::{AuthMethod, Config, UserConvention};
+use crate::config::{AuthMethod, Config, TenantConfig, UserConvention};
 use crate::protocol::messages;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Prepared statement that sets every context setting transaction-locally.
 pub const CTX_STATEMENT: &str = "pgtenant_ctx";
@@ -34,6 +35,26 @@ pub struct Tenant {
     pub inject_local: Bytes,
     /// Bind + Execute of [`CTX_SESSION_STATEMENT`] with this tenant's values.
     pub inject_session: Bytes,
+    /// Clients connected at once (0: no limit).
+    pub connection_limit: usize,
+    /// Backend connections held at once (0: no limit).
+    pub backend_limit: usize,
+    /// The configuration this tenant was built from, to tell whether a reload changed it.
+    source: (TenantConfig, AuthMethod),
+    /// Set when a reload changed or removed the tenant: sessions pick up the new
+    /// definition (or end) at their next transaction.
+    retired: AtomicBool,
+}
+
+impl Tenant {
+    /// True once a reload replaced or removed this definition.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
 }
 
 /// The SQL of the proxy's own statements, derived from the configured setting names.
@@ -123,6 +144,10 @@ impl TenantDirectory {
                 auth_method: t.auth_method.unwrap_or(cfg.auth.method),
                 inject_local: plan.injection(CTX_STATEMENT, &values),
                 inject_session: plan.injection(CTX_SESSION_STATEMENT, &values),
+                connection_limit: t.connection_limit(&cfg.server),
+                backend_limit: t.backend_limit(&cfg.server),
+                source: (t.clone(), t.auth_method.unwrap_or(cfg.auth.method)),
+                retired: AtomicBool::new(false),
             };
             by_name.insert(name.clone(), Arc::new(tenant));
         }
@@ -153,6 +178,27 @@ impl TenantDirectory {
         self.tenant_name(user)
             .and_then(|n| self.by_name.get(n))
             .cloned()
+    }
+
+    /// Keeps the previous definition of every tenant a reload did not change (sessions
+    /// hold it) and retires the others; returns how many were changed or removed.
+    pub fn carry_over(&mut self, old: &TenantDirectory) -> usize {
+        let mut retired = 0;
+        for (name, previous) in &old.by_name {
+            match self.by_name.get_mut(name) {
+                Some(new) if new.source == previous.source => *new = previous.clone(),
+                _ => {
+                    previous.retire();
+                    retired += 1;
+                }
+            }
+        }
+        retired
+    }
+
+    /// Every tenant name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
     }
 
     /// Number of configured tenants.

@@ -51,7 +51,10 @@ fn status(msgs: &[Msg]) -> Option<u8> {
 }
 
 async fn ctx(c: &mut RawConn) -> Vec<Vec<Option<String>>> {
-    raw::data_rows(&c.simple("SELECT current_setting('app.current_tenant')").await)
+    raw::data_rows(
+        &c.simple("SELECT current_setting('app.current_tenant')")
+            .await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,13 +106,13 @@ async fn messages_between_an_error_and_sync_get_no_reply_and_keep_the_backend() 
     })
     .await;
     let errs = raw::errors(&m);
-    f.check(
-        errs.first().is_some_and(|e| e.code == "26000"),
-        || format!("statement from an ignored Parse: {errs:?}"),
-    );
-    f.check(ctx(&mut c).await == vec![vec![Some(ACME.to_string())]], || {
-        "context after the transaction".into()
+    f.check(errs.first().is_some_and(|e| e.code == "26000"), || {
+        format!("statement from an ignored Parse: {errs:?}")
     });
+    f.check(
+        ctx(&mut c).await == vec![vec![Some(ACME.to_string())]],
+        || "context after the transaction".into(),
+    );
 
     // Outside a transaction: until the Sync, the only backend must stay with acme. Globex
     // asks for it meanwhile and must get it only afterwards, clean and in its own context.
@@ -137,8 +140,9 @@ async fn messages_between_an_error_and_sync_get_no_reply_and_keep_the_backend() 
         }),
         Err(e) => f.check(false, || e),
     }
-    f.check(ctx(&mut c).await == vec![vec![Some(ACME.to_string())]], || {
-        "acme after globex".into()
-    });
+    f.check(
+        ctx(&mut c).await == vec![vec![Some(ACME.to_string())]],
+        || "acme after globex".into(),
+    );
     f.finish();
 }

@@ -186,7 +186,10 @@ async fn rotated_certificates_apply_to_new_clients_without_dropping_old_ones() {
         false,
         true,
     );
-    env.proxy.server.reload_tls();
+    env.proxy
+        .server
+        .reload_tls()
+        .expect("new certificate loads");
     let new_conn = pki
         .conn(port, "acme", None, "password=acme-secret")
         .replace("ca.crt", "ca2.crt");
@@ -209,7 +212,10 @@ async fn rotated_certificates_apply_to_new_clients_without_dropping_old_ones() {
 
     // A broken file keeps the previous certificate.
     std::fs::write(d.join("server.crt"), "not a certificate").unwrap();
-    env.proxy.server.reload_tls();
+    assert!(
+        env.proxy.server.reload_tls().is_err(),
+        "a broken certificate file must be reported"
+    );
     let (ok, _, err) = psql(&new_conn, "SELECT 1").await;
     assert!(ok, "a broken reload must keep the old certificate: {err}");
 }

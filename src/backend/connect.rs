@@ -36,6 +36,8 @@ pub struct BackendTarget {
     pub sslmode: SslMode,
     /// SNI and verified host name.
     pub server_name: String,
+    /// TCP keepalive for backend sockets (None: off).
+    pub keepalive: Option<socket2::TcpKeepalive>,
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -70,6 +72,9 @@ impl BackendTarget {
                 source,
             })?;
         tcp.set_nodelay(true)?;
+        if let Some(k) = &self.keepalive {
+            socket2::SockRef::from(&tcp).set_tcp_keepalive(k)?;
+        }
         let addr = tcp.peer_addr()?;
         let (stream, end_point) = self.negotiate_tls(tcp).await?;
         let now = Instant::now();

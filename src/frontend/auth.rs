@@ -30,10 +30,54 @@ pub async fn password(
     tls: Option<&TlsInfo>,
 ) -> Result<Arc<Tenant>, Fatal> {
     let tenant = tenant.filter(|t| t.verifier.is_some());
-    let verifier = tenant
-        .as_ref()
-        .and_then(|t| t.verifier.clone())
-        .unwrap_or_else(|| ScramVerifier::dummy(user));
+    let verifier = tenant.as_ref().and_then(|t| t.verifier.clone());
+    verify(
+        server,
+        socket,
+        buf,
+        user,
+        verifier,
+        tls,
+        ("scram-sha-256", "unknown_tenant"),
+    )
+    .await?;
+    tenant.ok_or_else(|| unreachable_fatal(user))
+}
+
+/// Authenticates an admin-console user against its verifier (None: unknown user, which
+/// fails exactly like a wrong password).
+pub async fn admin(
+    server: &Server,
+    socket: &mut ClientStream,
+    buf: &mut BytesMut,
+    user: &str,
+    verifier: Option<ScramVerifier>,
+    tls: Option<&TlsInfo>,
+) -> Result<(), Fatal> {
+    verify(
+        server,
+        socket,
+        buf,
+        user,
+        verifier,
+        tls,
+        ("admin", "unknown_user"),
+    )
+    .await
+}
+
+/// The SCRAM exchange plus the uniform failure for unknown users and wrong passwords.
+async fn verify(
+    server: &Server,
+    socket: &mut ClientStream,
+    buf: &mut BytesMut,
+    user: &str,
+    verifier: Option<ScramVerifier>,
+    tls: Option<&TlsInfo>,
+    (method, unknown): (&str, &str),
+) -> Result<(), Fatal> {
+    let known = verifier.is_some();
+    let verifier = verifier.unwrap_or_else(|| ScramVerifier::dummy(user));
     let result = scram_exchange(
         server,
         socket,
@@ -48,28 +92,39 @@ pub async fn password(
             format!("password authentication failed for user \"{user}\""),
         )
     };
-    match (result, tenant) {
-        (Ok(()), Some(t)) => {
-            server.metrics.auth("scram-sha-256", true, "ok");
-            Ok(t)
+    match (result, known) {
+        (Ok(()), true) => {
+            server.metrics.auth(method, true, "ok");
+            Ok(())
         }
-        (Ok(()), None) | (Err(ScramFailure::Proof), None) => {
-            server
-                .metrics
-                .auth("scram-sha-256", false, "unknown_tenant");
-            tracing::info!(user, "authentication failed: unknown tenant");
+        (Ok(()), false) | (Err(ScramFailure::Proof), false) => {
+            server.metrics.auth(method, false, unknown);
+            tracing::info!(
+                user,
+                method,
+                "authentication failed: {}",
+                unknown.replace('_', " ")
+            );
             Err(failed())
         }
-        (Err(ScramFailure::Proof), Some(_)) => {
-            server.metrics.auth("scram-sha-256", false, "bad_password");
-            tracing::info!(user, "authentication failed: wrong password");
+        (Err(ScramFailure::Proof), true) => {
+            server.metrics.auth(method, false, "bad_password");
+            tracing::info!(user, method, "authentication failed: wrong password");
             Err(failed())
         }
         (Err(ScramFailure::Protocol(f)), _) => {
-            server.metrics.auth("scram-sha-256", false, "protocol");
+            server.metrics.auth(method, false, "protocol");
             Err(f)
         }
     }
+}
+
+/// Never sent: `verify` succeeds only for a known verifier, which only a known tenant has.
+fn unreachable_fatal(user: &str) -> Fatal {
+    Fatal::new(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
 }
 
 enum ScramFailure {
@@ -90,7 +145,7 @@ async fn scram_exchange(
     verifier: ScramVerifier,
     end_point: Option<&[u8]>,
 ) -> Result<(), ScramFailure> {
-    let max = server.config.server.max_startup_message_size;
+    let max = server.config().server.max_startup_message_size;
     let mut out = BytesMut::new();
     let mechanisms: &[&str] = if end_point.is_some() {
         &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]

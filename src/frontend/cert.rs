@@ -46,15 +46,15 @@ pub fn certificate_tenant(
         return Ok(None);
     };
     let known =
-        tenant_from_certificate(leaf, tls_cfg).filter(|t| server.tenants.by_name(t).is_some());
+        tenant_from_certificate(leaf, tls_cfg).filter(|t| server.tenants().by_name(t).is_some());
     let Some(tenant) = known else {
         return refuse(
             "cert_unmapped",
             "the client certificate does not identify any tenant",
         );
     };
-    let user_tenant = server.tenants.tenant_name(user);
-    if server.config.auth.check_user_matches_certificate && user_tenant != Some(tenant.as_str()) {
+    let user_tenant = server.tenants().tenant_name(user);
+    if server.config().auth.check_user_matches_certificate && user_tenant != Some(tenant.as_str()) {
         return refuse(
             "cert_user_mismatch",
             &format!("user \"{user}\" does not match the client certificate"),
@@ -74,12 +74,12 @@ pub async fn authenticate(
 ) -> Result<Arc<Tenant>, Fatal> {
     let by_cert = cert_tenant
         .as_deref()
-        .and_then(|t| server.tenants.by_name(t));
-    let claimed = by_cert.clone().or_else(|| server.tenants.lookup(user));
+        .and_then(|t| server.tenants().by_name(t));
+    let claimed = by_cert.clone().or_else(|| server.tenants().lookup(user));
     let method = claimed
         .as_ref()
         .map(|t| t.auth_method)
-        .unwrap_or(server.config.auth.method);
+        .unwrap_or(server.config().auth.method);
     let cert_required = || {
         server.metrics.auth("certificate", false, "cert_missing");
         Fatal::new(
@@ -106,7 +106,15 @@ pub async fn authenticate(
             Ok(authed)
         }
         (AuthMethod::Password | AuthMethod::CertificateOrPassword, _) => {
-            password(server, stream, buf, user, server.tenants.lookup(user), tls).await
+            password(
+                server,
+                stream,
+                buf,
+                user,
+                server.tenants().lookup(user),
+                tls,
+            )
+            .await
         }
     }
 }

@@ -27,6 +27,18 @@ pub struct Startup {
     pub leftover: BytesMut,
 }
 
+/// Who completed the startup phase.
+pub enum Login {
+    /// A tenant's client, for a pool.
+    Tenant(Startup),
+    /// An admin-console user; `full` is false for read-only (stats) users.
+    Admin {
+        user: String,
+        full: bool,
+        leftover: BytesMut,
+    },
+}
+
 /// Startup parameters handled by the proxy itself rather than passed on as settings.
 const CONNECTION_PARAMS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -38,11 +50,25 @@ pub async fn startup(
     params: StartupParams,
     mut buf: BytesMut,
     tls: Option<TlsInfo>,
-) -> Result<Startup, Fatal> {
+) -> Result<Login, Fatal> {
     if params.minor_version > 0 || !params.unsupported_options.is_empty() {
         negotiate_protocol(stream, &params).await?;
     }
     let (user, dbname, settings) = check_params(server, &params)?;
+    let admin = server.config().admin.clone();
+    if dbname == admin.database {
+        let full = admin.users.get(&user);
+        let stats = admin.stats_users.get(&user);
+        let verifier = full
+            .or(stats)
+            .and_then(|v| crate::auth::scram::ScramVerifier::parse(v).ok());
+        super::auth::admin(server, stream, &mut buf, &user, verifier, tls.as_ref()).await?;
+        return Ok(Login::Admin {
+            full: full.is_some(),
+            user,
+            leftover: buf,
+        });
+    }
     let cert_tenant = match &tls {
         Some(info) => super::cert::certificate_tenant(server, info, &user)?,
         None => None,
@@ -50,19 +76,19 @@ pub async fn startup(
     let tenant =
         super::cert::authenticate(server, stream, &mut buf, &user, cert_tenant, tls.as_ref())
             .await?;
-    let pool = server.pools.get(&dbname).cloned().ok_or_else(|| {
+    let pool = server.pool(&dbname).ok_or_else(|| {
         Fatal::new(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{dbname}\" does not exist"),
         )
     })?;
-    Ok(Startup {
+    Ok(Login::Tenant(Startup {
         tenant,
         pool,
         user,
         settings,
         leftover: buf,
-    })
+    }))
 }
 
 /// Session settings a client asked for: `(name, value)` pairs.

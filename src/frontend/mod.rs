@@ -15,14 +15,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::metrics::GaugeGuard;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{TxStatus, sqlstate};
+use crate::registry::Identity;
 use crate::server::Server;
 use crate::session::{self, Session};
 use crate::stream::ClientStream;
 
-pub use handshake::Startup;
+pub use handshake::{Login, Startup};
 use negotiate::Negotiated;
 
 /// A client-visible failure during startup: sent as FATAL, then the connection closes.
@@ -53,6 +53,9 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
+    if let Some(k) = server.config().server.keepalive() {
+        let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&k);
+    }
     let conn_id = rand::random::<u32>();
     let span =
         tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
@@ -60,8 +63,8 @@ pub async fn serve(
         let Some(_slot) = server.admit_client() else {
             server
                 .metrics
-                .protocol_errors
-                .with_label_values(&["too_many_clients"])
+                .client_rejections
+                .with_label_values(&["max_client_connections"])
                 .inc();
             let mut stream = ClientStream::Plain(socket);
             send_fatal(
@@ -74,13 +77,8 @@ pub async fn serve(
             .await;
             return;
         };
-        let _gauge = GaugeGuard::new(
-            server
-                .metrics
-                .client_connections
-                .with_label_values(&["connected"]),
-        );
-        let deadline = tokio::time::Instant::now() + server.config.server.auth_timeout;
+        let me = server.registry.connect(peer);
+        let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
         let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
         // negotiate enforces the deadline itself, so it can still send a FATAL.
         let (stream, negotiated) = negotiate::negotiate(&server, socket, deadline).await;
@@ -103,17 +101,58 @@ pub async fn serve(
             Err(_) => {
                 server
                     .metrics
-                    .protocol_errors
-                    .with_label_values(&["auth_timeout"])
+                    .client_timeouts
+                    .with_label_values(&["auth"])
                     .inc();
                 return send_fatal(&mut stream, &timed_out()).await;
             }
             Ok(Err(fatal)) => return send_fatal(&mut stream, &fatal).await,
-            Ok(Ok(s)) => s,
+            Ok(Ok(Login::Tenant(s))) => s,
+            Ok(Ok(Login::Admin {
+                user,
+                full,
+                leftover,
+            })) => {
+                drop(me);
+                tracing::info!(user, "admin console login");
+                crate::admin::serve(&server, stream, leftover, full).await;
+                return;
+            }
         };
         tracing::Span::current().record("tenant", startup.tenant.name.as_str());
+        let identity = Identity {
+            tenant: startup.tenant.name.clone(),
+            user: startup.user.clone(),
+            database: startup.pool.name.clone(),
+            application_name: startup
+                .settings
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.chars().take(64).collect())
+                .unwrap_or_default(),
+            stats: Default::default(),
+        };
+        if me
+            .authenticate(identity, startup.tenant.connection_limit)
+            .is_none()
+        {
+            server
+                .metrics
+                .client_rejections
+                .with_label_values(&["tenant_max_connections"])
+                .inc();
+            tracing::info!("refused: the tenant has reached its connection limit");
+            let fatal = Fatal::new(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "too many connections for tenant \"{}\"",
+                    startup.tenant.name
+                ),
+            );
+            return send_fatal(&mut stream, &fatal).await;
+        }
         tracing::info!(database = %startup.pool.name, "client authenticated");
-        let mut session = match Session::start(server.clone(), stream, startup).await {
+        let mut session = match Session::start(server.clone(), stream, startup, me).await {
             Ok(s) => s,
             Err((mut socket, fatal)) => {
                 send_fatal(&mut socket, &fatal).await;

@@ -83,7 +83,7 @@ pub async fn negotiate(
             }
         }
     }
-    let max = server.config.server.max_startup_message_size;
+    let max = server.config().server.max_startup_message_size;
     let mut buf = BytesMut::with_capacity(256);
     loop {
         let packet = loop {

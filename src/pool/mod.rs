@@ -37,15 +37,52 @@ pub enum Cleanup {
     Rollback,
 }
 
+/// The limits of a pool that a reload may change in place.
+#[derive(Debug, Clone)]
+struct Limits {
+    size: usize,
+    checkout_timeout: Duration,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+}
+
+impl Limits {
+    fn of(cfg: &DatabaseConfig) -> Limits {
+        Limits {
+            size: cfg.pool_size,
+            checkout_timeout: cfg.checkout_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_lifetime: cfg.max_lifetime,
+        }
+    }
+}
+
+/// The settings that decide which server a pool talks to, and how; a reload that changes
+/// any of them builds a new pool.
+fn backend_identity(cfg: &DatabaseConfig) -> impl PartialEq + use<> {
+    (
+        (
+            cfg.host.clone(),
+            cfg.port,
+            cfg.dbname.clone(),
+            cfg.user.clone(),
+        ),
+        (cfg.resolve_password(), cfg.pool_mode, cfg.connect_timeout),
+        (cfg.sslmode, cfg.sslrootcert.clone(), cfg.sslcert.clone()),
+        (cfg.sslkey.clone(), cfg.server_name.clone()),
+        cfg.prepared_statement_cache_size,
+    )
+}
+
 /// The pool for one `[databases.<name>]` entry.
 pub struct Pool {
     pub name: String,
     pub mode: PoolMode,
     target: BackendTarget,
-    size: usize,
-    checkout_timeout: Duration,
-    idle_timeout: Duration,
-    max_lifetime: Duration,
+    source: DatabaseConfig,
+    limits: arc_swap::ArcSwap<Limits>,
+    /// Replaced or removed by a reload: no new clients; connections close on release.
+    retired: std::sync::atomic::AtomicBool,
     /// Idle connections, most recently used last. A std Mutex: every critical section is a
     /// push or pop, never held across an await.
     idle: Mutex<Vec<BackendConn>>,
@@ -67,6 +104,8 @@ pub struct PooledConn {
     conn: Option<BackendConn>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
+    /// The tenant's backend-cap slot, given back with the connection.
+    tenant_slot: Option<crate::registry::BackendSlot>,
 }
 
 impl Pool {
@@ -78,14 +117,14 @@ impl Pool {
         reset_sql: String,
         metrics: PoolMetrics,
     ) -> Arc<Pool> {
+        metrics.size.set(cfg.pool_size as i64);
         Arc::new(Pool {
             name: name.to_string(),
             mode: cfg.pool_mode,
             target,
-            size: cfg.pool_size,
-            checkout_timeout: cfg.checkout_timeout,
-            idle_timeout: cfg.idle_timeout,
-            max_lifetime: cfg.max_lifetime,
+            source: cfg.clone(),
+            limits: arc_swap::ArcSwap::from_pointee(Limits::of(cfg)),
+            retired: Default::default(),
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(cfg.pool_size)),
             next_id: AtomicU64::new(1),
@@ -99,20 +138,73 @@ impl Pool {
         &self.target
     }
 
+    /// True when a reload would keep this pool for `cfg` (same server, same way in).
+    pub fn same_backend(&self, cfg: &DatabaseConfig) -> bool {
+        backend_identity(&self.source) == backend_identity(cfg)
+    }
+
+    /// Applies new limits from a reload: the pool grows at once and shrinks as
+    /// connections come back; timeouts apply to the next checkout.
+    pub fn reconfigure(&self, cfg: &DatabaseConfig) {
+        let old = self.limits.swap(Arc::new(Limits::of(cfg)));
+        let new = cfg.pool_size;
+        if new > old.size {
+            self.slots.add_permits(new - old.size);
+        } else if new < old.size {
+            let slots = self.slots.clone();
+            let excess = (old.size - new) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(excess).await {
+                    p.forget();
+                }
+            });
+        }
+        self.metrics.size.set(new as i64);
+        self.reap_idle();
+    }
+
+    /// Takes the pool out of service after a reload replaced or removed it.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.close_idle();
+    }
+
+    /// True once a reload replaced or removed this pool.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// The checkout timeout in force.
+    pub fn checkout_timeout(&self) -> Duration {
+        self.limits.load().checkout_timeout
+    }
+
+    /// Idle connections: (id, age, time since last use).
+    pub fn idle_snapshot(&self) -> Vec<(u64, Duration, Duration)> {
+        self.idle
+            .lock()
+            .map(|idle| {
+                idle.iter()
+                    .map(|c| (c.id, c.created.elapsed(), c.last_used.elapsed()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
     /// connection or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
+        let timeout = self.checkout_timeout();
         self.metrics.waiting.inc();
-        let permit =
-            tokio::time::timeout(self.checkout_timeout, self.slots.clone().acquire_owned()).await;
+        let permit = tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await;
         self.metrics.waiting.dec();
         let permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(PoolError::Closed),
             Err(_) => {
                 self.metrics.checkout_timeouts.inc();
-                return Err(PoolError::Timeout(self.checkout_timeout));
+                return Err(PoolError::Timeout(timeout));
             }
         };
         let conn = match self.take_idle() {
@@ -127,6 +219,7 @@ impl Pool {
             conn: Some(conn),
             permit: Some(permit),
             pool: self.clone(),
+            tenant_slot: None,
         })
     }
 
@@ -136,10 +229,12 @@ impl Pool {
         match self.target.connect(id).await {
             Ok(c) => {
                 self.metrics.opened.inc();
+                self.metrics.up.set(1);
                 Ok(c)
             }
             Err(e) => {
                 self.metrics.connect_errors.inc();
+                self.metrics.up.set(0);
                 Err(e)
             }
         }
@@ -149,7 +244,7 @@ impl Pool {
         loop {
             let conn = self.idle.lock().ok()?.pop()?;
             self.metrics.idle.dec();
-            if conn.created.elapsed() < self.max_lifetime && conn.is_healthy_idle() {
+            if conn.created.elapsed() < self.limits.load().max_lifetime && conn.is_healthy_idle() {
                 return Some(conn);
             }
             self.metrics.closed.inc();
@@ -158,7 +253,7 @@ impl Pool {
 
     fn put_idle(&self, mut conn: BackendConn) {
         conn.last_used = Instant::now();
-        if conn.created.elapsed() >= self.max_lifetime {
+        if conn.created.elapsed() >= self.limits.load().max_lifetime || self.is_retired() {
             self.metrics.closed.inc();
             return;
         }
@@ -174,9 +269,14 @@ impl Pool {
             return;
         };
         let before = idle.len();
+        let limits = self.limits.load();
         idle.retain(|c| {
-            c.last_used.elapsed() < self.idle_timeout && c.created.elapsed() < self.max_lifetime
+            c.last_used.elapsed() < limits.idle_timeout && c.created.elapsed() < limits.max_lifetime
         });
+        // After a shrink, idle connections beyond the new size go first.
+        let keep = limits.size.min(idle.len());
+        let excess = idle.len() - keep;
+        idle.drain(..excess);
         let closed = before - idle.len();
         self.metrics.idle.sub(closed as i64);
         self.metrics.closed.inc_by(closed as u64);
@@ -197,7 +297,7 @@ impl Pool {
 
     /// Configured maximum number of backend connections.
     pub fn size(&self) -> usize {
-        self.size
+        self.limits.load().size
     }
 
     /// The queries a cleanup takes, each sent as its own Query message (DISCARD ALL may not
@@ -216,6 +316,11 @@ impl PooledConn {
     /// The connection, while checked out.
     pub fn conn(&mut self) -> &mut BackendConn {
         self.conn.as_mut().expect("PooledConn used after release")
+    }
+
+    /// Keeps the tenant's backend-cap slot until the connection is given back.
+    pub fn hold(&mut self, slot: crate::registry::BackendSlot) {
+        self.tenant_slot = Some(slot);
     }
 
     /// Returns the connection to the pool after `cleanup`; the slot stays taken until the

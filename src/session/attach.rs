@@ -4,9 +4,12 @@
 use super::flow::Owner;
 use super::{End, Session};
 use crate::config::{PoolMode, ResetMode};
-use crate::pool::{Cleanup, PoolError};
+use crate::pool::{Cleanup, PoolError, PooledConn};
 use crate::protocol::codec::Frame;
 use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
+use crate::registry::ClientState;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// Number of Parse messages in the proxy's statement preparation.
 const PREPARED_STATEMENTS: usize = 4;
@@ -29,7 +32,14 @@ impl Session {
         if self.backend.is_some() {
             return Ok(true);
         }
-        let mut pooled = match self.pool.checkout().await {
+        self.follow_reload()?;
+        self.me.set_state(ClientState::Waiting);
+        let started = Instant::now();
+        let checkout = self.checkout().await;
+        self.stats
+            .wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let mut pooled = match checkout {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "no backend connection for the client");
@@ -49,6 +59,7 @@ impl Session {
         };
         let conn = pooled.conn();
         self.cancel.slot.set(Some(conn.key));
+        self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
         self.injected = false;
         self.reinject = false;
@@ -60,6 +71,56 @@ impl Session {
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
         }
         Ok(true)
+    }
+
+    /// Waits out PAUSE, the tenant's backend cap and the pool, in that order, all within
+    /// the pool's checkout timeout.
+    async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
+        let timeout = self.pool.checkout_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        if tokio::time::timeout_at(deadline, self.server.wait_unpaused())
+            .await
+            .is_err()
+        {
+            return Err(PoolError::Timeout(timeout));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(slot) = self
+            .stats
+            .acquire_backend(self.tenant.backend_limit, left)
+            .await
+        else {
+            self.server
+                .metrics
+                .client_rejections
+                .with_label_values(&["tenant_max_backend_connections"])
+                .inc();
+            return Err(PoolError::Timeout(timeout));
+        };
+        let mut pooled = self.pool.checkout().await?;
+        pooled.hold(slot);
+        Ok(pooled)
+    }
+
+    /// At a transaction boundary, picks up what a reload changed: the tenant's new
+    /// definition and the database's new pool, or ends the session if either is gone.
+    fn follow_reload(&mut self) -> Result<(), End> {
+        if self.tenant.is_retired() {
+            match self.server.tenants().by_name(&self.tenant.name) {
+                Some(t) => {
+                    tracing::info!("tenant definition reloaded");
+                    self.tenant = t;
+                }
+                None => return Err(End::Removed("tenant")),
+            }
+        }
+        if self.pool.is_retired() {
+            match self.server.pool(&self.pool.name) {
+                Some(p) => self.pool = p,
+                None => return Err(End::Removed("database")),
+            }
+        }
+        Ok(())
     }
 
     /// Re-creates the proxy's statements on the attached backend if the client (or a
@@ -96,6 +157,9 @@ impl Session {
             return;
         };
         let conn = b.conn();
+        if self.status == TxStatus::Idle {
+            self.txn_started = Some(Instant::now());
+        }
         if no_txn_block && self.status == TxStatus::Idle {
             self.bout.extend_from_slice(&self.tenant.inject_session);
             messages::sync(&mut self.bout);
@@ -116,7 +180,7 @@ impl Session {
     fn release_cleanup(&self) -> Cleanup {
         if self.dirty {
             Cleanup::Full
-        } else if self.server.config.context.reset_on_release == ResetMode::Always {
+        } else if self.server.config().context.reset_on_release == ResetMode::Always {
             Cleanup::ResetContext
         } else {
             Cleanup::None
@@ -138,6 +202,7 @@ impl Session {
 
     fn release_now(&mut self, cleanup: Cleanup) {
         self.cancel.slot.set(None);
+        self.me.entry.backend.store(0, Ordering::Relaxed);
         self.dirty = false;
         self.injected = false;
         if let Some(b) = self.backend.take() {
@@ -149,6 +214,7 @@ impl Session {
     /// anything else (replies outstanding, COPY, a broken connection) is closed.
     pub(super) fn detach_on_end(&mut self, end: &End) {
         self.cancel.slot.set(None);
+        self.me.entry.backend.store(0, Ordering::Relaxed);
         let quiet = self.flow.is_idle() && !self.copy_in;
         let broken = matches!(end, End::BackendLost(_) | End::InjectionFailed(_));
         if !quiet || broken {

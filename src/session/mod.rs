@@ -24,11 +24,13 @@ use crate::pool::{Cleanup, Pool, PooledConn};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::sqlstate;
+use crate::registry::{ClientHandle, ClientState, TenantStats};
 use crate::server::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use flow::Flow;
 use params::ClientParams;
+use std::sync::atomic::Ordering;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -40,6 +42,12 @@ pub enum End {
     InjectionFailed(ErrorFields),
     ProtocolViolation(String),
     Shutdown,
+    /// KILL from the admin console.
+    Killed,
+    /// A reload removed the client's tenant or database.
+    Removed(&'static str),
+    /// The client sent nothing for too long (the timeout's metric label).
+    Timeout(&'static str),
 }
 
 impl fmt::Display for End {
@@ -54,6 +62,9 @@ impl fmt::Display for End {
             }
             End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             End::Shutdown => write!(f, "server shutting down"),
+            End::Killed => write!(f, "killed by an administrator"),
+            End::Removed(what) => write!(f, "its {what} was removed from the configuration"),
+            End::Timeout(kind) => write!(f, "{kind} timeout"),
         }
     }
 }
@@ -91,6 +102,11 @@ pub struct Session {
     statements: statements::ClientStatements,
     /// The client's unnamed statement exists on the attached backend.
     unnamed_on_backend: bool,
+    /// This client's registration (state, kill signal, tenant counters).
+    me: ClientHandle,
+    stats: Arc<TenantStats>,
+    /// When the current transaction started (its duration metric).
+    txn_started: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -100,10 +116,19 @@ impl Session {
         server: Arc<Server>,
         client: ClientStream,
         s: Startup,
+        me: ClientHandle,
     ) -> Result<Session, (ClientStream, Fatal)> {
+        let stats = me
+            .entry
+            .identity()
+            .map(|i| i.stats.clone())
+            .unwrap_or_default();
         let mut session = Session {
+            me,
+            stats,
+            txn_started: None,
             cancel: server.cancels.register(),
-            max_message: server.config.server.max_message_size,
+            max_message: server.config().server.max_message_size,
             client,
             cbuf: s.leftover,
             cout: BytesMut::new(),
@@ -172,6 +197,7 @@ impl Session {
         );
         if self.pool.mode == crate::config::PoolMode::Session {
             self.cancel.slot.set(Some(conn.key));
+            self.me.entry.backend.store(conn.id, Ordering::Relaxed);
             self.backend = Some(pooled);
         } else {
             pooled.release(Cleanup::None);
@@ -204,6 +230,10 @@ impl Session {
                 .write_all(&self.cout)
                 .await
                 .map_err(End::ClientIo)?;
+            self.server
+                .metrics
+                .client_sent_bytes
+                .inc_by(self.cout.len() as u64);
             self.cout.clear();
         }
         trim(&mut self.cout);
@@ -254,12 +284,39 @@ pub async fn run(s: &mut Session, mut shutdown: watch::Receiver<bool>) -> End {
                 m,
             )
         }
-        End::Shutdown => messages::error_response(
+        End::Shutdown | End::Killed => messages::error_response(
             &mut s.cout,
             Severity::Fatal,
             sqlstate::ADMIN_SHUTDOWN,
             "terminating connection due to administrator command",
         ),
+        End::Removed(what) => messages::error_response(
+            &mut s.cout,
+            Severity::Fatal,
+            sqlstate::ADMIN_SHUTDOWN,
+            &format!(
+                "terminating connection: its {what} was removed from the pgtenant configuration"
+            ),
+        ),
+        End::Timeout(kind) => {
+            s.server
+                .metrics
+                .client_timeouts
+                .with_label_values(&[kind])
+                .inc();
+            let (code, message) = if *kind == IDLE_IN_TRANSACTION {
+                (
+                    sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                    "terminating connection due to idle-in-transaction timeout",
+                )
+            } else {
+                (
+                    sqlstate::IDLE_SESSION_TIMEOUT,
+                    "terminating connection due to idle-session timeout",
+                )
+            };
+            messages::error_response(&mut s.cout, Severity::Fatal, code, message)
+        }
         _ => {}
     }
     if !s.cout.is_empty() {
@@ -270,8 +327,39 @@ pub async fn run(s: &mut Session, mut shutdown: watch::Receiver<bool>) -> End {
     end
 }
 
+/// Metric label of the idle-in-transaction timeout.
+const IDLE_IN_TRANSACTION: &str = "idle_in_transaction";
+/// Metric label of the client idle timeout.
+const CLIENT_IDLE: &str = "client_idle";
+
+impl Session {
+    /// What the client is doing, for the admin console and the state gauges.
+    fn current_state(&self) -> ClientState {
+        match &self.backend {
+            None => ClientState::Idle,
+            Some(_) if !self.flow.is_idle() => ClientState::Active,
+            Some(_) if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
+            Some(_) => ClientState::Idle,
+        }
+    }
+
+    /// The timeout that applies while the client is silent in `state`, if any.
+    fn silence_limit(&self, state: ClientState) -> Option<(std::time::Duration, &'static str)> {
+        let cfg = self.server.config();
+        let (limit, kind) = match state {
+            ClientState::IdleInTransaction => {
+                (cfg.server.idle_in_transaction_timeout, IDLE_IN_TRANSACTION)
+            }
+            ClientState::Idle => (cfg.server.client_idle_timeout, CLIENT_IDLE),
+            _ => return None,
+        };
+        (!limit.is_zero()).then_some((limit, kind))
+    }
+}
+
 async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> End {
-    let mut stopping = false;
+    let mut stopping = *shutdown.borrow();
+    let entry = s.me.entry.clone();
     loop {
         if let Err(end) = s.process_client().await {
             return end;
@@ -283,12 +371,24 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
         if stopping && s.backend.is_none() {
             return End::Shutdown;
         }
+        if entry.is_killed() {
+            return End::Killed;
+        }
+        let state = s.current_state();
+        s.me.set_state(state);
+        let silence = s.silence_limit(state);
+        let timer = async {
+            match silence {
+                Some((limit, _)) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let read_client = !s.has_blocked_frame();
         let backend = &mut s.backend;
         tokio::select! {
             r = s.client.read_buf(&mut s.cbuf), if read_client => match r {
                 Ok(0) => return End::ClientClosed,
-                Ok(_) => {}
+                Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
                 Err(e) => return End::ClientIo(e),
             },
             r = read_backend(backend) => match r {
@@ -300,6 +400,8 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
                 Err(e) => return End::BackendLost(e),
             },
             _ = shutdown.changed(), if !stopping => stopping = true,
+            _ = entry.kill_signal.notified() => return End::Killed,
+            _ = timer => return End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)),
         }
     }
 }

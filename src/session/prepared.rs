@@ -41,9 +41,11 @@ impl Session {
                 }
                 let conn = self.backend.as_mut()?.conn();
                 if conn.statements.touch(&def) {
+                    self.pool.metrics.statement_hits.inc();
                     self.flow
                         .sent(ft::PARSE, Owner::Synthetic(bt::PARSE_COMPLETE));
                 } else {
+                    self.pool.metrics.statement_misses.inc();
                     self.prepare_on_backend(&def, Owner::Client);
                 }
                 Some(())
@@ -91,7 +93,10 @@ impl Session {
         let Some(b) = self.backend.as_mut() else {
             return;
         };
-        if !b.conn().statements.touch(def) {
+        if b.conn().statements.touch(def) {
+            self.pool.metrics.statement_hits.inc();
+        } else {
+            self.pool.metrics.statement_misses.inc();
             self.prepare_on_backend(def, Owner::ProxyForwardErrors);
         }
     }

@@ -1,6 +1,8 @@
 //! The two directions of the relay: client frames (guarded, then forwarded after any
 //! injection) and backend frames (accounted, then forwarded or swallowed).
 
+use std::sync::atomic::Ordering;
+
 use bytes::Buf;
 
 use super::flow::Disposition;
@@ -137,6 +139,7 @@ impl Session {
         self.inject(no_txn_block);
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
+            self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
         self.forward_client(frame)?;
         self.emit_synthetic();
@@ -176,6 +179,11 @@ impl Session {
             }
             match disposition {
                 Disposition::Forward => {
+                    if frame.tag == bt::ERROR_RESPONSE {
+                        let code = messages::parse_error_fields(frame.body()).code;
+                        self.server.metrics.server_error(code.as_bytes());
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.cout.extend_from_slice(&frame.raw);
                     if frame.tag == bt::READY_FOR_QUERY {
                         self.on_ready(frame.body().first().copied());
@@ -201,6 +209,13 @@ impl Session {
             self.reinject = false;
             if self.flow.is_idle() {
                 self.pool.metrics.transactions.inc();
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = self.txn_started.take() {
+                    self.pool
+                        .metrics
+                        .transaction_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
             }
         }
     }

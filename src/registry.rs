@@ -1,0 +1,554 @@
+//! Who is connected: one entry per client (for the admin console, KILL and per-tenant
+//! limits) and per-tenant activity counters (for per-tenant metrics with a cardinality cap).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+
+/// What a client is doing right now, as PgBouncer and pg_stat_activity would say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Connected, not yet authenticated.
+    Authenticating = 0,
+    /// Authenticated, no transaction open.
+    Idle = 1,
+    /// A request is being served by a backend.
+    Active = 2,
+    /// Waiting for a backend connection.
+    Waiting = 3,
+    /// Holds a backend inside a transaction and the backend waits for the client.
+    IdleInTransaction = 4,
+}
+
+impl ClientState {
+    /// Every state, in label order.
+    pub const ALL: [ClientState; 5] = [
+        ClientState::Authenticating,
+        ClientState::Idle,
+        ClientState::Active,
+        ClientState::Waiting,
+        ClientState::IdleInTransaction,
+    ];
+
+    /// The metric label and admin-console name.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientState::Authenticating => "authenticating",
+            ClientState::Idle => "idle",
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+            ClientState::IdleInTransaction => "idle_in_transaction",
+        }
+    }
+
+    fn from_u8(v: u8) -> ClientState {
+        ClientState::ALL
+            .get(v as usize)
+            .copied()
+            .unwrap_or(ClientState::Idle)
+    }
+}
+
+/// Activity of one tenant since start-up (all clients, all pools).
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    pub connections: AtomicUsize,
+    /// Backend connections the tenant holds right now.
+    pub backends: AtomicUsize,
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    /// Microseconds spent waiting for a backend connection.
+    pub wait_us: AtomicU64,
+    /// ErrorResponses the tenant's clients received.
+    pub errors: AtomicU64,
+    /// Wakes clients waiting for the tenant's backend cap.
+    pub backend_freed: Notify,
+}
+
+impl TenantStats {
+    /// Takes one of the tenant's backend slots, waiting up to `timeout` while it holds
+    /// `limit` (0: no limit; the slot still counts for metrics). None on timeout.
+    pub async fn acquire_backend(
+        self: &Arc<Self>,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> Option<BackendSlot> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let freed = self.backend_freed.notified();
+            let held = self.backends.load(Ordering::Acquire);
+            if limit == 0 || held < limit {
+                if self
+                    .backends
+                    .compare_exchange(held, held + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Some(BackendSlot(self.clone()));
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Activity used to rank tenants for their own metric label.
+    fn activity(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed) + self.connections.load(Ordering::Relaxed) as u64
+    }
+}
+
+/// One backend connection counted against a tenant; given back on drop.
+#[derive(Debug)]
+pub struct BackendSlot(Arc<TenantStats>);
+
+impl Drop for BackendSlot {
+    fn drop(&mut self) {
+        self.0.backends.fetch_sub(1, Ordering::AcqRel);
+        self.0.backend_freed.notify_one();
+    }
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub connected_at: SystemTime,
+    state: AtomicU8,
+    /// When the state last changed, in milliseconds since the Unix epoch.
+    state_since_ms: AtomicU64,
+    identity: std::sync::OnceLock<Identity>,
+    killed: AtomicBool,
+    /// Wakes the client's session when it is killed.
+    pub kill_signal: Notify,
+    /// Backend connection id while one is attached (0: none).
+    pub backend: AtomicU64,
+}
+
+/// What a client authenticated as.
+#[derive(Debug)]
+pub struct Identity {
+    pub tenant: String,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub stats: Arc<TenantStats>,
+}
+
+impl ClientEntry {
+    /// The client's state now.
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// When the client entered its current state.
+    pub fn state_since(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_millis(self.state_since_ms.load(Ordering::Relaxed))
+    }
+
+    /// Tenant, user and database, once authenticated.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
+    /// True once KILL (or a tenant's removal) asked the session to end.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Asks the session to end now.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill_signal.notify_one();
+    }
+}
+
+/// Every connected client and every tenant's counters.
+pub struct Registry {
+    clients: DashMap<u64, Arc<ClientEntry>>,
+    tenants: Arc<DashMap<String, Arc<TenantStats>>>,
+    next_id: AtomicU64,
+    state_gauges: Vec<IntGauge>,
+}
+
+impl Registry {
+    /// An empty registry that keeps `state_gauges` (one per [`ClientState::ALL`]) current.
+    pub fn new(state_gauges: Vec<IntGauge>) -> Registry {
+        Registry {
+            clients: DashMap::new(),
+            tenants: Arc::new(DashMap::new()),
+            next_id: AtomicU64::new(1),
+            state_gauges,
+        }
+    }
+
+    /// Registers a new connection (authenticating); it leaves the registry when the
+    /// handle is dropped.
+    pub fn connect(self: &Arc<Self>, addr: SocketAddr) -> ClientHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ClientEntry {
+            id,
+            addr,
+            connected_at: SystemTime::now(),
+            state: AtomicU8::new(ClientState::Authenticating as u8),
+            state_since_ms: AtomicU64::new(now_ms()),
+            identity: std::sync::OnceLock::new(),
+            killed: AtomicBool::new(false),
+            kill_signal: Notify::new(),
+            backend: AtomicU64::new(0),
+        });
+        self.gauge(ClientState::Authenticating).inc();
+        self.clients.insert(id, entry.clone());
+        ClientHandle {
+            entry,
+            registry: self.clone(),
+        }
+    }
+
+    fn gauge(&self, s: ClientState) -> &IntGauge {
+        &self.state_gauges[s as usize]
+    }
+
+    /// The counters of `tenant`, created on first use.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantStats> {
+        if let Some(s) = self.tenants.get(tenant) {
+            return s.clone();
+        }
+        self.tenants.entry(tenant.to_string()).or_default().clone()
+    }
+
+    /// A snapshot of every client, oldest first.
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// A snapshot of every tenant's counters, by name.
+    pub fn tenant_stats(&self) -> Vec<(String, Arc<TenantStats>)> {
+        let mut all: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Kills every client of `tenant`; returns how many.
+    pub fn kill_tenant(&self, tenant: &str) -> usize {
+        let mut n = 0;
+        for c in self.clients.iter() {
+            if c.identity().is_some_and(|i| i.tenant == tenant) {
+                c.kill();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Per-tenant metric families, folded to the `top` most active tenants plus `other`.
+    pub fn tenant_collector(&self, top: Arc<AtomicUsize>) -> TenantCollector {
+        TenantCollector::new(self.tenants.clone(), top)
+    }
+}
+
+/// A client's registration; dropping it removes the client and its gauge contributions.
+pub struct ClientHandle {
+    pub entry: Arc<ClientEntry>,
+    registry: Arc<Registry>,
+}
+
+impl ClientHandle {
+    /// Moves the client to `state`, keeping the state gauges exact.
+    pub fn set_state(&self, state: ClientState) {
+        let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
+        if old != state as u8 {
+            self.entry.state_since_ms.store(now_ms(), Ordering::Relaxed);
+            self.registry.gauge(ClientState::from_u8(old)).dec();
+            self.registry.gauge(state).inc();
+        }
+    }
+
+    /// Records who the client authenticated as and counts it against its tenant; None when
+    /// the tenant already has `limit` clients (0: no limit).
+    pub fn authenticate(&self, mut identity: Identity, limit: usize) -> Option<Arc<TenantStats>> {
+        let stats = self.registry.tenant(&identity.tenant);
+        let prev = stats.connections.fetch_add(1, Ordering::AcqRel);
+        if limit > 0 && prev >= limit {
+            stats.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        identity.stats = stats.clone();
+        if self.entry.identity.set(identity).is_err() {
+            stats.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.set_state(ClientState::Idle);
+        Some(stats)
+    }
+
+    /// The shared registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.registry.gauge(self.entry.state()).dec();
+        if let Some(i) = self.entry.identity() {
+            i.stats.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.registry.clients.remove(&self.entry.id);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Scrape-time per-tenant families: the `top` tenants by activity keep their own label
+/// value, all others are summed into `tenant="other"`. A tenant can move in and out of the
+/// top set, so `other` is a counter that may reset; rate() treats that as a reset.
+pub struct TenantCollector {
+    tenants: Arc<DashMap<String, Arc<TenantStats>>>,
+    top: Arc<AtomicUsize>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const TENANT_FAMILIES: [(&str, &str, bool); 5] = [
+    (
+        "pgtenant_tenant_client_connections",
+        "Connected clients per tenant (top tenants; the rest as other).",
+        false,
+    ),
+    (
+        "pgtenant_tenant_backend_connections",
+        "Backend connections held per tenant.",
+        false,
+    ),
+    (
+        "pgtenant_tenant_transactions_total",
+        "Transactions per tenant.",
+        true,
+    ),
+    (
+        "pgtenant_tenant_checkout_wait_seconds_total",
+        "Time per tenant spent waiting for a backend connection.",
+        true,
+    ),
+    (
+        "pgtenant_tenant_errors_total",
+        "Errors sent to each tenant's clients.",
+        true,
+    ),
+];
+
+impl TenantCollector {
+    fn new(
+        tenants: Arc<DashMap<String, Arc<TenantStats>>>,
+        top: Arc<AtomicUsize>,
+    ) -> TenantCollector {
+        let descs = TENANT_FAMILIES
+            .iter()
+            .map(|(name, help, _)| {
+                prometheus::core::Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    vec!["tenant".into()],
+                    Default::default(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        TenantCollector {
+            tenants,
+            top,
+            descs,
+        }
+    }
+
+    fn values(s: &TenantStats) -> [f64; 5] {
+        [
+            s.connections.load(Ordering::Relaxed) as f64,
+            s.backends.load(Ordering::Relaxed) as f64,
+            s.transactions.load(Ordering::Relaxed) as f64,
+            s.wait_us.load(Ordering::Relaxed) as f64 / 1e6,
+            s.errors.load(Ordering::Relaxed) as f64,
+        ]
+    }
+}
+
+impl prometheus::core::Collector for TenantCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        let mut ranked: Vec<(String, [f64; 5], u64)> = self
+            .tenants
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    Self::values(e.value()),
+                    e.value().activity(),
+                )
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let top = self.top.load(Ordering::Relaxed);
+        let mut rows: Vec<(String, [f64; 5])> = Vec::new();
+        let mut other = [0.0; 5];
+        for (i, (name, v, _)) in ranked.into_iter().enumerate() {
+            if i < top && name != "other" {
+                rows.push((name, v));
+            } else {
+                for (o, x) in other.iter_mut().zip(v) {
+                    *o += x;
+                }
+            }
+        }
+        rows.push(("other".into(), other));
+        TENANT_FAMILIES
+            .iter()
+            .enumerate()
+            .map(|(k, (name, help, counter))| {
+                let mut mf = MetricFamily::default();
+                mf.set_name(name.to_string());
+                mf.set_help(help.to_string());
+                mf.set_field_type(if *counter {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                });
+                let metrics = rows
+                    .iter()
+                    .map(|(tenant, v)| {
+                        let mut m = Metric::default();
+                        let mut l = LabelPair::default();
+                        l.set_name("tenant".into());
+                        l.set_value(tenant.clone());
+                        m.set_label(vec![l]);
+                        if *counter {
+                            let mut c = Counter::default();
+                            c.set_value(v[k]);
+                            m.set_counter(c);
+                        } else {
+                            let mut g = Gauge::default();
+                            g.set_value(v[k]);
+                            m.set_gauge(g);
+                        }
+                        m
+                    })
+                    .collect();
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector;
+
+    fn registry() -> Arc<Registry> {
+        let gauges = ClientState::ALL
+            .iter()
+            .map(|s| IntGauge::new(format!("g_{}", s.label()), "x").unwrap())
+            .collect();
+        Arc::new(Registry::new(gauges))
+    }
+
+    fn identity(tenant: &str) -> Identity {
+        Identity {
+            tenant: tenant.into(),
+            user: tenant.into(),
+            database: "app".into(),
+            application_name: String::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn state_gauges_follow_clients_and_drop() {
+        let r = registry();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let a = r.connect(addr);
+        let b = r.connect(addr);
+        assert_eq!(r.gauge(ClientState::Authenticating).get(), 2);
+        a.authenticate(identity("acme"), 0).unwrap();
+        a.set_state(ClientState::Active);
+        assert_eq!(r.gauge(ClientState::Authenticating).get(), 1);
+        assert_eq!(r.gauge(ClientState::Active).get(), 1);
+        drop(a);
+        drop(b);
+        for s in ClientState::ALL {
+            assert_eq!(r.gauge(s).get(), 0, "{s:?}");
+        }
+        assert!(r.clients().is_empty());
+        assert_eq!(r.tenant("acme").connections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn tenant_connection_limit_and_kill() {
+        let r = registry();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let a = r.connect(addr);
+        let b = r.connect(addr);
+        assert!(a.authenticate(identity("acme"), 1).is_some());
+        assert!(b.authenticate(identity("acme"), 1).is_none());
+        assert_eq!(r.kill_tenant("acme"), 1);
+        assert!(a.entry.is_killed() && !b.entry.is_killed());
+    }
+
+    #[test]
+    fn tenant_metrics_fold_beyond_the_top_n() {
+        let r = registry();
+        for (i, t) in ["a", "b", "c", "d"].iter().enumerate() {
+            r.tenant(t)
+                .transactions
+                .store(10 * (i as u64 + 1), Ordering::Relaxed);
+        }
+        let families = r.tenant_collector(Arc::new(AtomicUsize::new(2))).collect();
+        let tx = families
+            .iter()
+            .find(|f| f.name() == "pgtenant_tenant_transactions_total")
+            .unwrap();
+        let mut got: Vec<(String, f64)> = tx
+            .get_metric()
+            .iter()
+            .map(|m| {
+                (
+                    m.get_label()[0].value().to_string(),
+                    m.get_counter().get_value(),
+                )
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                ("c".into(), 30.0),
+                ("d".into(), 40.0),
+                ("other".into(), 30.0)
+            ]
+        );
+    }
+}
