@@ -162,6 +162,9 @@ impl Server {
             Some(source) => source().map_err(|e| e.to_string()),
             None => Err("this server was started without a configuration file".into()),
         };
+        if loaded.is_err() {
+            self.count_reload(false);
+        }
         let result = loaded.and_then(|cfg| self.apply(cfg));
         match &result {
             Ok(summary) => tracing::info!(%summary, "configuration reloaded"),

@@ -1,0 +1,213 @@
+//! Per-tenant limits, client timeouts and per-tenant metrics, each with the client error
+//! PostgreSQL would give and a metric, against a real PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::raw::{self, RawConn};
+use common::*;
+use pgtenant::protocol::messages;
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_connection_and_backend_caps() {
+    let env = TestEnv::start_with(|cfg| {
+        cfg.server.max_connections_per_tenant = 2;
+        cfg.tenants.get_mut("globex").unwrap().max_connections = Some(3);
+        cfg.server.max_backend_connections_per_tenant = 1;
+        for db in cfg.databases.values_mut() {
+            db.checkout_timeout = Duration::from_millis(700);
+        }
+    })
+    .await;
+    let mut f = Failures::default();
+    let a1 = env.proxy.connect("acme").await;
+    let a2 = env.proxy.connect("acme").await;
+    let third = connect(&env.proxy.conn_str("acme")).await;
+    f.check(
+        third.as_ref().err().and_then(sqlstate).as_deref() == Some("53300"),
+        || format!("third acme client: {:?}", third.err()),
+    );
+    let mut globex = Vec::new();
+    for i in 0..3 {
+        match connect(&env.proxy.conn_str("globex")).await {
+            Ok(c) => globex.push(c),
+            Err(e) => f.check(false, || {
+                format!("globex client {i} (its own limit is 3): {e}")
+            }),
+        }
+    }
+
+    // acme holds its one backend inside a transaction: its second client waits and then
+    // gets 53300, while globex still gets a backend from the same pool.
+    a1.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let e = a2.simple_query("SELECT 1").await.err();
+    f.check(
+        e.as_ref().and_then(sqlstate).as_deref() == Some("53300"),
+        || format!("acme's second backend: {e:?}"),
+    );
+    f.check(globex[0].simple_query("SELECT 1").await.is_ok(), || {
+        "globex blocked by acme's cap".into()
+    });
+    // Once acme's transaction ends its other client proceeds.
+    let waiter = tokio::spawn(async move { a2.simple_query("SELECT 2").await.map(|_| a2) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a1.batch_execute("COMMIT").await.unwrap();
+    let r = waiter.await.unwrap();
+    f.check(r.is_ok(), || {
+        format!("acme after the transaction: {:?}", r.as_ref().err())
+    });
+
+    let m = env.proxy.metrics().await;
+    for (series, min) in [
+        (
+            "pgtenant_client_connections_rejected_total{reason=\"tenant_max_connections\"}",
+            1.0,
+        ),
+        (
+            "pgtenant_client_connections_rejected_total{reason=\"tenant_max_backend_connections\"}",
+            1.0,
+        ),
+        ("pgtenant_tenant_client_connections{tenant=\"globex\"}", 3.0),
+        ("pgtenant_tenant_client_connections{tenant=\"acme\"}", 2.0),
+        ("pgtenant_client_connections{state=\"idle\"}", 5.0),
+    ] {
+        let v = metric(&m, series);
+        f.check(v.is_some_and(|v| v >= min), || format!("{series} = {v:?}"));
+    }
+    f.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeouts_close_silent_clients_and_roll_back() {
+    let env = TestEnv::start_with(|cfg| {
+        cfg.server.idle_in_transaction_timeout = Duration::from_millis(400);
+        cfg.server.client_idle_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let mut f = Failures::default();
+    let addr = env.proxy.addr;
+
+    // Inside a transaction: FATAL 25P03 after 400 ms of silence, and the backend's
+    // transaction is rolled back (the row is not there).
+    let mut c = RawConn::connect(addr, "acme", "acme-secret").await.unwrap();
+    c.simple("BEGIN").await;
+    c.simple("INSERT INTO invoices (tenant_id, amount_cents) VALUES ('11111111-1111-4111-8111-111111111111', 4242)")
+        .await;
+    let got = tokio::time::timeout(Duration::from_secs(5), c.recv()).await;
+    let errs = match got {
+        Ok(Some(m)) => raw::errors(&[m]),
+        other => {
+            f.check(false, || {
+                format!("no FATAL in a silent transaction: {other:?}")
+            });
+            vec![]
+        }
+    };
+    f.check(
+        errs.first()
+            .is_some_and(|e| e.code == "25P03" && e.severity == "FATAL"),
+        || format!("idle in transaction: {errs:?}"),
+    );
+    f.check(c.is_closed().await, || "connection stayed open".into());
+    let su = env.superuser().await;
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM invoices WHERE amount_cents = 4242",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    f.check(n == 0, || "the timed-out transaction was committed".into());
+    f.check(idle_in_transaction(&su).await == 0, || {
+        "backend left in a transaction".into()
+    });
+
+    // Busy clients are not idle: a client that keeps talking outlives the client idle
+    // timeout; a silent one gets FATAL 57P05.
+    let mut busy = RawConn::connect(addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    let mut silent = RawConn::connect(addr, "acme", "acme-secret").await.unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let m = busy.simple("SELECT 1").await;
+        f.check(raw::errors(&m).is_empty(), || {
+            "busy client got an error".into()
+        });
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), silent.recv()).await;
+    let errs = match got {
+        Ok(Some(m)) => raw::errors(&[m]),
+        _ => vec![],
+    };
+    f.check(errs.first().is_some_and(|e| e.code == "57P05"), || {
+        format!("idle client: {errs:?}")
+    });
+    let m = env.proxy.metrics().await;
+    for kind in ["idle_in_transaction", "client_idle"] {
+        let series = format!("pgtenant_client_timeouts_total{{kind=\"{kind}\"}}");
+        f.check(metric(&m, &series).is_some_and(|v| v >= 1.0), || {
+            format!("{series} missing")
+        });
+    }
+    let mut out = BytesMut::new();
+    messages::terminate(&mut out);
+    busy.send(&out).await;
+    f.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tenant_series_are_capped_with_other() {
+    let env = TestEnv::start_with(|cfg| cfg.server.metrics_top_tenants = 1).await;
+    let mut f = Failures::default();
+    let acme = env.proxy.connect("acme").await;
+    for _ in 0..20 {
+        acme.simple_query("SELECT 1").await.unwrap();
+    }
+    let globex = env.proxy.connect("globex").await;
+    globex.simple_query("SELECT 1").await.unwrap();
+    let initech = env.proxy.connect("initech").await;
+    let e = initech.simple_query("SELECT 1/0").await;
+    f.check(e.is_err(), || "1/0 succeeded".into());
+    let m = env.proxy.metrics().await;
+    let tenants: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("pgtenant_tenant_transactions_total{"))
+        .collect();
+    f.check(tenants.len() == 2, || format!("series: {tenants:?}"));
+    f.check(
+        metric(&m, "pgtenant_tenant_transactions_total{tenant=\"acme\"}")
+            .is_some_and(|v| v >= 20.0),
+        || format!("acme series: {tenants:?}"),
+    );
+    f.check(
+        metric(&m, "pgtenant_tenant_errors_total{tenant=\"other\"}") == Some(1.0),
+        || "initech's error is not in other".into(),
+    );
+    f.check(
+        metric(&m, "pgtenant_server_errors_total{class=\"22\"}") == Some(1.0),
+        || "division by zero is not counted in class 22".into(),
+    );
+    for name in [
+        "pgtenant_transaction_duration_seconds_count",
+        "pgtenant_client_received_bytes_total",
+        "pgtenant_client_sent_bytes_total",
+        "pgtenant_pool_size{pool=\"app\"}",
+        "pgtenant_backend_up{pool=\"app\"}",
+    ] {
+        f.check(metric(&m, name).is_some_and(|v| v > 0.0), || {
+            format!("{name} missing or 0")
+        });
+    }
+    f.finish();
+}
