@@ -56,7 +56,9 @@ pub async fn serve(
     if let Some(k) = server.config().server.keepalive() {
         let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&k);
     }
-    let conn_id = rand::random::<u32>();
+    // The id is the one SHOW CLIENTS lists, so logs and the console line up.
+    let me = server.registry.connect(peer);
+    let conn_id = me.entry.id;
     let span =
         tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
     async move {
@@ -77,7 +79,6 @@ pub async fn serve(
             .await;
             return;
         };
-        let me = server.registry.connect(peer);
         let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
         let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
         // negotiate enforces the deadline itself, so it can still send a FATAL.
