@@ -9,192 +9,8 @@
 
 use std::borrow::Cow;
 
-/// Kind of a lexed token, so classifiers can tell names from literals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// Unquoted identifier or keyword (compare with ASCII case folding).
-    Ident,
-    /// `"..."` or `U&"..."` identifier; text is the raw body with `""` escapes.
-    QuotedIdent,
-    /// `'...'` or `N'...'` string; text is the raw body with `''` escapes.
-    Str,
-    /// `E'...'` string; text is the raw body with backslash escapes.
-    EStr,
-    /// `U&'...'` string; text is the raw body with Unicode escapes.
-    UStr,
-    /// `B'...'` / `X'...'` bit-string literal; text is the raw body.
-    BitStr,
-    /// `$tag$...$tag$` string; text is the body between the tags.
-    DollarStr,
-    /// Numeric literal.
-    Number,
-    /// Positional parameter such as `$1`.
-    Param,
-    /// Any other single byte (operators and punctuation).
-    Op,
-}
-
-/// One token, borrowing its text from the lexed input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token<'a> {
-    /// What sort of token this is.
-    pub kind: TokenKind,
-    /// Token bytes (quotes and dollar tags stripped, escapes left as written).
-    pub text: &'a [u8],
-}
-
-/// Iterator over the tokens of raw SQL bytes; unterminated strings/comments end the stream.
-pub struct Lexer<'a> {
-    src: &'a [u8],
-    pos: usize,
-}
-
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
-}
-
-impl<'a> Lexer<'a> {
-    /// Starts lexing `src` from its first byte.
-    pub fn new(src: &'a [u8]) -> Self {
-        Lexer { src, pos: 0 }
-    }
-
-    fn at(&self, i: usize) -> Option<u8> {
-        self.src.get(i).copied()
-    }
-
-    /// First index at or after `i` whose byte doesn't satisfy `f`.
-    fn span(&self, mut i: usize, f: impl Fn(u8) -> bool) -> usize {
-        while self.at(i).is_some_and(&f) {
-            i += 1;
-        }
-        i
-    }
-
-    /// Ends the stream (unterminated string or comment).
-    fn stop<T>(&mut self) -> Option<T> {
-        self.pos = self.src.len();
-        None
-    }
-
-    /// Skips whitespace and comments; `None` at end of input or inside an unterminated comment.
-    fn skip_trivia(&mut self) -> Option<()> {
-        loop {
-            let (c, next) = (self.at(self.pos)?, self.at(self.pos + 1));
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
-                self.pos += 1;
-            } else if c == b'-' && next == Some(b'-') {
-                self.pos = self.span(self.pos, |b| b != b'\n' && b != b'\r');
-            } else if c == b'/' && next == Some(b'*') {
-                let mut depth = 1usize;
-                self.pos += 2;
-                while depth > 0 {
-                    let Some(c) = self.at(self.pos) else {
-                        return self.stop();
-                    };
-                    match (c, self.at(self.pos + 1)) {
-                        (b'/', Some(b'*')) => (depth, self.pos) = (depth + 1, self.pos + 2),
-                        (b'*', Some(b'/')) => (depth, self.pos) = (depth - 1, self.pos + 2),
-                        _ => self.pos += 1,
-                    }
-                }
-            } else {
-                return Some(());
-            }
-        }
-    }
-
-    /// Lexes a quoted token whose body starts at `start` (just after the opening quote).
-    fn quoted(&mut self, kind: TokenKind, start: usize) -> Option<Token<'a>> {
-        let q = if kind == TokenKind::QuotedIdent {
-            b'"'
-        } else {
-            b'\''
-        };
-        let mut i = start;
-        loop {
-            let Some(c) = self.at(i) else {
-                return self.stop();
-            };
-            let escaped = kind == TokenKind::EStr && c == b'\\';
-            if escaped || (c == q && kind != TokenKind::BitStr && self.at(i + 1) == Some(q)) {
-                i += 2;
-            } else if c == q {
-                self.pos = i + 1;
-                return Some(Token {
-                    kind,
-                    text: self.src.get(start..i)?,
-                });
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    fn tok(&mut self, kind: TokenKind, start: usize, end: usize) -> Option<Token<'a>> {
-        self.pos = end;
-        Some(Token {
-            kind,
-            text: self.src.get(start..end)?,
-        })
-    }
-}
-
-impl<'a> Iterator for Lexer<'a> {
-    type Item = Token<'a>;
-
-    fn next(&mut self) -> Option<Token<'a>> {
-        use TokenKind::*;
-        self.skip_trivia()?;
-        let p = self.pos;
-        let (c, next) = (self.at(p)?, self.at(p + 1));
-        let digit = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_digit());
-        match c {
-            b'\'' => self.quoted(Str, p + 1),
-            b'"' => self.quoted(QuotedIdent, p + 1),
-            b'$' if digit(next) => self.tok(Param, p, self.span(p + 1, |b| b.is_ascii_digit())),
-            b'$' => {
-                // Dollar quote: `$$` or `$tag$` where tag is an identifier without `$`.
-                let mut e = p + 1;
-                if next.is_some_and(is_ident_start) {
-                    e = self.span(e, |b| is_ident_cont(b) && b != b'$');
-                }
-                if self.at(e) != Some(b'$') {
-                    return self.tok(Op, p, p + 1);
-                }
-                let (tag, body) = (self.src.get(p..=e)?, e + 1);
-                let rest = self.src.get(body..)?;
-                let Some(len) = rest.windows(tag.len()).position(|w| w == tag) else {
-                    return self.stop();
-                };
-                let t = self.tok(DollarStr, body, body + len);
-                self.pos = body + len + tag.len();
-                t
-            }
-            b'0'..=b'9' | b'.' if c != b'.' || digit(next) => {
-                let e = self.span(p, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-                self.tok(Number, p, e)
-            }
-            _ if is_ident_start(c) => {
-                let e = self.span(p + 1, is_ident_cont);
-                // Prefixed literals: E'..', N'..', B'..', X'..', U&'..', U&"..".
-                match (e - p, c.to_ascii_lowercase(), self.at(e), self.at(e + 1)) {
-                    (1, b'e', Some(b'\''), _) => self.quoted(EStr, e + 1),
-                    (1, b'n', Some(b'\''), _) => self.quoted(Str, e + 1),
-                    (1, b'b' | b'x', Some(b'\''), _) => self.quoted(BitStr, e + 1),
-                    (1, b'u', Some(b'&'), Some(b'\'')) => self.quoted(UStr, e + 2),
-                    (1, b'u', Some(b'&'), Some(b'"')) => self.quoted(QuotedIdent, e + 2),
-                    _ => self.tok(Ident, p, e),
-                }
-            }
-            _ => self.tok(Op, p, p + 1),
-        }
-    }
-}
+mod lexer;
+pub use lexer::{Lexer, Token, TokenKind};
 
 /// Why a statement was refused by the context guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,14 +287,14 @@ fn lift<'a>(base: Option<&'a [u8]>, v: Cow<'_, [u8]>) -> Cow<'a, [u8]> {
 
 /// Scans one text (top level or a string body); queues string bodies on `work`.
 fn scan_frame<'a>(
-    data: &[u8],
+    toks: &[Token<'_>],
     base: Option<&'a [u8]>,
     depth: usize,
     protected: &[String],
     work: &mut Vec<(Cow<'a, [u8]>, usize)>,
 ) -> Option<GuardViolation> {
     use TokenKind::*;
-    let toks: Vec<Token> = Lexer::new(data).collect();
+    let toks = toks;
     let (mut stmt, mut i) = (0, 0);
     // Per-statement state: saw ALTER; saw CREATE; then FUNCTION/PROCEDURE; then UPDATE.
     let (mut alter, mut create, mut func, mut update) = (false, false, false, false);
@@ -496,29 +312,29 @@ fn scan_frame<'a>(
                 (alter, create, func, update) = (false, false, false, false);
             }
             Ident | QuotedIdent if is_set_config(t) && is_op(toks.get(i + 1), b'(') => {
-                let v = check_set_config(&toks, i + 2, protected);
+                let v = check_set_config(toks, i + 2, protected);
                 if v.is_some() {
                     return v;
                 }
             }
             Ident if is_kw_in(Some(t), &["set", "reset"]) => {
-                let start = set_context(&toks, stmt, i, alter || (func && !update));
-                let v = start.and_then(|start| check_set(&toks, i, start, depth > 0, protected));
+                let start = set_context(toks, stmt, i, alter || (func && !update));
+                let v = start.and_then(|start| check_set(toks, i, start, depth > 0, protected));
                 if v.is_some() {
                     return v;
                 }
             }
             // Dynamic SQL inside a function body or DO block (`EXECUTE 'SE' || 'T ...'`,
             // `EXECUTE format(...)`, `EXECUTE some_variable`) cannot be verified.
-            Ident if depth > 0 && is_kw(Some(t), "execute") && !is_plain_execute(&toks, i + 1) => {
+            Ident if depth > 0 && is_kw(Some(t), "execute") && !is_plain_execute(toks, i + 1) => {
                 return violation("dynamic SQL in a function body");
             }
             // `UPDATE pg_settings SET setting = ... WHERE name = ...` calls set_config().
-            Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(&toks, i) => {
+            Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(toks, i) => {
                 return violation("pg_settings");
             }
             Str | EStr | UStr | BitStr | DollarStr => {
-                if let Some((v, next)) = literal_at(&toks, i) {
+                if let Some((v, next)) = literal_at(toks, i) {
                     if depth < MAX_DEPTH && (t.kind == DollarStr || has_trigger(&v)) {
                         work.push((lift(base, v), depth + 1));
                     }
@@ -533,9 +349,38 @@ fn scan_frame<'a>(
     None
 }
 
+/// Everything the session needs to know about one Query or Parse, from one lexing pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// A protected setting the SQL tries to change.
+    pub protected_change: Option<GuardViolation>,
+    /// SQL-level PREPARE / EXECUTE / DEALLOCATE (not ALL).
+    pub sql_prepared_statements: bool,
+    /// May leave session-level state on the backend.
+    pub changes_session_state: bool,
+    /// A single statement that cannot run inside a transaction block.
+    pub no_transaction_block: bool,
+}
+
+/// Lexes `sql` once and answers every question the relay asks about it.
+pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
+    let toks: Vec<Token> = Lexer::new(sql).collect();
+    Analysis {
+        protected_change: protected_change(sql, &toks, protected),
+        sql_prepared_statements: sql_prepared(&toks),
+        changes_session_state: session_state(sql, &toks),
+        no_transaction_block: no_transaction_block(&toks),
+    }
+}
+
 /// Returns the first protected setting that `sql` tries to change, if any.
 /// `protected` holds lowercase setting names like "app.current_tenant", "role", "session_authorization".
 pub fn find_protected_change(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
+    let toks: Vec<Token> = Lexer::new(sql).collect();
+    protected_change(sql, &toks, protected)
+}
+
+fn protected_change(sql: &[u8], toks: &[Token], protected: &[String]) -> Option<GuardViolation> {
     if protected.is_empty() {
         return None;
     }
@@ -543,13 +388,17 @@ pub fn find_protected_change(sql: &[u8], protected: &[String]) -> Option<GuardVi
     if contains_ci(sql, b"u&\"") {
         return violation("unicode-escaped identifier");
     }
-    let mut work = vec![(Cow::Borrowed(sql), 0usize)];
+    let mut work = Vec::new();
+    if let Some(v) = scan_frame(toks, Some(sql), 0, protected, &mut work) {
+        return Some(v);
+    }
     while let Some((data, depth)) = work.pop() {
         let base = match data {
             Cow::Borrowed(s) => Some(s),
             Cow::Owned(_) => None,
         };
-        if let Some(v) = scan_frame(&data, base, depth, protected, &mut work) {
+        let nested: Vec<Token> = Lexer::new(&data).collect();
+        if let Some(v) = scan_frame(&nested, base, depth, protected, &mut work) {
             return Some(v);
         }
     }
@@ -564,8 +413,11 @@ fn statements<'t>(toks: &'t [Token<'t>]) -> impl Iterator<Item = &'t [Token<'t>]
 
 /// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
 pub fn is_no_transaction_block(sql: &[u8]) -> bool {
-    let toks: Vec<Token> = Lexer::new(sql).collect();
-    let mut stmts = statements(&toks);
+    no_transaction_block(&Lexer::new(sql).collect::<Vec<_>>())
+}
+
+fn no_transaction_block(toks: &[Token]) -> bool {
+    let mut stmts = statements(toks);
     let (Some(s), None) = (stmts.next(), stmts.next()) else {
         return false;
     };
@@ -607,8 +459,11 @@ pub fn is_no_transaction_block(sql: &[u8]) -> bool {
 /// True when some statement in `sql` is SQL-level PREPARE, EXECUTE or DEALLOCATE (other
 /// than DEALLOCATE ALL): named statements that cannot follow a client across backends.
 pub fn uses_sql_prepared_statements(sql: &[u8]) -> bool {
-    let toks: Vec<Token> = Lexer::new(sql).collect();
-    statements(&toks).any(|s| {
+    sql_prepared(&Lexer::new(sql).collect::<Vec<_>>())
+}
+
+fn sql_prepared(toks: &[Token]) -> bool {
+    statements(toks).any(|s| {
         let kw = |k: usize, w: &str| is_kw(s.get(k), w);
         kw(0, "prepare") && !kw(1, "transaction")
             || kw(0, "execute")
@@ -618,6 +473,10 @@ pub fn uses_sql_prepared_statements(sql: &[u8]) -> bool {
 
 /// True when `sql` may leave session-level state behind on the backend connection.
 pub fn may_change_session_state(sql: &[u8]) -> bool {
+    session_state(sql, &Lexer::new(sql).collect::<Vec<_>>())
+}
+
+fn session_state(sql: &[u8], toks: &[Token]) -> bool {
     // Substring search also covers function bodies and DO blocks (conservative).
     let mentions = [
         "set_config",
@@ -628,8 +487,7 @@ pub fn may_change_session_state(sql: &[u8]) -> bool {
     if mentions.iter().any(|m| contains_ci(sql, m.as_bytes())) {
         return true;
     }
-    let toks: Vec<Token> = Lexer::new(sql).collect();
-    statements(&toks).any(|s| {
+    statements(toks).any(|s| {
         let kw = |k: usize, w: &str| is_kw(s.get(k), w);
         let temp = |k: usize| kw(k, "temp") || kw(k, "temporary");
         let session_kw = [

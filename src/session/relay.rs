@@ -88,7 +88,8 @@ impl Session {
         }
         let mut no_txn_block = false;
         if let Some(text) = sql_text(&frame) {
-            if let Some(v) = sql::find_protected_change(text, &self.server.protected) {
+            let a = sql::analyze(text, &self.server.protected);
+            if let Some(v) = a.protected_change {
                 let msg = format!(
                     "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
                     v.setting
@@ -97,17 +98,15 @@ impl Session {
                     .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
                     .await;
             }
-            if self.pool.mode == PoolMode::Transaction && sql::uses_sql_prepared_statements(text) {
+            if self.pool.mode == PoolMode::Transaction && a.sql_prepared_statements {
                 let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
                            use protocol-level prepared statements (every driver's default) or a session-mode database";
                 return self
                     .refuse(&frame, sqlstate::FEATURE_NOT_SUPPORTED, msg, "unsupported")
                     .await;
             }
-            if sql::may_change_session_state(text) {
-                self.dirty = true;
-            }
-            no_txn_block = sql::is_no_transaction_block(text);
+            self.dirty |= a.changes_session_state;
+            no_txn_block = a.no_transaction_block;
         }
         if frame.tag == ft::BIND {
             let name = super::statements::bind_statement(&frame).unwrap_or_default();

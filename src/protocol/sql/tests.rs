@@ -231,3 +231,38 @@ fn random_bytes_never_panic() {
         let _ = may_change_session_state(&sql);
     }
 }
+
+#[test]
+fn analyze_agrees_with_the_single_purpose_checks() {
+    let protected = vec!["app.current_tenant".to_string(), "role".to_string()];
+    for sql in [
+        "SELECT 1",
+        "SET app.current_tenant = 'x'",
+        "VACUUM invoices",
+        "PREPARE p AS SELECT 1",
+        "CREATE TEMP TABLE t (x int)",
+        "DO $$BEGIN PERFORM set_config('app.current_tenant', 'x', false); END$$",
+        "SELECT 1; DISCARD ALL",
+        "DISCARD ALL",
+        "select set_config('role', 'x', true)",
+    ] {
+        let s = sql.as_bytes();
+        let a = analyze(s, &protected);
+        assert_eq!(
+            a.protected_change,
+            find_protected_change(s, &protected),
+            "{sql}"
+        );
+        assert_eq!(
+            a.sql_prepared_statements,
+            uses_sql_prepared_statements(s),
+            "{sql}"
+        );
+        assert_eq!(
+            a.changes_session_state,
+            may_change_session_state(s),
+            "{sql}"
+        );
+        assert_eq!(a.no_transaction_block, is_no_transaction_block(s), "{sql}");
+    }
+}
