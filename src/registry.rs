@@ -82,19 +82,30 @@ impl TenantStats {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let freed = self.backend_freed.notified();
-            let held = self.backends.load(Ordering::Acquire);
-            if limit == 0 || held < limit {
-                if self
-                    .backends
-                    .compare_exchange(held, held + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return Some(BackendSlot(self.clone()));
-                }
-                continue;
+            if let Some(slot) = self.try_acquire_backend(limit) {
+                return Some(slot);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return None;
+            }
+        }
+    }
+
+    /// Takes a backend slot if one is free now (always, when `limit` is 0).
+    pub fn try_acquire_backend(self: &Arc<Self>, limit: usize) -> Option<BackendSlot> {
+        let mut held = self.backends.load(Ordering::Acquire);
+        loop {
+            if limit > 0 && held >= limit {
+                return None;
+            }
+            match self.backends.compare_exchange_weak(
+                held,
+                held + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(BackendSlot(self.clone())),
+                Err(now) => held = now,
             }
         }
     }

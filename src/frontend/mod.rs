@@ -82,20 +82,22 @@ pub async fn serve(
         let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
         let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
         // negotiate enforces the deadline itself, so it can still send a FATAL.
-        let (stream, negotiated) = negotiate::negotiate(&server, socket, deadline).await;
+        // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
+        // session starts, so an idle client's task does not carry their size.
+        let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
         let Some(mut stream) = stream else { return };
         let (params, buf, tls) = match negotiated {
             Err(fatal) => return send_fatal(&mut stream, &fatal).await,
             Ok(Negotiated::Closed) => return,
             Ok(Negotiated::Cancel { pid, secret }) => {
-                server.cancels.cancel(pid, secret).await;
+                Box::pin(server.cancels.cancel(pid, secret)).await;
                 return;
             }
             Ok(Negotiated::Startup { params, buf, tls }) => (params, buf, tls),
         };
         let outcome = tokio::time::timeout_at(
             deadline,
-            handshake::startup(&server, &mut stream, params, buf, tls),
+            Box::pin(handshake::startup(&server, &mut stream, params, buf, tls)),
         )
         .await;
         let startup = match outcome {
@@ -116,7 +118,7 @@ pub async fn serve(
             })) => {
                 drop(me);
                 tracing::info!(user, "admin console login");
-                crate::admin::serve(&server, stream, leftover, full).await;
+                Box::pin(crate::admin::serve(&server, stream, leftover, full)).await;
                 return;
             }
         };
@@ -153,18 +155,31 @@ pub async fn serve(
             return send_fatal(&mut stream, &fatal).await;
         }
         tracing::info!(database = %startup.pool.name, "client authenticated");
-        let mut session = match Session::start(server.clone(), stream, startup, me).await {
-            Ok(s) => s,
-            Err((mut socket, fatal)) => {
-                send_fatal(&mut socket, &fatal).await;
-                return;
-            }
-        };
-        let end = session::run(&mut session, shutdown).await;
-        tracing::info!(reason = %end, "client disconnected");
+        // Boxed as a whole: the session lives on the heap and this task's own future
+        // stays small.
+        Box::pin(run_session(server, stream, startup, me, shutdown)).await;
     }
     .instrument(span)
     .await
+}
+
+/// Starts the session (initial parameters) and relays until the client leaves.
+async fn run_session(
+    server: Arc<Server>,
+    stream: ClientStream,
+    startup: Startup,
+    me: crate::registry::ClientHandle,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut session = match Box::pin(Session::start(server, stream, startup, me)).await {
+        Ok(s) => s,
+        Err((mut socket, fatal)) => {
+            send_fatal(&mut socket, &fatal).await;
+            return;
+        }
+    };
+    let end = session::run(&mut session, shutdown).await;
+    tracing::info!(reason = %end, "client disconnected");
 }
 
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.

@@ -191,6 +191,21 @@ impl Pool {
             .unwrap_or_default()
     }
 
+    /// The common case without waiting: a free slot and a healthy idle connection. None
+    /// when the caller must wait or a connection must be opened ([`Pool::checkout`]).
+    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let conn = self.take_idle()?;
+        self.metrics.wait_seconds.observe(0.0);
+        self.metrics.active.inc();
+        Some(PooledConn {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: self.clone(),
+            tenant_slot: None,
+        })
+    }
+
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
     /// connection or opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
@@ -209,7 +224,8 @@ impl Pool {
         };
         let conn = match self.take_idle() {
             Some(c) => c,
-            None => self.open().await?,
+            // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
+            None => Box::pin(self.open()).await?,
         };
         self.metrics
             .wait_seconds

@@ -73,9 +73,24 @@ impl Session {
         Ok(true)
     }
 
+    /// A backend for the next transaction: without any await when a slot and an idle
+    /// connection are free (the hot path), else by waiting in [`Session::checkout_slow`],
+    /// boxed so that an idle client's task does not carry the waiting machinery.
+    async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
+        if !self.server.is_paused()
+            && let Some(slot) = self.stats.try_acquire_backend(self.tenant.backend_limit)
+        {
+            if let Some(mut pooled) = self.pool.try_checkout() {
+                pooled.hold(slot);
+                return Ok(pooled);
+            }
+        }
+        Box::pin(self.checkout_slow()).await
+    }
+
     /// Waits out PAUSE, the tenant's backend cap and the pool, in that order, all within
     /// the pool's checkout timeout.
-    async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
+    async fn checkout_slow(&mut self) -> Result<PooledConn, PoolError> {
         let timeout = self.pool.checkout_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
         if tokio::time::timeout_at(deadline, self.server.wait_unpaused())

@@ -219,6 +219,13 @@ impl Flow {
         }
     }
 
+    /// Frees the queue's memory while it is empty (an idle client).
+    pub fn shrink(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = VecDeque::new();
+        }
+    }
+
     /// Forgets everything (the backend connection is gone).
     pub fn clear(&mut self) {
         *self = Flow::default();

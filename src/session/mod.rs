@@ -117,13 +117,14 @@ impl Session {
         client: ClientStream,
         s: Startup,
         me: ClientHandle,
-    ) -> Result<Session, (ClientStream, Fatal)> {
+    ) -> Result<Box<Session>, (ClientStream, Fatal)> {
         let stats = me
             .entry
             .identity()
             .map(|i| i.stats.clone())
             .unwrap_or_default();
-        let mut session = Session {
+        // Boxed: a session outlives every await of its task, and idle clients are many.
+        let mut session = Box::new(Session {
             me,
             stats,
             txn_started: None,
@@ -147,7 +148,7 @@ impl Session {
             statements: Default::default(),
             unnamed_on_backend: false,
             server,
-        };
+        });
         match session.initial_parameters().await {
             Ok(()) => Ok(session),
             Err(f) => Err((session.client, f)),
@@ -242,6 +243,25 @@ impl Session {
             trim(&mut self.cbuf);
         }
         Ok(())
+    }
+}
+
+/// Bytes reserved for reading once a client with released buffers becomes readable.
+const READ_CHUNK: usize = 8192;
+
+impl Session {
+    /// Between transactions, gives every per-connection buffer back to the allocator, so
+    /// thousands of idle clients cost little memory; the next request allocates afresh.
+    fn release_idle_buffers(&mut self) {
+        if self.backend.is_some() || !self.flow.is_idle() {
+            return;
+        }
+        for buf in [&mut self.cbuf, &mut self.cout, &mut self.bout] {
+            if buf.is_empty() && buf.capacity() > 0 {
+                *buf = BytesMut::new();
+            }
+        }
+        self.flow.shrink();
     }
 }
 
@@ -368,6 +388,7 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
             return end;
         }
         s.maybe_release();
+        s.release_idle_buffers();
         if stopping && s.backend.is_none() {
             return End::Shutdown;
         }
@@ -386,7 +407,7 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
         let read_client = !s.has_blocked_frame();
         let backend = &mut s.backend;
         tokio::select! {
-            r = s.client.read_buf(&mut s.cbuf), if read_client => match r {
+            r = read_client_bytes(&mut s.client, &mut s.cbuf), if read_client => match r {
                 Ok(0) => return End::ClientClosed,
                 Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
                 Err(e) => return End::ClientIo(e),
@@ -404,6 +425,20 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
             _ = timer => return End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)),
         }
     }
+}
+
+/// Reads more client bytes. A plain socket with released buffers waits for data before
+/// allocating any, so an idle client holds no read buffer and a read is never cut into
+/// 64-byte pieces. Cancel safe.
+async fn read_client_bytes(
+    client: &mut ClientStream,
+    cbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if cbuf.capacity() == 0 && !client.is_tls() {
+        client.tcp().readable().await?;
+        cbuf.reserve(READ_CHUNK);
+    }
+    client.read_buf(cbuf).await
 }
 
 /// Reads more backend bytes; pending forever when no backend is attached.

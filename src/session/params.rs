@@ -3,6 +3,8 @@
 //! settings it chose at startup, is re-applied on each backend it uses — only where the
 //! backend's value differs, and pipelined ahead of the client's own request.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 
 use crate::backend::BackendConn;
@@ -47,21 +49,22 @@ pub fn is_reported(name: &str) -> bool {
     REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
-/// The canonical spelling of a setting name: PostgreSQL's for reported ones, else lowercase.
-pub fn canonical(name: &str) -> String {
+/// The canonical spelling of a setting name: PostgreSQL's for reported ones (no
+/// allocation: every client has them), else lowercase.
+pub fn canonical(name: &str) -> Cow<'static, str> {
     REPORTED
         .iter()
         .find(|r| r.eq_ignore_ascii_case(name))
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| name.to_ascii_lowercase())
+        .map(|r| Cow::Borrowed(*r))
+        .unwrap_or_else(|| Cow::Owned(name.to_ascii_lowercase()))
 }
 
 /// The client's view of its session parameters.
 #[derive(Debug, Default, Clone)]
 pub struct ClientParams {
-    values: Vec<(String, String)>,
+    values: Vec<(Cow<'static, str>, String)>,
     /// Settings the client chose itself (startup parameters and options).
-    explicit: Vec<String>,
+    explicit: Vec<Cow<'static, str>>,
 }
 
 impl ClientParams {
@@ -107,8 +110,8 @@ impl ClientParams {
     /// them (normalised, e.g. `iso` becomes `ISO, MDY`).
     pub fn normalize(&mut self, conn: &BackendConn) {
         for name in self.explicit.clone() {
-            if FOLLOWED.contains(&name.as_str())
-                && let Some(v) = conn.params.get(&name)
+            if FOLLOWED.contains(&name.as_ref())
+                && let Some(v) = conn.params.get(name.as_ref())
             {
                 self.set(&name, &v.clone());
             }
@@ -117,7 +120,7 @@ impl ClientParams {
 
     /// All values, for the startup ParameterStatus report.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.values.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// Appends the proxy requests that bring `conn` to this client's view; returns how many.
@@ -129,7 +132,7 @@ impl ClientParams {
     ) -> usize {
         let mut n = 0;
         for (k, v) in &self.values {
-            if conn.params.get(k) == Some(v) {
+            if conn.params.get(k.as_ref()) == Some(v) {
                 continue;
             }
             messages::bind(
@@ -141,7 +144,7 @@ impl ClientParams {
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);
             if !is_reported(k) {
-                conn.params.insert(k.clone(), v.clone());
+                conn.params.insert(k.to_string(), v.clone());
             }
             n += 1;
         }
