@@ -130,7 +130,7 @@ async fn messages_between_an_error_and_sync_get_no_reply_and_keep_the_backend() 
         Ok::<_, String>(rows)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = then_sync(&mut c, |out| messages::execute(out)).await;
+    let m = then_sync(&mut c, messages::execute).await;
     f.check(raw::tags(&m) == "Z" && status(&m) == Some(b'I'), || {
         format!("autocommit: expected only Z(I), got {}", raw::tags(&m))
     });

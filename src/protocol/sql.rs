@@ -294,7 +294,6 @@ fn scan_frame<'a>(
     work: &mut Vec<(Cow<'a, [u8]>, usize)>,
 ) -> Option<GuardViolation> {
     use TokenKind::*;
-    let toks = toks;
     let (mut stmt, mut i) = (0, 0);
     // Per-statement state: saw ALTER; saw CREATE; then FUNCTION/PROCEDURE; then UPDATE.
     let (mut alter, mut create, mut func, mut update) = (false, false, false, false);

@@ -79,11 +79,10 @@ impl Session {
     async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
         if !self.server.is_paused()
             && let Some(slot) = self.stats.try_acquire_backend(self.tenant.backend_limit)
+            && let Some(mut pooled) = self.pool.try_checkout()
         {
-            if let Some(mut pooled) = self.pool.try_checkout() {
-                pooled.hold(slot);
-                return Ok(pooled);
-            }
+            pooled.hold(slot);
+            return Ok(pooled);
         }
         Box::pin(self.checkout_slow()).await
     }
