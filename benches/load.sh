@@ -1,134 +1,209 @@
 #!/usr/bin/env bash
 # Load benchmark: pgbench against direct PostgreSQL, PgBouncer (transaction mode) and
-# pgtenant, interleaved, with the same backend pool size and the same RLS work in every arm.
+# pgtenant, with the same backend pool size and the same RLS work in every arm.
 #
-#   bash benches/load.sh                # defaults below
-#   CLIENTS="1 16 64" DURATION=10 bash benches/load.sh
+#   bash benches/load.sh                                   # defaults below
+#   ROUNDS=3 DURATION=5 bash benches/load.sh
+#   CLIENTS="1 16" SCRIPTS=tpcb MODES=prepared bash benches/load.sh
+#   SCRIPTS= LEAK=1 bash benches/load.sh                   # only the 1M-transaction RSS check
 #
-# Every arm reads pgbench_accounts through a NOSUPERUSER NOBYPASSRLS role with an RLS
-# policy on app.current_tenant. Direct and PgBouncer arms set the context the way an app
-# must without pgtenant (a set_config at the start of each transaction, inside BEGIN/END);
-# pgtenant injects it itself. Prints TPS, mean latency, ratios and the proxies' CPU time.
+# Scripts (every table they touch has a forced RLS policy on app.current_tenant, read through
+# the NOSUPERUSER NOBYPASSRLS app_user):
+#   select  BEGIN; SELECT abalance FROM pgbench_accounts WHERE aid = :aid; END;
+#   tpcb    BEGIN; UPDATE accounts; SELECT; UPDATE tellers; UPDATE branches; INSERT history; END;
+# The direct and PgBouncer arms put `SELECT set_config('app.current_tenant', '<tid>', true);`
+# right after BEGIN (what an app must do for the same isolation); the pgtenant arm runs the
+# same statements without it, because pgtenant injects the context itself.
+#
+# Cells are (script, protocol mode, clients); in each cell the arms run interleaved
+# (direct, PgBouncer, pgtenant, direct, ...) ROUNDS times and the table shows medians:
+# TPS, mean and p99 latency (from pgbench's per-transaction log, -l), the ratios, each
+# proxy's CPU time per transaction (utime+stime from /proc/<pid>/stat over the run, client
+# connection setup included, both proxies doing SCRAM) and its RSS sampled mid-run.
+# PgBouncer 1.18 cannot serve `-M prepared` in transaction mode: its prepared cells run only
+# when a probe succeeds, otherwise they print n/a. Prepared cells run pgbench with one
+# thread per client (see run_arm). RESET_ON_RELEASE=tracked sets pgtenant's
+# context.reset_on_release (default: pgtenant's default, always).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLIENTS=${CLIENTS:-"1 16 64"}
+CLIENTS=${CLIENTS:-"1 16 64 256"}
 DURATION=${DURATION:-10}
-POOL=${POOL:-20}
-SCALE=${SCALE:-10}
-MODES=${MODES:-"simple extended"}
-ROUNDS=${ROUNDS:-1}
+SCRIPTS=${SCRIPTS-"select tpcb"}
+MODES=${MODES:-"simple extended prepared"}
+ROUNDS=${ROUNDS:-3}
+LEAK=${LEAK:-0}
+LEAK_TX=${LEAK_TX:-1000000}
+LEAK_CLIENTS=${LEAK_CLIENTS:-16}
+OUT=${OUT:-}   # optional file for the raw per-round numbers (TSV)
 
-export DEBIAN_FRONTEND=noninteractive
-command -v pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer; }
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-cargo build --release -q
-PGT=$PWD/target/release/pgtenant
+max_c=0; for c in $CLIENTS; do [ "$c" -gt "$max_c" ] && max_c=$c; done
+MAX_CLIENTS=$(( max_c * 2 + 100 ))
+# shellcheck source=benches/setup.sh
+source benches/setup.sh
 
-WORK=$(mktemp -d /tmp/pgtenant-bench-XXXX); chmod 777 "$WORK"
-RUN=(); [ "$(id -u)" = 0 ] && RUN=(runuser -u postgres --)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PGPORT=$(free_port); BPORT=$(free_port); TPORT=$(free_port)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-echo "== PostgreSQL on $PGPORT (scale $SCALE)"
-"${RUN[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres -A trust -N >/dev/null
-"${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
-  -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c shared_buffers=256MB" start >/dev/null
-PSQL=(psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres)
-"${PSQL[@]}" -c "CREATE DATABASE bench"
-pgbench -q -i -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres bench >/dev/null 2>&1
-TID=11111111-1111-4111-8111-111111111111
-"${PSQL[@]}" -d bench <<SQL
-CREATE ROLE app_user LOGIN PASSWORD 'app_password' NOSUPERUSER NOBYPASSRLS;
-ALTER TABLE pgbench_accounts ADD COLUMN tid uuid NOT NULL DEFAULT '$TID';
-ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY t ON pgbench_accounts TO app_user
-  USING (tid = current_setting('app.current_tenant')::uuid)
-  WITH CHECK (tid = current_setting('app.current_tenant')::uuid);
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_user;
-VACUUM ANALYZE;
-SQL
-
-echo "== PgBouncer on $BPORT, pgtenant on $TPORT (pool $POOL each)"
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$PGPORT dbname=bench user=app_user password=app_password
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BPORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/users.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = 2000
-logfile = $WORK/pgbouncer.log
-INI
-echo '"bench" ""' > "$WORK/users.txt"
-chmod 644 "$WORK"/pgbouncer.ini "$WORK/users.txt"
-"${RUN[@]}" pgbouncer -q "$WORK/pgbouncer.ini" & PIDS+=($!)
-VERIFIER=$($PGT hash-password bench-secret)
-cat > "$WORK/pgtenant.toml" <<TOML
-[server]
-listen = "127.0.0.1:$TPORT"
-metrics_listen = "127.0.0.1:0"
-max_client_connections = 5000
-[databases.bench]
-host = "127.0.0.1"
-port = $PGPORT
-user = "app_user"
-password = "app_password"
-pool_size = $POOL
-[tenants.bench]
-id = "$TID"
-password = '$VERIFIER'
-TOML
-$PGT --config "$WORK/pgtenant.toml" --log warn & PIDS+=($!)
-sleep 1
-BOUNCER_PID=$(pgrep -n -x pgbouncer); TENANT_PID=${PIDS[1]}
-
-# Scripts: the app-side context (direct, PgBouncer) and the plain read (pgtenant).
-cat > "$WORK/ctx.sql" <<SQL
+# --- scripts --------------------------------------------------------------------------
+write_script() { # name with_ctx
+  local f="$WORK/$1.$2.sql" ctx=""
+  [ "$2" = ctx ] && ctx="SELECT set_config('app.current_tenant', '$TID', true);"
+  case $1 in
+    select) cat > "$f" <<SQL
 \set aid random(1, 100000 * $SCALE)
 BEGIN;
-SELECT set_config('app.current_tenant', '$TID', true);
+$ctx
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 END;
 SQL
-cat > "$WORK/plain.sql" <<SQL
+    ;;
+    tpcb) cat > "$f" <<SQL
 \set aid random(1, 100000 * $SCALE)
+\set bid random(1, $SCALE)
+\set tid random(1, 10 * $SCALE)
+\set delta random(-5000, 5000)
+BEGIN;
+$ctx
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
 SQL
-
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-run() { # arm port user password script clients mode
-  PGPASSWORD=$4 pgbench -n -h 127.0.0.1 -p "$2" -U "$3" -M "$7" -c "$6" -j "$(( $6 < 2 ? 1 : 2 ))" \
-    -T "$DURATION" -f "$5" bench 2>/dev/null | awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {printf "%s %s", tps, lat}'
+    ;;
+  esac
+  sed -i '/^$/d' "$f"
 }
-TICK=$(getconf CLK_TCK)
-printf '\n%-9s %-8s %5s | %10s %10s %10s | %8s %8s | %9s %9s\n' mode arm clients direct pgbouncer pgtenant pgt/pgb pgt/dir "pgb us/tx" "pgt us/tx"
-for mode in $MODES; do
-  for c in $CLIENTS; do
-    for r in $(seq "$ROUNDS"); do
-      read -r dtps dlat <<<"$(run direct "$PGPORT" app_user app_password "$WORK/ctx.sql" "$c" "$mode")"
-      b0=$(cpu "$BOUNCER_PID")
-      read -r btps blat <<<"$(run pgbouncer "$BPORT" bench x "$WORK/ctx.sql" "$c" "$mode")"
-      b1=$(cpu "$BOUNCER_PID"); t0=$(cpu "$TENANT_PID")
-      read -r ttps tlat <<<"$(run pgtenant "$TPORT" bench bench-secret "$WORK/plain.sql" "$c" "$mode")"
-      t1=$(cpu "$TENANT_PID")
-      awk -v m="$mode" -v c="$c" -v d="$dtps" -v b="$btps" -v t="$ttps" -v dl="$dlat" -v bl="$blat" -v tl="$tlat" \
-          -v bc="$((b1 - b0))" -v tc="$((t1 - t0))" -v hz="$TICK" -v dur="$DURATION" 'BEGIN {
-        printf "%-9s %-8s %5d | %10.0f %10.0f %10.0f | %8.2f %8.2f | %9.1f %9.1f\n", m, "tps", c, d, b, t, t/b, t/d,
-          bc/hz*1e6/(b*dur), tc/hz*1e6/(t*dur);
-        printf "%-9s %-8s %5d | %10.3f %10.3f %10.3f |   (mean latency, ms)\n", m, "lat", c, dl, bl, tl }'
+for s in select tpcb; do write_script "$s" ctx; write_script "$s" plain; done
+
+# --- one pgbench run ------------------------------------------------------------------
+# arm script clients mode -> "tps mean_ms p99_ms cpu_us_per_tx rss_kb" or "n/a"
+run_arm() {
+  local arm=$1 script=$2 c=$3 mode=$4 port user pw file pid="" j=$(( $3 < 2 ? 1 : 2 ))
+  # pgbench prepares each command with a blocking PQprepare the first time a client runs
+  # it, which stalls every other client of that thread; behind a transaction pooler, when
+  # those hold all backends inside open transactions, nothing moves until checkout times
+  # out. One thread per client (in every arm of a prepared cell) avoids that client-side
+  # deadlock.
+  [ "$mode" = prepared ] && j=$c
+  case $arm in
+    direct) port=$PGPORT user=app_user pw=app_password file="$WORK/$script.ctx.sql" ;;
+    pgbouncer) port=$BPORT user=bench pw=bench-secret file="$WORK/$script.ctx.sql" pid=$BOUNCER_PID ;;
+    pgtenant) port=$TPORT user=bench pw=bench-secret file="$WORK/$script.plain.sql" pid=$TENANT_PID ;;
+  esac
+  local logdir="$WORK/log"; rm -rf "$logdir"; mkdir -p "$logdir"
+  local c0=0; [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+  PGPASSWORD=$pw pgbench -n -h 127.0.0.1 -p "$port" -U "$user" -M "$mode" -c "$c" -j "$j" \
+    -T "$DURATION" -f "$file" -l --log-prefix="$logdir/tx" bench >"$WORK/pgbench.out" 2>"$WORK/pgbench.err" &
+  local bench=$! rss=0
+  sleep $(( DURATION / 2 + 1 ))
+  [ -n "$pid" ] && rss=$(rss_kb "$pid")
+  if ! wait "$bench"; then
+    echo "   $arm $script $mode c=$c failed: $(grep -m1 -iE 'error|abort' "$WORK/pgbench.err" || tail -n1 "$WORK/pgbench.err")" >&2
+    echo n/a; return
+  fi
+  local c1=0; [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  local tps; tps=$(awk '/^tps/ {print $3; exit}' "$WORK/pgbench.out")
+  cat "$logdir"/tx.* | awk '$3 ~ /^[0-9]+$/ {print $3}' | sort -n | awk -v tps="$tps" \
+      -v cpu=$(( c1 - c0 )) -v hz="$(getconf CLK_TCK)" -v rss="$rss" '
+    {v[NR] = $1; sum += $1}
+    END {
+      i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
+      printf "%s %.3f %.3f %.1f %d\n", tps, sum / NR / 1000, v[i] / 1000, cpu / hz * 1e6 / NR, rss
+    }'
+}
+
+median() { # values... (n/a ignored) -> median or n/a
+  printf '%s\n' "$@" | awk '/^[-+0-9.eE]+$/' | sort -g | awk '{a[NR] = $1}
+    END {if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+
+# --- can PgBouncer serve -M prepared at all? --------------------------------------------
+BOUNCER_PREPARED=0
+if PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$BPORT" -U bench -M prepared -c 8 -j 2 \
+     -t 200 -f "$WORK/select.ctx.sql" bench >/dev/null 2>"$WORK/probe.err"; then
+  BOUNCER_PREPARED=1
+else
+  echo "== PgBouncer cannot run -M prepared in transaction mode ($(grep -m1 -i error "$WORK/probe.err" | cut -c1-100)): n/a" >&2
+fi
+
+# --- the matrix -------------------------------------------------------------------------
+ROWS=()
+START=$(date +%s)
+[ -z "$OUT" ] || printf 'script\tmode\tclients\tround\tarm\ttps\tmean_ms\tp99_ms\tcpu_us_tx\trss_kb\n' > "$OUT"
+for script in $SCRIPTS; do
+  for mode in $MODES; do
+    for c in $CLIENTS; do
+      declare -A R=()
+      for r in $(seq "$ROUNDS"); do
+        for arm in direct pgbouncer pgtenant; do
+          if [ "$arm" = pgbouncer ] && [ "$mode" = prepared ] && [ "$BOUNCER_PREPARED" = 0 ]; then
+            R[$arm.$r]=n/a; continue
+          fi
+          R[$arm.$r]=$(run_arm "$arm" "$script" "$c" "$mode")
+          echo "   $script $mode c=$c round $r $arm: ${R[$arm.$r]}" >&2
+          if [ -n "$OUT" ]; then
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$script" "$mode" "$c" "$r" "$arm" \
+              "$(tr ' ' '\t' <<<"${R[$arm.$r]}")" >> "$OUT"
+          fi
+        done
+      done
+      # medians per arm and field (1 tps, 2 mean, 3 p99, 4 cpu/tx, 5 rss)
+      declare -A M=()
+      for arm in direct pgbouncer pgtenant; do
+        for k in 1 2 3 4 5; do
+          vals=(); for r in $(seq "$ROUNDS"); do vals+=("$(awk -v k=$k '{print $k}' <<<"${R[$arm.$r]}")"); done
+          M[$arm.$k]=$(median "${vals[@]}")
+        done
+      done
+      ROWS+=("$(awk -v s="$script" -v m="$mode" -v c="$c" \
+        -v dt="${M[direct.1]}" -v bt="${M[pgbouncer.1]}" -v tt="${M[pgtenant.1]}" \
+        -v dm="${M[direct.2]}" -v bm="${M[pgbouncer.2]}" -v tm="${M[pgtenant.2]}" \
+        -v dp="${M[direct.3]}" -v bp="${M[pgbouncer.3]}" -v tp="${M[pgtenant.3]}" \
+        -v bc="${M[pgbouncer.4]}" -v tc="${M[pgtenant.4]}" \
+        -v br="${M[pgbouncer.5]}" -v tr="${M[pgtenant.5]}" '
+        function f(fmt, v) { return v == "n/a" ? "n/a" : sprintf(fmt, v) }
+        function mib(v) { return v == "n/a" ? "n/a" : sprintf("%.1f", v / 1024) }
+        function ratio(a, b) { return (a == "n/a" || b == "n/a" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
+        BEGIN {
+          printf "| %s | %s | %d | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s | %s | %s | %s / %s |",
+            s, m, c, f("%.0f", dt), f("%.0f", bt), f("%.0f", tt), ratio(tt, bt), ratio(tt, dt),
+            f("%.2f", dm), f("%.2f", bm), f("%.2f", tm), f("%.2f", dp), f("%.2f", bp), f("%.2f", tp),
+            f("%.1f", bc), f("%.1f", tc), mib(br), mib(tr)
+        }')")
+      unset R M
     done
   done
 done
-echo
-echo "pgtenant RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$TENANT_PID/status); PgBouncer RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$BOUNCER_PID/status)"
+
+if [ -n "$SCRIPTS" ]; then
+  echo
+  echo "Medians of $ROUNDS interleaved rounds of ${DURATION}s; pool $POOL; scale $SCALE; $(( $(date +%s) - START ))s total."
+  echo "Latencies in ms (direct / PgBouncer / pgtenant); CPU in µs per transaction; RSS in MiB mid-run."
+  echo
+  echo "| script | mode | clients | direct TPS | PgBouncer TPS | pgtenant TPS | pgt/pgb | pgt/direct | mean ms d / b / t | p99 ms d / b / t | PgBouncer CPU µs/tx | pgtenant CPU µs/tx | RSS MiB b / t |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "After the matrix: pgtenant RSS $(( $(rss_kb "$TENANT_PID") / 1024 )) MiB (peak $(( $(hwm_kb "$TENANT_PID") / 1024 )) MiB); PgBouncer RSS $(( $(rss_kb "$BOUNCER_PID") / 1024 )) MiB (peak $(( $(hwm_kb "$BOUNCER_PID") / 1024 )) MiB)."
+fi
+
+# --- no growth after a million transactions ---------------------------------------------
+if [ "$LEAK" = 1 ]; then
+  leak_run() { # transactions -> runs select through pgtenant with -M prepared
+    PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$TPORT" -U bench -M prepared \
+      -c "$LEAK_CLIENTS" -j 2 -t $(( $1 / LEAK_CLIENTS )) -f "$WORK/select.plain.sql" bench \
+      | awk '/^tps/ {printf "%.0f tps", $3}'
+  }
+  echo
+  echo "== RSS growth check: $LEAK_TX transactions through pgtenant (-M prepared, $LEAK_CLIENTS clients)"
+  echo "   warm-up 50000 tx: $(leak_run 50000)"
+  before=$(rss_kb "$TENANT_PID")
+  t0=$(date +%s)
+  leak_run "$LEAK_TX" > "$WORK/leak.out" & lp=$!
+  samples="$before"
+  while kill -0 "$lp" 2>/dev/null; do sleep 10; kill -0 "$lp" 2>/dev/null && samples+=" $(rss_kb "$TENANT_PID")"; done
+  wait "$lp"
+  after=$(rss_kb "$TENANT_PID")
+  echo "   run: $(cat "$WORK/leak.out") in $(( $(date +%s) - t0 ))s"
+  echo "   pgtenant RSS before ${before} KiB, after ${after} KiB, growth $(( after - before )) KiB"
+  echo "   samples every 10 s (KiB): $samples $after"
+fi
