@@ -146,3 +146,65 @@ async fn messages_between_an_error_and_sync_get_no_reply_and_keep_the_backend() 
     );
     f.finish();
 }
+
+/// Parse + Sync between transactions is answered without a backend: a client that
+/// prepares while its other connections hold every backend (pgbench -M prepared with
+/// fewer threads than clients) is not stuck behind them. A bad statement is reported at
+/// its first use instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_between_transactions_needs_no_backend() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let mut f = Failures::default();
+    let addr = env.proxy.addr;
+    // Connecting takes a backend briefly (the client's startup parameters), so both
+    // connect before globex holds the only backend.
+    let mut c = RawConn::connect(addr, "acme", "acme-secret").await.unwrap();
+    let mut holder = RawConn::connect(addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    holder.simple("BEGIN").await;
+    let prepared = tokio::time::timeout(
+        Duration::from_secs(3),
+        then_sync(&mut c, |out| {
+            messages::parse(out, "ctx", "SELECT current_setting('app.current_tenant')");
+            messages::parse(out, "bad", "SELEC 1");
+        }),
+    )
+    .await;
+    match prepared {
+        Ok(m) => f.check(raw::tags(&m) == "11Z", || {
+            format!("prepare while the pool is busy: {}", raw::tags(&m))
+        }),
+        Err(_) => f.check(false, || "Parse waited for a backend".into()),
+    }
+    holder.simple("COMMIT").await;
+    let m = then_sync(&mut c, |out| {
+        messages::bind(out, "ctx", std::iter::empty());
+        messages::execute(out);
+    })
+    .await;
+    f.check(
+        raw::data_rows(&m) == vec![vec![Some(ACME.to_string())]],
+        || format!("executing the prepared statement: {}", raw::tags(&m)),
+    );
+    let m = then_sync(&mut c, |out| {
+        messages::bind(out, "bad", std::iter::empty());
+        messages::execute(out);
+    })
+    .await;
+    let errs = raw::errors(&m);
+    f.check(errs.first().is_some_and(|e| e.code == "42601"), || {
+        format!("a bad statement at first use: {errs:?}")
+    });
+    f.check(status(&m) == Some(b'I'), || "status after the error".into());
+    f.check(
+        ctx(&mut c).await == vec![vec![Some(ACME.to_string())]],
+        || "usable after the error".into(),
+    );
+    f.finish();
+}

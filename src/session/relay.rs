@@ -132,6 +132,9 @@ impl Session {
                 )
                 .await;
         }
+        if frame.tag == ft::PARSE && self.backend.is_none() && self.define_locally(&frame) {
+            return Ok(());
+        }
         if !self.attach(&frame).await? {
             return Ok(());
         }
@@ -196,6 +199,25 @@ impl Session {
                 }
             }
             self.emit_synthetic();
+        }
+    }
+
+    /// Between transactions, a named Parse is answered by the proxy itself: the statement
+    /// is prepared on whichever backend first runs it. A client that prepares and then
+    /// waits (libpq's PQprepare, pgbench -M prepared) thus never holds up the pool, and
+    /// cannot deadlock with its own open transactions. The cost: a statement PostgreSQL
+    /// would reject is reported at its first Bind or Describe instead.
+    fn define_locally(&mut self, frame: &Frame) -> bool {
+        if self.pool.mode != PoolMode::Transaction {
+            return false;
+        }
+        match self.statements.define(frame.body()) {
+            Some((true, _)) => {
+                messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
+                true
+            }
+            // The unnamed statement goes with the Bind that follows it.
+            Some((false, _)) | None => false,
         }
     }
 
