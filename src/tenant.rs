@@ -65,7 +65,15 @@ pub struct InjectionPlan {
     pub prepare: Bytes,
     /// `RESET` of every context setting, for release.
     pub reset_sql: String,
+    /// Bind + Execute of the prepared RESET of every context setting: pipelined ahead of a
+    /// connection's next user instead of a round trip at release.
+    pub reset_local: Bytes,
+    /// Parse messages in `prepare`.
+    pub prepare_count: usize,
 }
+
+/// Prefix of the prepared `RESET <setting>` statements (one per setting).
+pub const RESET_STATEMENT_PREFIX: &str = "pgtenant_reset_";
 
 impl InjectionPlan {
     /// Builds the statements for the configured settings. Setting names are validated at
@@ -93,15 +101,24 @@ impl InjectionPlan {
             PARAM_RESET_STATEMENT,
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
+        let mut reset_local = BytesMut::new();
+        for (i, name) in settings.iter().enumerate() {
+            let statement = format!("{RESET_STATEMENT_PREFIX}{i}");
+            messages::parse(&mut prepare, &statement, &format!("RESET {name}"));
+            messages::bind(&mut reset_local, &statement, std::iter::empty());
+            messages::execute(&mut reset_local);
+        }
         let reset_sql = settings
             .iter()
             .map(|s| format!("RESET {s}"))
             .collect::<Vec<_>>()
             .join("; ");
         InjectionPlan {
+            prepare_count: 4 + settings.len(),
             settings,
             prepare: prepare.freeze(),
             reset_sql,
+            reset_local: reset_local.freeze(),
         }
     }
 

@@ -90,6 +90,7 @@ impl BackendTarget {
             },
             prepared: false,
             session_context: false,
+            reset_pending: false,
             statements: crate::session::statements::BackendStatements::new(
                 self.statement_cache_size,
             ),

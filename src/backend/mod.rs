@@ -71,6 +71,9 @@ pub struct BackendConn {
     /// Session-level context was set (for a statement that cannot run in a transaction
     /// block); it must be reset before anyone else uses this connection.
     pub session_context: bool,
+    /// The context RESET of the last release is still owed: the next user pipelines it
+    /// ahead of everything it sends.
+    pub reset_pending: bool,
     /// Client statements prepared here under proxy-owned names.
     pub statements: crate::session::statements::BackendStatements,
     pub created: Instant,

@@ -320,7 +320,7 @@ impl Pool {
     /// share an implicit transaction block with anything).
     fn cleanup_queries(&self, cleanup: Cleanup, conn: &BackendConn) -> Vec<&str> {
         match cleanup {
-            Cleanup::None if !conn.session_context => vec![],
+            Cleanup::None | Cleanup::ResetContext if !conn.session_context => vec![],
             Cleanup::None | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
             Cleanup::Full => vec!["DISCARD ALL"],
             Cleanup::Rollback => vec!["ROLLBACK", "DISCARD ALL"],
@@ -347,6 +347,12 @@ impl PooledConn {
         };
         let pool = self.pool.clone();
         pool.metrics.active.dec();
+        if cleanup == Cleanup::ResetContext && !conn.session_context {
+            // The context was transaction-local and is gone; the belt-and-braces RESET
+            // rides ahead of the next user's first message instead of costing a round trip
+            // now. PostgreSQL runs it before anything that user sends.
+            conn.reset_pending = true;
+        }
         if pool.cleanup_queries(cleanup, &conn).is_empty() {
             pool.put_idle(conn);
             drop(permit);
@@ -365,6 +371,7 @@ impl PooledConn {
             match result {
                 Ok(()) => {
                     conn.session_context = false;
+                    conn.reset_pending = false;
                     if full {
                         conn.prepared = false;
                         conn.statements.clear();

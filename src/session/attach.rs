@@ -11,9 +11,6 @@ use crate::registry::ClientState;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Number of Parse messages in the proxy's statement preparation.
-const PREPARED_STATEMENTS: usize = 4;
-
 /// The text a client sees when it cannot get a backend; never a host name or a secret.
 pub(super) fn client_message(e: &PoolError) -> String {
     match e {
@@ -66,6 +63,7 @@ impl Session {
         self.unnamed_on_backend = false;
         self.backend = Some(pooled);
         self.ensure_prepared();
+        self.pay_pending_reset();
         if let Some(b) = self.backend.as_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
@@ -148,10 +146,28 @@ impl Session {
             return;
         }
         self.bout.extend_from_slice(&self.server.plan.prepare);
-        for _ in 0..PREPARED_STATEMENTS {
+        for _ in 0..self.server.plan.prepare_count {
             self.flow.sent(ft::PARSE, Owner::Proxy);
         }
         conn.prepared = true;
+    }
+
+    /// Sends the context RESET the previous user's release left owed, ahead of anything
+    /// this client sends (see [`crate::pool::PooledConn::release`]).
+    fn pay_pending_reset(&mut self) {
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        let conn = b.conn();
+        if !conn.reset_pending {
+            return;
+        }
+        conn.reset_pending = false;
+        self.bout.extend_from_slice(&self.server.plan.reset_local);
+        for _ in &self.server.plan.settings {
+            self.flow.sent(ft::BIND, Owner::Proxy);
+            self.flow.sent(ft::EXECUTE, Owner::Proxy);
+        }
     }
 
     /// Puts the tenant context in front of the next client request when a transaction is

@@ -166,6 +166,10 @@ impl Session {
             out.extend_from_slice(&self.server.plan.prepare);
             conn.prepared = true;
         }
+        if conn.reset_pending {
+            out.extend_from_slice(&self.server.plan.reset_local);
+            conn.reset_pending = false;
+        }
         let mut flow = Flow::default();
         self.params.fill_defaults(conn);
         self.params.sync_backend(conn, &mut out, &mut flow);
