@@ -7,6 +7,9 @@
 //! promtool (Debian package `prometheus`) is required under CI (`CI` set); elsewhere the
 //! promtool checks print a skip message when it is missing.
 
+mod common;
+use common::promtool;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -207,23 +210,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// promtool, or None (with a message) when it is missing outside CI.
-fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required under CI (apt-get install prometheus; see .ci/run)"
-        );
-        eprintln!("SKIP: promtool not found (apt-get install prometheus); promtool checks skipped");
-    }
-    found
 }
 
 /// Runs a command, returning (success, stdout, stderr).

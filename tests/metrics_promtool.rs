@@ -12,22 +12,6 @@ use std::process::Stdio;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-fn promtool() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required under CI (apt-get install prometheus; see .ci/run)"
-        );
-        eprintln!("SKIP: promtool not found (apt-get install prometheus); metrics lint skipped");
-    }
-    found
-}
-
 /// The body of an HTTP/1.1 response as read by `http_get` (headers stripped; the metrics
 /// endpoint answers with a Content-Length body).
 fn body(response: &str) -> &str {

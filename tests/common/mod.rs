@@ -288,3 +288,21 @@ fn init_test_log() {
         }
     });
 }
+
+/// promtool, or None (with a message) when it is missing outside CI; under CI a missing
+/// promtool fails the test.
+pub fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required under CI (apt-get install prometheus; see .ci/run)"
+        );
+        eprintln!("SKIP: promtool not found (apt-get install prometheus); promtool checks skipped");
+    }
+    found
+}

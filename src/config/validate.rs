@@ -1,0 +1,235 @@
+//! Validation of a parsed configuration: every problem at once, each naming its key.
+
+use super::{AuthMethod, Config, ConfigProblem};
+use crate::auth::scram::ScramVerifier;
+
+impl Config {
+    /// Returns every problem in the configuration (empty when valid).
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, message: String| p.push(ConfigProblem { key, message });
+        let s = &self.server;
+        if s.max_startup_message_size < 1024 {
+            bad(
+                "server.max_startup_message_size".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if s.max_message_size < 8192 {
+            bad(
+                "server.max_message_size".into(),
+                "must be at least 8192".into(),
+            );
+        }
+        if s.max_client_connections == 0 {
+            bad(
+                "server.max_client_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let settings = self.context.settings();
+        for (i, name) in settings.iter().enumerate() {
+            let key = if i == 0 {
+                "context.tenant_id_setting".to_string()
+            } else {
+                format!("context.extra_settings[{}]", i - 1)
+            };
+            if !is_custom_setting_name(name) {
+                bad(
+                    key.clone(),
+                    format!(
+                        "{name:?} is not a custom setting name of the form prefix.name (lowercase letters, digits, _)"
+                    ),
+                );
+            }
+            if settings[..i].contains(name) {
+                bad(key, format!("{name:?} is listed twice"));
+            }
+        }
+        if self.databases.is_empty() {
+            bad(
+                "databases".into(),
+                "at least one [databases.<name>] section is required".into(),
+            );
+        }
+        for (name, db) in &self.databases {
+            let key = |k: &str| format!("databases.{name}.{k}");
+            if !is_plain_name(name) {
+                bad(
+                    format!("databases.{name}"),
+                    "database names may use letters, digits, _ and -".into(),
+                );
+            }
+            if db.pool_size == 0 || db.pool_size > 10_000 {
+                bad(key("pool_size"), "must be between 1 and 10000".into());
+            }
+            if db.host.is_empty() {
+                bad(key("host"), "must not be empty".into());
+            }
+            if db.user.is_empty() {
+                bad(key("user"), "must not be empty".into());
+            }
+            if db.password.is_some() && db.password_env.is_some() {
+                bad(
+                    key("password_env"),
+                    "set either password or password_env, not both".into(),
+                );
+            }
+            if let Some(var) = &db.password_env
+                && std::env::var(var).is_err()
+            {
+                bad(
+                    key("password_env"),
+                    format!("environment variable {var} is not set"),
+                );
+            }
+            if db.checkout_timeout.is_zero() {
+                bad(key("checkout_timeout"), "must be greater than zero".into());
+            }
+            if db.connect_timeout.is_zero() {
+                bad(key("connect_timeout"), "must be greater than zero".into());
+            }
+            use crate::tls::SslMode;
+            if matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+                && db.sslrootcert.is_none()
+            {
+                bad(
+                    key("sslrootcert"),
+                    "required for sslmode verify-ca and verify-full".into(),
+                );
+            }
+            if db.sslcert.is_some() != db.sslkey.is_some() {
+                bad(key("sslkey"), "sslcert and sslkey go together".into());
+            }
+            for (k, p) in [
+                ("sslrootcert", &db.sslrootcert),
+                ("sslcert", &db.sslcert),
+                ("sslkey", &db.sslkey),
+            ] {
+                if let Some(p) = p
+                    && !p.exists()
+                {
+                    bad(key(k), format!("{} does not exist", p.display()));
+                }
+            }
+        }
+        let mut tls_problems = Vec::new();
+        self.tls.validate(&mut tls_problems);
+        for tp in tls_problems {
+            bad(tp.key, tp.message);
+        }
+        let cert_methods = [
+            AuthMethod::Certificate,
+            AuthMethod::CertificateOrPassword,
+            AuthMethod::CertificateAndPassword,
+        ];
+        let uses_certs = cert_methods.contains(&self.auth.method)
+            || self
+                .tenants
+                .values()
+                .any(|t| t.auth_method.is_some_and(|m| cert_methods.contains(&m)));
+        if uses_certs && self.tls.client_ca_files.is_empty() {
+            bad(
+                "tls.client_ca_files".into(),
+                "certificate authentication needs at least one client CA bundle".into(),
+            );
+        }
+        if s.tcp_keepalives_count == 0 && !s.tcp_keepalives_idle.is_zero() {
+            bad(
+                "server.tcp_keepalives_count".into(),
+                "must be at least 1 when keepalives are on".into(),
+            );
+        }
+        if !is_plain_name(&self.admin.database) {
+            bad(
+                "admin.database".into(),
+                "database names may use letters, digits, _ and -".into(),
+            );
+        }
+        if self.databases.contains_key(&self.admin.database) {
+            bad(
+                format!("databases.{}", self.admin.database),
+                "this name is the admin console's (admin.database)".into(),
+            );
+        }
+        for (section, users) in [
+            ("admin.users", &self.admin.users),
+            ("admin.stats_users", &self.admin.stats_users),
+        ] {
+            for (user, verifier) in users {
+                if let Err(e) = ScramVerifier::parse(verifier) {
+                    bad(
+                        format!("{section}.{user}"),
+                        format!(
+                            "not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"
+                        ),
+                    );
+                }
+            }
+        }
+        for (name, t) in &self.tenants {
+            let key = |k: &str| format!("tenants.{name}.{k}");
+            if !is_plain_name(name) || name.contains('.') {
+                bad(
+                    format!("tenants.{name}"),
+                    "tenant names may use letters, digits, _ and -".into(),
+                );
+            }
+            if t.id.is_empty() {
+                bad(key("id"), "must not be empty".into());
+            }
+            if t.id.contains('\0') {
+                bad(key("id"), "must not contain NUL".into());
+            }
+            let cert_only = t.auth_method.unwrap_or(self.auth.method) == AuthMethod::Certificate;
+            if cert_only && t.password.is_empty() {
+                // Certificate-only tenants need no password.
+            } else if let Err(e) = ScramVerifier::parse(&t.password) {
+                bad(
+                    key("password"),
+                    format!(
+                        "not a SCRAM-SHA-256 verifier ({e}); create one with `pgtenant hash-password`"
+                    ),
+                );
+            }
+            for (setting, value) in &t.settings {
+                if !self.context.extra_settings.contains(setting) {
+                    bad(
+                        format!("tenants.{name}.settings.{setting}"),
+                        "not listed in context.extra_settings".into(),
+                    );
+                }
+                if value.contains('\0') {
+                    bad(
+                        format!("tenants.{name}.settings.{setting}"),
+                        "must not contain NUL".into(),
+                    );
+                }
+            }
+        }
+        p
+    }
+}
+
+/// A custom GUC name such as `app.current_tenant`: the only kind pgtenant injects.
+pub fn is_custom_setting_name(name: &str) -> bool {
+    let mut parts = name.split('.');
+    let ok_part = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !s.as_bytes()[0].is_ascii_digit()
+    };
+    let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    ok_part(a) && ok_part(b) && parts.all(ok_part)
+}
+
+pub(super) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
