@@ -2,7 +2,7 @@
 # with pgbench tables under RLS, PgBouncer (transaction mode) and pgtenant in front of it,
 # all on free loopback ports, removed again on exit.
 #
-# In: SCALE, POOL, MAX_CLIENTS, PGTENANT_BIN and RESET_ON_RELEASE (optional).
+# In: SCALE, POOL, MAX_CLIENTS, PGTENANT_BIN, RESET_ON_RELEASE and PGTENANT_WORKERS (optional).
 # Out: PGPORT BPORT TPORT, BOUNCER_PID TENANT_PID, TID, WORK, PGT (the pgtenant binary),
 # and the helpers cpu_ticks, rss_kb, hwm_kb.
 # Every arm reaches PostgreSQL as app_user (NOSUPERUSER NOBYPASSRLS); both proxies
@@ -96,6 +96,7 @@ cat > "$WORK/pgtenant.toml" <<TOML
 listen = "127.0.0.1:$TPORT"
 metrics_listen = "127.0.0.1:0"
 max_client_connections = $MAX_CLIENTS
+worker_threads = ${PGTENANT_WORKERS:-0}
 [context]
 reset_on_release = "${RESET_ON_RELEASE:-always}"
 [databases.bench]
