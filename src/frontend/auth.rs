@@ -41,7 +41,8 @@ pub async fn password(
         ("scram-sha-256", "unknown_tenant"),
     )
     .await?;
-    tenant.ok_or_else(|| unreachable_fatal(user))
+    // verify succeeds only with a verifier, which only a known tenant supplies.
+    tenant.ok_or_else(|| failed(user))
 }
 
 /// Authenticates an admin-console user against its verifier (None: unknown user, which
@@ -86,12 +87,6 @@ async fn verify(
         tls.map(|t| t.end_point.as_slice()),
     )
     .await;
-    let failed = || {
-        Fatal::new(
-            sqlstate::INVALID_PASSWORD,
-            format!("password authentication failed for user \"{user}\""),
-        )
-    };
     match (result, known) {
         (Ok(()), true) => {
             server.metrics.auth(method, true, "ok");
@@ -105,12 +100,12 @@ async fn verify(
                 "authentication failed: {}",
                 unknown.replace('_', " ")
             );
-            Err(failed())
+            Err(failed(user))
         }
         (Err(ScramFailure::Proof), true) => {
             server.metrics.auth(method, false, "bad_password");
             tracing::info!(user, method, "authentication failed: wrong password");
-            Err(failed())
+            Err(failed(user))
         }
         (Err(ScramFailure::Protocol(f)), _) => {
             server.metrics.auth(method, false, "protocol");
@@ -119,8 +114,8 @@ async fn verify(
     }
 }
 
-/// Never sent: `verify` succeeds only for a known verifier, which only a known tenant has.
-fn unreachable_fatal(user: &str) -> Fatal {
+/// The one failure for an unknown user and a wrong password (no user enumeration).
+fn failed(user: &str) -> Fatal {
     Fatal::new(
         sqlstate::INVALID_PASSWORD,
         format!("password authentication failed for user \"{user}\""),

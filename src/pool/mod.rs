@@ -196,14 +196,24 @@ impl Pool {
     pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         let conn = self.take_idle()?;
-        self.metrics.wait_seconds.observe(0.0);
+        Some(self.lend(conn, permit, Duration::ZERO))
+    }
+
+    /// Hands `conn` out under `permit`, counting the wait.
+    fn lend(
+        self: &Arc<Self>,
+        conn: BackendConn,
+        permit: OwnedSemaphorePermit,
+        waited: Duration,
+    ) -> PooledConn {
+        self.metrics.wait_seconds.observe(waited.as_secs_f64());
         self.metrics.active.inc();
-        Some(PooledConn {
+        PooledConn {
             conn: Some(conn),
             permit: Some(permit),
             pool: self.clone(),
             tenant_slot: None,
-        })
+        }
     }
 
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
@@ -227,16 +237,7 @@ impl Pool {
             // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
             None => Box::pin(self.open()).await?,
         };
-        self.metrics
-            .wait_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.active.inc();
-        Ok(PooledConn {
-            conn: Some(conn),
-            permit: Some(permit),
-            pool: self.clone(),
-            tenant_slot: None,
-        })
+        Ok(self.lend(conn, permit, started.elapsed()))
     }
 
     /// Opens a connection outside the slot accounting (for start-up checks).
