@@ -166,7 +166,6 @@ impl Session {
                         self.params.observe(&k, &v);
                     }
                 }
-                bt::COMMAND_COMPLETE => self.note_command(frame.body()),
                 bt::COPY_IN_RESPONSE => {
                     self.flow.copy_in_started();
                     self.copy_in = true;
@@ -181,6 +180,11 @@ impl Session {
             }
             match disposition {
                 Disposition::Forward => {
+                    // Only the client's own commands say what it did to its session (the
+                    // proxy's pipelined RESET must not mark the connection dirty).
+                    if frame.tag == bt::COMMAND_COMPLETE {
+                        self.note_command(frame.body());
+                    }
                     if frame.tag == bt::ERROR_RESPONSE {
                         let code = messages::parse_error_fields(frame.body()).code;
                         self.server.metrics.server_error(code.as_bytes());
