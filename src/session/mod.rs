@@ -384,6 +384,12 @@ impl Session {
 async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> End {
     let mut stopping = *shutdown.borrow();
     let entry = s.me.entry.clone();
+    // Created once and kept across iterations: a fresh Notified or watch future per
+    // iteration registers and unregisters a waiter under a lock every time.
+    let killed = entry.kill_signal.notified();
+    tokio::pin!(killed);
+    let shutdown_changed = shutdown.changed();
+    tokio::pin!(shutdown_changed);
     loop {
         if let Err(end) = s.process_client().await {
             return end;
@@ -411,11 +417,11 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
         let read_client = !s.has_blocked_frame();
         let backend = &mut s.backend;
         tokio::select! {
-            r = read_client_bytes(&mut s.client, &mut s.cbuf), if read_client => match r {
-                Ok(0) => return End::ClientClosed,
-                Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
-                Err(e) => return End::ClientIo(e),
-            },
+            // Fixed order (no per-iteration random start): the backend's replies first, so
+            // a transaction finishes before the client's next request is looked at.
+            biased;
+            _ = &mut killed => return End::Killed,
+            _ = &mut shutdown_changed, if !stopping => stopping = true,
             r = read_backend(backend) => match r {
                 Ok(()) => {
                     if let Err(end) = s.process_backend() {
@@ -424,8 +430,11 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
                 }
                 Err(e) => return End::BackendLost(e),
             },
-            _ = shutdown.changed(), if !stopping => stopping = true,
-            _ = entry.kill_signal.notified() => return End::Killed,
+            r = read_client_bytes(&mut s.client, &mut s.cbuf), if read_client => match r {
+                Ok(0) => return End::ClientClosed,
+                Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
+                Err(e) => return End::ClientIo(e),
+            },
             _ = timer => return End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)),
         }
     }

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::flow::Owner;
 use super::statements::{
-    StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target,
+    Defined, StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target,
 };
 use super::{End, Session};
 use crate::config::PoolMode;
@@ -19,8 +19,11 @@ use crate::protocol::{backend_tag as bt, frontend_tag as ft};
 
 impl Session {
     /// Forwards one client request to the attached backend, translating statement names.
-    pub(super) fn forward_client(&mut self, frame: Frame) -> Result<(), End> {
-        if self.pool.mode == PoolMode::Transaction && self.forward_translated(&frame).is_some() {
+    /// `no_txn_block`: the guard's analysis of a Parse's query.
+    pub(super) fn forward_client(&mut self, frame: Frame, no_txn_block: bool) -> Result<(), End> {
+        if self.pool.mode == PoolMode::Transaction
+            && self.forward_translated(&frame, no_txn_block).is_some()
+        {
             return Ok(());
         }
         if frame.tag == ft::PARSE && self.pool.mode == PoolMode::Transaction {
@@ -32,13 +35,13 @@ impl Session {
     }
 
     /// Handles the frames that need translation; None means "forward unchanged".
-    fn forward_translated(&mut self, frame: &Frame) -> Option<()> {
+    fn forward_translated(&mut self, frame: &Frame, no_txn_block: bool) -> Option<()> {
         match frame.tag {
             ft::PARSE => {
-                let (named, def) = self.statements.define(frame.body())?;
-                if !named {
+                let Defined::Named(def) = self.statements.define(frame.body(), no_txn_block)?
+                else {
                     return None;
-                }
+                };
                 let conn = self.backend.as_mut()?.conn();
                 if conn.statements.touch(&def) {
                     self.pool.metrics.statement_hits.inc();
@@ -121,7 +124,7 @@ impl Session {
         if self.unnamed_on_backend {
             return Some(());
         }
-        let def = self.statements.get(b"")?;
+        let def = self.statements.unnamed()?;
         write_msg(&mut self.bout, ft::PARSE, |b: &mut BytesMut| {
             b.extend_from_slice(&[0]);
             b.extend_from_slice(&def.body);

@@ -110,7 +110,7 @@ impl Session {
         }
         if frame.tag == ft::BIND {
             let name = super::statements::bind_statement(&frame).unwrap_or_default();
-            no_txn_block = self.statements.get(name).is_some_and(|d| d.no_txn_block);
+            no_txn_block = self.statements.no_txn_block(name);
         }
         if frame.tag == ft::FUNCTION_CALL
             && frame.body().get(..4) == Some(&SET_CONFIG_OID.to_be_bytes()[..])
@@ -132,7 +132,10 @@ impl Session {
                 )
                 .await;
         }
-        if frame.tag == ft::PARSE && self.backend.is_none() && self.define_locally(&frame) {
+        if frame.tag == ft::PARSE
+            && self.backend.is_none()
+            && self.define_locally(&frame, no_txn_block)
+        {
             return Ok(());
         }
         if !self.attach(&frame).await? {
@@ -143,7 +146,7 @@ impl Session {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
-        self.forward_client(frame)?;
+        self.forward_client(frame, no_txn_block)?;
         self.emit_synthetic();
         Ok(())
     }
@@ -211,18 +214,16 @@ impl Session {
     /// waits (libpq's PQprepare, pgbench -M prepared) thus never holds up the pool, and
     /// cannot deadlock with its own open transactions. The cost: a statement PostgreSQL
     /// would reject is reported at its first Bind or Describe instead.
-    fn define_locally(&mut self, frame: &Frame) -> bool {
-        if self.pool.mode != PoolMode::Transaction {
+    fn define_locally(&mut self, frame: &Frame, no_txn_block: bool) -> bool {
+        if self.pool.mode != PoolMode::Transaction || super::statements::parse_is_unnamed(frame) {
+            // The unnamed statement goes with the Bind that follows it.
             return false;
         }
-        match self.statements.define(frame.body()) {
-            Some((true, _)) => {
-                messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
-                true
-            }
-            // The unnamed statement goes with the Bind that follows it.
-            Some((false, _)) | None => false,
+        if self.statements.define(frame.body(), no_txn_block).is_none() {
+            return false;
         }
+        messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
+        true
     }
 
     fn on_ready(&mut self, status: Option<u8>) {

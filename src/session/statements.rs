@@ -26,20 +26,17 @@ pub struct StatementDef {
 }
 
 impl StatementDef {
-    /// Builds the definition from a Parse body (name, query, types).
-    fn from_parse_body(body: &[u8]) -> Option<(Vec<u8>, Arc<StatementDef>)> {
-        let (name, rest) = read_cstr(body)?;
+    /// Builds the definition from a Parse body after the name (query, types).
+    fn new(rest: &[u8], no_txn_block: bool) -> StatementDef {
         // A fixed-key hash, so identical SQL from different clients shares one backend
         // statement; a collision is harmless because cache hits compare the whole body.
         let mut h = std::hash::DefaultHasher::new();
         h.write(rest);
-        let query = read_cstr(rest).map(|(q, _)| q).unwrap_or_default();
-        let def = StatementDef {
+        StatementDef {
             backend_name: format!("{RESERVED_PREFIX}s_{:016x}", h.finish()),
             body: Bytes::copy_from_slice(rest),
-            no_txn_block: crate::protocol::sql::is_no_transaction_block(query),
-        };
-        Some((name.to_vec(), Arc::new(def)))
+            no_txn_block,
+        }
     }
 
     /// A Parse message creating this statement under its backend name.
@@ -65,20 +62,59 @@ impl StatementDef {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<Vec<u8>, Arc<StatementDef>>,
+    /// The unnamed statement, kept apart: drivers re-parse it for nearly every query, so
+    /// it is copied into a reused buffer and never hashed, named or shared.
+    unnamed: Option<Unnamed>,
+}
+
+/// The client's unnamed statement: its Parse body after the (empty) name.
+#[derive(Debug, Default)]
+pub struct Unnamed {
+    pub body: Vec<u8>,
+    pub no_txn_block: bool,
+}
+
+/// What a Parse defined.
+#[derive(Debug)]
+pub enum Defined {
+    Unnamed,
+    Named(Arc<StatementDef>),
 }
 
 impl ClientStatements {
-    /// Records the statement a Parse defines (the unnamed one included, under `""`).
-    pub fn define(&mut self, parse_body: &[u8]) -> Option<(bool, Arc<StatementDef>)> {
-        let (name, def) = StatementDef::from_parse_body(parse_body)?;
-        let named = !name.is_empty();
-        self.by_name.insert(name, def.clone());
-        Some((named, def))
+    /// Records the statement a Parse defines; `no_txn_block` is what the guard's analysis
+    /// found in its query.
+    pub fn define(&mut self, parse_body: &[u8], no_txn_block: bool) -> Option<Defined> {
+        let (name, rest) = read_cstr(parse_body)?;
+        if name.is_empty() {
+            let u = self.unnamed.get_or_insert_with(Unnamed::default);
+            u.body.clear();
+            u.body.extend_from_slice(rest);
+            u.no_txn_block = no_txn_block;
+            return Some(Defined::Unnamed);
+        }
+        let def = Arc::new(StatementDef::new(rest, no_txn_block));
+        self.by_name.insert(name.to_vec(), def.clone());
+        Some(Defined::Named(def))
     }
 
-    /// The definition behind a client statement name.
+    /// The definition behind a client statement name (not the unnamed statement).
     pub fn get(&self, name: &[u8]) -> Option<Arc<StatementDef>> {
         self.by_name.get(name).cloned()
+    }
+
+    /// The unnamed statement, if the client has parsed one.
+    pub fn unnamed(&self) -> Option<&Unnamed> {
+        self.unnamed.as_ref()
+    }
+
+    /// Whether the statement a Bind names cannot run in a transaction block.
+    pub fn no_txn_block(&self, name: &[u8]) -> bool {
+        if name.is_empty() {
+            self.unnamed.as_ref().is_some_and(|u| u.no_txn_block)
+        } else {
+            self.by_name.get(name).is_some_and(|d| d.no_txn_block)
+        }
     }
 
     /// Forgets a statement (client Close, or a Parse that failed).
@@ -94,6 +130,7 @@ impl ClientStatements {
     /// Forgets everything (DEALLOCATE ALL / DISCARD ALL).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.unnamed = None;
     }
 }
 
@@ -195,6 +232,11 @@ pub fn rewrite_describe(backend_name: &str, out: &mut BytesMut) {
     });
 }
 
+/// True for a Parse of the unnamed statement.
+pub fn parse_is_unnamed(frame: &Frame) -> bool {
+    frame.body().first() == Some(&0)
+}
+
 /// The statement name a Bind refers to.
 pub fn bind_statement(frame: &Frame) -> Option<&[u8]> {
     let (_, rest) = read_cstr(frame.body())?;
@@ -218,19 +260,43 @@ mod tests {
         let mut c = ClientStatements::default();
         let mut parse = b"n\0".to_vec();
         parse.extend_from_slice(body);
-        c.define(&parse).unwrap().1
+        named(&mut c, &parse)
+    }
+
+    fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
+        match c.define(parse, false) {
+            Some(Defined::Named(d)) => d,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn same_sql_same_backend_name_and_different_sql_different_name() {
         let mut a = ClientStatements::default();
-        let x = a.define(b"s0\0select 1\0\0\0").unwrap().1;
-        let y = a.define(b"s1\0select 1\0\0\0").unwrap().1;
-        let z = a.define(b"s0\0select 2\0\0\0").unwrap().1;
+        let x = named(&mut a, b"s0\0select 1\0\0\0");
+        let y = named(&mut a, b"s1\0select 1\0\0\0");
+        let z = named(&mut a, b"s0\0select 2\0\0\0");
         assert_eq!(x.backend_name, y.backend_name);
         assert_ne!(x.backend_name, z.backend_name);
         assert!(Arc::ptr_eq(&a.get(b"s0").unwrap(), &z));
-        assert!(!a.define(b"\0select 3\0\0\0").unwrap().0);
+    }
+
+    #[test]
+    fn unnamed_statement_is_kept_apart_and_replaced() {
+        let mut a = ClientStatements::default();
+        assert!(matches!(
+            a.define(b"\0vacuum\0\0\0", true),
+            Some(Defined::Unnamed)
+        ));
+        assert!(a.no_txn_block(b""));
+        assert!(matches!(
+            a.define(b"\0select 3\0\0\0", false),
+            Some(Defined::Unnamed)
+        ));
+        assert_eq!(a.unnamed().unwrap().body, b"select 3\0\0\0");
+        assert!(!a.no_txn_block(b"") && a.get(b"").is_none());
+        a.clear();
+        assert!(a.unnamed().is_none());
     }
 
     #[test]
