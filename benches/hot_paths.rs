@@ -21,7 +21,7 @@ use pgtenant::protocol::messages::{self, write_msg};
 use pgtenant::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
 use pgtenant::server::Server;
 use pgtenant::session::flow::{Disposition, Flow, Owner};
-use pgtenant::session::statements::{BackendStatements, ClientStatements};
+use pgtenant::session::statements::{BackendStatements, ClientStatements, Defined};
 use pgtenant::tenant::{InjectionPlan, TenantDirectory};
 
 const MAX_MESSAGE: usize = 64 << 20;
@@ -256,13 +256,22 @@ fn statements(c: &mut Criterion) {
         .map(|i| parse_body(&format!("s{i}"), &format!("{SELECT} AND bid = {i}")))
         .collect();
     let mut client = ClientStatements::default();
-    let defs: Vec<_> = bodies.iter().map(|b| client.define(b).unwrap().1).collect();
+    let named = |client: &mut ClientStatements, body: &[u8]| match client.define(body, false) {
+        Some(Defined::Named(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    let defs: Vec<_> = bodies.iter().map(|b| named(&mut client, b)).collect();
     g.bench_function("client_define", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            black_box(client.define(&bodies[i]))
+            black_box(client.define(&bodies[i], false))
         })
+    });
+    // What drivers do for nearly every query: re-parse the unnamed statement.
+    let unnamed = parse_body("", SELECT);
+    g.bench_function("client_define_unnamed", |b| {
+        b.iter(|| black_box(client.define(&unnamed, false).is_some()))
     });
     g.bench_function("client_get", |b| {
         let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
@@ -286,10 +295,10 @@ fn statements(c: &mut Criterion) {
     // A full cache (the default 256) that must evict on every insert: the worst case.
     let many: Vec<_> = (0..512)
         .map(|i| {
-            client
-                .define(&parse_body("x", &format!("{SELECT} AND bid = {i}")))
-                .unwrap()
-                .1
+            named(
+                &mut client,
+                &parse_body("x", &format!("{SELECT} AND bid = {i}")),
+            )
         })
         .collect();
     g.bench_function("backend_insert_evicting_256", |b| {
