@@ -137,9 +137,8 @@ pub struct ClientEntry {
     /// When the state last changed, in milliseconds since the Unix epoch.
     state_since_ms: AtomicU64,
     identity: std::sync::OnceLock<Identity>,
-    killed: AtomicBool,
-    /// Wakes the client's session when it is killed.
-    pub kill_signal: Notify,
+    /// Set by KILL; wakes the client's session.
+    pub kill_signal: KillSignal,
     /// Backend connection id while one is attached (0: none).
     pub backend: AtomicU64,
 }
@@ -173,13 +172,57 @@ impl ClientEntry {
 
     /// True once KILL (or a tenant's removal) asked the session to end.
     pub fn is_killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
+        self.kill_signal.is_set()
     }
 
     /// Asks the session to end now.
     pub fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-        self.kill_signal.notify_one();
+        self.kill_signal.set();
+    }
+}
+
+/// A one-shot flag whose waiting costs one atomic load per poll: the session polls it on
+/// every wake-up, so unlike a `Notify` it takes no lock unless the task's waker changed.
+#[derive(Debug, Default)]
+pub struct KillSignal {
+    set: AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl KillSignal {
+    /// Whether the signal has been given.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Gives the signal and wakes the waiting session, if any.
+    pub fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the signal is given. Keep the future across polls: re-creating it
+    /// registers the waker again.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let mut registered: Option<std::task::Waker> = None;
+        std::future::poll_fn(move |cx| {
+            if self.is_set() {
+                return std::task::Poll::Ready(());
+            }
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                let w = cx.waker().clone();
+                *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+                registered = Some(w);
+                // A set() between the first check and the registration found no waker.
+                if self.is_set() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        })
     }
 }
 
@@ -213,8 +256,7 @@ impl Registry {
             state: AtomicU8::new(ClientState::Authenticating as u8),
             state_since_ms: AtomicU64::new(now_ms()),
             identity: std::sync::OnceLock::new(),
-            killed: AtomicBool::new(false),
-            kill_signal: Notify::new(),
+            kill_signal: KillSignal::default(),
             backend: AtomicU64::new(0),
         });
         self.gauge(ClientState::Authenticating).inc();
@@ -478,6 +520,34 @@ impl prometheus::core::Collector for TenantCollector {
 mod tests {
     use super::*;
     use prometheus::core::Collector;
+
+    #[tokio::test]
+    async fn kill_signal_wakes_a_waiting_session_and_stays_set() {
+        let signal = Arc::new(KillSignal::default());
+        let waiter = {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let wait = signal.wait();
+                tokio::pin!(wait);
+                // Polled repeatedly, as the relay's select does, before the signal comes.
+                for _ in 0..3 {
+                    tokio::select! {
+                        biased;
+                        _ = &mut wait => return true,
+                        _ = tokio::task::yield_now() => {}
+                    }
+                }
+                wait.await;
+                true
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        signal.set();
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+        assert!(matches!(woke, Ok(Ok(true))), "{woke:?}");
+        assert!(signal.is_set());
+        signal.wait().await; // already set: ready at once
+    }
 
     fn registry() -> Arc<Registry> {
         let gauges = ClientState::ALL

@@ -82,6 +82,7 @@ impl BackendTarget {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             params: HashMap::new(),
+            unreported: Vec::new(),
             defaults: HashMap::new(),
             key: BackendKey {
                 addr,

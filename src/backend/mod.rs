@@ -63,6 +63,9 @@ pub struct BackendConn {
     /// Session parameters as the backend has them: reported ones from ParameterStatus, and
     /// unreported ones the proxy set itself.
     pub params: HashMap<String, String>,
+    /// The unreported names in `params` (what a later client may have to reset), so that
+    /// attaching need not sort the reported ones out every time.
+    pub unreported: Vec<String>,
     /// Reported parameters as the server set them at connection start (its defaults).
     pub defaults: HashMap<String, String>,
     pub key: BackendKey,

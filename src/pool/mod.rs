@@ -393,8 +393,9 @@ impl PooledConn {
 /// After DISCARD ALL the backend reported every changed reported parameter; the unreported
 /// ones the proxy had set are back to their defaults, which the proxy does not know.
 fn forget_unreported(conn: &mut BackendConn) {
-    conn.params
-        .retain(|k, _| crate::session::params::is_reported(k));
+    for k in conn.unreported.drain(..) {
+        conn.params.remove(&k);
+    }
 }
 
 impl Drop for PooledConn {

@@ -27,8 +27,9 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
 }
 
-/// Splits the next complete message off `buf`; `Ok(None)` means more bytes are needed.
-pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+/// The tag and total length (header included) of the message at the start of `buf`, once
+/// its header is there; the message itself may still be incomplete.
+pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -43,11 +44,18 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
             max: max_len,
         });
     }
+    Ok(Some((buf[0], total)))
+}
+
+/// Splits the next complete message off `buf`; `Ok(None)` means more bytes are needed.
+pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+    let Some((tag, total)) = peek_frame(buf, max_len)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let tag = buf[0];
     Ok(Some(Frame {
         tag,
         raw: buf.split_to(total).freeze(),

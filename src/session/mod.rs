@@ -386,7 +386,7 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
     let entry = s.me.entry.clone();
     // Created once and kept across iterations: a fresh Notified or watch future per
     // iteration registers and unregisters a waiter under a lock every time.
-    let killed = entry.kill_signal.notified();
+    let killed = entry.kill_signal.wait();
     tokio::pin!(killed);
     let shutdown_changed = shutdown.changed();
     tokio::pin!(shutdown_changed);

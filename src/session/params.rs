@@ -143,22 +143,23 @@ impl ClientParams {
             messages::execute(out);
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);
-            if !is_reported(k) {
-                conn.params.insert(k.to_string(), v.clone());
+            if !is_reported(k) && conn.params.insert(k.to_string(), v.clone()).is_none() {
+                conn.unreported.push(k.to_string());
             }
             n += 1;
         }
-        let stale: Vec<String> = conn
-            .params
-            .keys()
-            .filter(|k| !is_reported(k) && !self.values.iter().any(|(c, _)| c == *k))
-            .cloned()
-            .collect();
-        for k in stale {
+        let mut i = 0;
+        while i < conn.unreported.len() {
+            let k = &conn.unreported[i];
+            if self.values.iter().any(|(c, _)| c == k) {
+                i += 1;
+                continue;
+            }
             messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
             messages::execute(out);
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);
+            let k = conn.unreported.swap_remove(i);
             conn.params.remove(&k);
             n += 1;
         }

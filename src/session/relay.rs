@@ -8,7 +8,7 @@ use bytes::Buf;
 use super::flow::Disposition;
 use super::{End, Session};
 use crate::config::PoolMode;
-use crate::protocol::codec::{Frame, read_cstr, split_frame};
+use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql, sqlstate};
 
@@ -151,21 +151,46 @@ impl Session {
         Ok(())
     }
 
-    /// Processes every complete backend frame read so far.
+    /// Processes every complete backend frame read so far. The frames are read in place
+    /// and the forwarded ones copied once into the client's output: no per-message split,
+    /// reference count or allocation.
     pub(super) fn process_backend(&mut self) -> Result<(), End> {
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let mut rbuf = std::mem::take(&mut b.conn().rbuf);
+        let result = self.backend_frames(&rbuf);
+        if let Ok(consumed) = result {
+            rbuf.advance(consumed);
+            // A long message gets room for all of it, not a read at a time.
+            if let Ok(Some((_, total))) = peek_frame(&rbuf, crate::backend::MAX_BACKEND_MESSAGE)
+                && total > rbuf.len()
+            {
+                rbuf.reserve(total - rbuf.len());
+            }
+        }
+        if let Some(b) = self.backend.as_mut() {
+            b.conn().rbuf = rbuf;
+        }
+        result.map(|_| ())
+    }
+
+    /// Handles the complete frames at the start of `rbuf`; returns the bytes consumed.
+    fn backend_frames(&mut self, rbuf: &[u8]) -> Result<usize, End> {
+        let mut at = 0;
         loop {
-            let Some(b) = self.backend.as_mut() else {
-                return Ok(());
-            };
-            let conn = b.conn();
-            let frame = match split_frame(&mut conn.rbuf, crate::backend::MAX_BACKEND_MESSAGE) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+            let (tag, total) = match peek_frame(&rbuf[at..], crate::backend::MAX_BACKEND_MESSAGE) {
+                Ok(Some((tag, total))) if rbuf.len() - at >= total => (tag, total),
+                Ok(_) => return Ok(at),
                 Err(e) => return Err(End::BackendLost(e.to_string())),
             };
-            match frame.tag {
+            let raw = &rbuf[at..at + total];
+            at += total;
+            let body = &raw[5..];
+            match tag {
                 bt::PARAMETER_STATUS => {
-                    if let Some((k, v)) = conn.note_parameter(frame.body()) {
+                    let conn = self.backend.as_mut().map(|b| b.conn());
+                    if let Some((k, v)) = conn.and_then(|c| c.note_parameter(body)) {
                         self.params.observe(&k, &v);
                     }
                 }
@@ -175,34 +200,32 @@ impl Session {
                 }
                 _ => {}
             }
-            let disposition = self.flow.on_backend(frame.tag);
-            tracing::trace!(tag = %(frame.tag as char), ?disposition, flow = ?self.flow, "backend frame");
+            let disposition = self.flow.on_backend(tag);
+            tracing::trace!(tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
             self.forget_failed_statements();
-            if frame.tag == bt::ERROR_RESPONSE {
+            if tag == bt::ERROR_RESPONSE {
                 self.copy_in = false;
             }
             match disposition {
                 Disposition::Forward => {
                     // Only the client's own commands say what it did to its session (the
                     // proxy's pipelined RESET must not mark the connection dirty).
-                    if frame.tag == bt::COMMAND_COMPLETE {
-                        self.note_command(frame.body());
+                    if tag == bt::COMMAND_COMPLETE {
+                        self.note_command(body);
                     }
-                    if frame.tag == bt::ERROR_RESPONSE {
-                        let code = messages::parse_error_fields(frame.body()).code;
+                    if tag == bt::ERROR_RESPONSE {
+                        let code = messages::parse_error_fields(body).code;
                         self.server.metrics.server_error(code.as_bytes());
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.cout.extend_from_slice(&frame.raw);
-                    if frame.tag == bt::READY_FOR_QUERY {
-                        self.on_ready(frame.body().first().copied());
+                    self.cout.extend_from_slice(raw);
+                    if tag == bt::READY_FOR_QUERY {
+                        self.on_ready(body.first().copied());
                     }
                 }
                 Disposition::Swallow => {}
                 Disposition::ProxyRequestFailed => {
-                    return Err(End::InjectionFailed(messages::parse_error_fields(
-                        frame.body(),
-                    )));
+                    return Err(End::InjectionFailed(messages::parse_error_fields(body)));
                 }
             }
             self.emit_synthetic();
