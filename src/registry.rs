@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -137,8 +137,8 @@ pub struct ClientEntry {
     /// When the state last changed, in milliseconds since the Unix epoch.
     state_since_ms: AtomicU64,
     identity: std::sync::OnceLock<Identity>,
-    /// Set by KILL; wakes the client's session.
-    pub kill_signal: KillSignal,
+    /// KILL and shutdown requests; wakes the client's session.
+    pub signal: SessionSignal,
     /// Backend connection id while one is attached (0: none).
     pub backend: AtomicU64,
 }
@@ -172,53 +172,64 @@ impl ClientEntry {
 
     /// True once KILL (or a tenant's removal) asked the session to end.
     pub fn is_killed(&self) -> bool {
-        self.kill_signal.is_set()
+        self.signal.raised() & SessionSignal::KILL != 0
     }
 
     /// Asks the session to end now.
     pub fn kill(&self) {
-        self.kill_signal.set();
+        self.signal.raise(SessionSignal::KILL);
     }
 }
 
-/// A one-shot flag whose waiting costs one atomic load per poll: the session polls it on
-/// every wake-up, so unlike a `Notify` it takes no lock unless the task's waker changed.
+/// Requests to a session (KILL, shutdown) as flags that stay raised. Waiting costs one
+/// atomic load per poll: the session polls it on every wake-up, so unlike a `Notify` or a
+/// `watch` it takes no lock unless the task's waker changed, and it holds no waiter list
+/// entry, which matters for thousands of idle clients.
 #[derive(Debug, Default)]
-pub struct KillSignal {
-    set: AtomicBool,
+pub struct SessionSignal {
+    flags: AtomicU8,
     waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
-impl KillSignal {
-    /// Whether the signal has been given.
-    pub fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
+impl SessionSignal {
+    /// End the session now.
+    pub const KILL: u8 = 1;
+    /// The server is shutting down: end the session at its next transaction boundary.
+    pub const SHUTDOWN: u8 = 2;
+
+    /// The flags raised so far.
+    pub fn raised(&self) -> u8 {
+        self.flags.load(Ordering::Acquire)
     }
 
-    /// Gives the signal and wakes the waiting session, if any.
-    pub fn set(&self) {
-        self.set.store(true, Ordering::Release);
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+    /// Raises `flag` and wakes the waiting session, if any.
+    pub fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        // Left registered (the waiter skips re-registering an unchanged waker), so a
+        // later flag wakes it again.
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// Resolves once the signal is given. Keep the future across polls: re-creating it
-    /// registers the waker again.
-    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+    /// Resolves with the raised flags once any flag in `mask` is raised. Keep the future
+    /// across polls: a new one registers the waker again.
+    pub fn wait(&self, mask: u8) -> impl std::future::Future<Output = u8> + '_ {
         let mut registered: Option<std::task::Waker> = None;
         std::future::poll_fn(move |cx| {
-            if self.is_set() {
-                return std::task::Poll::Ready(());
+            let raised = self.raised();
+            if raised & mask != 0 {
+                return std::task::Poll::Ready(raised);
             }
             if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 let w = cx.waker().clone();
                 *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
                 registered = Some(w);
-                // A set() between the first check and the registration found no waker.
-                if self.is_set() {
-                    return std::task::Poll::Ready(());
+                // A raise() between the first check and the registration found no waker.
+                let raised = self.raised();
+                if raised & mask != 0 {
+                    return std::task::Poll::Ready(raised);
                 }
             }
             std::task::Poll::Pending
@@ -256,7 +267,7 @@ impl Registry {
             state: AtomicU8::new(ClientState::Authenticating as u8),
             state_since_ms: AtomicU64::new(now_ms()),
             identity: std::sync::OnceLock::new(),
-            kill_signal: KillSignal::default(),
+            signal: SessionSignal::default(),
             backend: AtomicU64::new(0),
         });
         self.gauge(ClientState::Authenticating).inc();
@@ -295,6 +306,13 @@ impl Registry {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Tells every session that the server is shutting down.
+    pub fn shutdown_all(&self) {
+        for c in self.clients.iter() {
+            c.signal.raise(SessionSignal::SHUTDOWN);
+        }
     }
 
     /// Kills every client of `tenant`; returns how many.
@@ -522,12 +540,12 @@ mod tests {
     use prometheus::core::Collector;
 
     #[tokio::test]
-    async fn kill_signal_wakes_a_waiting_session_and_stays_set() {
-        let signal = Arc::new(KillSignal::default());
+    async fn signal_wakes_a_waiting_session_and_stays_raised() {
+        let signal = Arc::new(SessionSignal::default());
         let waiter = {
             let signal = signal.clone();
             tokio::spawn(async move {
-                let wait = signal.wait();
+                let wait = signal.wait(SessionSignal::KILL);
                 tokio::pin!(wait);
                 // Polled repeatedly, as the relay's select does, before the signal comes.
                 for _ in 0..3 {
@@ -537,16 +555,18 @@ mod tests {
                         _ = tokio::task::yield_now() => {}
                     }
                 }
-                wait.await;
-                true
+                wait.await == SessionSignal::KILL | SessionSignal::SHUTDOWN
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        signal.set();
+        // A flag outside the mask wakes the task but does not end the wait.
+        signal.raise(SessionSignal::SHUTDOWN);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        signal.raise(SessionSignal::KILL);
         let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
         assert!(matches!(woke, Ok(Ok(true))), "{woke:?}");
-        assert!(signal.is_set());
-        signal.wait().await; // already set: ready at once
+        assert_eq!(signal.wait(SessionSignal::SHUTDOWN).await, 3); // raised: ready at once
     }
 
     fn registry() -> Arc<Registry> {

@@ -297,8 +297,15 @@ impl Server {
     }
 
     /// Starts a graceful shutdown, as SIGTERM would.
+    /// True once shutdown has begun (new sessions end at their first transaction boundary).
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_requested.borrow()
+    }
+
     pub fn request_shutdown(&self) {
         self.shutdown_requested.send_replace(true);
+        // Sessions learn it before the caller (the admin console) answers.
+        self.registry.shutdown_all();
     }
 
     /// Checks each pool's backend once: logs the RLS doctor's findings and records readiness.
@@ -386,10 +393,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
             accepted = listener.accept() => {
                 let Ok((socket, peer)) = accepted else { continue };
                 let server = server.clone();
-                let shutdown = server.shutdown_requested.subscribe();
-                tokio::spawn(async move {
-                    crate::frontend::serve(server, socket, peer, shutdown).await;
-                });
+                tokio::spawn(crate::frontend::serve(server, socket, peer));
             }
             _ = shutdown.changed() => break,
             _ = admin_shutdown.wait_for(|s| *s) => {
@@ -400,6 +404,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
     }
     drop(listener);
     server.shutdown_requested.send_replace(true);
+    server.registry.shutdown_all();
     drain(&server).await;
     reaper.abort();
     for pool in server.pools() {

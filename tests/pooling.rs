@@ -447,3 +447,44 @@ async fn clean_transactions_keep_statements_on_the_backend() {
         "{m}"
     );
 }
+
+/// CPU time this process has used (the proxy runs in it).
+fn process_cpu() -> Duration {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Idle clients are parked between transactions: they must cost no CPU, whether they went
+/// quiet right after start-up or after a transaction, and must wake up for the next one.
+/// (A parked client whose socket still held unread bytes once spun a core; a spinning
+/// session burns a whole second of CPU here, an idle proxy a few milliseconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_clients_cost_no_cpu_and_wake_up() {
+    let env = TestEnv::start().await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let c = env
+            .proxy
+            .connect(if i % 2 == 0 { "acme" } else { "globex" })
+            .await;
+        if i % 4 == 0 {
+            one(&c, CTX).await;
+        }
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = process_cpu();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = process_cpu() - before;
+    assert!(
+        used < Duration::from_millis(300),
+        "20 idle clients used {used:?} of CPU in 1 s"
+    );
+    for (i, c) in clients.iter().enumerate() {
+        let want = if i % 2 == 0 { ACME } else { GLOBEX };
+        assert_eq!(one(c, CTX).await, want, "client {i}");
+    }
+}

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::protocol::messages::{self, Severity};
@@ -45,13 +44,13 @@ impl Fatal {
     }
 }
 
-/// Serves one accepted socket to completion.
-pub async fn serve(
+/// Serves one accepted socket to completion. A plain function returning the task's future:
+/// its arguments are used up before the future exists, so the future does not keep them.
+pub fn serve(
     server: Arc<Server>,
     socket: TcpStream,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let _ = socket.set_nodelay(true);
     if let Some(k) = server.config().server.keepalive() {
         let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&k);
@@ -62,7 +61,28 @@ pub async fn serve(
     let span =
         tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
     async move {
-        let Some(_slot) = server.admit_client() else {
+        // The whole start-up (TLS, SCRAM, refusals) is boxed and freed once it is over, so
+        // the task of a long-lived client carries only the session's small state.
+        let Some((slot, mut session)) = Box::pin(start_up(server, socket, me)).await else {
+            return;
+        };
+        let end = session::run(&mut session).await;
+        tracing::info!(reason = %end, "client disconnected");
+        drop(slot);
+    }
+    .instrument(span)
+}
+
+/// Admission, negotiation, authentication and the session's start; None when the
+/// connection ended there (the client was told why, or was the admin console, or a cancel
+/// request).
+async fn start_up(
+    server: Arc<Server>,
+    socket: TcpStream,
+    me: crate::registry::ClientHandle,
+) -> Option<(crate::server::ClientSlot, Box<Session>)> {
+    {
+        let Some(slot) = server.admit_client() else {
             server
                 .metrics
                 .client_rejections
@@ -77,7 +97,7 @@ pub async fn serve(
                 ),
             )
             .await;
-            return;
+            return None;
         };
         let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
         let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
@@ -85,13 +105,16 @@ pub async fn serve(
         // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
         // session starts, so an idle client's task does not carry their size.
         let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
-        let Some(mut stream) = stream else { return };
+        let mut stream = stream?;
         let (params, buf, tls) = match negotiated {
-            Err(fatal) => return send_fatal(&mut stream, &fatal).await,
-            Ok(Negotiated::Closed) => return,
+            Err(fatal) => {
+                send_fatal(&mut stream, &fatal).await;
+                return None;
+            }
+            Ok(Negotiated::Closed) => return None,
             Ok(Negotiated::Cancel { pid, secret }) => {
                 Box::pin(server.cancels.cancel(pid, secret)).await;
-                return;
+                return None;
             }
             Ok(Negotiated::Startup { params, buf, tls }) => (params, buf, tls),
         };
@@ -107,9 +130,13 @@ pub async fn serve(
                     .client_timeouts
                     .with_label_values(&["auth"])
                     .inc();
-                return send_fatal(&mut stream, &timed_out()).await;
+                send_fatal(&mut stream, &timed_out()).await;
+                return None;
             }
-            Ok(Err(fatal)) => return send_fatal(&mut stream, &fatal).await,
+            Ok(Err(fatal)) => {
+                send_fatal(&mut stream, &fatal).await;
+                return None;
+            }
             Ok(Ok(Login::Tenant(s))) => s,
             Ok(Ok(Login::Admin {
                 user,
@@ -119,7 +146,7 @@ pub async fn serve(
                 drop(me);
                 tracing::info!(user, "admin console login");
                 Box::pin(crate::admin::serve(&server, stream, leftover, full)).await;
-                return;
+                return None;
             }
         };
         tracing::Span::current().record("tenant", startup.tenant.name.as_str());
@@ -152,34 +179,18 @@ pub async fn serve(
                     startup.tenant.name
                 ),
             );
-            return send_fatal(&mut stream, &fatal).await;
+            send_fatal(&mut stream, &fatal).await;
+            return None;
         }
         tracing::info!(database = %startup.pool.name, "client authenticated");
-        // Boxed as a whole: the session lives on the heap and this task's own future
-        // stays small.
-        Box::pin(run_session(server, stream, startup, me, shutdown)).await;
-    }
-    .instrument(span)
-    .await
-}
-
-/// Starts the session (initial parameters) and relays until the client leaves.
-async fn run_session(
-    server: Arc<Server>,
-    stream: ClientStream,
-    startup: Startup,
-    me: crate::registry::ClientHandle,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut session = match Box::pin(Session::start(server, stream, startup, me)).await {
-        Ok(s) => s,
-        Err((mut socket, fatal)) => {
-            send_fatal(&mut socket, &fatal).await;
-            return;
+        match Session::start(server, stream, startup, me).await {
+            Ok(session) => Some((slot, session)),
+            Err((mut socket, fatal)) => {
+                send_fatal(&mut socket, &fatal).await;
+                None
+            }
         }
-    };
-    let end = session::run(&mut session, shutdown).await;
-    tracing::info!(reason = %end, "client disconnected");
+    }
 }
 
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.

@@ -84,8 +84,10 @@ pub struct Pool {
     /// Replaced or removed by a reload: no new clients; connections close on release.
     retired: std::sync::atomic::AtomicBool,
     /// Idle connections, most recently used last. A std Mutex: every critical section is a
-    /// push or pop, never held across an await.
-    idle: Mutex<Vec<BackendConn>>,
+    /// push or pop, never held across an await. Boxed: a connection moves between the pool
+    /// and sessions by pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<BackendConn>>>,
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
     reset_sql: String,
@@ -101,7 +103,9 @@ impl std::fmt::Debug for Pool {
 /// A checked-out connection. Dropping it without [`PooledConn::release`] closes the
 /// connection, so a session that dies never returns a connection in an unknown state.
 pub struct PooledConn {
-    conn: Option<BackendConn>,
+    /// Boxed: it moves between the pool and sessions by pointer, and an idle session's
+    /// `Option<PooledConn>` stays small.
+    conn: Option<Box<BackendConn>>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
     /// The tenant's backend-cap slot, given back with the connection.
@@ -202,7 +206,7 @@ impl Pool {
     /// Hands `conn` out under `permit`, counting the wait.
     fn lend(
         self: &Arc<Self>,
-        conn: BackendConn,
+        conn: Box<BackendConn>,
         permit: OwnedSemaphorePermit,
         waited: Duration,
     ) -> PooledConn {
@@ -235,7 +239,7 @@ impl Pool {
         let conn = match self.take_idle() {
             Some(c) => c,
             // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
-            None => Box::pin(self.open()).await?,
+            None => Box::new(Box::pin(self.open()).await?),
         };
         Ok(self.lend(conn, permit, started.elapsed()))
     }
@@ -257,7 +261,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<BackendConn> {
+    fn take_idle(&self) -> Option<Box<BackendConn>> {
         loop {
             let conn = self.idle.lock().ok()?.pop()?;
             self.metrics.idle.dec();
@@ -268,7 +272,7 @@ impl Pool {
         }
     }
 
-    fn put_idle(&self, mut conn: BackendConn) {
+    fn put_idle(&self, mut conn: Box<BackendConn>) {
         conn.last_used = Instant::now();
         if conn.created.elapsed() >= self.limits.load().max_lifetime || self.is_retired() {
             self.metrics.closed.inc();

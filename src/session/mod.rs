@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::cancel::CancelRegistration;
 use crate::frontend::{Fatal, Startup};
@@ -24,7 +23,7 @@ use crate::pool::{Cleanup, Pool, PooledConn};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::sqlstate;
-use crate::registry::{ClientHandle, ClientState, TenantStats};
+use crate::registry::{ClientHandle, ClientState, SessionSignal, TenantStats};
 use crate::server::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
@@ -183,6 +182,7 @@ impl Session {
             });
         }
         self.params.normalize(conn);
+        self.params.intern();
         let mut reported: Vec<(String, String)> = conn
             .params
             .iter()
@@ -277,8 +277,8 @@ fn trim(buf: &mut BytesMut) {
 }
 
 /// Relays until the client leaves, then returns the backend (cleaned) or closes it.
-pub async fn run(s: &mut Session, mut shutdown: watch::Receiver<bool>) -> End {
-    let end = relay_loop(s, &mut shutdown).await;
+pub async fn run(s: &mut Session) -> End {
+    let end = relay_loop(s).await;
     match &end {
         End::InjectionFailed(e) => {
             tracing::error!(code = %e.code, message = %e.message, "could not set the tenant context; closing the client");
@@ -381,29 +381,105 @@ impl Session {
     }
 }
 
-async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> End {
-    let mut stopping = *shutdown.borrow();
-    let entry = s.me.entry.clone();
-    // Created once and kept across iterations: a fresh Notified or watch future per
-    // iteration registers and unregisters a waiter under a lock every time.
-    let killed = entry.kill_signal.wait();
-    tokio::pin!(killed);
-    let shutdown_changed = shutdown.changed();
-    tokio::pin!(shutdown_changed);
+/// Relays until the session ends. Between transactions a plain-TCP client is parked: its
+/// task then waits in a future of a few dozen bytes, and the relay's larger state is
+/// allocated only while the client is busy (once per transaction, not per message).
+async fn relay_loop(s: &mut Session) -> End {
+    let mut stopping = s.server.is_shutting_down();
     loop {
-        if let Err(end) = s.process_client().await {
+        let woken = s.parkable();
+        // The first park follows start-up, whose buffers are still held.
+        s.release_idle_buffers();
+        if woken && let Err(end) = park(s, stopping).await {
             return end;
         }
-        if let Err(end) = s.flush().await {
+        if let Some(end) = Box::pin(relay_busy(s, &mut stopping, woken)).await {
             return end;
+        }
+    }
+}
+
+impl Session {
+    /// True when nothing is in flight and nothing buffered: the client can be parked. TLS
+    /// clients are not, since the TLS layer may hold decrypted bytes the socket no longer
+    /// signals.
+    fn parkable(&self) -> bool {
+        self.backend.is_none()
+            && self.flow.is_idle()
+            && self.cbuf.is_empty()
+            && self.cout.is_empty()
+            && !self.client.is_tls()
+    }
+}
+
+/// Waits, holding nothing but the socket, for the client to send something; ends the
+/// session on KILL, shutdown or the client idle timeout.
+async fn park(s: &mut Session, stopping: bool) -> Result<(), End> {
+    if stopping {
+        return Err(End::Shutdown);
+    }
+    s.me.set_state(ClientState::Idle);
+    // Boxed, and only when configured: a timer is larger than the rest of the wait.
+    let mut timer = s
+        .silence_limit(ClientState::Idle)
+        .map(|(limit, _)| Box::pin(tokio::time::sleep(limit)));
+    let idle_timeout = async {
+        match timer.as_mut() {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    let signal = &s.me.entry.signal;
+    tokio::select! {
+        biased;
+        raised = signal.wait(SessionSignal::KILL | SessionSignal::SHUTDOWN) => {
+            Err(if raised & SessionSignal::KILL != 0 { End::Killed } else { End::Shutdown })
+        }
+        r = client_readable(s.client.tcp()) => r.map_err(End::ClientIo),
+        _ = idle_timeout => Err(End::Timeout(CLIENT_IDLE)),
+    }
+}
+
+/// Resolves when the client sends something (or closes). The readiness left from the last
+/// read may be stale, so it is first cleared by a non-blocking peek that finds nothing.
+async fn client_readable(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let peek = || {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        socket2::SockRef::from(tcp).peek(&mut byte)
+    };
+    match tcp.try_io(tokio::io::Interest::READABLE, peek) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.readable().await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The relay while the client is busy: returns None once it can be parked again. `woken`:
+/// the client just became readable, so it is read before it may be parked again.
+async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Option<End> {
+    let entry = s.me.entry.clone();
+    let mask =
+        |stopping: bool| SessionSignal::KILL | if stopping { 0 } else { SessionSignal::SHUTDOWN };
+    // Kept across iterations: waiting on it then costs one atomic load per wake-up.
+    let signal = entry.signal.wait(mask(*stopping));
+    tokio::pin!(signal);
+    loop {
+        if let Err(end) = s.process_client().await {
+            return Some(end);
+        }
+        if let Err(end) = s.flush().await {
+            return Some(end);
         }
         s.maybe_release();
         s.release_idle_buffers();
-        if stopping && s.backend.is_none() {
-            return End::Shutdown;
+        if *stopping && s.backend.is_none() {
+            return Some(End::Shutdown);
         }
         if entry.is_killed() {
-            return End::Killed;
+            return Some(End::Killed);
+        }
+        if s.parkable() && !std::mem::take(&mut woken) {
+            return None;
         }
         let state = s.current_state();
         s.me.set_state(state);
@@ -420,22 +496,29 @@ async fn relay_loop(s: &mut Session, shutdown: &mut watch::Receiver<bool>) -> En
             // Fixed order (no per-iteration random start): the backend's replies first, so
             // a transaction finishes before the client's next request is looked at.
             biased;
-            _ = &mut killed => return End::Killed,
-            _ = &mut shutdown_changed, if !stopping => stopping = true,
+            raised = &mut signal => {
+                if raised & SessionSignal::KILL != 0 {
+                    return Some(End::Killed);
+                }
+                *stopping = true;
+                signal.set(entry.signal.wait(mask(true)));
+            }
             r = read_backend(backend) => match r {
                 Ok(()) => {
                     if let Err(end) = s.process_backend() {
-                        return end;
+                        return Some(end);
                     }
                 }
-                Err(e) => return End::BackendLost(e),
+                Err(e) => return Some(End::BackendLost(e)),
             },
             r = read_client_bytes(&mut s.client, &mut s.cbuf), if read_client => match r {
-                Ok(0) => return End::ClientClosed,
+                Ok(0) => return Some(End::ClientClosed),
                 Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
-                Err(e) => return End::ClientIo(e),
+                Err(e) => return Some(End::ClientIo(e)),
             },
-            _ = timer => return End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)),
+            _ = timer => {
+                return Some(End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)));
+            }
         }
     }
 }

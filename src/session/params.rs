@@ -4,6 +4,7 @@
 //! backend's value differs, and pipelined ahead of the client's own request.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 
@@ -59,13 +60,25 @@ pub fn canonical(name: &str) -> Cow<'static, str> {
         .unwrap_or_else(|| Cow::Owned(name.to_ascii_lowercase()))
 }
 
-/// The client's view of its session parameters.
+/// The client's view of its session parameters. Shared copy-on-write: most clients of a
+/// deployment have identical settings, so after start-up they point at one interned set
+/// instead of holding a few hundred bytes each.
 #[derive(Debug, Default, Clone)]
 pub struct ClientParams {
+    set: Arc<ParamSet>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ParamSet {
     values: Vec<(Cow<'static, str>, String)>,
     /// Settings the client chose itself (startup parameters and options).
     explicit: Vec<Cow<'static, str>>,
 }
+
+/// Distinct parameter sets kept for sharing; beyond this many, new sets are not interned.
+const INTERNED_SETS: usize = 64;
+
+static INTERNED: Mutex<Vec<Arc<ParamSet>>> = Mutex::new(Vec::new());
 
 impl ClientParams {
     /// Starts from the settings in the client's StartupMessage and `options`.
@@ -73,17 +86,33 @@ impl ClientParams {
         let mut p = ClientParams::default();
         for (k, v) in settings {
             p.set(&k, &v);
-            p.explicit.push(canonical(&k));
+            Arc::make_mut(&mut p.set).explicit.push(canonical(&k));
         }
         p
+    }
+
+    /// Shares an identical set another client already holds (or offers this one for
+    /// sharing); called once the start-up values are settled.
+    pub fn intern(&mut self) {
+        let Ok(mut interned) = INTERNED.lock() else {
+            return;
+        };
+        if let Some(same) = interned.iter().find(|s| **s == self.set) {
+            self.set = same.clone();
+        } else if interned.len() < INTERNED_SETS {
+            interned.push(self.set.clone());
+        }
     }
 
     /// Records a value (from startup or from a ParameterStatus while attached).
     pub fn set(&mut self, name: &str, value: &str) {
         let name = canonical(name);
-        match self.values.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.values.push((name, value.to_string())),
+        match self.set.values.iter().position(|(k, _)| *k == name) {
+            Some(i) if self.set.values[i].1 == value => {}
+            Some(i) => Arc::make_mut(&mut self.set).values[i].1 = value.to_string(),
+            None => Arc::make_mut(&mut self.set)
+                .values
+                .push((name, value.to_string())),
         }
     }
 
@@ -98,7 +127,7 @@ impl ClientParams {
     /// left) for every followed setting the client has not chosen.
     pub fn fill_defaults(&mut self, conn: &BackendConn) {
         for name in FOLLOWED {
-            if !self.explicit.iter().any(|e| e == name)
+            if !self.set.explicit.iter().any(|e| e == name)
                 && let Some(v) = conn.defaults.get(*name)
             {
                 self.set(name, &v.clone());
@@ -109,7 +138,7 @@ impl ClientParams {
     /// After the client's settings were applied, adopts the values as the server reported
     /// them (normalised, e.g. `iso` becomes `ISO, MDY`).
     pub fn normalize(&mut self, conn: &BackendConn) {
-        for name in self.explicit.clone() {
+        for name in self.set.explicit.clone() {
             if FOLLOWED.contains(&name.as_ref())
                 && let Some(v) = conn.params.get(name.as_ref())
             {
@@ -120,7 +149,10 @@ impl ClientParams {
 
     /// All values, for the startup ParameterStatus report.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+        self.set
+            .values
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// Appends the proxy requests that bring `conn` to this client's view; returns how many.
@@ -131,7 +163,7 @@ impl ClientParams {
         flow: &mut Flow,
     ) -> usize {
         let mut n = 0;
-        for (k, v) in &self.values {
+        for (k, v) in &self.set.values {
             if conn.params.get(k.as_ref()) == Some(v) {
                 continue;
             }
@@ -151,7 +183,7 @@ impl ClientParams {
         let mut i = 0;
         while i < conn.unreported.len() {
             let k = &conn.unreported[i];
-            if self.values.iter().any(|(c, _)| c == k) {
+            if self.set.values.iter().any(|(c, _)| c == k) {
                 i += 1;
                 continue;
             }
@@ -164,5 +196,38 @@ impl ClientParams {
             n += 1;
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup() -> ClientParams {
+        ClientParams::from_startup(vec![
+            ("application_name".into(), "intern-test".into()),
+            ("DateStyle".into(), "ISO, MDY".into()),
+        ])
+    }
+
+    #[test]
+    fn identical_sets_are_shared_and_copied_on_write() {
+        let (mut a, mut b) = (startup(), startup());
+        assert!(!Arc::ptr_eq(&a.set, &b.set));
+        a.intern();
+        b.intern();
+        assert!(Arc::ptr_eq(&a.set, &b.set));
+        // Re-learning the same value keeps sharing; a change is the changer's alone.
+        b.observe("DateStyle", "ISO, MDY");
+        assert!(Arc::ptr_eq(&a.set, &b.set));
+        b.observe("DateStyle", "German, DMY");
+        assert!(!Arc::ptr_eq(&a.set, &b.set));
+        let date = |p: &ClientParams| {
+            p.iter()
+                .find(|(k, _)| *k == "DateStyle")
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(date(&a).as_deref(), Some("ISO, MDY"));
+        assert_eq!(date(&b).as_deref(), Some("German, DMY"));
     }
 }
