@@ -463,28 +463,42 @@ fn process_cpu() -> Duration {
 /// session burns a whole second of CPU here, an idle proxy a few milliseconds.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_clients_cost_no_cpu_and_wake_up() {
-    let env = TestEnv::start().await;
-    let mut clients = Vec::new();
-    for i in 0..20 {
-        let c = env
-            .proxy
-            .connect(if i % 2 == 0 { "acme" } else { "globex" })
-            .await;
-        if i % 4 == 0 {
-            one(&c, CTX).await;
+    let body = async {
+        let env = TestEnv::start().await;
+        let mut clients = Vec::new();
+        for i in 0..20 {
+            let c = env
+                .proxy
+                .connect(if i % 2 == 0 { "acme" } else { "globex" })
+                .await;
+            if i % 4 == 0 {
+                one(&c, CTX).await;
+            }
+            clients.push(c);
         }
-        clients.push(c);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = process_cpu();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let used = process_cpu() - before;
-    assert!(
-        used < Duration::from_millis(300),
-        "20 idle clients used {used:?} of CPU in 1 s"
-    );
-    for (i, c) in clients.iter().enumerate() {
-        let want = if i % 2 == 0 { ACME } else { GLOBEX };
-        assert_eq!(one(c, CTX).await, want, "client {i}");
-    }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = process_cpu();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = process_cpu() - before;
+        assert!(
+            used < Duration::from_millis(300),
+            "20 idle clients used {used:?} of CPU in 1 s"
+        );
+        for (i, c) in clients.iter().enumerate() {
+            let want = if i % 2 == 0 { ACME } else { GLOBEX };
+            assert_eq!(one(c, CTX).await, want, "client {i}");
+        }
+    };
+    // A watchdog thread, since spinning sessions can starve the runtime's own timers.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(90));
+        if !watch.load(Ordering::Acquire) {
+            eprintln!("parked clients did not answer within 90 s (a spinning session?)");
+            std::process::exit(1);
+        }
+    });
+    body.await;
+    done.store(true, Ordering::Release);
 }
