@@ -158,9 +158,7 @@ fn hash_password(password: Option<String>) -> ExitCode {
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        b.worker_threads(threads);
-    }
+    b.worker_threads(pgtenant::config::worker_threads(threads));
     b.enable_all().build().expect("tokio runtime")
 }
 
