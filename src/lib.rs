@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod signal;
 pub mod stream;
 pub mod tenant;
 pub mod tls;

@@ -434,14 +434,6 @@ async fn concurrent_tenants_never_see_each_other() {
     }
 }
 
-/// Runs `SHOW`-like single-value queries and returns the value.
-async fn one(c: &Client, sql: &str) -> String {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 #[tokio::test]
 async fn no_context_leaks_to_the_next_tenant_on_a_single_connection() {
     let env = TestEnv::start_with(|c| {

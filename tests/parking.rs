@@ -9,16 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use tokio_postgres::Client;
 
 const CTX: &str = "SELECT current_setting('app.current_tenant')";
-
-async fn one(c: &Client, sql: &str) -> String {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
 
 /// CPU time this process has used (the proxy runs in it).
 fn process_cpu() -> Duration {

@@ -13,13 +13,6 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 const CTX: &str = "SELECT current_setting('app.current_tenant')";
 
-async fn one(c: &Client, sql: &str) -> String {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 async fn app_user_backends(su: &Client) -> i64 {
     su.query_one(
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user'",

@@ -306,3 +306,11 @@ pub fn promtool() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// The single text value a query returns (panics, naming the query, on any error).
+pub async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
