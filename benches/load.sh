@@ -41,37 +41,6 @@ MAX_CLIENTS=$(( max_c * 2 + 100 ))
 # shellcheck source=benches/setup.sh
 source benches/setup.sh
 
-# --- scripts --------------------------------------------------------------------------
-write_script() { # name with_ctx
-  local f="$WORK/$1.$2.sql" ctx=""
-  [ "$2" = ctx ] && ctx="SELECT set_config('app.current_tenant', '$TID', true);"
-  case $1 in
-    select) cat > "$f" <<SQL
-\set aid random(1, 100000 * $SCALE)
-BEGIN;
-$ctx
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-END;
-SQL
-    ;;
-    tpcb) cat > "$f" <<SQL
-\set aid random(1, 100000 * $SCALE)
-\set bid random(1, $SCALE)
-\set tid random(1, 10 * $SCALE)
-\set delta random(-5000, 5000)
-BEGIN;
-$ctx
-UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
-UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
-INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
-END;
-SQL
-    ;;
-  esac
-  sed -i '/^$/d' "$f"
-}
 for s in select tpcb; do write_script "$s" ctx; write_script "$s" plain; done
 
 # --- one pgbench run ------------------------------------------------------------------

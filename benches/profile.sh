@@ -22,14 +22,8 @@ mkdir -p "$PROFILE_DIR"; PROFILE_DIR=$(cd "$PROFILE_DIR" && pwd)
 # shellcheck source=benches/setup.sh
 source benches/setup.sh
 
-ctx=""
-[ "$SCRIPT" = select ] || { echo "SCRIPT=$SCRIPT: only select is scripted here" >&2; exit 2; }
-write() { # file with-context
-  { echo "\\set aid random(1, 100000 * $SCALE)"; echo "BEGIN;"
-    [ "$2" = 1 ] && echo "SELECT set_config('app.current_tenant', '$TID', true);"
-    echo "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;"; echo "END;"; } > "$1"
-}
-write "$WORK/ctx.sql" 1; write "$WORK/plain.sql" 0
+case $SCRIPT in select|tpcb) ;; *) echo "SCRIPT=$SCRIPT: select or tpcb" >&2; exit 2 ;; esac
+write_script "$SCRIPT" ctx; write_script "$SCRIPT" plain
 
 EVENTS=cpu-clock,context-switches,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
 measure() { # name pid port file [record]
@@ -69,9 +63,9 @@ echo "$SCRIPT, -M $MODE, $CLIENTS clients, ${DURATION}s each; per transaction:"
 echo
 echo "| proxy | TPS | CPU µs | user / sys µs | context switches | reads | writes | epoll_wait | futex |"
 echo "|---|---|---|---|---|---|---|---|---|"
-measure pgbouncer "$BOUNCER_PID" "$BPORT" "$WORK/ctx.sql"
-measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/plain.sql"
-[ "${RECORD:-1}" = 0 ] || measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/plain.sql" record
+measure pgbouncer "$BOUNCER_PID" "$BPORT" "$WORK/$SCRIPT.ctx.sql"
+measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql"
+[ "${RECORD:-1}" = 0 ] || measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql" record
 perf report -i "$PROFILE_DIR/pgtenant.perf.data" --no-children --sort symbol --stdio 2>/dev/null \
   | grep -v '^$' > "$PROFILE_DIR/pgtenant.report.txt" || true
 echo

@@ -116,3 +116,35 @@ for _ in $(seq 50); do
 done
 BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 echo "== fd limits: bench $(ulimit -n), pgbouncer $(awk '/open files/ {print $4}' "/proc/$BOUNCER_PID/limits"), pgtenant $(awk '/open files/ {print $4}' "/proc/$TENANT_PID/limits")" >&2
+
+# --- pgbench scripts (load.sh, profile.sh) ---------------------------------------------
+write_script() { # name with_ctx
+  local f="$WORK/$1.$2.sql" ctx=""
+  [ "$2" = ctx ] && ctx="SELECT set_config('app.current_tenant', '$TID', true);"
+  case $1 in
+    select) cat > "$f" <<SQL
+\set aid random(1, 100000 * $SCALE)
+BEGIN;
+$ctx
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+END;
+SQL
+    ;;
+    tpcb) cat > "$f" <<SQL
+\set aid random(1, 100000 * $SCALE)
+\set bid random(1, $SCALE)
+\set tid random(1, 10 * $SCALE)
+\set delta random(-5000, 5000)
+BEGIN;
+$ctx
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+SQL
+    ;;
+  esac
+  sed -i '/^$/d' "$f"
+}

@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::protocol::sql::AnalysisCache;
 use crate::registry::Registry;
 use crate::tenant::{InjectionPlan, TenantDirectory};
 
@@ -36,8 +37,9 @@ pub struct Server {
     pub registry: Arc<Registry>,
     /// Client-facing TLS, when enabled.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
-    /// Protected setting names (lowercase): the injected ones plus role and session_authorization.
-    pub protected: Vec<String>,
+    /// Checks client SQL against the protected setting names (lowercase: the injected ones
+    /// plus role and session_authorization), remembering verdicts on texts seen before.
+    pub sql_guard: AnalysisCache,
     clients: AtomicUsize,
     /// PAUSE: new transactions wait until RESUME.
     paused: watch::Sender<bool>,
@@ -80,7 +82,7 @@ impl Server {
             cancels: Arc::new(CancelRegistry::default()),
             readiness: Arc::new(Readiness::default()),
             registry,
-            protected,
+            sql_guard: AnalysisCache::new(protected),
             clients: AtomicUsize::new(0),
             paused: watch::channel(false).0,
             shutdown_requested: watch::channel(false).0,

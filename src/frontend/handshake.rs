@@ -136,7 +136,7 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
     }
     for (name, _) in &settings {
         let lower = name.to_ascii_lowercase();
-        if server.protected.contains(&lower) {
+        if server.sql_guard.protected().contains(&lower) {
             server
                 .metrics
                 .context_rejections

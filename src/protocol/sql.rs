@@ -9,7 +9,9 @@
 
 use std::borrow::Cow;
 
+mod cache;
 mod lexer;
+pub use cache::AnalysisCache;
 pub use lexer::{Lexer, Token, TokenKind};
 
 /// Why a statement was refused by the context guard.

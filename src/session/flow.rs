@@ -53,6 +53,10 @@ pub struct Flow {
     failed_statements: Vec<String>,
 }
 
+/// Requests a transaction's queue gets room for at once (an extended-protocol statement is
+/// five; the queue is freed while the client is idle).
+const PENDING_ROOM: usize = 16;
+
 fn is_boundary(tag: u8) -> bool {
     matches!(tag, ft::SYNC | ft::QUERY | ft::FUNCTION_CALL)
 }
@@ -90,6 +94,10 @@ impl Flow {
         }
         if is_boundary(tag) {
             self.boundaries += 1;
+        }
+        if self.pending.capacity() == 0 {
+            // One allocation per transaction rather than a growth per few requests.
+            self.pending.reserve(PENDING_ROOM);
         }
         self.pending.push_back(Pending {
             tag,

@@ -4,6 +4,7 @@
 //! when the backend reports ReadyForQuery(Idle) the connection is released.
 
 mod attach;
+mod buffers;
 pub mod flow;
 mod guard;
 pub mod params;
@@ -250,20 +251,15 @@ impl Session {
     }
 }
 
-/// Bytes reserved for reading once a client with released buffers becomes readable.
-const READ_CHUNK: usize = 8192;
-
 impl Session {
-    /// Between transactions, gives every per-connection buffer back to the allocator, so
-    /// thousands of idle clients cost little memory; the next request allocates afresh.
+    /// Between transactions, gives every per-connection buffer back (to the thread's spares
+    /// or the allocator), so thousands of idle clients cost little memory.
     fn release_idle_buffers(&mut self) {
         if self.backend.is_some() || !self.flow.is_idle() {
             return;
         }
         for buf in [&mut self.cbuf, &mut self.cout, &mut self.bout] {
-            if buf.is_empty() && buf.capacity() > 0 {
-                *buf = BytesMut::new();
-            }
+            buffers::recycle(buf);
         }
         self.flow.shrink();
     }
@@ -471,7 +467,10 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             return Some(end);
         }
         s.maybe_release();
-        s.release_idle_buffers();
+        if s.client.is_tls() {
+            // Never parked: released here instead, between transactions.
+            s.release_idle_buffers();
+        }
         if *stopping && s.backend.is_none() {
             return Some(End::Shutdown);
         }
@@ -513,7 +512,12 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             },
             r = read_client_bytes(&mut s.client, &mut s.cbuf), if read_client => match r {
                 Ok(0) => return Some(End::ClientClosed),
-                Ok(n) => s.server.metrics.client_received_bytes.inc_by(n as u64),
+                Ok(n) => {
+                    s.server.metrics.client_received_bytes.inc_by(n as u64);
+                    // A request is coming: room for what goes to the backend and back.
+                    buffers::fill(&mut s.bout);
+                    buffers::fill(&mut s.cout);
+                }
                 Err(e) => return Some(End::ClientIo(e)),
             },
             _ = timer => {
@@ -532,7 +536,7 @@ async fn read_client_bytes(
 ) -> std::io::Result<usize> {
     if cbuf.capacity() == 0 && !client.is_tls() {
         client.tcp().readable().await?;
-        cbuf.reserve(READ_CHUNK);
+        buffers::fill(cbuf);
     }
     client.read_buf(cbuf).await
 }

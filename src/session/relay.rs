@@ -10,7 +10,7 @@ use super::{End, Session};
 use crate::config::PoolMode;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
-use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql, sqlstate};
+use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
 
 impl Session {
     /// True when a complete client frame is waiting for a ReadyForQuery before it may go
@@ -88,7 +88,7 @@ impl Session {
         }
         let mut no_txn_block = false;
         if let Some(text) = sql_text(&frame) {
-            let a = sql::analyze(text, &self.server.protected);
+            let a = self.server.sql_guard.analyze(text);
             if let Some(v) = a.protected_change {
                 let msg = format!(
                     "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
