@@ -272,6 +272,10 @@ pub struct DatabaseConfig {
     /// closed first).
     #[serde(default = "default_statement_cache")]
     pub prepared_statement_cache_size: usize,
+    /// Transaction pooling: a plain BEGIN is answered by the proxy and sent with the
+    /// transaction's first statement (no backend held in between, one round trip fewer).
+    #[serde(default = "default_true")]
+    pub defer_begin: bool,
     /// TLS to the backend, libpq semantics.
     #[serde(default)]
     pub sslmode: crate::tls::SslMode,
@@ -298,6 +302,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_true() -> bool {
+    true
 }
 fn default_statement_cache() -> usize {
     256

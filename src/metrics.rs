@@ -14,6 +14,7 @@ pub struct Metrics {
     pub client_connections: IntGaugeVec,
     pub auth_attempts: IntCounterVec,
     pub context_injections: IntCounter,
+    pub deferred_begins: IntCounter,
     pub context_rejections: IntCounterVec,
     pub protocol_errors: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
@@ -177,6 +178,14 @@ impl Metrics {
                 IntCounter::new(
                     "pgtenant_context_injections_total",
                     "Transactions given the tenant context.",
+                )
+                .expect("valid metric"),
+            ),
+            deferred_begins: reg(
+                &r,
+                IntCounter::new(
+                    "pgtenant_deferred_begins_total",
+                    "Plain BEGINs answered by the proxy and sent with the transaction's first statement.",
                 )
                 .expect("valid metric"),
             ),

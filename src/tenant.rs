@@ -20,6 +20,8 @@ pub const CTX_SESSION_STATEMENT: &str = "pgtenant_ctx_session";
 pub const PARAM_STATEMENT: &str = "pgtenant_param";
 /// Prepared statement that puts one setting back to its default.
 pub const PARAM_RESET_STATEMENT: &str = "pgtenant_param_reset";
+/// The proxy's prepared `BEGIN`, which opens a client's deferred transaction.
+pub const BEGIN_STATEMENT: &str = "pgtenant_begin";
 /// Statement names with this prefix belong to the proxy; clients may not use them.
 pub const RESERVED_PREFIX: &str = "pgtenant_";
 
@@ -70,6 +72,9 @@ pub struct InjectionPlan {
     pub reset_local: Bytes,
     /// Parse messages in `prepare`.
     pub prepare_count: usize,
+    /// Bind + Execute of the prepared BEGIN: a deferred BEGIN needs no Sync of its own,
+    /// so the client's first statement follows it in the same write.
+    pub begin: Bytes,
 }
 
 /// Prefix of the prepared `RESET <setting>` statements (one per setting).
@@ -101,6 +106,7 @@ impl InjectionPlan {
             PARAM_RESET_STATEMENT,
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
+        messages::parse(&mut prepare, BEGIN_STATEMENT, "BEGIN");
         let mut reset_local = BytesMut::new();
         for (i, name) in settings.iter().enumerate() {
             let statement = format!("{RESET_STATEMENT_PREFIX}{i}");
@@ -114,15 +120,20 @@ impl InjectionPlan {
             .collect::<Vec<_>>()
             .join("; ");
         InjectionPlan {
-            prepare_count: 4 + settings.len(),
+            prepare_count: 5 + settings.len(),
             settings,
             prepare: prepare.freeze(),
             reset_sql,
             reset_local: reset_local.freeze(),
+            begin: Self::bind_execute(BEGIN_STATEMENT, &[]),
         }
     }
 
     fn injection(&self, statement: &str, values: &[&[u8]]) -> Bytes {
+        Self::bind_execute(statement, values)
+    }
+
+    fn bind_execute(statement: &str, values: &[&[u8]]) -> Bytes {
         let mut out = BytesMut::new();
         messages::bind(&mut out, statement, values.iter().copied());
         messages::execute(&mut out);

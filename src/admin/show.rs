@@ -419,6 +419,7 @@ fn config(server: &Server) -> Table {
                 "yes",
             ),
             (key("checkout_timeout"), d(db.checkout_timeout), "yes"),
+            (key("defer_begin"), db.defer_begin.to_string(), "yes"),
             (key("idle_timeout"), d(db.idle_timeout), "yes"),
             (key("max_lifetime"), d(db.max_lifetime), "yes"),
             (

@@ -44,6 +44,7 @@ struct Limits {
     checkout_timeout: Duration,
     idle_timeout: Duration,
     max_lifetime: Duration,
+    defer_begin: bool,
 }
 
 impl Limits {
@@ -53,6 +54,7 @@ impl Limits {
             checkout_timeout: cfg.checkout_timeout,
             idle_timeout: cfg.idle_timeout,
             max_lifetime: cfg.max_lifetime,
+            defer_begin: cfg.defer_begin,
         }
     }
 }
@@ -181,6 +183,11 @@ impl Pool {
     /// The checkout timeout in force.
     pub fn checkout_timeout(&self) -> Duration {
         self.limits.load().checkout_timeout
+    }
+
+    /// Whether a plain BEGIN waits for the transaction's first statement (`defer_begin`).
+    pub fn defers_begin(&self) -> bool {
+        self.limits.load().defer_begin
     }
 
     /// Idle connections: (id, age, time since last use).

@@ -43,6 +43,7 @@ pub mod backend_tag {
     pub const DATA_ROW: u8 = b'D';
     pub const ROW_DESCRIPTION: u8 = b'T';
     pub const NO_DATA: u8 = b'n';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
     pub const EMPTY_QUERY: u8 = b'I';
     pub const PORTAL_SUSPENDED: u8 = b's';
     pub const COPY_IN_RESPONSE: u8 = b'G';

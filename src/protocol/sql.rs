@@ -412,6 +412,30 @@ fn statements<'t>(toks: &'t [Token<'t>]) -> impl Iterator<Item = &'t [Token<'t>]
         .filter(|s| !s.is_empty())
 }
 
+/// True when `sql` is a BEGIN without options (`BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION`,
+/// `START TRANSACTION`, any case, comments and trailing semicolons allowed): one that cannot
+/// fail outside a transaction block, so the proxy may answer it before sending it on.
+pub fn is_plain_begin(sql: &[u8]) -> bool {
+    let mut words = [None; 2];
+    let mut n = 0;
+    for t in Lexer::new(sql) {
+        if is_op(Some(&t), b';') {
+            continue;
+        }
+        if t.kind != TokenKind::Ident || n == words.len() {
+            return false;
+        }
+        words[n] = Some(t);
+        n += 1;
+    }
+    let (first, second) = (words[0].as_ref(), words[1].as_ref());
+    if is_kw(first, "begin") {
+        second.is_none() || is_kw_in(second, &["work", "transaction"])
+    } else {
+        is_kw(first, "start") && is_kw(second, "transaction")
+    }
+}
+
 /// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
 pub fn is_no_transaction_block(sql: &[u8]) -> bool {
     no_transaction_block(&Lexer::new(sql).collect::<Vec<_>>())

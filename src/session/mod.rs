@@ -5,6 +5,7 @@
 
 mod attach;
 mod buffers;
+mod deferred;
 pub mod flow;
 mod guard;
 pub mod params;
@@ -107,6 +108,8 @@ pub struct Session {
     stats: Arc<TenantStats>,
     /// When the current transaction started (its duration metric).
     txn_started: Option<std::time::Instant>,
+    /// The client was told its BEGIN ran; it goes to a backend with the next request.
+    deferred_begin: bool,
 }
 
 impl Session {
@@ -147,6 +150,7 @@ impl Session {
             skip_until_sync: false,
             statements: Default::default(),
             unnamed_on_backend: false,
+            deferred_begin: false,
             server,
         });
         match session.initial_parameters().await {
@@ -356,6 +360,8 @@ impl Session {
     /// What the client is doing, for the admin console and the state gauges.
     fn current_state(&self) -> ClientState {
         match &self.backend {
+            // A deferred BEGIN: in a transaction as far as the client knows.
+            None if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
             None => ClientState::Idle,
             Some(_) if !self.flow.is_idle() => ClientState::Active,
             Some(_) if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
@@ -401,6 +407,7 @@ impl Session {
     /// signals.
     fn parkable(&self) -> bool {
         self.backend.is_none()
+            && self.status == TxStatus::Idle
             && self.flow.is_idle()
             && self.cbuf.is_empty()
             && self.cout.is_empty()
@@ -471,7 +478,7 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             // Never parked: released here instead, between transactions.
             s.release_idle_buffers();
         }
-        if *stopping && s.backend.is_none() {
+        if *stopping && s.backend.is_none() && !s.deferred_begin {
             return Some(End::Shutdown);
         }
         if entry.is_killed() {

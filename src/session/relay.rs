@@ -60,7 +60,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            ft::SYNC | ft::FLUSH if self.backend.is_none() => {
+            ft::SYNC | ft::FLUSH if self.backend.is_none() && !self.deferred_begin => {
                 if frame.tag == ft::SYNC {
                     messages::ready_for_query(&mut self.cout, TxStatus::Idle);
                 }
@@ -84,6 +84,14 @@ impl Session {
                     "invalid frontend message type {}",
                     other
                 )));
+            }
+        }
+        if self.backend.is_none() {
+            if self.defer_begin(&frame) {
+                return Ok(());
+            }
+            if self.deferred_begin && !self.send_deferred_begin(&frame).await? {
+                return Ok(());
             }
         }
         let mut no_txn_block = false;

@@ -266,3 +266,34 @@ fn analyze_agrees_with_the_single_purpose_checks() {
         assert_eq!(a.no_transaction_block, is_no_transaction_block(s), "{sql}");
     }
 }
+
+#[test]
+fn plain_begin() {
+    for yes in [
+        "BEGIN",
+        "begin;",
+        " Begin Work ; ",
+        "BEGIN TRANSACTION;;",
+        "start transaction",
+        "/* c */ BEGIN -- trailing\n",
+    ] {
+        assert!(is_plain_begin(yes.as_bytes()), "{yes}");
+    }
+    for no in [
+        "",
+        ";",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN READ ONLY",
+        "START TRANSACTION READ WRITE",
+        "BEGIN; SELECT 1",
+        "BEGIN; BEGIN",
+        "START",
+        "begin work work",
+        "\"BEGIN\"",
+        "COMMIT",
+        "SELECT 'BEGIN'",
+        "DO $$BEGIN END$$",
+    ] {
+        assert!(!is_plain_begin(no.as_bytes()), "{no}");
+    }
+}
