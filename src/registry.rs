@@ -2,8 +2,8 @@
 //! limits) and per-tenant activity counters (for per-tenant metrics with a cardinality cap).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use crate::signal::SessionSignal;
 use std::time::SystemTime;
@@ -148,9 +148,11 @@ pub struct ClientEntry {
 /// What a client authenticated as.
 #[derive(Debug)]
 pub struct Identity {
-    pub tenant: String,
-    pub user: String,
-    pub database: String,
+    /// Tenant, user and database names are shared by every client that uses them
+    /// ([`Registry::intern`]): one copy per name, not per client.
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub application_name: String,
     pub stats: Arc<TenantStats>,
 }
@@ -189,6 +191,7 @@ pub struct Registry {
     tenants: Arc<DashMap<String, Arc<TenantStats>>>,
     next_id: AtomicU64,
     state_gauges: Vec<IntGauge>,
+    names: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Registry {
@@ -199,6 +202,7 @@ impl Registry {
             tenants: Arc::new(DashMap::new()),
             next_id: AtomicU64::new(1),
             state_gauges,
+            names: Default::default(),
         }
     }
 
@@ -226,6 +230,18 @@ impl Registry {
 
     fn gauge(&self, s: ClientState) -> &IntGauge {
         &self.state_gauges[s as usize]
+    }
+
+    /// One shared copy of a configured name (tenant, user, database). Only names that
+    /// passed authentication get here, so the set is bounded by the configuration.
+    pub fn intern(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        names.insert(n.clone());
+        n
     }
 
     /// The counters of `tenant`, created on first use.
@@ -265,7 +281,7 @@ impl Registry {
     pub fn kill_tenant(&self, tenant: &str) -> usize {
         let mut n = 0;
         for c in self.clients.iter() {
-            if c.identity().is_some_and(|i| i.tenant == tenant) {
+            if c.identity().is_some_and(|i| *i.tenant == *tenant) {
                 c.kill();
                 n += 1;
             }

@@ -49,6 +49,8 @@ pub struct Server {
     tenant_top: Arc<AtomicUsize>,
     reload_lock: Mutex<()>,
     pub started_at: SystemTime,
+    /// The runtime the server was built on, where sessions parked outside it resume.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Server {
@@ -90,6 +92,7 @@ impl Server {
             tenant_top,
             reload_lock: Mutex::new(()),
             started_at: SystemTime::now(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         });
         server.publish_cert_expiry();
         Ok(server)

@@ -35,6 +35,11 @@ impl SessionSignal {
         }
     }
 
+    /// Replaces the waker a raise wakes (a session parked outside the runtime).
+    pub fn set_waker(&self, waker: std::task::Waker) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
+    }
+
     /// Resolves with the raised flags once any flag in `mask` is raised. Keep the future
     /// across polls: a new one registers the waker again.
     pub fn wait(&self, mask: u8) -> impl std::future::Future<Output = u8> + '_ {

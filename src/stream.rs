@@ -15,14 +15,59 @@ macro_rules! either_stream {
         pub enum $name {
             Plain(TcpStream),
             Tls(Box<$tls>),
+            /// A plain socket taken out of the runtime while its client is idle (see
+            /// `crate::session::lot`); None only while it is being moved.
+            Parked(Option<std::net::TcpStream>),
         }
 
         impl $name {
-            /// The TCP socket underneath.
-            pub fn tcp(&self) -> &TcpStream {
+            /// The TCP socket underneath, unless parked.
+            pub fn tcp(&self) -> Option<&TcpStream> {
                 match self {
-                    $name::Plain(s) => s,
-                    $name::Tls(s) => s.get_ref().0,
+                    $name::Plain(s) => Some(s),
+                    $name::Tls(s) => Some(s.get_ref().0),
+                    $name::Parked(_) => None,
+                }
+            }
+
+            /// Takes a plain socket out of the runtime's reactor; returns its descriptor.
+            pub fn park(&mut self) -> io::Result<std::os::fd::RawFd> {
+                use std::os::fd::AsRawFd;
+                match std::mem::replace(self, $name::Parked(None)) {
+                    $name::Plain(s) => {
+                        let s = s.into_std()?;
+                        let fd = s.as_raw_fd();
+                        *self = $name::Parked(Some(s));
+                        Ok(fd)
+                    }
+                    other => {
+                        *self = other;
+                        Err(io::Error::other("only a plain socket can be parked"))
+                    }
+                }
+            }
+
+            /// The descriptor of a parked socket.
+            pub fn parked_fd(&self) -> Option<std::os::fd::RawFd> {
+                use std::os::fd::AsRawFd;
+                match self {
+                    $name::Parked(Some(s)) => Some(s.as_raw_fd()),
+                    _ => None,
+                }
+            }
+
+            /// Registers a parked socket with the current runtime again.
+            pub fn unpark(&mut self) -> io::Result<()> {
+                match std::mem::replace(self, $name::Parked(None)) {
+                    $name::Parked(Some(s)) => {
+                        *self = $name::Plain(TcpStream::from_std(s)?);
+                        Ok(())
+                    }
+                    $name::Parked(None) => Err(not_connected()),
+                    other => {
+                        *self = other;
+                        Ok(())
+                    }
                 }
             }
 
@@ -37,7 +82,8 @@ macro_rules! either_stream {
                 let mut byte = [0u8; 1];
                 let mut buf = ReadBuf::new(&mut byte);
                 let mut cx = Context::from_waker(Waker::noop());
-                matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+                self.tcp()
+                    .is_some_and(|t| matches!(t.poll_peek(&mut cx, &mut buf), Poll::Pending))
             }
         }
 
@@ -50,6 +96,7 @@ macro_rules! either_stream {
                 match self.get_mut() {
                     $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
                     $name::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                    $name::Parked(_) => Poll::Ready(Err(not_connected())),
                 }
             }
         }
@@ -63,6 +110,7 @@ macro_rules! either_stream {
                 match self.get_mut() {
                     $name::Plain(s) => Pin::new(s).poll_write(cx, data),
                     $name::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+                    $name::Parked(_) => Poll::Ready(Err(not_connected())),
                 }
             }
 
@@ -70,6 +118,7 @@ macro_rules! either_stream {
                 match self.get_mut() {
                     $name::Plain(s) => Pin::new(s).poll_flush(cx),
                     $name::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                    $name::Parked(_) => Poll::Ready(Err(not_connected())),
                 }
             }
 
@@ -77,6 +126,7 @@ macro_rules! either_stream {
                 match self.get_mut() {
                     $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
                     $name::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                    $name::Parked(_) => Poll::Ready(Err(not_connected())),
                 }
             }
 
@@ -88,6 +138,7 @@ macro_rules! either_stream {
                 match self.get_mut() {
                     $name::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                     $name::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                    $name::Parked(_) => Poll::Ready(Err(not_connected())),
                 }
             }
 
@@ -95,10 +146,15 @@ macro_rules! either_stream {
                 match self {
                     $name::Plain(s) => s.is_write_vectored(),
                     $name::Tls(s) => s.is_write_vectored(),
+                    $name::Parked(_) => false,
                 }
             }
         }
     };
+}
+
+fn not_connected() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the socket is parked")
 }
 
 either_stream!(

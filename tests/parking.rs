@@ -1,6 +1,8 @@
-//! Parked idle clients: no CPU while idle, and they wake up for their next transaction.
+//! Parked idle clients: no CPU while idle, out of the runtime once idle for a second, and
+//! they wake up for their next transaction, a KILL, their idle timeout and shutdown.
 //! Alone in its own test binary because it measures the CPU time of the whole process
-//! (where the proxy runs), which other tests running in parallel would add to.
+//! (where the proxy runs), which other tests running in parallel would add to; the phases
+//! run one after another in one test for the same reason.
 
 mod common;
 
@@ -8,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::raw::{self, RawConn};
 use common::*;
+use pgtenant::auth::scram::ScramVerifier;
+use pgtenant::session::lot;
 
 const CTX: &str = "SELECT current_setting('app.current_tenant')";
 
@@ -48,10 +53,18 @@ async fn parked_clients_cost_no_cpu_and_wake_up() {
             used < Duration::from_millis(300),
             "20 idle clients used {used:?} of CPU in 1 s"
         );
-        for (i, c) in clients.iter().enumerate() {
-            let want = if i % 2 == 0 { ACME } else { GLOBEX };
-            assert_eq!(one(c, CTX).await, want, "client {i}");
+        // Idle for over a second: every one of them left the runtime for the lot.
+        assert!(lot::parked() >= 20, "{} parked", lot::parked());
+        for round in 0..2 {
+            for (i, c) in clients.iter().enumerate() {
+                let want = if i % 2 == 0 { ACME } else { GLOBEX };
+                assert_eq!(one(c, CTX).await, want, "client {i}, round {round}");
+            }
+            // Parked again between the rounds.
+            tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(500)).await;
         }
+        drop(clients);
+        signals_reach_clients_out_of_the_runtime().await;
     };
     // A watchdog thread, since spinning sessions can starve the runtime's own timers.
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -65,4 +78,55 @@ async fn parked_clients_cost_no_cpu_and_wake_up() {
     });
     body.await;
     done.store(true, Ordering::Release);
+}
+
+/// A client in the lot still gets its KILL, its idle timeout and the shutdown, each with
+/// the FATAL PostgreSQL would send.
+async fn signals_reach_clients_out_of_the_runtime() {
+    let env = TestEnv::start_with(|cfg| {
+        cfg.admin
+            .users
+            .insert("admin".into(), ScramVerifier::hash_password("admin-secret"));
+        cfg.server.client_idle_timeout = Duration::from_millis(2500);
+    })
+    .await;
+    let addr = env.proxy.addr;
+    let admin = connect(&format!(
+        "host=127.0.0.1 port={} user=admin password=admin-secret dbname=pgtenant",
+        addr.port()
+    ))
+    .await
+    .unwrap();
+    let mut killed = RawConn::connect(addr, "acme", "acme-secret").await.unwrap();
+    let mut timed_out = RawConn::connect(addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    let parked_before = lot::parked();
+    tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(300)).await;
+    assert!(lot::parked() >= parked_before + 2, "not parked");
+    admin.simple_query("KILL acme").await.unwrap();
+    expect_fatal(&mut killed, "57P01", "KILL").await;
+    // The idle timeout (2.5 s) passes while parked.
+    expect_fatal(&mut timed_out, "57P05", "the idle timeout").await;
+    assert!(timed_out.is_closed().await);
+    // Shutdown wakes a parked client and ends it.
+    let mut last = RawConn::connect(addr, "initech", "initech-secret")
+        .await
+        .unwrap();
+    tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(300)).await;
+    env.proxy.server.request_shutdown();
+    expect_fatal(&mut last, "57P01", "shutdown").await;
+}
+
+/// The next message `c` gets within 5 s is a FATAL with SQLSTATE `code`.
+async fn expect_fatal(c: &mut RawConn, code: &str, what: &str) {
+    let got = tokio::time::timeout(Duration::from_secs(5), c.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not reach the parked client"));
+    let errs = got.map(|m| raw::errors(&[m])).unwrap_or_default();
+    assert_eq!(
+        errs.first().map(|e| (e.severity.as_str(), e.code.as_str())),
+        Some(("FATAL", code)),
+        "{what}: {errs:?}"
+    );
 }

@@ -81,9 +81,9 @@ fn pools(server: &Server) -> Table {
     for c in server.registry.clients() {
         let Some(id) = c.identity() else { continue };
         let state = c.state();
-        *counts.entry((id.database.clone(), state)).or_default() += 1;
+        *counts.entry((id.database.to_string(), state)).or_default() += 1;
         if state == ClientState::Waiting {
-            let w = maxwait.entry(id.database.clone()).or_default();
+            let w = maxwait.entry(id.database.to_string()).or_default();
             *w = (*w).max(since(c.state_since()));
         }
     }
@@ -138,8 +138,8 @@ fn clients(server: &Server) -> Table {
         .iter()
         .map(|c| {
             let id = c.identity();
-            let field = |f: fn(&crate::registry::Identity) -> &String| {
-                id.map(f).cloned().unwrap_or_default()
+            let field = |f: fn(&crate::registry::Identity) -> &str| {
+                id.map(f).map(str::to_string).unwrap_or_default()
             };
             let state = c.state();
             let wait = if state == ClientState::Waiting {
@@ -205,10 +205,10 @@ fn servers(server: &Server) -> Table {
         rows.push(vec![
             "S".to_string(),
             link.to_string(),
-            id.database.clone(),
+            id.database.to_string(),
             user,
             "active".to_string(),
-            id.tenant.clone(),
+            id.tenant.to_string(),
             c.id.to_string(),
             String::new(),
         ]);

@@ -66,9 +66,8 @@ pub fn serve(
         let Some((slot, mut session)) = Box::pin(start_up(server, socket, me)).await else {
             return;
         };
-        let end = session::run(&mut session).await;
-        tracing::info!(reason = %end, "client disconnected");
-        drop(slot);
+        session.hold(slot);
+        session::drive(session, session::lot::Wake::Ready).await;
     }
     .instrument(span)
 }
@@ -150,10 +149,11 @@ async fn start_up(
             }
         };
         tracing::Span::current().record("tenant", startup.tenant.name.as_str());
+        let names = me.registry();
         let identity = Identity {
-            tenant: startup.tenant.name.clone(),
-            user: startup.user.clone(),
-            database: startup.pool.name.clone(),
+            tenant: names.intern(&startup.tenant.name),
+            user: names.intern(&startup.user),
+            database: names.intern(&startup.pool.name),
             application_name: startup
                 .settings
                 .iter()

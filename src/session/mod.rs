@@ -8,6 +8,7 @@ mod buffers;
 mod deferred;
 pub mod flow;
 mod guard;
+pub mod lot;
 pub mod params;
 mod prepared;
 mod relay;
@@ -49,6 +50,8 @@ pub enum End {
     Removed(&'static str),
     /// The client sent nothing for too long (the timeout's metric label).
     Timeout(&'static str),
+    /// Not an end: the idle session moves to the lot (with its idle timeout left, if any).
+    Parked(Option<std::time::Duration>),
 }
 
 impl fmt::Display for End {
@@ -66,6 +69,7 @@ impl fmt::Display for End {
             End::Killed => write!(f, "killed by an administrator"),
             End::Removed(what) => write!(f, "its {what} was removed from the configuration"),
             End::Timeout(kind) => write!(f, "{kind} timeout"),
+            End::Parked(_) => write!(f, "parked outside the runtime"),
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Session {
     txn_started: Option<std::time::Instant>,
     /// The client was told its BEGIN ran; it goes to a backend with the next request.
     deferred_begin: bool,
+    /// The client's place under `max_client_connections`, freed with the session.
+    slot: Option<crate::server::ClientSlot>,
 }
 
 impl Session {
@@ -151,6 +157,7 @@ impl Session {
             statements: Default::default(),
             unnamed_on_backend: false,
             deferred_begin: false,
+            slot: None,
             server,
         });
         match session.initial_parameters().await {
@@ -276,9 +283,43 @@ fn trim(buf: &mut BytesMut) {
     }
 }
 
-/// Relays until the client leaves, then returns the backend (cleaned) or closes it.
+impl Session {
+    /// Keeps the client's admission slot until the session ends.
+    pub fn hold(&mut self, slot: crate::server::ClientSlot) {
+        self.slot = Some(slot);
+    }
+}
+
+/// Drives a session until it ends, or until it moves to the lot while idle (a task that
+/// resumes it calls this again).
+pub async fn drive(mut s: Box<Session>, mut wake: lot::Wake) {
+    loop {
+        let end = match wake {
+            lot::Wake::IdleTimeout => finish(&mut s, End::Timeout(CLIENT_IDLE)).await,
+            lot::Wake::Ready => run(&mut s).await,
+        };
+        let End::Parked(idle_left) = end else {
+            tracing::info!(reason = %end, "client disconnected");
+            return;
+        };
+        match lot::park(s, idle_left) {
+            Ok(()) => return,
+            Err(back) => (s, wake) = (back, lot::Wake::Ready),
+        }
+    }
+}
+
+/// Relays until the client leaves (then returns the backend, cleaned, or closes it) or
+/// can be parked outside the runtime.
 pub async fn run(s: &mut Session) -> End {
-    let end = relay_loop(s).await;
+    match relay_loop(s).await {
+        End::Parked(left) => End::Parked(left),
+        end => finish(s, end).await,
+    }
+}
+
+/// Tells the client why its session ends, closes it and detaches the backend.
+async fn finish(s: &mut Session, end: End) -> End {
     match &end {
         End::InjectionFailed(e) => {
             tracing::error!(code = %e.code, message = %e.message, "could not set the tenant context; closing the client");
@@ -422,15 +463,24 @@ async fn park(s: &mut Session, stopping: bool) -> Result<(), End> {
         return Err(End::Shutdown);
     }
     s.me.set_state(ClientState::Idle);
+    let limit = s.silence_limit(ClientState::Idle).map(|(limit, _)| limit);
     // Boxed, and only when configured: a timer is larger than the rest of the wait.
-    let mut timer = s
-        .silence_limit(ClientState::Idle)
-        .map(|(limit, _)| Box::pin(tokio::time::sleep(limit)));
+    let mut timer = limit.map(|limit| Box::pin(tokio::time::sleep(limit)));
     let idle_timeout = async {
         match timer.as_mut() {
             Some(t) => t.await,
             None => std::future::pending().await,
         }
+    };
+    let deep = async {
+        if lot::available() {
+            tokio::time::sleep(lot::LOT_AFTER).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let Some(tcp) = s.client.tcp() else {
+        return Err(End::ClientClosed);
     };
     let signal = &s.me.entry.signal;
     tokio::select! {
@@ -438,8 +488,9 @@ async fn park(s: &mut Session, stopping: bool) -> Result<(), End> {
         raised = signal.wait(SessionSignal::KILL | SessionSignal::SHUTDOWN) => {
             Err(if raised & SessionSignal::KILL != 0 { End::Killed } else { End::Shutdown })
         }
-        r = client_readable(s.client.tcp()) => r.map_err(End::ClientIo),
+        r = client_readable(tcp) => r.map_err(End::ClientIo),
         _ = idle_timeout => Err(End::Timeout(CLIENT_IDLE)),
+        _ = deep => Err(End::Parked(limit.map(|l| l.saturating_sub(lot::LOT_AFTER)))),
     }
 }
 
@@ -541,8 +592,10 @@ async fn read_client_bytes(
     client: &mut ClientStream,
     cbuf: &mut BytesMut,
 ) -> std::io::Result<usize> {
-    if cbuf.capacity() == 0 && !client.is_tls() {
-        client.tcp().readable().await?;
+    if cbuf.capacity() == 0
+        && let ClientStream::Plain(tcp) = client
+    {
+        tcp.readable().await?;
         buffers::fill(cbuf);
     }
     client.read_buf(cbuf).await
