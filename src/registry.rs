@@ -277,6 +277,20 @@ impl Registry {
         }
     }
 
+    /// Asks every client idle for at least `idle` to leave the runtime (one sweep instead
+    /// of a timer per idle period; see `crate::session::lot`).
+    pub fn nudge_idle(&self, idle: std::time::Duration) {
+        let before = now_ms().saturating_sub(idle.as_millis() as u64);
+        for c in self.clients.iter() {
+            if c.state() == ClientState::Idle
+                && c.state_since_ms.load(Ordering::Relaxed) <= before
+                && c.signal.raised() & SessionSignal::PARK == 0
+            {
+                c.signal.raise(SessionSignal::PARK);
+            }
+        }
+    }
+
     /// Kills every client of `tenant`; returns how many.
     pub fn kill_tenant(&self, tenant: &str) -> usize {
         let mut n = 0;

@@ -391,6 +391,7 @@ impl Drop for ClientSlot {
 pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     server.check_backends().await;
     let reaper = tokio::spawn(maintain(server.clone()));
+    let sweeper = tokio::spawn(crate::session::lot::sweep(server.registry.clone()));
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tenants = server.tenants().len(), "pgtenant ready");
     let mut admin_shutdown = server.shutdown_requested.subscribe();
     loop {
@@ -412,6 +413,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, mut shutdown: watch
     server.registry.shutdown_all();
     drain(&server).await;
     reaper.abort();
+    sweeper.abort();
     for pool in server.pools() {
         pool.close_idle();
     }

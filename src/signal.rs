@@ -18,6 +18,11 @@ impl SessionSignal {
     pub const KILL: u8 = 1;
     /// The server is shutting down: end the session at its next transaction boundary.
     pub const SHUTDOWN: u8 = 2;
+    /// The session has been idle long enough to leave the runtime (see
+    /// `crate::session::lot`); cleared each time it parks.
+    pub const PARK: u8 = 4;
+    /// The flags that end a session.
+    pub const ENDING: u8 = Self::KILL | Self::SHUTDOWN;
 
     /// The flags raised so far.
     pub fn raised(&self) -> u8 {
@@ -33,6 +38,11 @@ impl SessionSignal {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Lowers `flag`.
+    pub fn clear(&self, flag: u8) {
+        self.flags.fetch_and(!flag, Ordering::AcqRel);
     }
 
     /// Replaces the waker a raise wakes (a session parked outside the runtime).

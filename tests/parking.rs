@@ -53,15 +53,15 @@ async fn parked_clients_cost_no_cpu_and_wake_up() {
             used < Duration::from_millis(300),
             "20 idle clients used {used:?} of CPU in 1 s"
         );
-        // Idle for over a second: every one of them left the runtime for the lot.
-        assert!(lot::parked() >= 20, "{} parked", lot::parked());
+        // Idle for over a second: every one of them leaves the runtime for the lot.
+        wait_parked(20).await;
         for round in 0..2 {
             for (i, c) in clients.iter().enumerate() {
                 let want = if i % 2 == 0 { ACME } else { GLOBEX };
                 assert_eq!(one(c, CTX).await, want, "client {i}, round {round}");
             }
             // Parked again between the rounds.
-            tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(500)).await;
+            wait_parked(20).await;
         }
         drop(clients);
         signals_reach_clients_out_of_the_runtime().await;
@@ -101,9 +101,7 @@ async fn signals_reach_clients_out_of_the_runtime() {
     let mut timed_out = RawConn::connect(addr, "globex", "globex-secret")
         .await
         .unwrap();
-    let parked_before = lot::parked();
-    tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(300)).await;
-    assert!(lot::parked() >= parked_before + 2, "not parked");
+    wait_parked(2).await;
     admin.simple_query("KILL acme").await.unwrap();
     expect_fatal(&mut killed, "57P01", "KILL").await;
     // The idle timeout (2.5 s) passes while parked.
@@ -113,9 +111,23 @@ async fn signals_reach_clients_out_of_the_runtime() {
     let mut last = RawConn::connect(addr, "initech", "initech-secret")
         .await
         .unwrap();
-    tokio::time::sleep(lot::LOT_AFTER + Duration::from_millis(300)).await;
+    wait_parked(1).await;
     env.proxy.server.request_shutdown();
     expect_fatal(&mut last, "57P01", "shutdown").await;
+}
+
+/// Waits (up to 5 s) until exactly `n` sessions are in the lot (the lot serves the whole
+/// process; the sessions of an earlier phase end once their clients are dropped).
+async fn wait_parked(n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lot::parked() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} parked after 5 s",
+            lot::parked()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The next message `c` gets within 5 s is a FATAL with SQLSTATE `code`.

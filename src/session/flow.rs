@@ -152,31 +152,33 @@ impl Flow {
         ) {
             return Disposition::Forward;
         }
-        let Some(front) = self.pending.front().cloned() else {
+        // Copied out, not cloned: the statement name stays in the queue.
+        let Some((request, owner)) = self.pending.front().map(|p| (p.tag, p.owner)) else {
             return Disposition::Forward;
         };
         if tag == bt::ERROR_RESPONSE {
-            return self.on_error(front);
+            return self.on_error(request, owner);
         }
-        if self.is_final_reply(front.tag, tag) {
+        if self.is_final_reply(request, tag) {
             self.pop_front();
         }
-        match front.owner {
+        match owner {
             Owner::Client | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy | Owner::ProxyForwardErrors => Disposition::Swallow,
         }
     }
 
-    fn on_error(&mut self, front: Pending) -> Disposition {
-        let disposition = match front.owner {
+    fn on_error(&mut self, request: u8, owner: Owner) -> Disposition {
+        let disposition = match owner {
             Owner::Client | Owner::ProxyForwardErrors | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy => Disposition::ProxyRequestFailed,
         };
         // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
         // makes the backend skip everything up to the next Sync. A skipped Parse never
         // created its statement, exactly like a failed one.
-        if is_boundary(front.tag) {
-            self.failed_statements.extend(front.statement);
+        if is_boundary(request) {
+            let front = self.pending.front_mut().and_then(|p| p.statement.take());
+            self.failed_statements.extend(front);
         } else {
             while let Some(p) = self.pending.front() {
                 if is_boundary(p.tag) {

@@ -17,9 +17,12 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use tracing::Instrument;
 
 use super::Session;
+use crate::signal::SessionSignal;
 
-/// Idle time after which a parked client leaves the runtime.
+/// Idle time after which a parked client leaves the runtime (give or take a sweep).
 pub const LOT_AFTER: Duration = Duration::from_secs(1);
+/// How often idle clients are looked for (by [`sweep`]).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// The bell's token: some parked session got a signal.
 const BELL: Token = Token(usize::MAX);
@@ -166,7 +169,7 @@ pub fn park(mut s: Box<Session>, idle_limit: Option<Duration>) -> Result<(), Box
         },
     );
     entry.signal.set_waker(l.signal_bell.clone());
-    if entry.signal.raised() != 0 {
+    if entry.signal.raised() & SessionSignal::ENDING != 0 {
         let _ = l.bell.wake();
     }
     Ok(())
@@ -191,7 +194,9 @@ fn poll_forever(mut poll: Poll) {
             if ev.token() == BELL {
                 let signalled: Vec<usize> = parked
                     .iter()
-                    .filter(|(_, p)| p.session.me.entry.signal.raised() != 0)
+                    .filter(|(_, p)| {
+                        p.session.me.entry.signal.raised() & SessionSignal::ENDING != 0
+                    })
                     .map(|(k, _)| *k)
                     .collect();
                 for key in signalled {
@@ -212,6 +217,19 @@ fn poll_forever(mut poll: Poll) {
                 l.resume(&mut parked, key, Wake::IdleTimeout);
             }
         }
+    }
+}
+
+/// Sends clients idle for [`LOT_AFTER`] to the lot, every [`SWEEP_EVERY`], until aborted.
+pub async fn sweep(registry: Arc<crate::registry::Registry>) {
+    if !available() {
+        return;
+    }
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        registry.nudge_idle(LOT_AFTER);
     }
 }
 

@@ -463,34 +463,37 @@ async fn park(s: &mut Session, stopping: bool) -> Result<(), End> {
         return Err(End::Shutdown);
     }
     s.me.set_state(ClientState::Idle);
-    let limit = s.silence_limit(ClientState::Idle).map(|(limit, _)| limit);
+    let deadline = s
+        .silence_limit(ClientState::Idle)
+        .map(|(limit, _)| tokio::time::Instant::now() + limit);
     // Boxed, and only when configured: a timer is larger than the rest of the wait.
-    let mut timer = limit.map(|limit| Box::pin(tokio::time::sleep(limit)));
+    let mut timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
     let idle_timeout = async {
         match timer.as_mut() {
             Some(t) => t.await,
             None => std::future::pending().await,
         }
     };
-    let deep = async {
-        if lot::available() {
-            tokio::time::sleep(lot::LOT_AFTER).await
-        } else {
-            std::future::pending().await
-        }
-    };
     let Some(tcp) = s.client.tcp() else {
         return Err(End::ClientClosed);
     };
     let signal = &s.me.entry.signal;
+    // Raised by the lot's sweep once the client has been idle a while; a raise from a
+    // previous idle period must not count.
+    signal.clear(SessionSignal::PARK);
     tokio::select! {
         biased;
-        raised = signal.wait(SessionSignal::KILL | SessionSignal::SHUTDOWN) => {
-            Err(if raised & SessionSignal::KILL != 0 { End::Killed } else { End::Shutdown })
-        }
+        raised = signal.wait(SessionSignal::ENDING | SessionSignal::PARK) => Err(
+            if raised & SessionSignal::KILL != 0 {
+                End::Killed
+            } else if raised & SessionSignal::SHUTDOWN != 0 {
+                End::Shutdown
+            } else {
+                End::Parked(deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())))
+            }
+        ),
         r = client_readable(tcp) => r.map_err(End::ClientIo),
         _ = idle_timeout => Err(End::Timeout(CLIENT_IDLE)),
-        _ = deep => Err(End::Parked(limit.map(|l| l.saturating_sub(lot::LOT_AFTER)))),
     }
 }
 

@@ -19,7 +19,9 @@ const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// The analyses of texts seen before, for one set of protected settings.
 pub struct AnalysisCache {
     protected: Vec<String>,
-    verdicts: DashMap<Box<[u8]>, Analysis>,
+    /// foldhash (randomly seeded, quality variant): SipHash cost as much as the rest of a
+    /// lookup, and a collision only makes a lookup slower, never wrong.
+    verdicts: DashMap<Box<[u8]>, Analysis, foldhash::quality::RandomState>,
     bytes: AtomicUsize,
 }
 
@@ -28,7 +30,7 @@ impl AnalysisCache {
     pub fn new(protected: Vec<String>) -> AnalysisCache {
         AnalysisCache {
             protected,
-            verdicts: DashMap::new(),
+            verdicts: DashMap::with_hasher(Default::default()),
             bytes: AtomicUsize::new(0),
         }
     }
