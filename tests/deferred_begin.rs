@@ -25,6 +25,12 @@ fn one_backend(defer: bool) -> impl FnOnce(&mut pgtenant::config::Config) {
     }
 }
 
+/// `sql` fails on `c` with SQLSTATE `code`.
+async fn fails_with(c: &tokio_postgres::Client, sql: &str, code: &str) {
+    let e = c.simple_query(sql).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some(code), "{sql}: {e:?}");
+}
+
 #[tokio::test]
 async fn a_deferred_transaction_holds_no_backend_and_keeps_its_context() {
     let env = TestEnv::start_with(one_backend(true)).await;
@@ -41,8 +47,7 @@ async fn a_deferred_transaction_holds_no_backend_and_keeps_its_context() {
         "both statements ran in one transaction"
     );
     // Now it is held until COMMIT.
-    let e = b.simple_query(CTX).await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e:?}");
+    fails_with(&b, CTX, "53300").await;
     a.batch_execute("COMMIT").await.unwrap();
     assert_eq!(one(&b, CTX).await, GLOBEX);
     let m = env.proxy.metrics().await;
@@ -59,8 +64,7 @@ async fn turned_off_begin_takes_the_backend_at_once() {
     let a = env.proxy.connect("acme").await;
     let b = env.proxy.connect("globex").await;
     a.batch_execute("BEGIN").await.unwrap();
-    let e = b.simple_query(CTX).await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e:?}");
+    fails_with(&b, CTX, "53300").await;
     a.batch_execute("COMMIT").await.unwrap();
     assert_eq!(one(&b, CTX).await, GLOBEX);
 }
@@ -84,13 +88,13 @@ async fn rollback_errors_and_guard_behave_as_in_postgres() {
     assert_eq!(n, "0");
     // A refused change fails the transaction, as PostgreSQL would.
     a.batch_execute("BEGIN").await.unwrap();
-    let e = a
-        .batch_execute("SET app.current_tenant = '22222222-2222-4222-8222-222222222222'")
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
-    let e = a.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "{e:?}");
+    fails_with(
+        &a,
+        "SET app.current_tenant = '22222222-2222-4222-8222-222222222222'",
+        "42501",
+    )
+    .await;
+    fails_with(&a, "SELECT 1", "25P02").await;
     a.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(one(&a, CTX).await, ACME);
 }
@@ -103,8 +107,7 @@ async fn no_backend_for_the_first_statement_ends_the_transaction() {
     a.batch_execute("BEGIN").await.unwrap();
     b.batch_execute("BEGIN").await.unwrap();
     assert_eq!(one(&b, CTX).await, GLOBEX); // b holds the backend now
-    let e = a.simple_query(CTX).await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e:?}");
+    fails_with(&a, CTX, "53300").await;
     b.batch_execute("COMMIT").await.unwrap();
     // a's transaction is over (its client saw ReadyForQuery Idle): a new one works.
     a.batch_execute("BEGIN").await.unwrap();
