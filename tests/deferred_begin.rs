@@ -25,6 +25,14 @@ fn one_backend(defer: bool) -> impl FnOnce(&mut pgtenant::config::Config) {
     }
 }
 
+/// A proxy with one backend (deferral on or off) and a client of acme and of globex.
+async fn two_clients(defer: bool) -> (TestEnv, tokio_postgres::Client, tokio_postgres::Client) {
+    let env = TestEnv::start_with(one_backend(defer)).await;
+    let a = env.proxy.connect("acme").await;
+    let b = env.proxy.connect("globex").await;
+    (env, a, b)
+}
+
 /// `sql` fails on `c` with SQLSTATE `code`.
 async fn fails_with(c: &tokio_postgres::Client, sql: &str, code: &str) {
     let e = c.simple_query(sql).await.unwrap_err();
@@ -33,9 +41,7 @@ async fn fails_with(c: &tokio_postgres::Client, sql: &str, code: &str) {
 
 #[tokio::test]
 async fn a_deferred_transaction_holds_no_backend_and_keeps_its_context() {
-    let env = TestEnv::start_with(one_backend(true)).await;
-    let a = env.proxy.connect("acme").await;
-    let b = env.proxy.connect("globex").await;
+    let (env, a, b) = two_clients(true).await;
     a.batch_execute("BEGIN").await.unwrap();
     // The only backend is free: BEGIN alone did not take it.
     assert_eq!(one(&b, CTX).await, GLOBEX);
@@ -60,9 +66,7 @@ async fn a_deferred_transaction_holds_no_backend_and_keeps_its_context() {
 
 #[tokio::test]
 async fn turned_off_begin_takes_the_backend_at_once() {
-    let env = TestEnv::start_with(one_backend(false)).await;
-    let a = env.proxy.connect("acme").await;
-    let b = env.proxy.connect("globex").await;
+    let (_env, a, b) = two_clients(false).await;
     a.batch_execute("BEGIN").await.unwrap();
     fails_with(&b, CTX, "53300").await;
     a.batch_execute("COMMIT").await.unwrap();
@@ -101,9 +105,7 @@ async fn rollback_errors_and_guard_behave_as_in_postgres() {
 
 #[tokio::test]
 async fn no_backend_for_the_first_statement_ends_the_transaction() {
-    let env = TestEnv::start_with(one_backend(true)).await;
-    let a = env.proxy.connect("acme").await;
-    let b = env.proxy.connect("globex").await;
+    let (_env, a, b) = two_clients(true).await;
     a.batch_execute("BEGIN").await.unwrap();
     b.batch_execute("BEGIN").await.unwrap();
     assert_eq!(one(&b, CTX).await, GLOBEX); // b holds the backend now

@@ -85,7 +85,7 @@ impl Session {
             statement = name;
             replies.push(bt::PARSE_COMPLETE);
         } else {
-            statement = bind_statement(first)?;
+            statement = bind_statement(first.body())?;
             if !self.statement_is_plain_begin(statement) || !bind_is_plain(first.body())? {
                 return None;
             }
@@ -100,7 +100,7 @@ impl Session {
             at += total;
             match tag {
                 ft::BIND if !bound => {
-                    if bind_statement_of(body)? != statement || !bind_is_plain(body)? {
+                    if bind_statement(body)? != statement || !bind_is_plain(body)? {
                         return None;
                     }
                     bound = true;
@@ -176,12 +176,6 @@ impl Replies {
             self.len += 1;
         }
     }
-}
-
-/// The statement a Bind body names.
-fn bind_statement_of(body: &[u8]) -> Option<&[u8]> {
-    let (_, rest) = read_cstr(body)?;
-    Some(read_cstr(rest)?.0)
 }
 
 /// A Bind to the unnamed portal with no parameters (a BEGIN takes none).

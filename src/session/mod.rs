@@ -275,19 +275,17 @@ impl Session {
         }
         self.flow.shrink();
     }
+
+    /// Keeps the client's admission slot until the session ends.
+    pub fn hold(&mut self, slot: crate::server::ClientSlot) {
+        self.slot = Some(slot);
+    }
 }
 
 /// Frees a large buffer once it is empty, so idle clients hold little memory.
 fn trim(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 64 * 1024 {
         *buf = BytesMut::new();
-    }
-}
-
-impl Session {
-    /// Keeps the client's admission slot until the session ends.
-    pub fn hold(&mut self, slot: crate::server::ClientSlot) {
-        self.slot = Some(slot);
     }
 }
 

@@ -54,7 +54,7 @@ impl Session {
                 Some(())
             }
             ft::BIND => {
-                let name = bind_statement(frame)?;
+                let name = bind_statement(frame.body())?;
                 if name.is_empty() {
                     return self.ensure_unnamed().and(None);
                 }

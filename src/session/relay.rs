@@ -117,7 +117,7 @@ impl Session {
             no_txn_block = a.no_transaction_block;
         }
         if frame.tag == ft::BIND {
-            let name = super::statements::bind_statement(&frame).unwrap_or_default();
+            let name = super::statements::bind_statement(frame.body()).unwrap_or_default();
             no_txn_block = self.statements.no_txn_block(name);
         }
         if frame.tag == ft::FUNCTION_CALL

@@ -237,9 +237,9 @@ pub fn parse_is_unnamed(frame: &Frame) -> bool {
     frame.body().first() == Some(&0)
 }
 
-/// The statement name a Bind refers to.
-pub fn bind_statement(frame: &Frame) -> Option<&[u8]> {
-    let (_, rest) = read_cstr(frame.body())?;
+/// The statement name a Bind body refers to.
+pub fn bind_statement(body: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = read_cstr(body)?;
     read_cstr(rest).map(|(s, _)| s)
 }
 
@@ -320,7 +320,7 @@ mod tests {
             tag: ft::BIND,
             raw: raw.freeze(),
         };
-        assert_eq!(bind_statement(&frame), Some(&b"s0"[..]));
+        assert_eq!(bind_statement(frame.body()), Some(&b"s0"[..]));
         let mut out = BytesMut::new();
         rewrite_bind(&frame, "pgtenant_s_1", &mut out).unwrap();
         assert_eq!(&out[5..], b"p\0pgtenant_s_1\0\0\0\0\x01\0\0\0\x01x\0\0");
