@@ -161,9 +161,18 @@ fn hash_password(password: Option<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One worker runs as tokio's current-thread scheduler: the same single thread of work
+/// without the multi-thread scheduler's stealing and per-poll bookkeeping (one hand-off
+/// fewer per wake-up, and no idle worker to notify).
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.worker_threads(pgtenant::config::worker_threads(threads));
+    let workers = pgtenant::config::worker_threads(threads);
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     b.enable_all().build().expect("tokio runtime")
 }
 

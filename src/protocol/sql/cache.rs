@@ -4,7 +4,8 @@
 //! function of the text and the protected setting names, both fixed for a cache's life,
 //! so a hit is exactly as strict as a fresh analysis: the whole text is the key.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -15,6 +16,8 @@ const MAX_TEXT: usize = 16 * 1024;
 /// Bytes of text held before the cache starts over (bounds memory against clients that
 /// send endless distinct texts; they only lose the speed-up).
 const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Slots of the first-sight filter (a power of two; 32 KiB).
+const SEEN_SLOTS: usize = 4096;
 
 /// The analyses of texts seen before, for one set of protected settings.
 pub struct AnalysisCache {
@@ -23,6 +26,10 @@ pub struct AnalysisCache {
     /// lookup, and a collision only makes a lookup slower, never wrong.
     verdicts: DashMap<Box<[u8]>, Analysis, foldhash::quality::RandomState>,
     bytes: AtomicUsize,
+    /// Hashes of texts seen once and not kept: a text is remembered on its second sight,
+    /// so texts with inline literals (the simple protocol's `WHERE aid = 4711`), which never
+    /// repeat, cost no key copy, no insert and no early clear of the cache.
+    seen: Box<[AtomicU64]>,
 }
 
 impl AnalysisCache {
@@ -32,6 +39,7 @@ impl AnalysisCache {
             protected,
             verdicts: DashMap::with_hasher(Default::default()),
             bytes: AtomicUsize::new(0),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -47,7 +55,7 @@ impl AnalysisCache {
             return hit.clone();
         }
         let a = analyze(sql, &self.protected);
-        if a.protected_change.is_none() && sql.len() <= MAX_TEXT {
+        if a.protected_change.is_none() && sql.len() <= MAX_TEXT && self.seen_before(sql) {
             if self.bytes.fetch_add(sql.len(), Ordering::Relaxed) + sql.len() > MAX_BYTES {
                 self.verdicts.clear();
                 self.bytes.store(sql.len(), Ordering::Relaxed);
@@ -55,6 +63,14 @@ impl AnalysisCache {
             self.verdicts.insert(sql.into(), a.clone());
         }
         a
+    }
+
+    /// True when `sql` was analyzed before (probably: slots are shared by hash, and a
+    /// collision only changes whether a verdict is kept, never the verdict).
+    fn seen_before(&self, sql: &[u8]) -> bool {
+        let h = self.verdicts.hasher().hash_one(sql);
+        let slot = &self.seen[h as usize & (SEEN_SLOTS - 1)];
+        slot.swap(h, Ordering::Relaxed) == h
     }
 
     /// Texts currently remembered.
@@ -87,12 +103,15 @@ mod tests {
         ];
         for t in texts {
             let fresh = analyze(t, c.protected());
-            assert_eq!(
-                c.analyze(t),
-                fresh,
-                "miss for {:?}",
-                String::from_utf8_lossy(t)
-            );
+            for sight in ["first", "second"] {
+                let miss = c.analyze(t);
+                assert_eq!(
+                    miss,
+                    fresh,
+                    "{sight} miss for {:?}",
+                    String::from_utf8_lossy(t)
+                );
+            }
             assert_eq!(
                 c.analyze(t),
                 fresh,
@@ -132,10 +151,25 @@ mod tests {
         for i in 0..(MAX_BYTES / MAX_TEXT) * 2 {
             text[7..15].copy_from_slice(format!("{i:08}").as_bytes());
             c.analyze(&text);
+            c.analyze(&text);
         }
         assert!(c.len() * MAX_TEXT <= MAX_BYTES, "{} entries", c.len());
         let long = vec![b' '; MAX_TEXT + 1];
         c.analyze(&long);
         assert!(c.verdicts.get(&long[..]).is_none());
+    }
+
+    #[test]
+    fn texts_seen_once_are_not_kept() {
+        let c = cache();
+        for aid in 0..1000 {
+            let t =
+                format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {aid}");
+            assert!(c.analyze(t.as_bytes()).protected_change.is_none());
+        }
+        assert!(c.is_empty(), "{} one-off texts kept", c.len());
+        c.analyze(b"SELECT 1");
+        c.analyze(b"SELECT 1");
+        assert_eq!(c.len(), 1);
     }
 }

@@ -59,11 +59,9 @@ impl<'a> Lexer<'a> {
     }
 
     /// First index at or after `i` whose byte doesn't satisfy `f`.
-    fn span(&self, mut i: usize, f: impl Fn(u8) -> bool) -> usize {
-        while self.at(i).is_some_and(&f) {
-            i += 1;
-        }
-        i
+    fn span(&self, i: usize, f: impl Fn(u8) -> bool) -> usize {
+        let rest = self.src.get(i..).unwrap_or_default();
+        i + rest.iter().position(|&b| !f(b)).unwrap_or(rest.len())
     }
 
     /// Ends the stream (unterminated string or comment).

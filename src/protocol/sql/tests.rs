@@ -297,3 +297,29 @@ fn plain_begin() {
         assert!(!is_plain_begin(no.as_bytes()), "{no}");
     }
 }
+
+#[test]
+fn substring_search_is_case_insensitive_and_bounded() {
+    let naive = |h: &[u8], n: &[u8]| h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n));
+    let hays: [&[u8]; 7] = [
+        b"",
+        b"s",
+        b"SET_CONFIG",
+        b"select Set_Config(",
+        b"xx set_confi",
+        b"u&\"x\"",
+        b"pg_advisory_lockpg_settings",
+    ];
+    let needles: [&[u8]; 5] = [
+        b"set_config",
+        b"u&\"",
+        b"pg_settings",
+        b"s",
+        b"pg_advisory_lock",
+    ];
+    for h in hays {
+        for n in needles {
+            assert_eq!(contains_ci(h, n), naive(h, n), "{:?} in {:?}", n, h);
+        }
+    }
+}
