@@ -136,7 +136,10 @@ mod tests {
     fn the_key_is_the_whole_text() {
         let c = cache();
         let harmless = b"SELECT 1 -- set app.current_tenant = 'b'";
-        assert!(c.analyze(harmless).protected_change.is_none());
+        for _ in 0..2 {
+            assert!(c.analyze(harmless).protected_change.is_none());
+        }
+        assert_eq!(c.len(), 1, "the harmless text is remembered");
         // Same length and prefix, different text: must not be served the cached verdict.
         let hostile = b"SELECT 1;   set app.current_tenant = 'b'";
         assert_eq!(harmless.len(), hostile.len());
