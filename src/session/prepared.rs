@@ -120,17 +120,25 @@ impl Session {
     }
 
     /// Re-creates the client's unnamed statement on this backend if it was parsed elsewhere.
+    /// A client with none gets the backend's dropped: an earlier client of this connection
+    /// may have left one (PostgreSQL keeps it across transactions), and binding it would
+    /// run that client's SQL and return its literals. The Bind then fails as it would on a
+    /// connection of the client's own (26000).
     fn ensure_unnamed(&mut self) -> Option<()> {
         if self.unnamed_on_backend {
             return Some(());
         }
-        let def = self.statements.unnamed()?;
+        self.unnamed_on_backend = true;
+        let Some(def) = self.statements.unnamed() else {
+            StatementDef::close_message("", &mut self.bout);
+            self.flow.sent(ft::CLOSE, Owner::Proxy);
+            return None;
+        };
         write_msg(&mut self.bout, ft::PARSE, |b: &mut BytesMut| {
             b.extend_from_slice(&[0]);
             b.extend_from_slice(&def.body);
         });
         self.flow.sent(ft::PARSE, Owner::ProxyForwardErrors);
-        self.unnamed_on_backend = true;
         Some(())
     }
 

@@ -278,3 +278,65 @@ async fn abrupt_disconnects_and_backend_kill_leave_pool_usable() {
         .await
         .expect("no hang");
 }
+
+#[tokio::test]
+async fn unnamed_statement_left_on_a_backend_is_not_served_to_the_next_tenant() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let long = async {
+        // acme leaves an unnamed statement on the only backend; PostgreSQL keeps it across
+        // transactions.
+        let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        raw::extended(
+            &mut out,
+            "SELECT 'acme left this'::text AS acme_column",
+            &[],
+        );
+        raw::sync(&mut out);
+        acme.send(&out).await;
+        assert_eq!(raw::tags(&acme.until_ready().await), "12DCZ");
+
+        // globex binds the unnamed statement without parsing one, and describes it: both
+        // must fail as on a connection of its own, never run or show acme's SQL.
+        let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .unwrap();
+        for describe_first in [false, true] {
+            let mut out = BytesMut::new();
+            if describe_first {
+                messages::write_msg(&mut out, b'D', |b| b.extend_from_slice(b"S\0"));
+            }
+            messages::bind(&mut out, "", std::iter::empty());
+            messages::write_msg(&mut out, b'D', |b| b.extend_from_slice(b"P\0"));
+            messages::execute(&mut out);
+            raw::sync(&mut out);
+            globex.send(&out).await;
+            let msgs = globex.until_ready().await;
+            let errors = raw::errors(&msgs);
+            assert!(
+                raw::data_rows(&msgs).is_empty() && !raw::tags(&msgs).contains('T'),
+                "globex was served acme's leftover statement: {msgs:?}"
+            );
+            assert_eq!(errors.len(), 1, "{msgs:?}");
+            assert_eq!(errors[0].code, "26000", "{:?}", errors[0]);
+        }
+
+        // globex's own unnamed statements still work, in its own context.
+        let mut out = BytesMut::new();
+        raw::extended(&mut out, CTX, &[]);
+        raw::sync(&mut out);
+        globex.send(&out).await;
+        let msgs = globex.until_ready().await;
+        assert_eq!(raw::data_rows(&msgs), vec![vec![Some(GLOBEX.to_string())]]);
+    };
+    tokio::time::timeout(Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
+}
