@@ -6,8 +6,12 @@
 #
 #   bash benches/profile.sh                                # select, extended, 16 clients
 #   SCRIPT=tpcb MODE=simple CLIENTS=64 DURATION=10 bash benches/profile.sh
+#   SCRIPT=tpcb MODE=simple CLIENTS=64 RECORD=0 BUDGET_ROUNDS=3 bash benches/profile.sh
 #
-# Out: a per-transaction table on stdout, and $PROFILE_DIR/pgtenant.perf.data plus its
+# Out, on stdout: a CPU budget of the whole machine per transaction (how busy both cores
+# were; what PostgreSQL, pgbench and the proxy each used; the TPS the run would reach if the
+# proxy cost no CPU at all), from BUDGET_ROUNDS interleaved runs (2 by default) with no
+# profiler attached; then the perf stat table. In $PROFILE_DIR: pgtenant.perf.data and its
 # flat report (pgtenant.report.txt). Needs linux-perf (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +19,7 @@ SCRIPT=${SCRIPT:-select}
 MODE=${MODE:-extended}
 CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-10}
+BUDGET_ROUNDS=${BUDGET_ROUNDS:-2}
 PROFILE_DIR=${PROFILE_DIR:-target/profile}
 MAX_CLIENTS=$(( CLIENTS * 2 + 100 ))
 command -v perf >/dev/null || { apt-get update -q && apt-get install -y -q linux-perf; }
@@ -24,6 +29,46 @@ source benches/setup.sh
 
 case $SCRIPT in select|tpcb) ;; *) echo "SCRIPT=$SCRIPT: select or tpcb" >&2; exit 2 ;; esac
 write_script "$SCRIPT" ctx; write_script "$SCRIPT" plain
+
+# Whole-machine busy and idle jiffies, and the CPU ticks of every PostgreSQL process.
+machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
+postgres_ticks() {
+  local p t=0
+  for p in $(pgrep -x postgres); do t=$(( t + $(cpu_ticks "$p" 2>/dev/null || echo 0) )); done
+  echo "$t"
+}
+
+# One pgbench run of the cell through a proxy. Sets TX (transactions), PROXY_USER and
+# PROXY_SYS (the proxy's ticks), BUSY and IDLE (the machine's), PG (PostgreSQL's ticks) and
+# BENCH_S (pgbench's own CPU seconds).
+run_cell() { # name pid port file
+  local name=$1 pid=$2 port=$3 file=$4 u0 s0 u1 s1 b0 i0 b1 i1 pg0 pg1 TIMEFORMAT='%U %S'
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  read -r b0 i0 < <(machine_ticks); pg0=$(postgres_ticks)
+  { time PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$port" -U bench -M "$MODE" \
+      -c "$CLIENTS" -j 2 -T "$DURATION" -f "$file" bench >"$WORK/$name.out" 2>/dev/null; } 2>"$WORK/$name.time"
+  read -r b1 i1 < <(machine_ticks); pg1=$(postgres_ticks)
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  TX=$(awk '/number of transactions actually processed/ {split($0, a, ": "); split(a[2], b, "/"); print b[1]}' "$WORK/$name.out")
+  PROXY_USER=$(( u1 - u0 )); PROXY_SYS=$(( s1 - s0 ))
+  BUSY=$(( b1 - b0 )); IDLE=$(( i1 - i0 )); PG=$(( pg1 - pg0 ))
+  BENCH_S=$(awk '{print $1 + $2}' "$WORK/$name.time")
+}
+
+# Where the machine's CPU went per transaction, without perf attached (tracing syscalls
+# slows the proxy it watches). The last column scales TPS by the CPU that would be left if
+# the proxy used none, at the same busy share: the most any relay could reach in this cell.
+budget() { # name pid port file
+  run_cell "$@"
+  awk -v name="$1" -v tx="$TX" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" -v busy="$BUSY" \
+      -v idle="$IDLE" -v pg="$PG" -v bench="$BENCH_S" -v proxy=$(( PROXY_USER + PROXY_SYS )) 'BEGIN {
+    total = busy / hz * 1e6 / tx; pg = pg / hz * 1e6 / tx; bench = bench * 1e6 / tx
+    px = proxy / hz * 1e6 / tx
+    printf "| %s | %.0f | %.0f %% | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", name, tx / d,
+      100 * busy / (busy + idle), total, pg, bench, px, total - pg - bench - px,
+      tx / d * total / (total - px)
+  }'
+}
 
 EVENTS=cpu-clock,context-switches,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
 measure() { # name pid port file [record]
@@ -36,16 +81,11 @@ measure() { # name pid port file [record]
     rp=$!
   fi
   sleep 0.2
-  local u0 s0 u1 s1 tx
-  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  tx=$(PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$port" -U bench -M "$MODE" \
-        -c "$CLIENTS" -j 2 -T "$DURATION" -f "$file" bench 2>/dev/null |
-       awk '/number of transactions actually processed/ {split($0, a, ": "); split(a[2], b, "/"); print b[1]}')
-  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  run_cell "$name" "$pid" "$port" "$file"
   kill -INT "$sp"; wait "$sp" 2>/dev/null || true
   [ -z "$rp" ] || { kill -INT "$rp"; wait "$rp" 2>/dev/null || true; }
-  awk -F, -v name="$name" -v tx="$tx" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" \
-      -v user=$(( u1 - u0 )) -v sys=$(( s1 - s0 )) '
+  awk -F, -v name="$name" -v tx="$TX" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" \
+      -v user="$PROXY_USER" -v sys="$PROXY_SYS" '
     $3 ~ /cpu-clock/ {cpu = $1}
     $3 !~ /cpu-clock/ && $1 ~ /^[0-9]/ {n[$3] = $1}
     END {
@@ -59,7 +99,19 @@ measure() { # name pid port file [record]
 }
 
 echo
-echo "$SCRIPT, -M $MODE, $CLIENTS clients, ${DURATION}s each; per transaction:"
+echo "$SCRIPT, -M $MODE, $CLIENTS clients, ${DURATION}s each"
+echo
+echo "CPU budget of the whole machine ($(nproc) cores), µs per transaction, no profiler attached:"
+echo
+echo "| proxy | TPS | busy | all processes | PostgreSQL | pgbench | proxy | rest | TPS if the proxy cost no CPU |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for _ in $(seq "$BUDGET_ROUNDS"); do # interleaved, so drift on a shared machine hits both
+  budget pgbouncer "$BOUNCER_PID" "$BPORT" "$WORK/$SCRIPT.ctx.sql"
+  budget pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql"
+done
+
+echo
+echo "The proxies under perf stat (syscall tracing slows them), per transaction:"
 echo
 echo "| proxy | TPS | CPU µs | user / sys µs | context switches | reads | writes | epoll_wait | futex |"
 echo "|---|---|---|---|---|---|---|---|---|"
