@@ -188,7 +188,8 @@ pub enum ResetMode {
     /// client may have changed session state.
     Always,
     /// Only clean up when the client may have changed session state (the context itself is
-    /// transaction-local and already gone).
+    /// transaction-local and already gone). Both modes sweep sequence values and temp
+    /// objects after every transaction.
     Tracked,
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::scram::ScramVerifier;
+use crate::backend::Owed;
 use crate::config::{AuthMethod, Config, TenantConfig, UserConvention};
 use crate::protocol::messages;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,11 +66,14 @@ pub struct InjectionPlan {
     pub settings: Vec<String>,
     /// Parse messages for the proxy's statements, sent once per backend connection.
     pub prepare: Bytes,
-    /// `RESET` of every context setting, for release.
+    /// `RESET` of every context setting plus the sweep, as one Query, for a release after
+    /// session-level context.
     pub reset_sql: String,
-    /// Bind + Execute of the prepared RESET of every context setting: pipelined ahead of a
-    /// connection's next user instead of a round trip at release.
+    /// Bind + Execute of the prepared RESET of every context setting, then of the sweep:
+    /// pipelined ahead of a connection's next user instead of a round trip at release.
     pub reset_local: Bytes,
+    /// Bind + Execute of the sweep alone (`DISCARD SEQUENCES`, `DISCARD TEMP`).
+    pub sweep_local: Bytes,
     /// Parse messages in `prepare`.
     pub prepare_count: usize,
     /// Bind + Execute of the prepared BEGIN: a deferred BEGIN needs no Sync of its own,
@@ -79,6 +83,14 @@ pub struct InjectionPlan {
 
 /// Prefix of the prepared `RESET <setting>` statements (one per setting).
 pub const RESET_STATEMENT_PREFIX: &str = "pgtenant_reset_";
+/// Session state that no client statement has to name, so the guard cannot see it being
+/// made: a sequence's `lastval()` (any INSERT into a serial column sets it) and temp
+/// objects (`CREATE TABLE pg_temp.x`, or made inside a function). Swept at every release;
+/// both run inside a transaction block and cost microseconds when there is nothing to drop.
+const SWEEP: [(&str, &str); 2] = [
+    ("pgtenant_sweep_seq", "DISCARD SEQUENCES"),
+    ("pgtenant_sweep_temp", "DISCARD TEMP"),
+];
 
 impl InjectionPlan {
     /// Builds the statements for the configured settings. Setting names are validated at
@@ -114,18 +126,37 @@ impl InjectionPlan {
             messages::bind(&mut reset_local, &statement, std::iter::empty());
             messages::execute(&mut reset_local);
         }
+        let mut sweep_local = BytesMut::new();
+        for (statement, sql) in SWEEP {
+            messages::parse(&mut prepare, statement, sql);
+            messages::bind(&mut sweep_local, statement, std::iter::empty());
+            messages::execute(&mut sweep_local);
+        }
+        reset_local.extend_from_slice(&sweep_local);
         let reset_sql = settings
             .iter()
             .map(|s| format!("RESET {s}"))
+            .chain(SWEEP.iter().map(|(_, sql)| sql.to_string()))
             .collect::<Vec<_>>()
             .join("; ");
         InjectionPlan {
-            prepare_count: 5 + settings.len(),
+            prepare_count: 5 + settings.len() + SWEEP.len(),
             settings,
             prepare: prepare.freeze(),
             reset_sql,
             reset_local: reset_local.freeze(),
+            sweep_local: sweep_local.freeze(),
             begin: Self::bind_execute(BEGIN_STATEMENT, &[]),
+        }
+    }
+
+    /// The messages paying what a release left owed, and how many Bind/Execute pairs
+    /// they hold (their replies are the proxy's to swallow).
+    pub fn owed(&self, owed: Owed) -> (&[u8], usize) {
+        match owed {
+            Owed::Nothing => (&[], 0),
+            Owed::Sweep => (&self.sweep_local, SWEEP.len()),
+            Owed::ResetAndSweep => (&self.reset_local, self.settings.len() + SWEEP.len()),
         }
     }
 

@@ -91,7 +91,7 @@ impl BackendTarget {
             },
             prepared: false,
             session_context: false,
-            reset_pending: false,
+            owed: Default::default(),
             statements: crate::session::statements::BackendStatements::new(
                 self.statement_cache_size,
             ),

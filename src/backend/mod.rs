@@ -74,14 +74,29 @@ pub struct BackendConn {
     /// Session-level context was set (for a statement that cannot run in a transaction
     /// block); it must be reset before anyone else uses this connection.
     pub session_context: bool,
-    /// The context RESET of the last release is still owed: the next user pipelines it
-    /// ahead of everything it sends.
-    pub reset_pending: bool,
+    /// What the last release left owed: the next user pipelines it ahead of everything it
+    /// sends (see [`crate::pool::PooledConn::release`]).
+    pub owed: Owed,
     /// Client statements prepared here under proxy-owned names.
     pub statements: crate::session::statements::BackendStatements,
     pub created: Instant,
     pub last_used: Instant,
     pub id: u64,
+}
+
+/// Cleanup a release leaves for the connection's next user to send ahead of its first
+/// message, so it costs no round trip of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Owed {
+    /// Nothing (a new connection, or one that had DISCARD ALL).
+    #[default]
+    Nothing,
+    /// Forget session state no client statement names: sequence values (`lastval()`, set
+    /// by any INSERT into a serial column) and temp objects (`pg_temp.x`, or created
+    /// inside a function).
+    Sweep,
+    /// RESET the context settings too (`reset_on_release = "always"`).
+    ResetAndSweep,
 }
 
 impl BackendConn {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{BackendConn, BackendError, BackendTarget};
+use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
 use crate::config::{DatabaseConfig, PoolMode};
 use crate::metrics::PoolMetrics;
 
@@ -27,9 +27,9 @@ pub enum PoolError {
 /// What a released connection needs before it may serve another client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cleanup {
-    /// Nothing: the transaction ended and left no session state.
+    /// The transaction ended and left no session state the guard saw: only the sweep.
     None,
-    /// RESET the context settings.
+    /// RESET the context settings, and the sweep.
     ResetContext,
     /// The client may have left session state: DISCARD ALL.
     Full,
@@ -359,11 +359,16 @@ impl PooledConn {
         };
         let pool = self.pool.clone();
         pool.metrics.active.dec();
-        if cleanup == Cleanup::ResetContext && !conn.session_context {
-            // The context was transaction-local and is gone; the belt-and-braces RESET
-            // rides ahead of the next user's first message instead of costing a round trip
-            // now. PostgreSQL runs it before anything that user sends.
-            conn.reset_pending = true;
+        if !conn.session_context {
+            // The context was transaction-local and is gone; the belt-and-braces RESET and
+            // the sweep of unnamed session state ride ahead of the next user's first
+            // message instead of costing a round trip now. PostgreSQL runs them before
+            // anything that user sends.
+            match cleanup {
+                Cleanup::None => conn.owed = Owed::Sweep,
+                Cleanup::ResetContext => conn.owed = Owed::ResetAndSweep,
+                Cleanup::Full | Cleanup::Rollback => {}
+            }
         }
         if pool.cleanup_queries(cleanup, &conn).is_empty() {
             pool.put_idle(conn);
@@ -383,7 +388,7 @@ impl PooledConn {
             match result {
                 Ok(()) => {
                     conn.session_context = false;
-                    conn.reset_pending = false;
+                    conn.owed = Owed::Nothing;
                     if full {
                         conn.prepared = false;
                         conn.statements.clear();

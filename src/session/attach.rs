@@ -159,12 +159,9 @@ impl Session {
             return;
         };
         let conn = b.conn();
-        if !conn.reset_pending {
-            return;
-        }
-        conn.reset_pending = false;
-        self.bout.extend_from_slice(&self.server.plan.reset_local);
-        for _ in &self.server.plan.settings {
+        let (messages, pairs) = self.server.plan.owed(std::mem::take(&mut conn.owed));
+        self.bout.extend_from_slice(messages);
+        for _ in 0..pairs {
             self.flow.sent(ft::BIND, Owner::Proxy);
             self.flow.sent(ft::EXECUTE, Owner::Proxy);
         }

@@ -178,10 +178,7 @@ impl Session {
             out.extend_from_slice(&self.server.plan.prepare);
             conn.prepared = true;
         }
-        if conn.reset_pending {
-            out.extend_from_slice(&self.server.plan.reset_local);
-            conn.reset_pending = false;
-        }
+        out.extend_from_slice(self.server.plan.owed(std::mem::take(&mut conn.owed)).0);
         let mut flow = Flow::default();
         self.params.fill_defaults(conn);
         self.params.sync_backend(conn, &mut out, &mut flow);

@@ -128,6 +128,9 @@ impl Session {
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
                 .await;
         }
+        // A function called by OID has no SQL text to analyze (it may take a session
+        // advisory lock, for one): treat it as leaving session state.
+        self.dirty |= frame.tag == ft::FUNCTION_CALL;
         if super::guard::uses_reserved_name(&frame) {
             let msg =
                 "prepared statement and portal names starting with \"pgtenant_\" are reserved";

@@ -1,0 +1,150 @@
+//! State one tenant can leave on a backend connection without any statement the guard
+//! would see: the unnamed prepared statement, sequence values, temp objects made through
+//! `pg_temp`, session advisory locks taken through the function-call protocol. None of it
+//! may reach the next tenant of that connection, in either release mode.
+
+use super::*;
+use pgtenant::config::ResetMode;
+
+#[tokio::test]
+async fn unnamed_statement_left_on_a_backend_is_not_served_to_the_next_tenant() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let long = async {
+        // acme leaves an unnamed statement on the only backend; PostgreSQL keeps it across
+        // transactions.
+        let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        raw::extended(
+            &mut out,
+            "SELECT 'acme left this'::text AS acme_column",
+            &[],
+        );
+        raw::sync(&mut out);
+        acme.send(&out).await;
+        assert_eq!(raw::tags(&acme.until_ready().await), "12DCZ");
+
+        // globex binds the unnamed statement without parsing one, and describes it: both
+        // must fail as on a connection of its own, never run or show acme's SQL.
+        let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .unwrap();
+        for describe_first in [false, true] {
+            let mut out = BytesMut::new();
+            if describe_first {
+                messages::write_msg(&mut out, b'D', |b| b.extend_from_slice(b"S\0"));
+            }
+            messages::bind(&mut out, "", std::iter::empty());
+            messages::write_msg(&mut out, b'D', |b| b.extend_from_slice(b"P\0"));
+            messages::execute(&mut out);
+            raw::sync(&mut out);
+            globex.send(&out).await;
+            let msgs = globex.until_ready().await;
+            let errors = raw::errors(&msgs);
+            assert!(
+                raw::data_rows(&msgs).is_empty() && !raw::tags(&msgs).contains('T'),
+                "globex was served acme's leftover statement: {msgs:?}"
+            );
+            assert_eq!(errors.len(), 1, "{msgs:?}");
+            assert_eq!(errors[0].code, "26000", "{:?}", errors[0]);
+        }
+
+        // globex's own unnamed statements still work, in its own context.
+        let mut out = BytesMut::new();
+        raw::extended(&mut out, CTX, &[]);
+        raw::sync(&mut out);
+        globex.send(&out).await;
+        let msgs = globex.until_ready().await;
+        assert_eq!(raw::data_rows(&msgs), vec![vec![Some(GLOBEX.to_string())]]);
+    };
+    tokio::time::timeout(Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
+}
+
+/// `pg_catalog.pg_advisory_lock(bigint)`.
+const ADVISORY_LOCK_OID: u32 = 2880;
+
+/// A FunctionCall of `oid` with text arguments and a text result.
+fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
+    messages::write_msg(out, b'F', |b| {
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+        for a in args {
+            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+            b.extend_from_slice(a.as_bytes());
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+}
+
+#[tokio::test]
+async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
+    for mode in [ResetMode::Always, ResetMode::Tracked] {
+        let env = TestEnv::start_with(|c| {
+            c.context.reset_on_release = mode;
+            for db in c.databases.values_mut() {
+                db.pool_size = 1;
+            }
+        })
+        .await;
+        let long = async {
+            let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+                .await
+                .unwrap();
+            for sql in [
+                // No TEMP keyword: a schema-qualified temp table, and one that shadows
+                // `invoices` for whoever uses this backend next (pg_temp is searched first).
+                "CREATE TABLE pg_temp.acme_notes AS SELECT 'acme secret'::text AS note",
+                "CREATE TABLE pg_temp.invoices AS SELECT * FROM invoices",
+                // Sets lastval() for the session, as any INSERT into a serial column does.
+                "SELECT nextval('invoices_id_seq')",
+            ] {
+                let msgs = acme.simple(sql).await;
+                assert!(raw::errors(&msgs).is_empty(), "{mode:?} {sql}: {msgs:?}");
+            }
+            let mut out = BytesMut::new();
+            function_call(&mut out, ADVISORY_LOCK_OID, &["42"]);
+            acme.send(&out).await;
+            let msgs = acme.until_ready().await;
+            assert_eq!(raw::tags(&msgs), "VZ", "{mode:?}: {msgs:?}");
+
+            let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+                .await
+                .unwrap();
+            let msgs = globex.simple("SELECT note FROM pg_temp.acme_notes").await;
+            assert!(raw::data_rows(&msgs).is_empty(), "{mode:?}: {msgs:?}");
+            assert_eq!(raw::errors(&msgs)[0].code, "42P01", "{mode:?}: {msgs:?}");
+            let msgs = globex.simple(INVOICES).await;
+            let rows = raw::data_rows(&msgs);
+            assert_eq!(rows.len(), expect("globex").invoices, "{mode:?}: {msgs:?}");
+            assert!(
+                rows.iter()
+                    .all(|r| r == &vec![Some(GLOBEX.into()), Some(GLOBEX.into())]),
+                "{mode:?}: globex read acme's shadow table: {rows:?}"
+            );
+            let msgs = globex.simple("SELECT lastval()").await;
+            assert!(raw::data_rows(&msgs).is_empty(), "{mode:?}: {msgs:?}");
+            assert_eq!(raw::errors(&msgs)[0].code, "55000", "{mode:?}: {msgs:?}");
+            let msgs = globex
+                .simple("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                .await;
+            assert_eq!(
+                raw::data_rows(&msgs),
+                vec![vec![Some("0".into())]],
+                "{mode:?}"
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(60), long)
+            .await
+            .expect("no hang");
+        env.proxy.shutdown().await;
+    }
+}
