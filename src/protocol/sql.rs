@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 mod cache;
 mod lexer;
+mod runners;
 pub use cache::AnalysisCache;
 pub use lexer::{Lexer, Token, TokenKind};
 
@@ -291,10 +292,13 @@ fn is_plain_execute(toks: &[Token], k: usize) -> bool {
     literal && (end.is_none() || is_op(end, b';') || is_kw_in(end, &["using", "into"]))
 }
 
-/// A literal is lexed as SQL only when it looks like it builds a setting change.
+/// A literal is lexed as SQL only when it looks like it builds a setting change or runs a
+/// query given as text.
 fn has_trigger(v: &[u8]) -> bool {
     let set_ws = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace();
-    v.windows(4).any(set_ws) || contains_ci(v, b"set_config")
+    v.windows(4).any(set_ws)
+        || contains_ci(v, b"set_config")
+        || runners::TRIGGERS.iter().any(|t| contains_ci(v, t))
 }
 
 /// Re-borrows `v` from the frame's input when possible so nested bodies stay allocation-free.
@@ -350,6 +354,13 @@ fn scan_frame<'a>(
             // `EXECUTE format(...)`, `EXECUTE some_variable`) cannot be verified.
             Ident if depth > 0 && is_kw(Some(t), "execute") && !is_plain_execute(toks, i + 1) => {
                 return violation("dynamic SQL in a function body");
+            }
+            // `query_to_xml('SELECT ...', ...)` and kin run their text argument.
+            Ident | QuotedIdent if is_op(toks.get(i + 1), b'(') => {
+                let v = runners::check_runner(toks, i, base, depth, work);
+                if v.is_some() {
+                    return v;
+                }
             }
             // `UPDATE pg_settings SET setting = ... WHERE name = ...` calls set_config().
             Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(toks, i) => {

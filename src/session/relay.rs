@@ -120,17 +120,12 @@ impl Session {
             let name = super::statements::bind_statement(frame.body()).unwrap_or_default();
             no_txn_block = self.statements.no_txn_block(name);
         }
-        if frame.tag == ft::FUNCTION_CALL
-            && frame.body().get(..4) == Some(&SET_CONFIG_OID.to_be_bytes()[..])
-        {
-            let msg = "permission denied to call set_config through the function-call protocol";
+        if frame.tag == ft::FUNCTION_CALL && !is_large_object_call(frame.body()) {
+            let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
             return self
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
                 .await;
         }
-        // A function called by OID has no SQL text to analyze (it may take a session
-        // advisory lock, for one): treat it as leaving session state.
-        self.dirty |= frame.tag == ft::FUNCTION_CALL;
         if super::guard::uses_reserved_name(&frame) {
             let msg =
                 "prepared statement and portal names starting with \"pgtenant_\" are reserved";
@@ -304,8 +299,19 @@ impl Session {
     }
 }
 
-/// `pg_catalog.set_config(text, text, boolean)`: a built-in, so its OID is fixed.
-const SET_CONFIG_OID: u32 = 2078;
+/// The built-in large-object functions (fixed OIDs), what libpq's `lo_*` calls and JDBC's
+/// fastpath send as FunctionCall. A call by OID has no SQL text for the guard to read, so
+/// nothing else is let through: `set_config` (2078), `query_to_xml`, or a session advisory
+/// lock would change the context or leave state for the next client.
+const LARGE_OBJECT_FUNCTIONS: [u32; 16] = [
+    715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172, 3458, 3459, 3460,
+];
+
+fn is_large_object_call(body: &[u8]) -> bool {
+    body.get(..4)
+        .and_then(|b| b.try_into().ok())
+        .is_some_and(|oid| LARGE_OBJECT_FUNCTIONS.contains(&u32::from_be_bytes(oid)))
+}
 
 /// The SQL text of a Query or Parse message.
 fn sql_text(frame: &Frame) -> Option<&[u8]> {

@@ -273,6 +273,26 @@ async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
             "UPDATE pg_catalog.pg_settings SET setting = '{GLOBEX}' WHERE name = 'app.current_tenant'"
         ),
         format!("SELECT SET_CONFIG /* x */ ('app.current_tenant', '{GLOBEX}', true)"),
+        // Functions that run a query given as text, the query built at run time.
+        format!(
+            "SELECT query_to_xml('SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)', true, false, '')"
+        ),
+        format!(
+            "SELECT query_to_xml_and_xmlschema('SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)', true, false, '')"
+        ),
+        format!(
+            "SELECT * FROM ts_stat('SELECT to_tsvector(set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true))')"
+        ),
+        format!(
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery FROM (SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)) s')"
+        ),
+        // The same with the query as a literal, and handed through a function of its own.
+        format!(
+            "SELECT query_to_xml('SELECT set_config(''app.current_tenant'', ''{GLOBEX}'', true)', true, false, '')"
+        ),
+        format!(
+            "CREATE FUNCTION pg_temp.run(q text) RETURNS xml LANGUAGE sql AS 'SELECT query_to_xml(q, true, false, '''''''')'; SELECT pg_temp.run('SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)')"
+        ),
     ];
 
     // Straight to PostgreSQL: which attacks are valid and effective.

@@ -1,6 +1,6 @@
 //! State one tenant can leave on a backend connection without any statement the guard
 //! would see: the unnamed prepared statement, sequence values, temp objects made through
-//! `pg_temp`, session advisory locks taken through the function-call protocol. None of it
+//! `pg_temp`, session advisory locks through the function-call protocol. None of it
 //! may reach the next tenant of that connection, in either release mode.
 
 use super::*;
@@ -70,6 +70,9 @@ async fn unnamed_statement_left_on_a_backend_is_not_served_to_the_next_tenant() 
 
 /// `pg_catalog.pg_advisory_lock(bigint)`.
 const ADVISORY_LOCK_OID: u32 = 2880;
+/// `pg_catalog.lo_creat(integer)` and `pg_catalog.lo_unlink(oid)`.
+const LO_CREAT_OID: u32 = 957;
+const LO_UNLINK_OID: u32 = 964;
 
 /// A FunctionCall of `oid` with text arguments and a text result.
 fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
@@ -110,11 +113,25 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
                 let msgs = acme.simple(sql).await;
                 assert!(raw::errors(&msgs).is_empty(), "{mode:?} {sql}: {msgs:?}");
             }
+            // A function called by OID has no SQL for the guard: only large-object
+            // functions go through, so a session advisory lock is refused...
             let mut out = BytesMut::new();
             function_call(&mut out, ADVISORY_LOCK_OID, &["42"]);
             acme.send(&out).await;
             let msgs = acme.until_ready().await;
+            assert_eq!(raw::errors(&msgs)[0].code, "42501", "{mode:?}: {msgs:?}");
+            // ... and libpq's lo_creat / lo_unlink work.
+            let mut out = BytesMut::new();
+            function_call(&mut out, LO_CREAT_OID, &["393216"]);
+            acme.send(&out).await;
+            let msgs = acme.until_ready().await;
             assert_eq!(raw::tags(&msgs), "VZ", "{mode:?}: {msgs:?}");
+            let len = i32::from_be_bytes(msgs[0].1[..4].try_into().unwrap()) as usize;
+            let oid = String::from_utf8(msgs[0].1[4..4 + len].to_vec()).unwrap();
+            let mut out = BytesMut::new();
+            function_call(&mut out, LO_UNLINK_OID, &[&oid]);
+            acme.send(&out).await;
+            assert_eq!(raw::tags(&acme.until_ready().await), "VZ", "{mode:?}");
 
             let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
                 .await

@@ -1,0 +1,173 @@
+//! Functions that run a query handed to them as text: `query_to_xml` and its two
+//! siblings, `ts_stat` and `ts_rewrite` (built in), and tablefunc's `crosstab`. Whatever
+//! that query does happens in the caller's transaction, so it is SQL the guard must read:
+//! a query written as a literal is scanned like the statement around it, and one built at
+//! run time (`'SELECT set_' || 'config(...)'`, a column, a `$1`) cannot be verified.
+
+use std::borrow::Cow;
+
+use super::{GuardViolation, MAX_DEPTH, Token, TokenKind, is_op, lift, literal_at, parse_name};
+
+/// Names (matched case-insensitively, or exactly when quoted) and which arguments are
+/// query text. `None` in place of an argument count means any count.
+const RUNNERS: [(&str, &[usize], Option<usize>); 8] = [
+    ("query_to_xml", &[0], None),
+    ("query_to_xmlschema", &[0], None),
+    ("query_to_xml_and_xmlschema", &[0], None),
+    ("ts_stat", &[0], None),
+    // ts_rewrite(query, select text); the three-argument form takes tsqueries only.
+    ("ts_rewrite", &[1], Some(2)),
+    ("crosstab", &[0, 1], None),
+    ("crosstab2", &[0], None),
+    ("crosstab3", &[0], None),
+];
+
+/// Substrings that make a string literal worth lexing as SQL: a function body written in
+/// plain quotes may call a runner with its own argument.
+pub(super) const TRIGGERS: [&[u8]; 4] = [b"query_to_xml", b"ts_stat", b"ts_rewrite", b"crosstab"];
+
+/// The runner named by the token at `i`, when a call follows it.
+fn runner_at(toks: &[Token], i: usize) -> Option<(&'static str, &'static [usize], Option<usize>)> {
+    let t = toks.get(i)?;
+    if !is_op(toks.get(i + 1), b'(') {
+        return None;
+    }
+    let name_is = |n: &str| match t.kind {
+        TokenKind::Ident => t.text.eq_ignore_ascii_case(n.as_bytes()),
+        TokenKind::QuotedIdent => t.text == n.as_bytes(),
+        _ => false,
+    };
+    RUNNERS.iter().find(|(n, _, _)| name_is(n)).copied()
+}
+
+/// Token ranges of the top-level arguments of the call whose `(` is at `open`.
+fn arguments(toks: &[Token], open: usize) -> Vec<(usize, usize)> {
+    let (mut args, mut depth, mut start) = (Vec::new(), 0usize, open + 1);
+    for (k, t) in toks.iter().enumerate().skip(open + 1) {
+        if t.kind != TokenKind::Op {
+            continue;
+        }
+        match t.text {
+            b"(" | b"[" => depth += 1,
+            b")" | b"]" if depth > 0 => depth -= 1,
+            b")" => {
+                if k > start || !args.is_empty() {
+                    args.push((start, k));
+                }
+                return args;
+            }
+            b"," if depth == 0 => {
+                args.push((start, k));
+                start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    args.push((start, toks.len()));
+    args
+}
+
+/// The query text of argument `(start, end)` when it is a literal (casts allowed); None
+/// when it is anything else.
+fn literal_query<'t>(toks: &[Token<'t>], (start, end): (usize, usize)) -> Option<Cow<'t, [u8]>> {
+    let (value, mut n) = literal_at(toks, start)?;
+    while n < end && is_op(toks.get(n), b':') && is_op(toks.get(n + 1), b':') {
+        n = parse_name(toks, n + 2)?.1;
+    }
+    (n == end).then_some(value)
+}
+
+/// Checks a runner call at `i`: queues its literal queries for scanning one level deeper,
+/// and refuses a query it cannot read.
+pub(super) fn check_runner<'a>(
+    toks: &[Token<'_>],
+    i: usize,
+    base: Option<&'a [u8]>,
+    depth: usize,
+    work: &mut Vec<(Cow<'a, [u8]>, usize)>,
+) -> Option<GuardViolation> {
+    let (name, queries, count) = runner_at(toks, i)?;
+    let args = arguments(toks, i + 1);
+    if count.is_some_and(|c| c != args.len()) {
+        return None;
+    }
+    for &q in queries {
+        let Some(&arg) = args.get(q) else { continue };
+        let number = arg.1 == arg.0 + 1 && toks[arg.0].kind == TokenKind::Number;
+        match literal_query(toks, arg) {
+            Some(v) if depth < MAX_DEPTH => work.push((lift(base, v), depth + 1)),
+            None if number => {}
+            _ => {
+                return Some(GuardViolation {
+                    setting: format!("{name}(<non-literal query>)"),
+                });
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Lexer, find_protected_change};
+    use super::*;
+
+    fn refused(sql: &str) -> Option<String> {
+        find_protected_change(sql.as_bytes(), &["app.current_tenant".to_string()])
+            .map(|v| v.setting)
+    }
+
+    #[test]
+    fn splits_top_level_arguments() {
+        let toks: Vec<Token> = Lexer::new(b"f(a, g(b, c), 'x''y', [1, 2])").collect();
+        let args = arguments(&toks, 1);
+        let texts: Vec<Vec<&[u8]>> = args
+            .iter()
+            .map(|&(s, e)| toks[s..e].iter().map(|t| t.text).collect())
+            .collect();
+        assert_eq!(texts.len(), 4, "{texts:?}");
+        assert_eq!(texts[0], vec![&b"a"[..]]);
+        assert_eq!(texts[2], vec![&b"x''y"[..]]);
+        assert!(arguments(&Lexer::new(b"f()").collect::<Vec<_>>(), 1).is_empty());
+    }
+
+    #[test]
+    fn literal_queries_are_scanned_and_built_ones_refused() {
+        let set = "set_config(''app.current_tenant'', ''x'', true)";
+        assert_eq!(
+            refused("SELECT query_to_xml('SELECT 1', true, false, '')"),
+            None
+        );
+        assert_eq!(
+            refused("SELECT * FROM ts_stat('SELECT v FROM docs')::text"),
+            None
+        );
+        assert_eq!(
+            refused(&format!(
+                "SELECT query_to_xml('SELECT {set}', true, false, '')"
+            )),
+            Some("app.current_tenant".into())
+        );
+        for sql in [
+            "SELECT query_to_xml('SELECT set_' || 'config(...)', true, false, '')".to_string(),
+            "SELECT pg_catalog.\"query_to_xml\"(q, true, false, '') FROM t".to_string(),
+            "SELECT QUERY_TO_XML_AND_XMLSCHEMA($1, true, false, '')".to_string(),
+            "SELECT * FROM ts_stat(format('SELECT %s', 1))".to_string(),
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT ' || 'x')".to_string(),
+            "SELECT * FROM crosstab('SELECT 1', $1) AS t(a int)".to_string(),
+            // A function body in plain quotes that hands its argument to a runner.
+            "CREATE FUNCTION pg_temp.run(q text) RETURNS xml LANGUAGE sql AS 'SELECT query_to_xml(q, true, false, '''')'".to_string(),
+        ] {
+            assert!(refused(&sql).is_some_and(|s| s.ends_with("(<non-literal query>)")), "{sql}");
+        }
+        // The three-argument ts_rewrite takes tsqueries, not a query; crosstab's row count.
+        assert_eq!(
+            refused("SELECT ts_rewrite(q, to_tsquery('a'), to_tsquery('b')) FROM t"),
+            None
+        );
+        assert_eq!(
+            refused("SELECT * FROM crosstab('SELECT 1', 3) AS t(a int)"),
+            None
+        );
+    }
+}
