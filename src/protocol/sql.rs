@@ -355,16 +355,18 @@ fn scan_frame<'a>(
             Ident if depth > 0 && is_kw(Some(t), "execute") && !is_plain_execute(toks, i + 1) => {
                 return violation("dynamic SQL in a function body");
             }
-            // `query_to_xml('SELECT ...', ...)` and kin run their text argument.
-            Ident | QuotedIdent if is_op(toks.get(i + 1), b'(') => {
-                let v = runners::check_runner(toks, i, base, depth, work);
-                if v.is_some() {
-                    return v;
-                }
-            }
             // `UPDATE pg_settings SET setting = ... WHERE name = ...` calls set_config().
             Ident if is_kw(Some(t), "pg_settings") && is_pg_settings_update(toks, i) => {
                 return violation("pg_settings");
+            }
+            // `query_to_xml('SELECT ...', ...)` and kin run their text argument; they and
+            // set_config may not be named without a call (runners.rs).
+            Ident | QuotedIdent => {
+                let v = runners::check_runner(toks, i, base, depth, work)
+                    .or_else(|| runners::check_reference(toks, i));
+                if v.is_some() {
+                    return v;
+                }
             }
             Str | EStr | UStr | BitStr | DollarStr => {
                 if let Some((v, next)) = literal_at(toks, i) {

@@ -293,6 +293,13 @@ async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
         format!(
             "CREATE FUNCTION pg_temp.run(q text) RETURNS xml LANGUAGE sql AS 'SELECT query_to_xml(q, true, false, '''''''')'; SELECT pg_temp.run('SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)')"
         ),
+        // Named, not called: an aggregate whose transition function is set_config or a runner.
+        format!(
+            "CREATE AGGREGATE pg_temp.ctx(text, boolean) (SFUNC = pg_catalog.set_config, STYPE = text, INITCOND = 'app.current_tenant'); SELECT pg_temp.ctx('{GLOBEX}', true)"
+        ),
+        format!(
+            "CREATE AGGREGATE pg_temp.run(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a'); SELECT pg_temp.run('SELECT ''a''::tsquery, ''b''::tsquery FROM (SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)) s')"
+        ),
     ];
 
     // Straight to PostgreSQL: which attacks are valid and effective.

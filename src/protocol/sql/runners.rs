@@ -1,8 +1,14 @@
 //! Functions that run a query handed to them as text: `query_to_xml` and its two
-//! siblings, `ts_stat` and `ts_rewrite` (built in), and tablefunc's `crosstab`. Whatever
-//! that query does happens in the caller's transaction, so it is SQL the guard must read:
-//! a query written as a literal is scanned like the statement around it, and one built at
-//! run time (`'SELECT set_' || 'config(...)'`, a column, a `$1`) cannot be verified.
+//! siblings, `ts_stat` and `ts_rewrite` (built in), and tablefunc's `crosstab` and
+//! `connectby` (which splices its text arguments into a query). Whatever that query does
+//! happens in the caller's transaction, so it is SQL the guard must read: a query written as
+//! a literal is scanned like the statement around it, and one built at run time
+//! (`'SELECT set_' || 'config(...)'`, a column, a `$1`) cannot be verified.
+//!
+//! These functions and `set_config` are also refused when named without being called
+//! (`SFUNC = ts_rewrite` in CREATE AGGREGATE, `FUNCTION = set_config` in CREATE OPERATOR,
+//! `'set_config'::regproc`): the aggregate or operator would call them later, under a name
+//! the guard never sees.
 
 use std::borrow::Cow;
 
@@ -10,7 +16,7 @@ use super::{GuardViolation, MAX_DEPTH, Token, TokenKind, is_op, lift, literal_at
 
 /// Names (matched case-insensitively, or exactly when quoted) and which arguments are
 /// query text. `None` in place of an argument count means any count.
-const RUNNERS: [(&str, &[usize], Option<usize>); 8] = [
+const RUNNERS: [(&str, &[usize], Option<usize>); 10] = [
     ("query_to_xml", &[0], None),
     ("query_to_xmlschema", &[0], None),
     ("query_to_xml_and_xmlschema", &[0], None),
@@ -20,11 +26,42 @@ const RUNNERS: [(&str, &[usize], Option<usize>); 8] = [
     ("crosstab", &[0, 1], None),
     ("crosstab2", &[0], None),
     ("crosstab3", &[0], None),
+    ("crosstab4", &[0], None),
+    ("connectby", &[0, 1, 2, 3, 4, 5, 6], None),
 ];
 
 /// Substrings that make a string literal worth lexing as SQL: a function body written in
 /// plain quotes may call a runner with its own argument.
-pub(super) const TRIGGERS: [&[u8]; 4] = [b"query_to_xml", b"ts_stat", b"ts_rewrite", b"crosstab"];
+pub(super) const TRIGGERS: [&[u8]; 5] = [
+    b"query_to_xml",
+    b"ts_stat",
+    b"ts_rewrite",
+    b"crosstab",
+    b"connectby",
+];
+
+/// True when `t` spells `name` (any case unquoted, exactly when quoted).
+fn spells(t: &Token, name: &str) -> bool {
+    match t.kind {
+        TokenKind::Ident => t.text.eq_ignore_ascii_case(name.as_bytes()),
+        TokenKind::QuotedIdent => t.text == name.as_bytes(),
+        _ => false,
+    }
+}
+
+/// Refuses `set_config` or a runner named at `i` without a call after it.
+pub(super) fn check_reference(toks: &[Token], i: usize) -> Option<GuardViolation> {
+    let t = toks.get(i)?;
+    if is_op(toks.get(i + 1), b'(') {
+        return None;
+    }
+    let name = std::iter::once("set_config")
+        .chain(RUNNERS.iter().map(|r| r.0))
+        .find(|n| spells(t, n))?;
+    Some(GuardViolation {
+        setting: format!("{name} named as a function"),
+    })
+}
 
 /// The runner named by the token at `i`, when a call follows it.
 fn runner_at(toks: &[Token], i: usize) -> Option<(&'static str, &'static [usize], Option<usize>)> {
@@ -32,12 +69,7 @@ fn runner_at(toks: &[Token], i: usize) -> Option<(&'static str, &'static [usize]
     if !is_op(toks.get(i + 1), b'(') {
         return None;
     }
-    let name_is = |n: &str| match t.kind {
-        TokenKind::Ident => t.text.eq_ignore_ascii_case(n.as_bytes()),
-        TokenKind::QuotedIdent => t.text == n.as_bytes(),
-        _ => false,
-    };
-    RUNNERS.iter().find(|(n, _, _)| name_is(n)).copied()
+    RUNNERS.iter().find(|(n, _, _)| spells(t, n)).copied()
 }
 
 /// Token ranges of the top-level arguments of the call whose `(` is at `open`.
@@ -159,6 +191,18 @@ mod tests {
             "CREATE FUNCTION pg_temp.run(q text) RETURNS xml LANGUAGE sql AS 'SELECT query_to_xml(q, true, false, '''')'".to_string(),
         ] {
             assert!(refused(&sql).is_some_and(|s| s.ends_with("(<non-literal query>)")), "{sql}");
+        }
+        // Named, not called: an aggregate or operator would call them later.
+        for sql in [
+            "CREATE AGGREGATE pg_temp.ctx(text, boolean) (SFUNC = pg_catalog.set_config, STYPE = text)",
+            "CREATE AGGREGATE pg_temp.run(text) (SFUNC = \"ts_rewrite\", STYPE = tsquery)",
+            "CREATE OPERATOR pg_temp.### (LEFTARG = tsquery, RIGHTARG = text, FUNCTION = ts_rewrite)",
+            "SELECT 'set_config'::regproc",
+        ] {
+            assert!(
+                refused(sql).is_some_and(|s| s.ends_with("named as a function")),
+                "{sql}"
+            );
         }
         // The three-argument ts_rewrite takes tsqueries, not a query; crosstab's row count.
         assert_eq!(

@@ -107,7 +107,8 @@ fn protected_changes() {
         ("ALTER TABLE t ALTER COLUMN role SET DEFAULT 'x'", None),
         ("ALTER TABLE t SET (fillfactor = 50)", None),
         ("CREATE FUNCTION f() RETURNS int BEGIN ATOMIC UPDATE t SET role = 1; END", None),
-        ("SELECT set_config", None),
+        // Named without a call (a column, an alias, `SFUNC = set_config`): refused.
+        ("SELECT set_config", Some("set_config named as a function")),
         ("UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'app.current_tenant'", Some("pg_settings")),
         ("update only pg_settings set setting = 'x'", Some("pg_settings")),
         ("SELECT * FROM pg_settings WHERE name = 'app.current_tenant'", None),
