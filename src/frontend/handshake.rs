@@ -134,8 +134,21 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
         })?;
         settings.extend(parsed);
     }
-    for (name, _) in &settings {
+    for (name, value) in &settings {
         let lower = name.to_ascii_lowercase();
+        if let Some(why) = crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes()) {
+            server
+                .metrics
+                .context_rejections
+                .with_label_values(&["startup"])
+                .inc();
+            return Err(Fatal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"
+                ),
+            ));
+        }
         if server.sql_guard.protected().contains(&lower) {
             server
                 .metrics

@@ -1,7 +1,9 @@
 //! Small, panic-free PostgreSQL SQL lexer plus the classifiers the proxy needs.
 //!
 //! The proxy never rewrites client SQL, it only inspects it. Assumptions and limits:
-//! - `standard_conforming_strings = on` (the default since 9.1): backslashes in `'...'` are literal.
+//! - `standard_conforming_strings = on` (the default since 9.1): backslashes in `'...'` are
+//!   literal, and the client encoding is one whose characters never contain a backslash;
+//!   the guard refuses the values that would break either (see [`readable`]).
 //! - Runtime string building (`EXECUTE 'SE' || 'T ...'`, `format(...)` with `%I`) can't be fully
 //!   verified; string bodies are only checked heuristically (see [`find_protected_change`]).
 //! - Known false positive: a literal such as `SELECT 'SET app.current_tenant = 1'` is flagged,
@@ -11,9 +13,11 @@ use std::borrow::Cow;
 
 mod cache;
 mod lexer;
+mod readable;
 mod runners;
 pub use cache::AnalysisCache;
 pub use lexer::{Lexer, Token, TokenKind};
+pub use readable::unreadable;
 
 /// Why a statement was refused by the context guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +239,12 @@ fn check_set(
         .iter()
         .find(|(a, b, _)| kw(j, a) && (b.is_empty() || kw(j + 1, b)));
     if let Some((_, _, name)) = implicit.filter(|_| start) {
-        return protected_match(name.as_bytes(), prot);
+        // `SET NAMES 'SJIS'`: the value follows the keyword.
+        let value = value_at(toks, j + 1).unwrap_or_default();
+        let unreadable = readable::unreadable(name.as_bytes(), &value);
+        return unreadable
+            .and_then(violation)
+            .or_else(|| protected_match(name.as_bytes(), prot));
     }
     let Some((name, after)) = parse_name(toks, j) else {
         // `EXECUTE 'SET ' || ...` or `format('SET %I = %L', ...)`: the name can't be verified.
@@ -248,7 +257,22 @@ fn check_set(
         return None;
     }
     let assign = kw(after, "to") || kw(after, "from") || is_op(toks.get(after), b'=');
+    if assign && readable::is_lexing_setting(&name) {
+        let value = value_at(toks, after + 1).unwrap_or_default();
+        if let Some(why) = readable::unreadable(&name, &value) {
+            return violation(why);
+        }
+    }
     protected_match(&name, prot).filter(|_| start || reset || assign)
+}
+
+/// The value written at `k` in a SET: a literal, a bare word or a number.
+fn value_at<'t>(toks: &[Token<'t>], k: usize) -> Option<Cow<'t, [u8]>> {
+    let t = toks.get(k)?;
+    match t.kind {
+        TokenKind::Ident | TokenKind::Number => Some(Cow::Borrowed(t.text)),
+        _ => literal_at(toks, k).map(|(v, _)| v),
+    }
 }
 
 /// Checks the first argument of `set_config(` whose arguments start at `k`.
@@ -262,11 +286,26 @@ fn check_set_config(toks: &[Token], k: usize, protected: &[String]) -> Option<Gu
             None => break,
         }
     }
-    if is_op(toks.get(n), b',') || is_op(toks.get(n), b')') {
-        protected_match(&value, protected)
-    } else {
-        violation(SET_CONFIG_UNVERIFIABLE)
+    if !(is_op(toks.get(n), b',') || is_op(toks.get(n), b')')) {
+        return violation(SET_CONFIG_UNVERIFIABLE);
     }
+    let name = value.to_ascii_lowercase();
+    if readable::is_lexing_setting(&name) {
+        // The value decides how PostgreSQL reads what follows: it has to be a literal.
+        let literal = literal_at(toks, n + 1).and_then(|(v, mut m)| {
+            while is_op(toks.get(m), b':') && is_op(toks.get(m + 1), b':') {
+                m = parse_name(toks, m + 2)?.1;
+            }
+            (is_op(toks.get(m), b',') || is_op(toks.get(m), b')')).then_some(v)
+        });
+        let Some(v) = literal else {
+            return violation("set_config(<encoding or string setting>, <non-literal value>)");
+        };
+        if let Some(why) = readable::unreadable(&name, &v) {
+            return violation(why);
+        }
+    }
+    protected_match(&value, protected)
 }
 
 /// Matches `set_config` written plainly or as the quoted identifier `"set_config"`.

@@ -184,6 +184,9 @@ async fn reserved_statement_names_and_startup_settings_are_refused() {
         ("role", "postgres"),
         ("session_authorization", "postgres"),
         ("app.tenant_plan", "x"),
+        // Values that would make PostgreSQL read SQL differently from the guard.
+        ("client_encoding", "SJIS"),
+        ("standard_conforming_strings", "off"),
     ] {
         let r = RawConn::connect_with(
             addr,
@@ -426,4 +429,65 @@ async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
         );
     }
     f.finish();
+}
+
+/// `standard_conforming_strings = off` and client-only encodings (SJIS, BIG5, GBK, ...)
+/// make PostgreSQL end some string literals elsewhere than the guard does, so SQL the guard
+/// takes for a string would run unread. The values are refused; harmless ones pass.
+#[tokio::test]
+async fn settings_that_change_how_sql_is_read_are_refused() {
+    let env = TestEnv::start().await;
+    let hidden = format!(
+        "SELECT 'a\\' '; SET/**/LOCAL/**/app.current_tenant/**/TO/**/$q${GLOBEX}$q$; SELECT ''"
+    );
+    let check = "SELECT current_setting('app.current_tenant', true)";
+
+    // Straight to PostgreSQL: with strings read the old way, the hidden SET runs.
+    let direct = env.app_user_direct().await;
+    direct
+        .batch_execute("SET standard_conforming_strings = off; BEGIN")
+        .await
+        .unwrap();
+    direct.batch_execute(&hidden).await.unwrap();
+    assert_eq!(one(&direct, check).await, GLOBEX, "{hidden}");
+    direct.batch_execute("ROLLBACK").await.unwrap();
+
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET SESSION standard_conforming_strings TO false",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('standard_conforming_strings', 'o' || 'ff', false)",
+        "SET NAMES 'SJIS'",
+        "SET client_encoding TO 'BIG5'",
+        "SET client_encoding = gbk",
+        "SELECT set_config('client_encoding', 'Shift_JIS', false)",
+        "ALTER ROLE app_user SET client_encoding = 'SJIS'",
+    ] {
+        let m = c.simple(sql).await;
+        let errs = raw::errors(&m);
+        assert!(errs.len() == 1 && errs[0].code == "42501", "{sql}: {m:?}");
+    }
+    // What drivers send (PQsetClientEncoding, for one) still works.
+    for sql in [
+        "SET client_encoding TO 'UTF8'",
+        "SET NAMES 'UTF8'",
+        "SET standard_conforming_strings = on",
+    ] {
+        let m = c.simple(sql).await;
+        assert!(raw::errors(&m).is_empty(), "{sql}: {m:?}");
+    }
+    // Strings are still read the standard way: the text is an unterminated literal.
+    let m = c.simple(&hidden).await;
+    assert_eq!(
+        raw::errors(&m).first().map(|e| e.code.as_str()),
+        Some("42601"),
+        "{m:?}"
+    );
+    assert_eq!(
+        raw::data_rows(&c.simple(check).await),
+        vec![vec![Some(ACME.to_string())]]
+    );
 }
