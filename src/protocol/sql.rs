@@ -308,6 +308,17 @@ fn check_set_config(toks: &[Token], k: usize, protected: &[String]) -> Option<Gu
     protected_match(&value, protected)
 }
 
+/// True for the languages whose bodies the guard reads: `sql` and `plpgsql`, written as a
+/// word or a literal.
+fn is_readable_language(t: Option<&Token>) -> bool {
+    let Some(t) = t else { return true };
+    let name: &[u8] = match t.kind {
+        TokenKind::Ident | TokenKind::QuotedIdent | TokenKind::Str => t.text,
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(b"sql") || name.eq_ignore_ascii_case(b"plpgsql")
+}
+
 /// Matches `set_config` written plainly or as the quoted identifier `"set_config"`.
 fn is_set_config(t: &Token) -> bool {
     let quoted = t.kind == TokenKind::QuotedIdent && t.text == b"set_config";
@@ -331,12 +342,16 @@ fn is_plain_execute(toks: &[Token], k: usize) -> bool {
     literal && (end.is_none() || is_op(end, b';') || is_kw_in(end, &["using", "into"]))
 }
 
-/// A literal is lexed as SQL only when it looks like it builds a setting change or runs a
-/// query given as text.
+/// A literal is lexed as SQL only when it could change a setting or run SQL the guard has
+/// not read: a `SET`/`RESET` word (whatever follows it: `SET/**/x`, `SET"x"`), set_config,
+/// `EXECUTE` (a function body's dynamic SQL), or a function that runs a query given as text.
 fn has_trigger(v: &[u8]) -> bool {
-    let set_ws = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace();
-    v.windows(4).any(set_ws)
+    let set_word = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && !lexer::is_ident_cont(w[3]);
+    v.windows(4).any(set_word)
+        || v.get(v.len().saturating_sub(3)..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(b"set"))
         || contains_ci(v, b"set_config")
+        || contains_ci(v, b"execute")
         || runners::TRIGGERS.iter().any(|t| contains_ci(v, t))
 }
 
@@ -364,6 +379,12 @@ fn scan_frame<'a>(
     // Per-statement state: saw ALTER; saw CREATE; then FUNCTION/PROCEDURE; then UPDATE.
     let (mut alter, mut create, mut func, mut update) = (false, false, false, false);
     while let Some(t) = toks.get(i) {
+        // Function bodies and DO blocks are read as SQL or PL/pgSQL; code in any other
+        // language (PL/Perl's spi_exec_query, PL/Tcl's spi_exec) could run SQL unread.
+        let body_owner = func || is_kw(toks.get(stmt), "do");
+        if body_owner && is_kw(Some(t), "language") && !is_readable_language(toks.get(i + 1)) {
+            return violation("a function language other than sql or plpgsql");
+        }
         if t.kind == Ident {
             let kw = |w: &str| is_kw(Some(t), w);
             alter |= kw("alter");
@@ -409,7 +430,11 @@ fn scan_frame<'a>(
             }
             Str | EStr | UStr | BitStr | DollarStr => {
                 if let Some((v, next)) = literal_at(toks, i) {
-                    if depth < MAX_DEPTH && (t.kind == DollarStr || has_trigger(&v)) {
+                    if t.kind == DollarStr || has_trigger(&v) {
+                        if depth >= MAX_DEPTH {
+                            // Deeper bodies are not read, so they may not run either.
+                            return violation("SQL nested too deep to verify");
+                        }
                         work.push((lift(base, v), depth + 1));
                     }
                     i = next;

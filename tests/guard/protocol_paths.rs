@@ -303,6 +303,24 @@ async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
         format!(
             "CREATE AGGREGATE pg_temp.run(text) (SFUNC = ts_rewrite, STYPE = tsquery, INITCOND = 'a'); SELECT pg_temp.run('SELECT ''a''::tsquery, ''b''::tsquery FROM (SELECT set_' || 'config(''app.current_tenant'', ''{GLOBEX}'', true)) s')"
         ),
+        // Function bodies in plain quotes, which the guard reads only when they could set
+        // something or run SQL: SET with no space after it, and dynamic SQL.
+        format!(
+            "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS 'SET/**/app.current_tenant/**/TO/**/''{GLOBEX}'''; SELECT pg_temp.f()"
+        ),
+        format!(
+            "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS 'SET\"app.current_tenant\"TO''{GLOBEX}'''; SELECT pg_temp.f()"
+        ),
+        format!(
+            "CREATE FUNCTION pg_temp.f(q text) RETURNS void LANGUAGE plpgsql AS 'BEGIN EXECUTE q; END'; SELECT pg_temp.f('SE' || 'T LOCAL app.current_tenant = ''{GLOBEX}''')"
+        ),
+        // Bodies nested deeper than the guard reads.
+        format!(
+            "DO $a$ BEGIN EXECUTE $b$ DO $c$ BEGIN EXECUTE $d$ DO $e$ BEGIN EXECUTE $f$ SET LOCAL app.current_tenant = '{GLOBEX}' $f$; END $e$ $d$; END $c$ $b$; END $a$"
+        ),
+        // A language the guard cannot read (PL/Perl, where installed).
+        "CREATE FUNCTION pg_temp.f(q text) RETURNS void LANGUAGE plperl AS 'spi_exec_query($_[0])'"
+            .to_string(),
     ];
 
     // Straight to PostgreSQL: which attacks are valid and effective.

@@ -144,7 +144,8 @@ fn protected_changes() {
     );
     // RESET ALL only clears settings and is allowed.
     assert_eq!(find_protected_change(b"RESET ALL", &prot(&["role"])), None);
-    // Depth limit: the body at nesting depth 5 is opaque.
+    // Depth limit: a body nested deeper than the guard reads is refused, not let through
+    // unread (it ran, shown in tests/guard/protocol_paths.rs).
     let nest = |n: usize| {
         let mut s = "SET app.current_tenant = 1".to_string();
         for k in 0..n {
@@ -153,7 +154,15 @@ fn protected_changes() {
         s
     };
     assert!(find_protected_change(nest(4).as_bytes(), &p).is_some());
-    assert_eq!(find_protected_change(nest(5).as_bytes(), &p), None);
+    assert_eq!(
+        find_protected_change(nest(5).as_bytes(), &p).map(|v| v.setting),
+        Some("sql nested too deep to verify".into())
+    );
+    assert_eq!(
+        find_protected_change(nest(5).replace("app.current_tenant", "x").as_bytes(), &p)
+            .map(|v| v.setting),
+        Some("sql nested too deep to verify".into())
+    );
 }
 
 #[test]
