@@ -26,6 +26,21 @@ pub struct GuardViolation {
     pub setting: String,
 }
 
+impl GuardViolation {
+    /// The ErrorResponse text: the protected setting, or what the guard could not let through.
+    pub fn message(&self) -> String {
+        let setting = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
+        if self.setting.bytes().all(setting) {
+            format!(
+                "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
+                self.setting
+            )
+        } else {
+            format!("permission denied by pgtenant's guard: {}", self.setting)
+        }
+    }
+}
+
 const MAX_DEPTH: usize = 4;
 const SET_CONFIG_UNVERIFIABLE: &str = "set_config(<non-literal name>)";
 const SET_UNVERIFIABLE: &str = "set <non-literal name>";

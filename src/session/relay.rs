@@ -98,10 +98,7 @@ impl Session {
         if let Some(text) = sql_text(&frame) {
             let a = self.server.sql_guard.analyze(text);
             if let Some(v) = a.protected_change {
-                let msg = format!(
-                    "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
-                    v.setting
-                );
+                let msg = v.message();
                 return self
                     .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
                     .await;

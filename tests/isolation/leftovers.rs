@@ -1,6 +1,7 @@
 //! State one tenant can leave on a backend connection without any statement the guard
 //! would see: the unnamed prepared statement, sequence values, temp objects made through
-//! `pg_temp`, session advisory locks through the function-call protocol. None of it
+//! `pg_temp`, session advisory locks through the function-call protocol, and the SQL
+//! PostgreSQL keeps on view (prepared statements, each backend's last query). None of it
 //! may reach the next tenant of that connection, in either release mode.
 
 use super::*;
@@ -164,4 +165,52 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
             .expect("no hang");
         env.proxy.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn other_tenants_statements_and_queries_cannot_be_read_back() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let long = async {
+        // acme prepares a statement (kept on the backend for reuse) and runs a query (which
+        // pg_stat_activity shows as the backend's last query), both with a literal.
+        let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        messages::parse(&mut out, "s1", "SELECT 'acme prepared secret'::text");
+        messages::bind(&mut out, "s1", std::iter::empty());
+        messages::execute(&mut out);
+        raw::sync(&mut out);
+        acme.send(&out).await;
+        assert_eq!(raw::tags(&acme.until_ready().await), "12DCZ");
+        acme.simple("SELECT 'acme query secret'").await;
+
+        let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .unwrap();
+        for sql in [
+            "SELECT statement FROM pg_prepared_statements",
+            "SELECT query FROM pg_stat_activity",
+            "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+            "SELECT table_to_xml('pg_prepared_statements', true, false, '')",
+        ] {
+            let msgs = globex.simple(sql).await;
+            let rows = format!("{:?}", raw::data_rows(&msgs));
+            assert!(
+                !rows.contains("acme"),
+                "{sql}: globex read acme's SQL: {rows}"
+            );
+            let errors = raw::errors(&msgs);
+            assert_eq!(errors.len(), 1, "{sql}: {msgs:?}");
+            assert_eq!(errors[0].code, "42501", "{sql}: {:?}", errors[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
 }

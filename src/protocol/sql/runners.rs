@@ -9,6 +9,13 @@
 //! (`SFUNC = ts_rewrite` in CREATE AGGREGATE, `FUNCTION = set_config` in CREATE OPERATOR,
 //! `'set_config'::regproc`): the aggregate or operator would call them later, under a name
 //! the guard never sees.
+//!
+//! Last, the views and functions that show other sessions' SQL are refused outright: every
+//! tenant reaches PostgreSQL as the same role, so `pg_stat_activity` would show other
+//! tenants' queries (literals included, and an idle backend's last query is the previous
+//! client's), and `pg_prepared_statements` the statements earlier clients prepared on the
+//! backend. `table_to_xml` reads a relation named at run time, so it needs a literal name,
+//! and `schema_to_xml`/`database_to_xml` read whole schemas.
 
 use std::borrow::Cow;
 
@@ -16,7 +23,7 @@ use super::{GuardViolation, MAX_DEPTH, Token, TokenKind, is_op, lift, literal_at
 
 /// Names (matched case-insensitively, or exactly when quoted) and which arguments are
 /// query text. `None` in place of an argument count means any count.
-const RUNNERS: [(&str, &[usize], Option<usize>); 10] = [
+const RUNNERS: [(&str, &[usize], Option<usize>); 13] = [
     ("query_to_xml", &[0], None),
     ("query_to_xmlschema", &[0], None),
     ("query_to_xml_and_xmlschema", &[0], None),
@@ -28,6 +35,25 @@ const RUNNERS: [(&str, &[usize], Option<usize>); 10] = [
     ("crosstab3", &[0], None),
     ("crosstab4", &[0], None),
     ("connectby", &[0, 1, 2, 3, 4, 5, 6], None),
+    // These read the relation named by their first argument (a regclass).
+    ("table_to_xml", &[0], None),
+    ("table_to_xmlschema", &[0], None),
+    ("table_to_xml_and_xmlschema", &[0], None),
+];
+
+/// Relations and functions that show other sessions' SQL, or dump whole schemas.
+const OTHER_SESSIONS: [&str; 11] = [
+    "pg_stat_activity",
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_prepared_statements",
+    "pg_prepared_statement",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
 ];
 
 /// Substrings that make a string literal worth lexing as SQL: a function body written in
@@ -49,9 +75,15 @@ fn spells(t: &Token, name: &str) -> bool {
     }
 }
 
-/// Refuses `set_config` or a runner named at `i` without a call after it.
+/// Refuses `set_config` or a runner named at `i` without a call after it, and any mention
+/// of what shows other sessions' SQL.
 pub(super) fn check_reference(toks: &[Token], i: usize) -> Option<GuardViolation> {
     let t = toks.get(i)?;
+    if let Some(name) = OTHER_SESSIONS.iter().find(|n| spells(t, n)) {
+        return Some(GuardViolation {
+            setting: format!("{name} (shows other sessions' queries)"),
+        });
+    }
     if is_op(toks.get(i + 1), b'(') {
         return None;
     }
@@ -204,6 +236,28 @@ mod tests {
                 "{sql}"
             );
         }
+        // Other sessions' SQL, however it is reached.
+        for sql in [
+            "SELECT query FROM pg_stat_activity",
+            "SELECT * FROM pg_catalog.\"pg_prepared_statements\"",
+            "SELECT pg_stat_get_backend_activity(s) FROM generate_series(1, 9) s",
+            "SELECT query_to_xml('SELECT query FROM pg_stat_activity', true, false, '')",
+            "SELECT table_to_xml('pg_stat_activity', true, false, '')",
+            "SELECT schema_to_xml('pg_catalog', true, false, '')",
+        ] {
+            assert!(
+                refused(sql).is_some_and(|s| s.ends_with("(shows other sessions' queries)")),
+                "{sql}"
+            );
+        }
+        assert!(
+            refused("SELECT table_to_xml(('pg_stat_' || 'activity')::regclass, true, false, '')")
+                .is_some_and(|s| s.ends_with("(<non-literal query>)"))
+        );
+        assert_eq!(
+            refused("SELECT table_to_xml('invoices', true, false, '')"),
+            None
+        );
         // The three-argument ts_rewrite takes tsqueries, not a query; crosstab's row count.
         assert_eq!(
             refused("SELECT ts_rewrite(q, to_tsquery('a'), to_tsquery('b')) FROM t"),
