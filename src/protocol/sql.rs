@@ -362,12 +362,17 @@ fn is_plain_execute(toks: &[Token], k: usize) -> bool {
 /// `EXECUTE` (a function body's dynamic SQL), or a function that runs a query given as text.
 fn has_trigger(v: &[u8]) -> bool {
     let set_word = |w: &[u8]| w[..3].eq_ignore_ascii_case(b"set") && !lexer::is_ident_cont(w[3]);
+    // The shortest of the longer words is 7 bytes long.
+    let long_words = || {
+        v.len() >= 7
+            && (contains_ci(v, b"set_config")
+                || contains_ci(v, b"execute")
+                || runners::TRIGGERS.iter().any(|t| contains_ci(v, t)))
+    };
     v.windows(4).any(set_word)
         || v.get(v.len().saturating_sub(3)..)
             .is_some_and(|e| e.eq_ignore_ascii_case(b"set"))
-        || contains_ci(v, b"set_config")
-        || contains_ci(v, b"execute")
-        || runners::TRIGGERS.iter().any(|t| contains_ci(v, t))
+        || long_words()
 }
 
 /// Re-borrows `v` from the frame's input when possible so nested bodies stay allocation-free.
@@ -436,7 +441,7 @@ fn scan_frame<'a>(
             }
             // `query_to_xml('SELECT ...', ...)` and kin run their text argument; they and
             // set_config may not be named without a call (runners.rs).
-            Ident | QuotedIdent => {
+            Ident | QuotedIdent if runners::candidate(t) => {
                 let v = runners::check_runner(toks, i, base, depth, work)
                     .or_else(|| runners::check_reference(toks, i));
                 if v.is_some() {

@@ -66,6 +66,13 @@ pub(super) const TRIGGERS: [&[u8]; 5] = [
     b"connectby",
 ];
 
+/// A cheap first look, so most identifiers are not compared with every name: all the names
+/// here are 7 to 29 bytes long and start with one of these letters.
+pub(super) fn candidate(t: &Token) -> bool {
+    (7..=29).contains(&t.text.len())
+        && matches!(t.text[0] | 0x20, b'c' | b'd' | b'p' | b'q' | b's' | b't')
+}
+
 /// True when `t` spells `name` (any case unquoted, exactly when quoted).
 fn spells(t: &Token, name: &str) -> bool {
     match t.kind {
