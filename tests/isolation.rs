@@ -25,6 +25,14 @@ const CTX_AND_PLAN: &str =
 const INVOICES: &str =
     "SELECT current_setting('app.current_tenant'), tenant_id::text FROM invoices";
 
+/// Gives every database `n` backend connections (1: each client takes over the backend the
+/// previous one left).
+fn pool_of(c: &mut pgtenant::config::Config, n: usize) {
+    for db in c.databases.values_mut() {
+        db.pool_size = n;
+    }
+}
+
 /// A tiny deterministic RNG (xorshift64*), so the load is reproducible without new crates.
 struct Rng(u64);
 
@@ -440,12 +448,7 @@ async fn concurrent_tenants_never_see_each_other() {
 
 #[tokio::test]
 async fn no_context_leaks_to_the_next_tenant_on_a_single_connection() {
-    let env = TestEnv::start_with(|c| {
-        for db in c.databases.values_mut() {
-            db.pool_size = 1;
-        }
-    })
-    .await;
+    let env = TestEnv::start_with(|c| pool_of(c, 1)).await;
     let long = async {
         let acme = env.proxy.connect("acme").await;
         let globex = env.proxy.connect("globex").await;

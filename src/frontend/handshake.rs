@@ -136,31 +136,26 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
     }
     for (name, value) in &settings {
         let lower = name.to_ascii_lowercase();
-        if let Some(why) = crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes()) {
+        let refusal = if let Some(why) =
+            crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes())
+        {
+            Some(format!(
+                "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"
+            ))
+        } else if server.sql_guard.protected().contains(&lower) {
+            Some(format!(
+                "permission denied to set parameter \"{lower}\": the tenant context is set by pgtenant from your credentials"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
             server
                 .metrics
                 .context_rejections
                 .with_label_values(&["startup"])
                 .inc();
-            return Err(Fatal::new(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"
-                ),
-            ));
-        }
-        if server.sql_guard.protected().contains(&lower) {
-            server
-                .metrics
-                .context_rejections
-                .with_label_values(&["startup"])
-                .inc();
-            return Err(Fatal::new(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "permission denied to set parameter \"{lower}\": the tenant context is set by pgtenant from your credentials"
-                ),
-            ));
+            return Err(Fatal::new(sqlstate::INSUFFICIENT_PRIVILEGE, message));
         }
         if lower.is_empty()
             || !lower

@@ -12,10 +12,15 @@
 use std::borrow::Cow;
 
 mod cache;
+mod classify;
 mod lexer;
 mod readable;
 mod runners;
 pub use cache::AnalysisCache;
+pub use classify::{
+    is_no_transaction_block, is_plain_begin, may_change_session_state, uses_sql_prepared_statements,
+};
+use classify::{no_transaction_block, session_state, sql_prepared};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use readable::unreadable;
 
@@ -524,146 +529,6 @@ fn protected_change(sql: &[u8], toks: &[Token], protected: &[String]) -> Option<
         }
     }
     None
-}
-
-/// Top-level statements of `sql` (split on `;`, empty ones dropped).
-fn statements<'t>(toks: &'t [Token<'t>]) -> impl Iterator<Item = &'t [Token<'t>]> {
-    toks.split(|t| is_op(Some(t), b';'))
-        .filter(|s| !s.is_empty())
-}
-
-/// True when `sql` is a BEGIN without options (`BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION`,
-/// `START TRANSACTION`, any case, comments and trailing semicolons allowed): one that cannot
-/// fail outside a transaction block, so the proxy may answer it before sending it on.
-pub fn is_plain_begin(sql: &[u8]) -> bool {
-    let mut words = [None; 2];
-    let mut n = 0;
-    for t in Lexer::new(sql) {
-        if is_op(Some(&t), b';') {
-            continue;
-        }
-        if t.kind != TokenKind::Ident || n == words.len() {
-            return false;
-        }
-        words[n] = Some(t);
-        n += 1;
-    }
-    let (first, second) = (words[0].as_ref(), words[1].as_ref());
-    if is_kw(first, "begin") {
-        second.is_none() || is_kw_in(second, &["work", "transaction"])
-    } else {
-        is_kw(first, "start") && is_kw(second, "transaction")
-    }
-}
-
-/// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
-pub fn is_no_transaction_block(sql: &[u8]) -> bool {
-    no_transaction_block(&Lexer::new(sql).collect::<Vec<_>>())
-}
-
-fn no_transaction_block(toks: &[Token]) -> bool {
-    let mut stmts = statements(toks);
-    let (Some(s), None) = (stmts.next(), stmts.next()) else {
-        return false;
-    };
-    let kw = |k: usize, w: &str| is_kw(s.get(k), w);
-    let any = |w: &str| s.iter().any(|t| is_kw(Some(t), w));
-    let first = |w: &str| kw(0, w);
-    // Index just past an optional parenthesized option list starting at `k`.
-    let close = |k: usize| {
-        (k..s.len())
-            .find(|&j| is_op(s.get(j), b')'))
-            .map_or(s.len(), |j| j + 1)
-    };
-    let skip_opts = |k: usize| if is_op(s.get(k), b'(') { close(k) } else { k };
-    if first("vacuum") {
-        true
-    } else if first("create") || first("drop") {
-        let obj = is_kw_in(s.get(1), &["database", "tablespace", "subscription"]);
-        let idx = 1 + usize::from(first("create") && kw(1, "unique"));
-        obj || (kw(idx, "index") && kw(idx + 1, "concurrently"))
-    } else if first("alter") {
-        let set_ts = (1..s.len()).any(|k| kw(k, "set") && kw(k + 1, "tablespace"));
-        kw(1, "system")
-            || kw(1, "subscription")
-            || (kw(1, "database") && set_ts)
-            || (kw(1, "table") && any("detach") && any("concurrently"))
-    } else if first("reindex") {
-        let k = skip_opts(1);
-        any("concurrently") || is_kw_in(s.get(k), &["database", "system", "schema"])
-    } else if first("cluster") {
-        let k = skip_opts(1);
-        s.len() <= k + usize::from(kw(k, "verbose"))
-    } else if first("commit") || first("rollback") {
-        kw(1, "prepared")
-    } else {
-        first("discard") && kw(1, "all")
-    }
-}
-
-/// True when some statement in `sql` is SQL-level PREPARE, EXECUTE or DEALLOCATE (other
-/// than DEALLOCATE ALL): named statements that cannot follow a client across backends.
-pub fn uses_sql_prepared_statements(sql: &[u8]) -> bool {
-    sql_prepared(&Lexer::new(sql).collect::<Vec<_>>())
-}
-
-fn sql_prepared(toks: &[Token]) -> bool {
-    statements(toks).any(|s| {
-        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
-        kw(0, "prepare") && !kw(1, "transaction")
-            || kw(0, "execute")
-            || kw(0, "deallocate") && !(kw(1, "all") || kw(1, "prepare") && kw(2, "all"))
-    })
-}
-
-/// True when `sql` may leave session-level state behind on the backend connection.
-pub fn may_change_session_state(sql: &[u8]) -> bool {
-    session_state(sql, &Lexer::new(sql).collect::<Vec<_>>())
-}
-
-fn session_state(sql: &[u8], toks: &[Token]) -> bool {
-    // Substring search also covers function bodies and DO blocks (conservative).
-    let mentions = [
-        "set_config",
-        "pg_advisory_lock",
-        "pg_try_advisory_lock",
-        "dblink_connect",
-    ];
-    if mentions.iter().any(|m| contains_ci(sql, m.as_bytes())) {
-        return true;
-    }
-    statements(toks).any(|s| {
-        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
-        let temp = |k: usize| kw(k, "temp") || kw(k, "temporary");
-        let session_kw = [
-            "reset",
-            "discard",
-            "listen",
-            "unlisten",
-            "prepare",
-            "deallocate",
-        ];
-        if kw(0, "set") {
-            !is_kw_in(s.get(1), &["local", "transaction", "constraints"])
-        } else if is_kw_in(s.first(), &session_kw)
-            || is_kw_in(s.first(), &["declare", "load", "do"])
-        {
-            // DO blocks can run SET, create temp tables, ...: assume they do.
-            true
-        } else if kw(0, "update") {
-            is_kw_in(s.get(1), &["pg_settings", "pg_catalog", "only"])
-                && contains_ci(sql, b"pg_settings")
-        } else if kw(0, "create") {
-            (1..s.len()).any(temp)
-        } else if kw(0, "select") || kw(0, "with") || is_op(s.first(), b'(') {
-            (0..s.len()).any(|k| {
-                let scope = usize::from(is_kw_in(s.get(k + 1), &["local", "global"]));
-                kw(k, "into") && temp(k + 1 + scope)
-            })
-        } else {
-            false
-        }
-    })
 }
 
 #[cfg(test)]

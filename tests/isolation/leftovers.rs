@@ -9,12 +9,7 @@ use pgtenant::config::ResetMode;
 
 #[tokio::test]
 async fn unnamed_statement_left_on_a_backend_is_not_served_to_the_next_tenant() {
-    let env = TestEnv::start_with(|c| {
-        for db in c.databases.values_mut() {
-            db.pool_size = 1;
-        }
-    })
-    .await;
+    let env = TestEnv::start_with(|c| pool_of(c, 1)).await;
     let long = async {
         // acme leaves an unnamed statement on the only backend; PostgreSQL keeps it across
         // transactions.
@@ -94,9 +89,7 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
     for mode in [ResetMode::Always, ResetMode::Tracked] {
         let env = TestEnv::start_with(|c| {
             c.context.reset_on_release = mode;
-            for db in c.databases.values_mut() {
-                db.pool_size = 1;
-            }
+            pool_of(c, 1);
         })
         .await;
         let long = async {
@@ -169,12 +162,7 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
 
 #[tokio::test]
 async fn other_tenants_statements_and_queries_cannot_be_read_back() {
-    let env = TestEnv::start_with(|c| {
-        for db in c.databases.values_mut() {
-            db.pool_size = 1;
-        }
-    })
-    .await;
+    let env = TestEnv::start_with(|c| pool_of(c, 1)).await;
     let long = async {
         // acme prepares a statement (kept on the backend for reuse) and runs a query (which
         // pg_stat_activity shows as the backend's last query), both with a literal.

@@ -200,12 +200,7 @@ async fn pipelines_and_several_syncs_keep_each_transaction_in_context() {
 
 #[tokio::test]
 async fn abrupt_disconnects_and_backend_kill_leave_pool_usable() {
-    let env = TestEnv::start_with(|c| {
-        for db in c.databases.values_mut() {
-            db.pool_size = 2;
-        }
-    })
-    .await;
+    let env = TestEnv::start_with(|c| pool_of(c, 2)).await;
     let su = env.superuser().await;
     let long = async {
         // (a) Clients vanish while their transaction is open.
