@@ -186,6 +186,10 @@ async fn other_tenants_statements_and_queries_cannot_be_read_back() {
             "SELECT query FROM pg_stat_activity",
             "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
             "SELECT table_to_xml('pg_prepared_statements', true, false, '')",
+            // Ending or cancelling another tenant's backend (same role, so PostgreSQL
+            // allows it).
+            "SELECT pg_terminate_backend(0)",
+            "SELECT pg_cancel_backend(0)",
         ] {
             let msgs = globex.simple(sql).await;
             let rows = format!("{:?}", raw::data_rows(&msgs));

@@ -10,12 +10,13 @@
 //! `'set_config'::regproc`): the aggregate or operator would call them later, under a name
 //! the guard never sees.
 //!
-//! Last, the views and functions that show other sessions' SQL are refused outright: every
-//! tenant reaches PostgreSQL as the same role, so `pg_stat_activity` would show other
-//! tenants' queries (literals included, and an idle backend's last query is the previous
-//! client's), and `pg_prepared_statements` the statements earlier clients prepared on the
-//! backend. `table_to_xml` reads a relation named at run time, so it needs a literal name,
-//! and `schema_to_xml`/`database_to_xml` read whole schemas.
+//! Last, what reaches other sessions is refused outright: every tenant reaches PostgreSQL as
+//! the same role, so `pg_stat_activity` would show other tenants' queries (literals
+//! included, and an idle backend's last query is the previous client's),
+//! `pg_prepared_statements` the statements earlier clients prepared on the backend, and
+//! `pg_terminate_backend`/`pg_cancel_backend` would end or cancel another tenant's work.
+//! `table_to_xml` reads a relation named at run time, so it needs a literal name, and
+//! `schema_to_xml`/`database_to_xml` read whole schemas.
 
 use std::borrow::Cow;
 
@@ -41,8 +42,12 @@ const RUNNERS: [(&str, &[usize], Option<usize>); 13] = [
     ("table_to_xml_and_xmlschema", &[0], None),
 ];
 
-/// Relations and functions that show other sessions' SQL, or dump whole schemas.
-const OTHER_SESSIONS: [&str; 11] = [
+/// Relations and functions that show other sessions' SQL, dump whole schemas, or signal
+/// other sessions (every tenant's backends belong to the same role, so a tenant could
+/// cancel or end another tenant's transaction).
+const OTHER_SESSIONS: [&str; 13] = [
+    "pg_terminate_backend",
+    "pg_cancel_backend",
     "pg_stat_activity",
     "pg_stat_get_activity",
     "pg_stat_get_backend_activity",
@@ -88,7 +93,7 @@ pub(super) fn check_reference(toks: &[Token], i: usize) -> Option<GuardViolation
     let t = toks.get(i)?;
     if let Some(name) = OTHER_SESSIONS.iter().find(|n| spells(t, n)) {
         return Some(GuardViolation {
-            setting: format!("{name} (shows other sessions' queries)"),
+            setting: format!("{name} (reaches other tenants' sessions)"),
         });
     }
     if is_op(toks.get(i + 1), b'(') {
@@ -251,9 +256,11 @@ mod tests {
             "SELECT query_to_xml('SELECT query FROM pg_stat_activity', true, false, '')",
             "SELECT table_to_xml('pg_stat_activity', true, false, '')",
             "SELECT schema_to_xml('pg_catalog', true, false, '')",
+            "SELECT pg_terminate_backend(pid) FROM t",
+            "SELECT pg_catalog.pg_cancel_backend(42)",
         ] {
             assert!(
-                refused(sql).is_some_and(|s| s.ends_with("(shows other sessions' queries)")),
+                refused(sql).is_some_and(|s| s.ends_with("(reaches other tenants' sessions)")),
                 "{sql}"
             );
         }
