@@ -204,6 +204,19 @@ impl Session {
         self.server.metrics.context_injections.inc();
     }
 
+    /// Puts the context in front of a request that follows a COMMIT or ROLLBACK sent since
+    /// the last ReadyForQuery (later in a pipeline): it runs in a new transaction.
+    pub(super) fn inject_after_end(&mut self) {
+        self.ended = false;
+        if self.backend.is_none() {
+            return;
+        }
+        self.bout.extend_from_slice(&self.tenant.inject_local);
+        self.flow.sent(ft::BIND, Owner::Proxy);
+        self.flow.sent(ft::EXECUTE, Owner::Proxy);
+        self.server.metrics.context_injections.inc();
+    }
+
     fn release_cleanup(&self) -> Cleanup {
         if self.dirty {
             Cleanup::Full

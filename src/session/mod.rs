@@ -96,6 +96,11 @@ pub struct Session {
     injected: bool,
     /// A RESET/DISCARD inside the transaction may have cleared the context.
     reinject: bool,
+    /// The portal last bound ends the transaction (COMMIT, ROLLBACK, ...).
+    ending_portal: bool,
+    /// A statement that ends the transaction was sent since the last ReadyForQuery: what
+    /// the client sends next runs in a new transaction and needs the context again.
+    ended: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
     /// The backend is in COPY IN: copy messages go through regardless of pending replies.
@@ -152,6 +157,8 @@ impl Session {
             status: TxStatus::Idle,
             injected: false,
             reinject: false,
+            ending_portal: false,
+            ended: false,
             dirty: false,
             copy_in: false,
             skip_until_sync: false,

@@ -95,8 +95,10 @@ impl Session {
             }
         }
         let mut no_txn_block = false;
+        let mut ends = false;
         if let Some(text) = sql_text(&frame) {
             let a = self.server.sql_guard.analyze(text);
+            ends = a.ends_transaction;
             if let Some(v) = a.protected_change {
                 let msg = v.message();
                 return self
@@ -116,6 +118,8 @@ impl Session {
         if frame.tag == ft::BIND {
             let name = super::statements::bind_statement(frame.body()).unwrap_or_default();
             no_txn_block = self.statements.no_txn_block(name);
+            let text = self.statements.text(name);
+            self.ending_portal = text.is_some_and(crate::protocol::sql::ends_transaction);
         }
         if frame.tag == ft::FUNCTION_CALL && !is_large_object_call(frame.body()) {
             let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
@@ -144,7 +148,16 @@ impl Session {
         if !self.attach(&frame).await? {
             return Ok(());
         }
+        if self.ended && matches!(frame.tag, ft::QUERY | ft::BIND | ft::FUNCTION_CALL) {
+            self.inject_after_end();
+        }
         self.inject(no_txn_block);
+        // What runs after a COMMIT or ROLLBACK sent in this frame is a new transaction.
+        match frame.tag {
+            ft::QUERY => self.ended |= ends,
+            ft::EXECUTE => self.ended |= std::mem::take(&mut self.ending_portal),
+            _ => {}
+        }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
@@ -256,6 +269,8 @@ impl Session {
         self.status = status
             .and_then(TxStatus::from_byte)
             .unwrap_or(TxStatus::Idle);
+        // COMMIT AND CHAIN leaves a new transaction open, without the context.
+        self.reinject |= std::mem::take(&mut self.ended) && self.status == TxStatus::InTransaction;
         if self.status == TxStatus::Idle {
             self.injected = false;
             self.reinject = false;

@@ -108,6 +108,16 @@ impl ClientStatements {
         self.unnamed.as_ref()
     }
 
+    /// The SQL text of the statement a Bind names (the unnamed one for an empty name).
+    pub fn text(&self, name: &[u8]) -> Option<&[u8]> {
+        let body: &[u8] = if name.is_empty() {
+            &self.unnamed.as_ref()?.body
+        } else {
+            &self.by_name.get(name)?.body
+        };
+        read_cstr(body).map(|(q, _)| q)
+    }
+
     /// Whether the statement a Bind names cannot run in a transaction block.
     pub fn no_txn_block(&self, name: &[u8]) -> bool {
         if name.is_empty() {

@@ -273,3 +273,69 @@ async fn abrupt_disconnects_and_backend_kill_leave_pool_usable() {
         .await
         .expect("no hang");
 }
+
+#[tokio::test]
+async fn statements_after_commit_or_rollback_get_the_context_again() {
+    let env = TestEnv::start().await;
+    let long = async {
+        let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+            .await
+            .unwrap();
+        let ctx = |m: &[Msg]| raw::data_rows(m);
+        let acme = vec![Some(ACME.to_string())];
+        // COMMIT AND CHAIN opens a new transaction at once, with no context of its own.
+        for chain in ["COMMIT AND CHAIN", "ROLLBACK AND CHAIN"] {
+            c.simple("BEGIN").await;
+            assert!(raw::errors(&c.simple(chain).await).is_empty());
+            assert_eq!(
+                ctx(&c.simple(CTX).await),
+                vec![acme.clone()],
+                "after {chain}"
+            );
+            c.simple("COMMIT").await;
+        }
+        // A pipeline that commits part-way: what follows runs in a new transaction.
+        for begin in [true, false] {
+            let mut out = BytesMut::new();
+            if begin {
+                raw::extended(&mut out, "BEGIN", &[]);
+            }
+            raw::extended(&mut out, CTX, &[]);
+            raw::extended(&mut out, "COMMIT", &[]);
+            raw::extended(&mut out, CTX, &[]);
+            raw::extended(&mut out, "ROLLBACK", &[]);
+            raw::extended(&mut out, CTX, &[]);
+            raw::sync(&mut out);
+            c.send(&out).await;
+            let m = c.until_ready().await;
+            assert!(raw::errors(&m).is_empty(), "{m:?}");
+            assert_eq!(
+                ctx(&m),
+                vec![acme.clone(); 3],
+                "pipeline (BEGIN first: {begin})"
+            );
+        }
+        // One simple query cannot be split: statements after COMMIT in it are refused.
+        for sql in [
+            format!("BEGIN; SELECT 1; COMMIT; {CTX}"),
+            format!("ROLLBACK; {CTX}"),
+            format!("COMMIT AND CHAIN; {CTX}"),
+        ] {
+            let m = c.simple(&sql).await;
+            assert!(
+                ctx(&m).iter().all(|r| r != &vec![Some(String::new())]),
+                "{sql}: {m:?}"
+            );
+            assert_eq!(
+                raw::errors(&m).first().map(|e| e.code.as_str()),
+                Some("42501"),
+                "{sql}"
+            );
+        }
+        let m = c.simple(&format!("BEGIN; {CTX}; COMMIT")).await;
+        assert_eq!(ctx(&m), vec![acme.clone()], "{m:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
+}

@@ -1,6 +1,8 @@
 //! What a statement does to the session and the transaction, as the relay needs to know:
-//! a plain BEGIN (answered by the proxy), statements that cannot run in a transaction
-//! block, SQL-level prepared statements, and anything that may leave session state.
+//! a plain BEGIN (answered by the proxy), statements that end the transaction (what follows
+//! them runs in a new one, which needs the context again), statements that cannot run in a
+//! transaction block, SQL-level prepared statements, and anything that may leave session
+//! state.
 
 use super::lexer::Lexer;
 use super::{Token, TokenKind, contains_ci, is_kw, is_kw_in, is_op};
@@ -143,4 +145,33 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
             false
         }
     })
+}
+
+/// True when the statement `s` ends the current transaction: COMMIT, END, ABORT, ROLLBACK
+/// (not ROLLBACK TO a savepoint), PREPARE TRANSACTION; AND CHAIN variants included.
+fn ends(s: &[Token]) -> bool {
+    let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+    (is_kw_in(s.first(), &["commit", "end", "abort"]) && !kw(1, "prepared"))
+        || (kw(0, "rollback") && !kw(1, "prepared") && !kw(1, "to") && !kw(2, "to"))
+        || (kw(0, "prepare") && kw(1, "transaction"))
+}
+
+/// Whether some statement of `sql` ends the transaction, and whether another statement
+/// follows one that does (it would run in a new transaction, without the tenant context,
+/// and the proxy cannot inject between statements of one Query).
+pub(super) fn transaction_end(toks: &[Token]) -> (bool, bool) {
+    let mut ended = false;
+    for s in statements(toks) {
+        if ended {
+            return (true, true);
+        }
+        ended = ends(s);
+    }
+    (ended, false)
+}
+
+/// True when `sql` (one statement, as a Parse carries) ends the transaction.
+pub fn ends_transaction(sql: &[u8]) -> bool {
+    let toks: Vec<Token> = Lexer::new(sql).take(3).collect();
+    ends(&toks)
 }
