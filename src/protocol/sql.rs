@@ -18,10 +18,10 @@ mod readable;
 mod runners;
 pub use cache::AnalysisCache;
 pub use classify::{
-    ends_transaction, is_no_transaction_block, is_plain_begin, may_change_session_state,
+    clears_context, is_no_transaction_block, is_plain_begin, may_change_session_state,
     uses_sql_prepared_statements,
 };
-use classify::{no_transaction_block, session_state, sql_prepared, transaction_end};
+use classify::{context_clearing, no_transaction_block, session_state, sql_prepared};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use readable::unreadable;
 
@@ -485,8 +485,9 @@ pub struct Analysis {
     pub changes_session_state: bool,
     /// A single statement that cannot run inside a transaction block.
     pub no_transaction_block: bool,
-    /// Some statement ends the transaction (what follows needs the context again).
-    pub ends_transaction: bool,
+    /// Some statement ends the transaction or is RESET ALL (what follows needs the context
+    /// again).
+    pub clears_context: bool,
 }
 
 /// Lexes `sql` once and answers every question the relay asks about it.
@@ -494,10 +495,10 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
     // Sized for typical SQL (a token per 5 bytes or so): one allocation, no regrowth.
     let mut toks: Vec<Token> = Vec::with_capacity(sql.len() / 4 + 8);
     toks.extend(Lexer::new(sql));
-    let (ends, followed) = transaction_end(&toks);
+    let (clears, followed) = context_clearing(&toks);
     let after_end = || {
         followed.then(|| GuardViolation {
-            setting: "statements after COMMIT or ROLLBACK in one query (they would run without the tenant context)".into(),
+            setting: "statements after COMMIT, ROLLBACK or RESET ALL in one query (they would run without the tenant context)".into(),
         })
     };
     Analysis {
@@ -505,7 +506,7 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
         sql_prepared_statements: sql_prepared(&toks),
         changes_session_state: session_state(sql, &toks),
         no_transaction_block: no_transaction_block(&toks),
-        ends_transaction: ends,
+        clears_context: clears,
     }
 }
 

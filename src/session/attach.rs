@@ -204,8 +204,8 @@ impl Session {
         self.server.metrics.context_injections.inc();
     }
 
-    /// Puts the context in front of a request that follows a COMMIT or ROLLBACK sent since
-    /// the last ReadyForQuery (later in a pipeline): it runs in a new transaction.
+    /// Puts the context in front of a request that follows a COMMIT, ROLLBACK or RESET ALL
+    /// sent since the last ReadyForQuery (later in a pipeline).
     pub(super) fn inject_after_end(&mut self) {
         self.ended = false;
         if self.backend.is_none() {

@@ -96,10 +96,10 @@ pub struct Session {
     injected: bool,
     /// A RESET/DISCARD inside the transaction may have cleared the context.
     reinject: bool,
-    /// The portal last bound ends the transaction (COMMIT, ROLLBACK, ...).
-    ending_portal: bool,
-    /// A statement that ends the transaction was sent since the last ReadyForQuery: what
-    /// the client sends next runs in a new transaction and needs the context again.
+    /// The portal last bound clears the context (COMMIT, ROLLBACK, RESET ALL, ...).
+    clearing_portal: bool,
+    /// A statement that clears the context was sent since the last ReadyForQuery: what the
+    /// client sends next needs the context again (in a new transaction, or the same one).
     ended: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
@@ -157,7 +157,7 @@ impl Session {
             status: TxStatus::Idle,
             injected: false,
             reinject: false,
-            ending_portal: false,
+            clearing_portal: false,
             ended: false,
             dirty: false,
             copy_in: false,

@@ -95,10 +95,10 @@ impl Session {
             }
         }
         let mut no_txn_block = false;
-        let mut ends = false;
+        let mut clears = false;
         if let Some(text) = sql_text(&frame) {
             let a = self.server.sql_guard.analyze(text);
-            ends = a.ends_transaction;
+            clears = a.clears_context;
             if let Some(v) = a.protected_change {
                 let msg = v.message();
                 return self
@@ -119,7 +119,7 @@ impl Session {
             let name = super::statements::bind_statement(frame.body()).unwrap_or_default();
             no_txn_block = self.statements.no_txn_block(name);
             let text = self.statements.text(name);
-            self.ending_portal = text.is_some_and(crate::protocol::sql::ends_transaction);
+            self.clearing_portal = text.is_some_and(crate::protocol::sql::clears_context);
         }
         if frame.tag == ft::FUNCTION_CALL && !is_large_object_call(frame.body()) {
             let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
@@ -152,10 +152,10 @@ impl Session {
             self.inject_after_end();
         }
         self.inject(no_txn_block);
-        // What runs after a COMMIT or ROLLBACK sent in this frame is a new transaction.
+        // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context.
         match frame.tag {
-            ft::QUERY => self.ended |= ends,
-            ft::EXECUTE => self.ended |= std::mem::take(&mut self.ending_portal),
+            ft::QUERY => self.ended |= clears,
+            ft::EXECUTE => self.ended |= std::mem::take(&mut self.clearing_portal),
             _ => {}
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {

@@ -275,7 +275,7 @@ async fn abrupt_disconnects_and_backend_kill_leave_pool_usable() {
 }
 
 #[tokio::test]
-async fn statements_after_commit_or_rollback_get_the_context_again() {
+async fn statements_after_commit_rollback_or_reset_all_get_the_context_again() {
     let env = TestEnv::start().await;
     let long = async {
         let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
@@ -315,8 +315,23 @@ async fn statements_after_commit_or_rollback_get_the_context_again() {
                 "pipeline (BEGIN first: {begin})"
             );
         }
+        // RESET ALL clears the transaction-local context as well.
+        let mut out = BytesMut::new();
+        raw::extended(&mut out, "BEGIN", &[]);
+        raw::extended(&mut out, "RESET ALL", &[]);
+        raw::extended(&mut out, CTX, &[]);
+        raw::extended(&mut out, "COMMIT", &[]);
+        raw::sync(&mut out);
+        c.send(&out).await;
+        let m = c.until_ready().await;
+        assert_eq!(
+            ctx(&m),
+            vec![acme.clone()],
+            "after RESET ALL in a pipeline: {m:?}"
+        );
         // One simple query cannot be split: statements after COMMIT in it are refused.
         for sql in [
+            format!("RESET ALL; {CTX}"),
             format!("BEGIN; SELECT 1; COMMIT; {CTX}"),
             format!("ROLLBACK; {CTX}"),
             format!("COMMIT AND CHAIN; {CTX}"),

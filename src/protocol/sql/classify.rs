@@ -1,6 +1,6 @@
 //! What a statement does to the session and the transaction, as the relay needs to know:
-//! a plain BEGIN (answered by the proxy), statements that end the transaction (what follows
-//! them runs in a new one, which needs the context again), statements that cannot run in a
+//! a plain BEGIN (answered by the proxy), statements that end the transaction or RESET ALL
+//! (what follows them needs the context again), statements that cannot run in a
 //! transaction block, SQL-level prepared statements, and anything that may leave session
 //! state.
 
@@ -147,31 +147,34 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
     })
 }
 
-/// True when the statement `s` ends the current transaction: COMMIT, END, ABORT, ROLLBACK
-/// (not ROLLBACK TO a savepoint), PREPARE TRANSACTION; AND CHAIN variants included.
-fn ends(s: &[Token]) -> bool {
+/// True when the statement `s` leaves what follows it without the tenant context: it ends
+/// the transaction (COMMIT, END, ABORT, ROLLBACK but not ROLLBACK TO a savepoint, PREPARE
+/// TRANSACTION; AND CHAIN variants included), or it is RESET ALL, which clears the
+/// transaction-local context too.
+fn clears(s: &[Token]) -> bool {
     let kw = |k: usize, w: &str| is_kw(s.get(k), w);
     (is_kw_in(s.first(), &["commit", "end", "abort"]) && !kw(1, "prepared"))
         || (kw(0, "rollback") && !kw(1, "prepared") && !kw(1, "to") && !kw(2, "to"))
         || (kw(0, "prepare") && kw(1, "transaction"))
+        || (kw(0, "reset") && kw(1, "all"))
 }
 
-/// Whether some statement of `sql` ends the transaction, and whether another statement
-/// follows one that does (it would run in a new transaction, without the tenant context,
-/// and the proxy cannot inject between statements of one Query).
-pub(super) fn transaction_end(toks: &[Token]) -> (bool, bool) {
-    let mut ended = false;
+/// Whether some statement of `sql` clears the context, and whether another statement
+/// follows one that does (it would run without the tenant context, and the proxy cannot
+/// inject between statements of one Query).
+pub(super) fn context_clearing(toks: &[Token]) -> (bool, bool) {
+    let mut cleared = false;
     for s in statements(toks) {
-        if ended {
+        if cleared {
             return (true, true);
         }
-        ended = ends(s);
+        cleared = clears(s);
     }
-    (ended, false)
+    (cleared, false)
 }
 
-/// True when `sql` (one statement, as a Parse carries) ends the transaction.
-pub fn ends_transaction(sql: &[u8]) -> bool {
+/// True when `sql` (one statement, as a Parse carries) clears the context.
+pub fn clears_context(sql: &[u8]) -> bool {
     let toks: Vec<Token> = Lexer::new(sql).take(3).collect();
-    ends(&toks)
+    clears(&toks)
 }
