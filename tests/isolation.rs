@@ -6,8 +6,12 @@
 mod common;
 #[path = "isolation/leftovers.rs"]
 mod leftovers;
+#[path = "isolation/levels.rs"]
+mod levels;
 #[path = "isolation/pipelines.rs"]
 mod pipelines;
+#[path = "isolation/unsynced.rs"]
+mod unsynced;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

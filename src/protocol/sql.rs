@@ -18,10 +18,12 @@ mod readable;
 mod runners;
 pub use cache::AnalysisCache;
 pub use classify::{
-    clears_context, is_no_transaction_block, is_plain_begin, may_change_session_state,
-    uses_sql_prepared_statements,
+    clears_context, is_no_transaction_block, is_plain_begin, is_transaction_setup,
+    may_change_session_state, uses_sql_prepared_statements,
 };
-use classify::{context_clearing, no_transaction_block, session_state, sql_prepared};
+use classify::{
+    context_clearing, no_transaction_block, session_state, sql_prepared, transaction_setup,
+};
 pub use lexer::{Lexer, Token, TokenKind};
 pub use readable::unreadable;
 
@@ -488,6 +490,9 @@ pub struct Analysis {
     /// Some statement ends the transaction or is RESET ALL (what follows needs the context
     /// again).
     pub clears_context: bool,
+    /// Every statement only sets up the transaction (BEGIN with options, SET TRANSACTION):
+    /// it must run before the context, which takes the transaction's snapshot.
+    pub transaction_setup: bool,
 }
 
 /// Lexes `sql` once and answers every question the relay asks about it.
@@ -507,6 +512,7 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
         changes_session_state: session_state(sql, &toks),
         no_transaction_block: no_transaction_block(&toks),
         clears_context: clears,
+        transaction_setup: transaction_setup(&toks),
     }
 }
 

@@ -24,8 +24,12 @@ pub(super) fn client_message(e: &PoolError) -> String {
 
 impl Session {
     /// Makes sure a backend is attached for `frame`. Returns false when none could be had;
-    /// the client has then been sent an error and the request consumed.
-    pub(super) async fn attach(&mut self, frame: &Frame) -> Result<bool, End> {
+    /// the client has then been sent an error and the request consumed. `setup`: the
+    /// transaction opens with BEGIN ... ISOLATION LEVEL or SET TRANSACTION, which PostgreSQL
+    /// refuses once a statement took a snapshot; what the proxy sends ahead of it (its own
+    /// statements' Parse, the owed sweep, parameter settings) then ends with a Sync of its
+    /// own, so it runs in a transaction of its own.
+    pub(super) async fn attach(&mut self, frame: &Frame, setup: bool) -> Result<bool, End> {
         if self.backend.is_some() {
             return Ok(true);
         }
@@ -58,15 +62,19 @@ impl Session {
         self.cancel.slot.set(Some(conn.key));
         self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
-        self.injected = false;
-        self.reinject = false;
+        self.context.reset();
         self.unnamed_on_backend = false;
         self.backend = Some(pooled);
+        let before = self.bout.len();
         self.ensure_prepared();
         self.pay_pending_reset();
         if let Some(b) = self.backend.as_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
+        }
+        if setup && self.bout.len() > before {
+            messages::sync(&mut self.bout);
+            self.flow.sent(ft::SYNC, Owner::Proxy);
         }
         Ok(true)
     }
@@ -167,16 +175,11 @@ impl Session {
         }
     }
 
-    /// Puts the tenant context in front of the next client request when a transaction is
-    /// starting (or the client cleared it mid-transaction). Statements that cannot run in a
-    /// transaction block get the context at session level, reset on release.
+    /// Puts the tenant context in front of a client request that runs SQL when the
+    /// transaction does not carry it yet (see [`super::context`]). Statements that cannot
+    /// run in a transaction block get the context at session level, reset on release.
     pub(super) fn inject(&mut self, no_txn_block: bool) {
-        let needed = match self.status {
-            TxStatus::Idle => !self.injected,
-            TxStatus::InTransaction => self.reinject,
-            TxStatus::Failed => false,
-        };
-        if !needed {
+        if !self.context.must_inject(self.status) {
             return;
         }
         self.ensure_prepared();
@@ -184,10 +187,11 @@ impl Session {
             return;
         };
         let conn = b.conn();
-        if self.status == TxStatus::Idle {
+        if self.txn_started.is_none() {
             self.txn_started = Some(Instant::now());
         }
-        if no_txn_block && self.status == TxStatus::Idle {
+        let ended = self.context == super::context::Context::EndSent;
+        if no_txn_block && self.status == TxStatus::Idle && !ended {
             self.bout.extend_from_slice(&self.tenant.inject_session);
             messages::sync(&mut self.bout);
             for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
@@ -199,21 +203,7 @@ impl Session {
             self.flow.sent(ft::BIND, Owner::Proxy);
             self.flow.sent(ft::EXECUTE, Owner::Proxy);
         }
-        self.injected = true;
-        self.reinject = false;
-        self.server.metrics.context_injections.inc();
-    }
-
-    /// Puts the context in front of a request that follows a COMMIT, ROLLBACK or RESET ALL
-    /// sent since the last ReadyForQuery (later in a pipeline).
-    pub(super) fn inject_after_end(&mut self) {
-        self.ended = false;
-        if self.backend.is_none() {
-            return;
-        }
-        self.bout.extend_from_slice(&self.tenant.inject_local);
-        self.flow.sent(ft::BIND, Owner::Proxy);
-        self.flow.sent(ft::EXECUTE, Owner::Proxy);
+        self.context.injected();
         self.server.metrics.context_injections.inc();
     }
 
@@ -231,7 +221,7 @@ impl Session {
     pub(super) fn maybe_release(&mut self) {
         if self.pool.mode == PoolMode::Session
             || self.backend.is_none()
-            || !self.flow.is_idle()
+            || !self.flow.is_settled()
             || self.status != TxStatus::Idle
             || self.copy_in
         {
@@ -244,18 +234,19 @@ impl Session {
         self.cancel.slot.set(None);
         self.me.entry.backend.store(0, Ordering::Relaxed);
         self.dirty = false;
-        self.injected = false;
+        self.context.reset();
         if let Some(b) = self.backend.take() {
             b.release(cleanup);
         }
     }
 
     /// At the end of the session: a backend in a known, quiet state is cleaned and returned;
-    /// anything else (replies outstanding, COPY, a broken connection) is closed.
+    /// anything else (replies outstanding, requests not followed by a Sync, COPY, a broken
+    /// connection) is closed: never synced on the client's behalf, never reused.
     pub(super) fn detach_on_end(&mut self, end: &End) {
         self.cancel.slot.set(None);
         self.me.entry.backend.store(0, Ordering::Relaxed);
-        let quiet = self.flow.is_idle() && !self.copy_in;
+        let quiet = self.flow.is_settled() && !self.copy_in;
         let broken = matches!(end, End::BackendLost(_) | End::InjectionFailed(_));
         if !quiet || broken {
             self.backend = None;

@@ -147,13 +147,19 @@ impl Session {
     /// Sends the deferred BEGIN, with the tenant context, ahead of `frame`: attaches a
     /// backend first. Returns false when none could be had (the client has its error, and
     /// its transaction is over, as PostgreSQL would end it on a lost connection).
-    pub(super) async fn send_deferred_begin(&mut self, frame: &Frame) -> Result<bool, End> {
+    pub(super) async fn send_deferred_begin(
+        &mut self,
+        frame: &Frame,
+        setup: bool,
+    ) -> Result<bool, End> {
         self.deferred_begin = false;
         self.status = TxStatus::Idle;
-        if !self.attach(frame).await? {
+        if !self.attach(frame, setup).await? {
             return Ok(false);
         }
-        self.inject(false);
+        // BEGIN first: the context goes in front of the first request that runs SQL, after
+        // any SET TRANSACTION (which PostgreSQL refuses once the injection took a snapshot).
+        self.txn_started = Some(std::time::Instant::now());
         self.bout.extend_from_slice(&self.server.plan.begin);
         self.flow.sent(ft::BIND, Owner::Proxy);
         self.flow.sent(ft::EXECUTE, Owner::Proxy);

@@ -47,10 +47,16 @@ pub struct Flow {
     pending: VecDeque<Pending>,
     /// Sync, Query and FunctionCall requests still waiting for their ReadyForQuery.
     boundaries: usize,
+    /// Those of them that are the client's: a proxy's own Sync leaves the status it had.
+    client_boundaries: usize,
     /// Requests whose replies are skipped by the backend after an extended-protocol error.
     skipping: bool,
     /// Proxy-named statements whose Parse failed, for the session to forget.
     failed_statements: Vec<String>,
+    /// Extended-protocol requests went out after the last Sync (or Query): the backend's
+    /// implicit or explicit transaction stays open until a Sync, however many of their
+    /// replies have arrived (a Flush makes them all arrive).
+    unsynced: bool,
 }
 
 /// Requests a transaction's queue gets room for at once (an extended-protocol statement is
@@ -84,6 +90,7 @@ impl Flow {
 
     /// Records a request, remembering the proxy-named statement a Parse creates.
     pub fn sent_parse(&mut self, tag: u8, owner: Owner, statement: Option<String>) {
+        self.unsynced = !is_boundary(tag);
         if !expects_reply(tag) {
             return;
         }
@@ -94,6 +101,7 @@ impl Flow {
         }
         if is_boundary(tag) {
             self.boundaries += 1;
+            self.client_boundaries += usize::from(owner != Owner::Proxy);
         }
         if self.pending.capacity() == 0 {
             // One allocation per transaction rather than a growth per few requests.
@@ -126,16 +134,25 @@ impl Flow {
         std::mem::take(&mut self.failed_statements)
     }
 
-    /// True while some Sync/Query has not been answered by ReadyForQuery, so the transaction
-    /// state after it is unknown.
+    /// True while some Sync/Query of the client's has not been answered by ReadyForQuery, so
+    /// the transaction state after it is unknown. A proxy's own Sync (ahead of the client's
+    /// first request) ends only the proxy's implicit transaction: the status after it is
+    /// Idle, so the client's pipeline need not wait for it.
     pub fn awaiting_ready(&self) -> bool {
-        self.boundaries > 0
+        self.client_boundaries > 0
     }
 
     /// True when every request has been fully answered and the backend is not discarding
     /// requests after an error (it would ignore the next client's messages).
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && !self.skipping
+    }
+
+    /// True when the backend's state is settled: every request answered, and the last one
+    /// sent was a Sync or Query whose ReadyForQuery has arrived. Only then does the last
+    /// ReadyForQuery's status describe the connection, so only then may it be released.
+    pub fn is_settled(&self) -> bool {
+        self.is_idle() && !self.unsynced
     }
 
     /// True when the backend ignores every request but Sync: an extended-protocol error
@@ -212,6 +229,7 @@ impl Flow {
             && is_boundary(p.tag)
         {
             self.boundaries -= 1;
+            self.client_boundaries -= usize::from(p.owner != Owner::Proxy);
             self.skipping = false;
         }
     }
@@ -223,9 +241,13 @@ impl Flow {
         if from_query {
             self.pending.truncate(1);
             self.boundaries = 1;
+            self.client_boundaries = 1;
         } else {
             self.pending.retain(|p| !is_boundary(p.tag));
             self.boundaries = 0;
+            self.client_boundaries = 0;
+            // The backend waits for a Sync sent after CopyDone/CopyFail.
+            self.unsynced = true;
         }
     }
 
@@ -339,6 +361,28 @@ mod tests {
     }
 
     #[test]
+    fn answered_requests_without_sync_are_not_settled() {
+        let mut f = Flow::default();
+        for t in [ft::PARSE, ft::BIND, ft::EXECUTE, ft::FLUSH] {
+            f.sent(t, Owner::Client);
+        }
+        f.on_backend(bt::PARSE_COMPLETE);
+        f.on_backend(bt::BIND_COMPLETE);
+        f.on_backend(bt::COMMAND_COMPLETE);
+        assert!(f.is_idle(), "every reply arrived");
+        assert!(!f.is_settled(), "the transaction stays open until a Sync");
+        f.sent(ft::SYNC, Owner::Client);
+        assert!(!f.is_settled());
+        f.on_backend(bt::READY_FOR_QUERY);
+        assert!(f.is_settled());
+        f.sent(ft::FLUSH, Owner::Client);
+        assert!(!f.is_settled(), "a lone Flush is conservative too");
+        f.sent(ft::QUERY, Owner::Client);
+        f.on_backend(bt::READY_FOR_QUERY);
+        assert!(f.is_settled(), "a simple Query ends the implicit transaction");
+    }
+
+    #[test]
     fn copy_from_execute_drops_ignored_syncs() {
         let mut f = Flow::default();
         for t in [ft::PARSE, ft::BIND, ft::EXECUTE, ft::SYNC] {
@@ -348,6 +392,7 @@ mod tests {
         f.on_backend(bt::BIND_COMPLETE);
         f.copy_in_started();
         assert!(!f.awaiting_ready());
+        assert!(!f.is_settled(), "a Sync must follow CopyDone");
         f.sent(ft::SYNC, Owner::Client);
         assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);

@@ -5,6 +5,7 @@
 
 mod attach;
 mod buffers;
+pub mod context;
 mod deferred;
 pub mod flow;
 mod guard;
@@ -92,15 +93,10 @@ pub struct Session {
     params: ClientParams,
     /// Transaction status from the last ReadyForQuery (Idle while detached).
     status: TxStatus,
-    /// The context has been injected into the current transaction.
-    injected: bool,
-    /// A RESET/DISCARD inside the transaction may have cleared the context.
-    reinject: bool,
+    /// Whether the backend's current transaction carries the tenant context.
+    context: context::Context,
     /// The portal last bound clears the context (COMMIT, ROLLBACK, RESET ALL, ...).
     clearing_portal: bool,
-    /// A statement that clears the context was sent since the last ReadyForQuery: what the
-    /// client sends next needs the context again (in a new transaction, or the same one).
-    ended: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
     /// The backend is in COPY IN: copy messages go through regardless of pending replies.
@@ -155,10 +151,8 @@ impl Session {
             pool: s.pool,
             params: ClientParams::from_startup(s.settings),
             status: TxStatus::Idle,
-            injected: false,
-            reinject: false,
+            context: Default::default(),
             clearing_portal: false,
-            ended: false,
             dirty: false,
             copy_in: false,
             skip_until_sync: false,
@@ -225,7 +219,7 @@ impl Session {
             pooled.release(Cleanup::None);
         }
         self.client
-            .write_all(&self.cout)
+            .send(&self.cout)
             .await
             .map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
         self.cout.clear();
@@ -241,7 +235,7 @@ impl Session {
     async fn flush(&mut self) -> Result<(), End> {
         if !self.bout.is_empty() {
             if let Some(b) = self.backend.as_mut()
-                && let Err(e) = b.conn().stream.write_all(&self.bout).await
+                && let Err(e) = b.conn().stream.send(&self.bout).await
             {
                 return Err(End::BackendLost(e.to_string()));
             }
@@ -249,7 +243,7 @@ impl Session {
         }
         if !self.cout.is_empty() {
             self.client
-                .write_all(&self.cout)
+                .send(&self.cout)
                 .await
                 .map_err(End::ClientIo)?;
             self.server
@@ -271,7 +265,7 @@ impl Session {
     /// Between transactions, gives every per-connection buffer back (to the thread's spares
     /// or the allocator), so thousands of idle clients cost little memory.
     fn release_idle_buffers(&mut self) {
-        if self.backend.is_some() || !self.flow.is_idle() {
+        if self.backend.is_some() || !self.flow.is_settled() {
             return;
         }
         for buf in [&mut self.cbuf, &mut self.cout, &mut self.bout] {
@@ -388,7 +382,7 @@ async fn finish(s: &mut Session, end: End) -> End {
         _ => {}
     }
     if !s.cout.is_empty() {
-        let _ = s.client.write_all(&s.cout).await;
+        let _ = s.client.send(&s.cout).await;
     }
     let _ = s.client.shutdown().await;
     s.detach_on_end(&end);

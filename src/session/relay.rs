@@ -86,18 +86,37 @@ impl Session {
                 )));
             }
         }
+        // Whether the request runs SQL that needs the context in front of it: not a BEGIN
+        // or SET TRANSACTION (they must come before the injection's snapshot), and not a
+        // Describe, Execute, Close, Sync or Flush (an injection between a Bind and its
+        // Execute would replace the client's unnamed portal).
+        let mut runs_sql = matches!(
+            frame.tag,
+            ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
+        );
+        let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
+        let bound = (frame.tag == ft::BIND)
+            .then(|| super::statements::bind_statement(frame.body()).unwrap_or_default());
+        let setup = match (&analysis, bound) {
+            (Some(a), _) => a.transaction_setup,
+            (None, Some(name)) => self
+                .statements
+                .text(name)
+                .is_some_and(crate::protocol::sql::is_transaction_setup),
+            _ => false,
+        };
+        runs_sql &= !setup;
         if self.backend.is_none() {
             if self.defer_begin(&frame) {
                 return Ok(());
             }
-            if self.deferred_begin && !self.send_deferred_begin(&frame).await? {
+            if self.deferred_begin && !self.send_deferred_begin(&frame, setup).await? {
                 return Ok(());
             }
         }
         let mut no_txn_block = false;
         let mut clears = false;
-        if let Some(text) = sql_text(&frame) {
-            let a = self.server.sql_guard.analyze(text);
+        if let Some(a) = analysis {
             clears = a.clears_context;
             if let Some(v) = a.protected_change {
                 let msg = v.message();
@@ -115,8 +134,7 @@ impl Session {
             self.dirty |= a.changes_session_state;
             no_txn_block = a.no_transaction_block;
         }
-        if frame.tag == ft::BIND {
-            let name = super::statements::bind_statement(frame.body()).unwrap_or_default();
+        if let Some(name) = bound {
             no_txn_block = self.statements.no_txn_block(name);
             let text = self.statements.text(name);
             self.clearing_portal = text.is_some_and(crate::protocol::sql::clears_context);
@@ -145,18 +163,20 @@ impl Session {
         {
             return Ok(());
         }
-        if !self.attach(&frame).await? {
+        if !self.attach(&frame, setup).await? {
             return Ok(());
         }
-        if self.ended && matches!(frame.tag, ft::QUERY | ft::BIND | ft::FUNCTION_CALL) {
-            self.inject_after_end();
+        if runs_sql {
+            self.inject(no_txn_block);
         }
-        self.inject(no_txn_block);
         // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context.
-        match frame.tag {
-            ft::QUERY => self.ended |= clears,
-            ft::EXECUTE => self.ended |= std::mem::take(&mut self.clearing_portal),
-            _ => {}
+        let ends = match frame.tag {
+            ft::QUERY => clears,
+            ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
+            _ => false,
+        };
+        if ends {
+            self.context.end_sent();
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
@@ -269,11 +289,8 @@ impl Session {
         self.status = status
             .and_then(TxStatus::from_byte)
             .unwrap_or(TxStatus::Idle);
-        // COMMIT AND CHAIN leaves a new transaction open, without the context.
-        self.reinject |= std::mem::take(&mut self.ended) && self.status == TxStatus::InTransaction;
+        self.context.on_ready(self.status);
         if self.status == TxStatus::Idle {
-            self.injected = false;
-            self.reinject = false;
             if self.flow.is_idle() {
                 self.pool.metrics.transactions.inc();
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +320,7 @@ impl Session {
         }
         if starts(b"SET") || starts(b"RESET") || starts(b"DISCARD") {
             self.dirty = true;
-            self.reinject = true;
+            self.context.settings_changed();
         }
         if starts(b"LISTEN") || starts(b"PREPARE") || starts(b"DECLARE") || starts(b"DEALLOCATE") {
             self.dirty = true;

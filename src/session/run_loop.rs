@@ -18,6 +18,8 @@ impl Session {
             None if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
             None => ClientState::Idle,
             Some(_) if !self.flow.is_idle() => ClientState::Active,
+            // Requests answered but not synced: the transaction is still open.
+            Some(_) if !self.flow.is_settled() => ClientState::IdleInTransaction,
             Some(_) if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
             Some(_) => ClientState::Idle,
         }
@@ -62,7 +64,7 @@ impl Session {
     fn parkable(&self) -> bool {
         self.backend.is_none()
             && self.status == TxStatus::Idle
-            && self.flow.is_idle()
+            && self.flow.is_settled()
             && self.cbuf.is_empty()
             && self.cout.is_empty()
             && !self.client.is_tls()

@@ -224,3 +224,12 @@ pub fn close_statement(out: &mut BytesMut, name: &str) {
         b.put_u8(0);
     });
 }
+
+/// Execute of `portal` returning at most `max_rows` rows (0: all).
+pub fn execute_max(out: &mut BytesMut, portal: &str, max_rows: u32) {
+    messages::write_msg(out, b'E', |b| {
+        b.extend_from_slice(portal.as_bytes());
+        b.extend_from_slice(&[0]);
+        b.extend_from_slice(&max_rows.to_be_bytes());
+    });
+}

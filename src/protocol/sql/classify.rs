@@ -37,6 +37,36 @@ pub fn is_plain_begin(sql: &[u8]) -> bool {
     }
 }
 
+/// True when the statement `s` only sets up the transaction it opens or is in (`BEGIN` or
+/// `START TRANSACTION` with any options, `SET TRANSACTION ...`, `SET SESSION CHARACTERISTICS
+/// AS TRANSACTION ...`): it takes no snapshot and reads no rows, and PostgreSQL refuses an
+/// isolation level once any statement of the transaction took a snapshot, so the tenant
+/// context (a SELECT) must come after it, not before.
+fn is_setup(s: &[Token]) -> bool {
+    let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+    kw(0, "begin")
+        || (kw(0, "start") && kw(1, "transaction"))
+        || (kw(0, "set") && kw(1, "transaction"))
+        || (kw(0, "set") && kw(1, "session") && kw(2, "characteristics"))
+}
+
+/// True when `sql` holds at least one statement and every statement only sets up the
+/// transaction (see [`is_setup`]): the context injection waits for the next request.
+pub fn is_transaction_setup(sql: &[u8]) -> bool {
+    transaction_setup(&Lexer::new(sql).collect::<Vec<_>>())
+}
+
+pub(super) fn transaction_setup(toks: &[Token]) -> bool {
+    let mut any = false;
+    for s in statements(toks) {
+        if !is_setup(s) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
 pub fn is_no_transaction_block(sql: &[u8]) -> bool {
     no_transaction_block(&Lexer::new(sql).collect::<Vec<_>>())
