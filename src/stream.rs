@@ -21,6 +21,18 @@ macro_rules! either_stream {
         }
 
         impl $name {
+            /// Writes all of `data`, then flushes a TLS stream: its last records may
+            /// otherwise stay in the TLS layer's buffer (a write that found the socket full
+            /// returns once the plaintext is taken), and the peer waits for them forever.
+            pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+                use tokio::io::AsyncWriteExt;
+                self.write_all(data).await?;
+                if matches!(self, $name::Tls(_)) {
+                    self.flush().await?;
+                }
+                Ok(())
+            }
+
             /// The TCP socket underneath, unless parked.
             pub fn tcp(&self) -> Option<&TcpStream> {
                 match self {

@@ -385,3 +385,74 @@ async fn san_uri_and_fingerprint_rules_and_direct_tls() {
         }
     }
 }
+
+/// What pgtenant writes to a TLS peer arrives whole without a later write: the TLS layer
+/// keeps the records of a write that found the socket full (the write returns once the
+/// plaintext is taken), so `send` flushes. Without it the tail of a large result stayed
+/// inside pgtenant and a client that read slowly hung (psycopg's async COPY tests).
+#[tokio::test]
+async fn a_tls_send_is_delivered_without_a_later_write() {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let provider = pgtenant::tls::server::provider();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    const TOTAL: usize = 1 << 20;
+    for round in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Small socket buffers, so the writer finds the socket full again and again.
+        let small = |s: &tokio::net::TcpStream| {
+            let s = socket2::SockRef::from(s);
+            s.set_send_buffer_size(8192).unwrap();
+            s.set_recv_buffer_size(8192).unwrap();
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg.clone()));
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            small(&tcp);
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let mut stream = pgtenant::stream::ClientStream::Tls(Box::new(tls));
+            stream.send(&vec![7u8; TOTAL]).await.unwrap();
+            // Holds the connection open and writes nothing more.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            drop(stream);
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        small(&tcp);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg.clone()));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = connector.connect(name, tcp).await.unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 4096];
+        while got < TOTAL {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: {got} of {TOTAL} bytes arrived, then nothing")
+                })
+                .unwrap();
+            assert!(n > 0, "round {round}: closed early");
+            got += n;
+            if got % (64 << 10) < 4096 {
+                // A slow reader: the writer's last write is likely to find the socket full.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+        server.abort();
+    }
+}

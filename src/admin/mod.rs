@@ -58,7 +58,7 @@ pub async fn serve(server: &Arc<Server>, mut client: ClientStream, mut buf: Byte
     let mut skip_until_sync = false;
     loop {
         if !out.is_empty() {
-            if client.write_all(&out).await.is_err() {
+            if client.send(&out).await.is_err() {
                 return;
             }
             out.clear();
@@ -74,7 +74,7 @@ pub async fn serve(server: &Arc<Server>, mut client: ClientStream, mut buf: Byte
                         sqlstate::PROTOCOL_VIOLATION,
                         &e.to_string(),
                     );
-                    let _ = client.write_all(&out).await;
+                    let _ = client.send(&out).await;
                     return;
                 }
             }
@@ -95,7 +95,7 @@ pub async fn serve(server: &Arc<Server>, mut client: ClientStream, mut buf: Byte
                     Some("shutdown")
                 ) && full
                 {
-                    let _ = client.write_all(&out).await;
+                    let _ = client.send(&out).await;
                     return;
                 }
             }

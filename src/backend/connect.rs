@@ -105,7 +105,7 @@ impl BackendTarget {
             ("database", self.dbname.as_str()),
         ];
         frontend::startup_message(params.iter().copied(), &mut out)?;
-        conn.stream.write_all(&out).await?;
+        conn.stream.send(&out).await?;
         self.authenticate(&mut conn, end_point).await?;
         self.finish_startup(&mut conn).await?;
         conn.defaults = conn.params.clone();
@@ -245,7 +245,7 @@ impl BackendTarget {
                     )));
                 }
             }
-            conn.stream.write_all(&out).await?;
+            conn.stream.send(&out).await?;
         }
     }
 

@@ -124,7 +124,7 @@ impl BackendConn {
     /// Sends `out` and reads until ReadyForQuery, collecting DataRows as text. Used only for
     /// the proxy's own housekeeping, never on a client's behalf.
     pub async fn exchange(&mut self, out: &[u8]) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         let mut rows = Vec::new();
         let mut error = None;
         loop {

@@ -214,7 +214,7 @@ fn bad_sasl() -> Fatal {
 }
 
 async fn send(socket: &mut ClientStream, out: &mut BytesMut) -> Result<(), Fatal> {
-    let r = socket.write_all(out).await;
+    let r = socket.send(out).await;
     out.clear();
     r.map_err(|e| {
         Fatal::new(

@@ -93,7 +93,7 @@ pub async fn authenticate(
             let mut out = BytesMut::new();
             messages::authentication(&mut out, 0, &[]);
             stream
-                .write_all(&out)
+                .send(&out)
                 .await
                 .map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
             Ok(t)

@@ -182,7 +182,7 @@ async fn negotiate_protocol(socket: &mut ClientStream, p: &StartupParams) -> Res
             b.put_u8(0);
         }
     });
-    socket.write_all(&out).await.map_err(io_fatal)
+    socket.send(&out).await.map_err(io_fatal)
 }
 
 /// Reads more bytes from the client.

@@ -197,7 +197,7 @@ async fn start_up(
 pub async fn send_fatal(socket: &mut ClientStream, fatal: &Fatal) {
     let mut out = BytesMut::new();
     messages::error_response(&mut out, Severity::Fatal, &fatal.code, &fatal.message);
-    let _ = socket.write_all(&out).await;
+    let _ = socket.send(&out).await;
     let _ = socket.shutdown().await;
 }
 

@@ -103,7 +103,10 @@ mod tests {
         c.injected();
         c.end_sent();
         assert!(c.must_inject(InTransaction));
-        assert!(c.must_inject(Failed), "COMMIT of an aborted transaction ends it too");
+        assert!(
+            c.must_inject(Failed),
+            "COMMIT of an aborted transaction ends it too"
+        );
         c.injected();
         c.on_ready(Idle);
         assert_eq!(c, Context::Absent);
@@ -126,7 +129,11 @@ mod tests {
         assert!(c.must_inject(InTransaction));
         c.end_sent();
         c.settings_changed();
-        assert_eq!(c, Context::EndSent, "a later tag does not cancel a pending end");
+        assert_eq!(
+            c,
+            Context::EndSent,
+            "a later tag does not cancel a pending end"
+        );
     }
 
     #[test]

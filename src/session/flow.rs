@@ -379,7 +379,10 @@ mod tests {
         assert!(!f.is_settled(), "a lone Flush is conservative too");
         f.sent(ft::QUERY, Owner::Client);
         f.on_backend(bt::READY_FOR_QUERY);
-        assert!(f.is_settled(), "a simple Query ends the implicit transaction");
+        assert!(
+            f.is_settled(),
+            "a simple Query ends the implicit transaction"
+        );
     }
 
     #[test]

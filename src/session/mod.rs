@@ -242,10 +242,7 @@ impl Session {
             self.bout.clear();
         }
         if !self.cout.is_empty() {
-            self.client
-                .send(&self.cout)
-                .await
-                .map_err(End::ClientIo)?;
+            self.client.send(&self.cout).await.map_err(End::ClientIo)?;
             self.server
                 .metrics
                 .client_sent_bytes

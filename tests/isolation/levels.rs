@@ -59,12 +59,19 @@ async fn isolation_levels_and_access_modes_can_be_set() {
                 for stmt in open.split("; ") {
                     let r = c.simple(stmt).await;
                     f.check(raw::errors(&r).is_empty(), || {
-                        format!("defer={defer} {open:?}: {stmt:?} failed: {:?}", raw::errors(&r))
+                        format!(
+                            "defer={defer} {open:?}: {stmt:?} failed: {:?}",
+                            raw::errors(&r)
+                        )
                     });
                 }
                 let r = c.simple(CHECK).await;
                 f.check(values(&r) == want, || {
-                    format!("defer={defer} simple {open:?}: {:?} {:?}", values(&r), raw::errors(&r))
+                    format!(
+                        "defer={defer} simple {open:?}: {:?} {:?}",
+                        values(&r),
+                        raw::errors(&r)
+                    )
                 });
                 let r = c.simple("COMMIT").await;
                 f.check(raw::tags(&r) == "CZ", || format!("COMMIT after {open:?}"));
