@@ -329,7 +329,7 @@ impl Server {
                     match crate::doctor::inspect(&mut conn, &params).await {
                         Ok(report) => {
                             for f in report.findings {
-                                tracing::warn!(pool = %pool.name, check = f.check, severity = f.severity.label(), object = %f.object, fix = %f.fix, "RLS doctor: {}", f.message);
+                                tracing::warn!(pool = %pool.name, check = f.check, severity = f.severity.label(), object = %f.object, fix = %f.fix.replace('\n', " "), "RLS doctor: {}", f.message);
                             }
                             for f in report.failures {
                                 tracing::warn!(pool = %pool.name, check = %f.check, error = %f.error, "RLS doctor: check could not run");

@@ -22,79 +22,6 @@ pub struct Check {
     pub fix: fn(&[String], &Params) -> String,
 }
 
-/// Tables with the tenant column, and what the app role may do with them.
-macro_rules! tenant_tables {
-    () => {
-        "tenant_tables AS (
-  SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS tbl, a.attname AS col,
-         format_type(a.atttypid, a.atttypmod) AS typ, c.relrowsecurity AS rls,
-         c.relforcerowsecurity AS forced, c.relowner,
-         concat_ws(', ',
-           CASE WHEN has_any_column_privilege($ROLE, c.oid, 'SELECT') THEN 'SELECT' END,
-           CASE WHEN has_any_column_privilege($ROLE, c.oid, 'INSERT') THEN 'INSERT' END,
-           CASE WHEN has_any_column_privilege($ROLE, c.oid, 'UPDATE') THEN 'UPDATE' END,
-           CASE WHEN has_table_privilege($ROLE, c.oid, 'DELETE') THEN 'DELETE' END) AS privs
-  FROM pg_catalog.pg_class c
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $COLUMN
-       AND a.attnum > 0 AND NOT a.attisdropped
-  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-    AND n.nspname !~ '^pg_(toast|temp_)')"
-    };
-}
-
-/// Policies that apply to the app role (PUBLIC, the role, or a role it belongs to).
-macro_rules! role_policies {
-    () => {
-        "role_policies AS (
-  SELECT p.polrelid, p.polname, p.polcmd, p.polpermissive,
-         pg_get_expr(p.polqual, p.polrelid) AS qual,
-         pg_get_expr(p.polwithcheck, p.polrelid) AS chk
-  FROM pg_catalog.pg_policy p
-  WHERE 0::oid = ANY (p.polroles)
-     OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r(oid)
-                WHERE r.oid <> 0 AND pg_has_role($ROLE, r.oid, 'MEMBER')))"
-    };
-}
-
-/// The roles an ACL grants `$priv` to that give it to the app role (PUBLIC or inherited).
-macro_rules! grantees {
-    ($acl:literal, $priv:literal) => {
-        concat!(
-            "coalesce((SELECT string_agg(CASE WHEN x.grantee = 0 THEN 'PUBLIC' ",
-            "ELSE quote_ident(pg_get_userbyid(x.grantee)) END, ', ') FROM aclexplode(",
-            $acl,
-            ") x WHERE x.privilege_type = '",
-            $priv,
-            "' AND (x.grantee = 0 OR pg_has_role($ROLE, x.grantee, 'USAGE'))), 'PUBLIC')"
-        )
-    };
-}
-
-/// Superusers pass every privilege check: their one finding is role-bypasses-rls.
-macro_rules! not_super {
-    () => {
-        "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles su WHERE su.rolname = $ROLE AND su.rolsuper)"
-    };
-}
-
-/// Who should own what the app role must not own: the database owner, or `postgres` when
-/// that is the app role itself.
-macro_rules! new_owner {
-    () => {
-        "(SELECT CASE WHEN pg_has_role($ROLE, d.datdba, 'MEMBER') THEN 'postgres' \
-          ELSE pg_get_userbyid(d.datdba)::text END \
-          FROM pg_catalog.pg_database d WHERE d.datname = current_database())"
-    };
-}
-
-/// The expression a policy should use: `<column> = (SELECT <schema>.tenant_id())::<type>`.
-macro_rules! verified_expr {
-    () => {
-        "format('%I = (SELECT %I.tenant_id())::%s', t.col, $SCHEMA, t.typ)"
-    };
-}
-
 /// Every check the doctor runs, in output order.
 pub static CHECKS: &[Check] = &[
     Check {
@@ -226,6 +153,42 @@ pub static CHECKS: &[Check] = &[
             }
             sql + ";"
         },
+    },
+    Check {
+        id: "policy-ignores-context",
+        severity: Severity::Critical,
+        query: concat!(
+            "WITH ",
+            tenant_tables!(),
+            ", ",
+            role_policies!(),
+            ", found AS (SELECT t.*, p.polname, p.polcmd, coalesce(p.qual, '') || ' ' || coalesce(p.chk, '') AS exprs
+               FROM tenant_tables t JOIN role_policies p ON p.polrelid = t.oid
+               WHERE t.rls AND p.polpermissive AND (p.qual IS NOT NULL OR p.chk IS NOT NULL))
+             SELECT format('%s policy %I', f.tbl, f.polname),
+               CASE f.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                 WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+               format('ALTER POLICY %I ON %s%s%s;', f.polname, f.tbl,
+                 CASE WHEN f.polcmd <> 'a' THEN format(' USING (%s)', e.v) ELSE '' END,
+                 CASE WHEN f.polcmd IN ('a', 'w', '*') THEN format(' WITH CHECK (%s)', e.v) ELSE '' END)
+             FROM found f CROSS JOIN LATERAL (SELECT ",
+            verified_expr!(),
+            " AS v FROM (SELECT f.col, f.typ) t) e
+             WHERE position(format('%I.tenant_id()', $SCHEMA) IN f.exprs) = 0
+               AND position(format('%I.setting(', $SCHEMA) IN f.exprs) = 0
+               AND NOT EXISTS (SELECT 1 FROM unnest($SETTINGS) s
+                               WHERE position(format('current_setting(%L', s) IN f.exprs) > 0)
+             ORDER BY 1"
+        ),
+        message: |r| {
+            format!(
+                "{} ({}) is permissive and reads no tenant context: permissive policies are \
+                 OR-ed, so it admits rows of every tenant (a context read inside a function of \
+                 your own is not seen here)",
+                r[0], r[1]
+            )
+        },
+        fix: |r, _| r[2].clone(),
     },
     Check {
         id: "role-bypasses-rls",

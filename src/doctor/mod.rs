@@ -3,6 +3,8 @@
 //! that fixes it. RLS only isolates tenants when the schema, the grants and the app role are
 //! set up for it; this is where pgtenant checks that they are.
 
+#[macro_use]
+mod sql;
 pub mod checks;
 pub mod command;
 pub mod output;

@@ -115,6 +115,13 @@ pub const CASES: &[Case] = &[
         fix: "ALTER POLICY tenant_isolation ON public.notes USING (((tenant_id = ((SELECT pgtenant.tenant_id()))::uuid) AND ((SELECT pgtenant.setting('app.tenant_plan')) <> 'frozen'::text))) WITH CHECK ((tenant_id = ((SELECT pgtenant.tenant_id()))::uuid));",
         cleanup: "",
     },
+    Case {
+        breakage: "CREATE POLICY everyone ON notes FOR SELECT TO app_user USING (true)",
+        check: "policy-ignores-context",
+        object: "public.notes policy everyone",
+        fix: "ALTER POLICY everyone ON public.notes USING (tenant_id = (SELECT pgtenant.tenant_id())::uuid);",
+        cleanup: "",
+    },
     // 4. The role bypasses RLS, can become a role that does, or owns a tenant table.
     Case {
         breakage: "ALTER ROLE app_user SUPERUSER",
