@@ -26,6 +26,28 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub doctor: DoctorConfig,
+}
+
+/// The RLS posture doctor (`pgtenant doctor`, and the same checks at start-up): what it
+/// looks for and whether a finding stops the proxy from starting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoctorConfig {
+    /// Refuse to start when the doctor has any finding (default: log them as warnings).
+    pub strict: bool,
+    /// The column that marks a table as tenant-scoped (such tables need forced RLS).
+    pub tenant_column: String,
+}
+
+impl Default for DoctorConfig {
+    fn default() -> Self {
+        DoctorConfig {
+            strict: false,
+            tenant_column: "tenant_id".into(),
+        }
+    }
 }
 
 /// The admin console: a virtual database reached through the normal port with its own
@@ -172,6 +194,12 @@ impl Default for ContextConfig {
 }
 
 impl ContextConfig {
+    /// Schema of the verified context readers (`<schema>.tenant_id()`, `<schema>.setting(name)`).
+    /// The single place that knows the default until `context.schema` is configurable.
+    pub fn verified_schema(&self) -> String {
+        "pgtenant".into()
+    }
+
     /// All injected settings, tenant id first: the order of the injection statement's parameters.
     pub fn settings(&self) -> Vec<String> {
         let mut all = vec![self.tenant_id_setting.clone()];

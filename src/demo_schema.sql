@@ -125,6 +125,32 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, projects, invoices TO app_user;
 GRANT USAGE, SELECT ON SEQUENCE projects_id_seq, invoices_id_seq TO app_user;
 
 -- ---------------------------------------------------------------------------
+-- Shared-role channels (`pgtenant doctor` reports them). Every tenant reaches
+-- PostgreSQL as app_user, and PostgreSQL lets a role read the query text of,
+-- cancel and terminate every backend of its own role: only the DBA needs that.
+-- pg_catalog privileges are per database, so this runs in each database.
+-- Kept on purpose, and reported by the doctor with the REVOKEs for deployments
+-- that use neither: TEMPORARY on the database (clients stage COPY through
+-- ON COMMIT DROP temp tables; pgtenant sweeps temp objects after every
+-- transaction) and the large-object functions (libpq's lo_* API works through
+-- pgtenant, but a large object is the role's, so any tenant can open another's).
+-- ---------------------------------------------------------------------------
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace
+               AND p.proname IN ('pg_stat_get_activity', 'pg_stat_get_backend_activity',
+                                 'pg_cancel_backend', 'pg_terminate_backend')
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
+REVOKE SELECT ON pg_catalog.pg_stat_activity FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
 -- Seed data: two tenants with fixed ids so the demo and tests can refer to
 -- them. Inserted as postgres (a superuser, so RLS does not apply here).
 -- Amounts differ per tenant so a leak across tenants is easy to spot:

@@ -17,6 +17,7 @@
 //! - [`pool`] / [`backend`]: backend connections.
 //! - [`tls`], [`stream`]: TLS on both legs, client-certificate identity.
 //! - [`cancel`], [`metrics`], [`http`]: cancel routing and operations.
+//! - [`doctor`]: the RLS posture checks (`pgtenant doctor`, and at start-up).
 //! - [`server`]: the accept loop and process lifecycle.
 //! - [`pgcluster`], [`demo`]: a throwaway PostgreSQL for the demo and the tests.
 
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod frontend;
 pub mod http;
 pub mod metrics;

@@ -1,5 +1,5 @@
-//! The `pgtenant` command: run the proxy, run the demo, mint password verifiers, or check a
-//! configuration file.
+//! The `pgtenant` command: run the proxy, run the demo, mint password verifiers, check a
+//! configuration file, or check a database's RLS posture.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +60,34 @@ enum Command {
     },
     /// Validate a configuration file and list every problem; exits non-zero when invalid.
     CheckConfig,
+    /// Check the RLS posture of each configured database through its backend role (and a
+    /// DBA role if given): print every finding with the SQL that fixes it.
+    ///
+    /// Exit status: 0 no finding that counts; 1 a critical finding (with --strict, any
+    /// finding); 2 a database could not be reached or a check could not run; 64 invalid
+    /// configuration or arguments.
+    Doctor {
+        /// Check only [databases.<name>] (default: every configured database).
+        #[arg(long, value_name = "NAME")]
+        database: Option<String>,
+        /// Also log in as this role and run the catalog checks through it, e.g.
+        /// postgresql://postgres:secret@db:5432 (its database part is ignored: each checked
+        /// database is used). Prefer the environment variable: a URL on the command line
+        /// shows in `ps`.
+        #[arg(
+            long,
+            env = "PGTENANT_DOCTOR_DBA_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        dba_url: Option<String>,
+        /// `table` for people, `json` for CI.
+        #[arg(long, value_enum, default_value = "table")]
+        format: pgtenant::doctor::output::Format,
+        /// Warnings make the exit status non-zero too (as doctor.strict does at start-up).
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +104,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Some(Command::Doctor {
+            database,
+            dba_url,
+            format,
+            strict,
+        }) => doctor(
+            &cli,
+            database.as_deref(),
+            dba_url.as_deref(),
+            *format,
+            *strict,
+        ),
         Some(Command::Demo) => {
             init_tracing(&cli, LogFormat::Text);
             runtime(0).block_on(async {
@@ -136,6 +176,36 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn doctor(
+    cli: &Cli,
+    database: Option<&str>,
+    dba_url: Option<&str>,
+    format: pgtenant::doctor::output::Format,
+    strict: bool,
+) -> ExitCode {
+    use pgtenant::doctor::command;
+    let usage = |e: &dyn std::fmt::Display| {
+        eprintln!("{e}");
+        ExitCode::from(command::EXIT_USAGE)
+    };
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    let databases = match command::select(&cfg, database) {
+        Ok(d) => d,
+        Err(e) => return usage(&e),
+    };
+    let dba = match dba_url.map(command::DbaLogin::parse).transpose() {
+        Ok(d) => d,
+        Err(e) => return usage(&e),
+    };
+    init_tracing(cli, LogFormat::Text);
+    let report = runtime(1).block_on(command::check(&cfg, &databases, dba.as_ref()));
+    print!("{}", pgtenant::doctor::output::render(&report, format));
+    ExitCode::from(command::exit_status(&report, strict))
 }
 
 fn hash_password(password: Option<String>) -> ExitCode {

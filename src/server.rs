@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::backend::{BackendTarget, doctor};
+use crate::backend::BackendTarget;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError};
 use crate::http::Readiness;
@@ -313,21 +313,30 @@ impl Server {
         self.registry.shutdown_all();
     }
 
-    /// Checks each pool's backend once: logs the RLS doctor's findings and records readiness.
+    /// Checks each pool's backend once: logs the RLS doctor's findings (warnings; with
+    /// `doctor.strict` [`start`] has already refused them) and records readiness.
     pub async fn check_backends(self: &Arc<Self>) {
         let mut reachable = false;
         for pool in self.pools() {
             match pool.open().await {
                 Ok(mut conn) => {
                     reachable = true;
-                    match doctor::check_role(&mut conn).await {
-                        Ok(findings) => {
-                            for f in findings {
-                                tracing::warn!(pool = %pool.name, "UNSAFE BACKEND ROLE: {}", f.0);
+                    let Some(params) =
+                        crate::doctor::Params::for_database(&self.config(), &pool.name)
+                    else {
+                        continue;
+                    };
+                    match crate::doctor::inspect(&mut conn, &params).await {
+                        Ok(report) => {
+                            for f in report.findings {
+                                tracing::warn!(pool = %pool.name, check = f.check, severity = f.severity.label(), object = %f.object, fix = %f.fix.replace('\n', " "), "RLS doctor: {}", f.message);
+                            }
+                            for f in report.failures {
+                                tracing::warn!(pool = %pool.name, check = %f.check, error = %f.error, "RLS doctor: check could not run");
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(pool = %pool.name, error = %e, "could not inspect the backend role")
+                            tracing::warn!(pool = %pool.name, error = %e, "RLS doctor: could not inspect the backend")
                         }
                     }
                 }
@@ -350,25 +359,7 @@ fn build_pool(
     metrics: &Metrics,
 ) -> Result<Arc<Pool>, crate::tls::TlsError> {
     let db = &cfg.databases[name];
-    let tls_config = crate::tls::client::backend_config(
-        db.sslmode,
-        db.sslrootcert.as_deref(),
-        db.sslcert.as_deref().zip(db.sslkey.as_deref()),
-    )?;
-    let target = BackendTarget {
-        tls: tls_config,
-        sslmode: db.sslmode,
-        server_name: db.server_name.clone().unwrap_or_else(|| db.host.clone()),
-        host: db.host.clone(),
-        port: db.port,
-        dbname: db.backend_dbname(name).to_string(),
-        user: db.user.clone(),
-        password: db.resolve_password(),
-        connect_timeout: db.connect_timeout,
-        prepare: plan.prepare.clone(),
-        statement_cache_size: db.prepared_statement_cache_size,
-        keepalive: cfg.server.keepalive(),
-    };
+    let target = BackendTarget::for_database(name, cfg, plan.prepare.clone())?;
     Ok(Pool::new(
         name,
         db,
@@ -510,6 +501,11 @@ pub async fn start(
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
+    if config.doctor.strict {
+        crate::doctor::command::strict_gate(&config)
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     let server = Server::new(config, metrics.clone()).map_err(std::io::Error::other)?;
     let mut metrics_addr = None;
     if let Some(l) = metrics_listener {

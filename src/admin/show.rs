@@ -405,6 +405,12 @@ fn config(server: &Server) -> Table {
         ),
         ("tenants".into(), cfg.tenants.len().to_string(), "yes"),
         ("admin.database".into(), cfg.admin.database.clone(), "yes"),
+        ("doctor.strict".into(), cfg.doctor.strict.to_string(), "no"),
+        (
+            "doctor.tenant_column".into(),
+            cfg.doctor.tenant_column.clone(),
+            "yes",
+        ),
     ];
     for (name, db) in &cfg.databases {
         let key = |k: &str| format!("databases.{name}.{k}");

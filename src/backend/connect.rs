@@ -52,6 +52,36 @@ impl std::fmt::Debug for BackendTarget {
 }
 
 impl BackendTarget {
+    /// The target for `[databases.<name>]` in `cfg` (which must have it), with `prepare` sent
+    /// on every new connection: one place turns config into a connection, for the pools and
+    /// for the doctor alike.
+    pub fn for_database(
+        name: &str,
+        cfg: &crate::config::Config,
+        prepare: bytes::Bytes,
+    ) -> Result<BackendTarget, crate::tls::TlsError> {
+        let db = &cfg.databases[name];
+        let tls = crate::tls::client::backend_config(
+            db.sslmode,
+            db.sslrootcert.as_deref(),
+            db.sslcert.as_deref().zip(db.sslkey.as_deref()),
+        )?;
+        Ok(BackendTarget {
+            tls,
+            sslmode: db.sslmode,
+            server_name: db.server_name.clone().unwrap_or_else(|| db.host.clone()),
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.backend_dbname(name).to_string(),
+            user: db.user.clone(),
+            password: db.resolve_password(),
+            connect_timeout: db.connect_timeout,
+            prepare,
+            statement_cache_size: db.prepared_statement_cache_size,
+            keepalive: cfg.server.keepalive(),
+        })
+    }
+
     /// `host:port` for logs and errors.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -2,7 +2,6 @@
 //! parameters it currently has, and helpers for the proxy's own request/response exchanges.
 
 mod connect;
-pub mod doctor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

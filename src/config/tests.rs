@@ -23,6 +23,8 @@ fn every_problem_is_reported_with_its_key() {
         id = ""
         password = "plaintext"
         settings = { "app.other" = "x" }
+        [doctor]
+        tenant_column = ""
     "#;
     let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
         panic!("expected invalid")
@@ -35,6 +37,7 @@ fn every_problem_is_reported_with_its_key() {
         "tenants.acme.id",
         "tenants.acme.password",
         "tenants.acme.settings.app.other",
+        "doctor.tenant_column",
     ] {
         assert!(keys.contains(&key), "missing {key} in {keys:?}");
     }

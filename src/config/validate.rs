@@ -207,6 +207,13 @@ impl Config {
                 }
             }
         }
+        let column = &self.doctor.tenant_column;
+        if column.is_empty() || column.len() > 63 || column.chars().any(|c| c.is_control()) {
+            bad(
+                "doctor.tenant_column".into(),
+                "must be a column name of 1 to 63 bytes without control characters".into(),
+            );
+        }
         p
     }
 }
