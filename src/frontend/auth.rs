@@ -14,7 +14,6 @@ use crate::server::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";

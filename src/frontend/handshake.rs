@@ -14,7 +14,7 @@ use crate::server::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// An authenticated client, ready for a session.
 pub struct Startup {

@@ -76,6 +76,7 @@ impl Session {
             messages::sync(&mut self.bout);
             self.flow.sent(ft::SYNC, Owner::Proxy);
         }
+        self.recreate_aborted_transaction();
         Ok(true)
     }
 
@@ -247,7 +248,7 @@ impl Session {
         self.cancel.slot.set(None);
         self.me.entry.backend.store(0, Ordering::Relaxed);
         let quiet = self.flow.is_settled() && !self.copy_in;
-        let broken = matches!(end, End::BackendLost(_) | End::InjectionFailed(_));
+        let broken = matches!(end, End::BackendLost(_));
         if !quiet || broken {
             self.backend = None;
             return;

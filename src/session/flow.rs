@@ -18,6 +18,9 @@ pub enum Owner {
     /// re-prepare of the client's statement): success replies are swallowed, errors are
     /// the client's to see.
     ProxyForwardErrors,
+    /// A request the proxy sends to fail on purpose (to leave the backend's transaction
+    /// aborted, as the client's was): every reply is swallowed, its error too.
+    ProxyExpectsError,
     /// A request the proxy answered itself with this reply tag (no backend reply comes);
     /// emitted in order, and dropped like any request when an earlier error skips it.
     Synthetic(u8),
@@ -181,7 +184,9 @@ impl Flow {
         }
         match owner {
             Owner::Client | Owner::Synthetic(_) => Disposition::Forward,
-            Owner::Proxy | Owner::ProxyForwardErrors => Disposition::Swallow,
+            Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError => {
+                Disposition::Swallow
+            }
         }
     }
 
@@ -189,6 +194,7 @@ impl Flow {
         let disposition = match owner {
             Owner::Client | Owner::ProxyForwardErrors | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy => Disposition::ProxyRequestFailed,
+            Owner::ProxyExpectsError => Disposition::Swallow,
         };
         // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
         // makes the backend skip everything up to the next Sync. A skipped Parse never

@@ -12,6 +12,7 @@ mod guard;
 pub mod lot;
 pub mod params;
 mod prepared;
+mod recover;
 mod relay;
 mod run_loop;
 pub mod statements;
@@ -26,7 +27,7 @@ use crate::cancel::CancelRegistration;
 use crate::frontend::{Fatal, Startup};
 use crate::pool::{Cleanup, Pool, PooledConn};
 use crate::protocol::TxStatus;
-use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::registry::{ClientHandle, TenantStats};
 use crate::server::Server;
@@ -43,7 +44,6 @@ pub enum End {
     ClientClosed,
     ClientIo(std::io::Error),
     BackendLost(String),
-    InjectionFailed(ErrorFields),
     ProtocolViolation(String),
     Shutdown,
     /// KILL from the admin console.
@@ -63,9 +63,6 @@ impl fmt::Display for End {
             End::ClientClosed => write!(f, "client closed the connection"),
             End::ClientIo(e) => write!(f, "client I/O error: {e}"),
             End::BackendLost(e) => write!(f, "backend connection lost: {e}"),
-            End::InjectionFailed(e) => {
-                write!(f, "context injection failed: {} {}", e.code, e.message)
-            }
             End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             End::Shutdown => write!(f, "server shutting down"),
             End::Killed => write!(f, "killed by an administrator"),
@@ -97,6 +94,12 @@ pub struct Session {
     context: context::Context,
     /// The portal last bound clears the context (COMMIT, ROLLBACK, RESET ALL, ...).
     clearing_portal: bool,
+    /// The client's transaction was lost with a backend whose proxy request failed: the
+    /// next backend gets an aborted transaction, so PostgreSQL answers as it would.
+    aborted_elsewhere: bool,
+    /// The client opened a transaction since the last ReadyForQuery (its status is not
+    /// known yet).
+    began: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
     /// The backend is in COPY IN: copy messages go through regardless of pending replies.
@@ -153,6 +156,8 @@ impl Session {
             status: TxStatus::Idle,
             context: Default::default(),
             clearing_portal: false,
+            aborted_elsewhere: false,
+            began: false,
             dirty: false,
             copy_in: false,
             skip_until_sync: false,
@@ -315,15 +320,6 @@ pub async fn run(s: &mut Session) -> End {
 /// Tells the client why its session ends, closes it and detaches the backend.
 async fn finish(s: &mut Session, end: End) -> End {
     match &end {
-        End::InjectionFailed(e) => {
-            tracing::error!(code = %e.code, message = %e.message, "could not set the tenant context; closing the client");
-            messages::error_response(
-                &mut s.cout,
-                Severity::Fatal,
-                sqlstate::INTERNAL_ERROR,
-                "pgtenant could not set the tenant context for this transaction",
-            );
-        }
         End::BackendLost(_) => messages::error_response(
             &mut s.cout,
             Severity::Fatal,

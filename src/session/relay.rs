@@ -261,7 +261,8 @@ impl Session {
                 }
                 Disposition::Swallow => {}
                 Disposition::ProxyRequestFailed => {
-                    return Err(End::InjectionFailed(messages::parse_error_fields(body)));
+                    self.proxy_request_failed(messages::parse_error_fields(body));
+                    return Ok(at);
                 }
             }
             self.emit_synthetic();
@@ -290,6 +291,7 @@ impl Session {
             .and_then(TxStatus::from_byte)
             .unwrap_or(TxStatus::Idle);
         self.context.on_ready(self.status);
+        self.began = false;
         if self.status == TxStatus::Idle {
             if self.flow.is_idle() {
                 self.pool.metrics.transactions.inc();
@@ -308,6 +310,9 @@ impl Session {
     fn note_command(&mut self, body: &[u8]) {
         let tag = messages::command_tag(body);
         let starts = |p: &[u8]| tag.starts_with(p);
+        if tag == b"BEGIN" || tag == b"START TRANSACTION" {
+            self.began = true;
+        }
         if starts(b"DISCARD") || starts(b"DEALLOCATE") {
             if let Some(b) = self.backend.as_mut() {
                 let conn = b.conn();

@@ -1,0 +1,66 @@
+//! A failed proxy request (the context injection, the sweep, a parameter setting) ends
+//! the client's transaction, not its session. The backend is closed (its state is not
+//! known), the client gets an ERROR where its request's reply would be, and a client that
+//! was inside a transaction finds it aborted: the next backend it gets opens a transaction
+//! and fails it on purpose, so PostgreSQL itself answers 25P02 until the client ends it.
+
+use std::sync::atomic::Ordering;
+
+use super::Session;
+use super::flow::Owner;
+use crate::protocol::messages::{self, ErrorFields, Severity};
+use crate::protocol::{TxStatus, frontend_tag as ft};
+
+/// Opens a transaction and aborts it (division by zero); every reply is swallowed.
+const ABORTED_TRANSACTION: &str = "BEGIN; SELECT pg_catalog.int4div(1, 0)";
+
+impl Session {
+    /// The proxy's own request failed on the attached backend: closes it and answers the
+    /// client's outstanding request with the error.
+    pub(super) fn proxy_request_failed(&mut self, e: ErrorFields) {
+        tracing::error!(tenant = %self.tenant.name, code = %e.code, message = %e.message,
+            "a request of pgtenant's failed on the backend (context injection or cleanup); closing that backend");
+        let in_transaction = self.status != TxStatus::Idle || self.began;
+        let reply_due = self.flow.awaiting_ready();
+        self.cancel.slot.set(None);
+        self.me.entry.backend.store(0, Ordering::Relaxed);
+        self.backend = None;
+        self.flow.clear();
+        self.context.reset();
+        self.copy_in = false;
+        self.unnamed_on_backend = false;
+        self.clearing_portal = false;
+        self.dirty = false;
+        self.began = false;
+        self.status = if in_transaction {
+            TxStatus::Failed
+        } else {
+            TxStatus::Idle
+        };
+        self.aborted_elsewhere = in_transaction;
+        messages::error_response(
+            &mut self.cout,
+            Severity::Error,
+            &e.code,
+            &format!(
+                "pgtenant could not set the tenant context for this transaction: {}",
+                e.message
+            ),
+        );
+        if reply_due {
+            messages::ready_for_query(&mut self.cout, self.status);
+        } else {
+            self.skip_until_sync = true;
+        }
+    }
+
+    /// On a newly attached backend, re-creates the aborted transaction the client is in.
+    pub(super) fn recreate_aborted_transaction(&mut self) {
+        if !std::mem::take(&mut self.aborted_elsewhere) {
+            return;
+        }
+        messages::query(&mut self.bout, ABORTED_TRANSACTION);
+        self.flow.sent(ft::QUERY, Owner::ProxyExpectsError);
+        self.status = TxStatus::Failed;
+    }
+}
