@@ -126,10 +126,16 @@ impl Flow {
         std::mem::take(&mut self.failed_statements)
     }
 
-    /// True while some Sync/Query has not been answered by ReadyForQuery, so the transaction
-    /// state after it is unknown.
+    /// True while some Sync/Query of the client has not been answered by ReadyForQuery, so
+    /// the transaction state after it is unknown. The proxy's own Syncs (parameters applied
+    /// in a transaction of their own, session-level context) leave the client's state as it
+    /// was, so the client's frames need not wait for them.
     pub fn awaiting_ready(&self) -> bool {
         self.boundaries > 0
+            && self
+                .pending
+                .iter()
+                .any(|p| is_boundary(p.tag) && p.owner != Owner::Proxy)
     }
 
     /// True when every request has been fully answered and the backend is not discarding
@@ -262,6 +268,23 @@ mod tests {
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
         assert!(!f.awaiting_ready());
         assert!(f.is_idle());
+    }
+
+    #[test]
+    fn proxy_syncs_do_not_hold_up_client_frames() {
+        let mut f = Flow::default();
+        for t in [ft::BIND, ft::EXECUTE, ft::SYNC] {
+            f.sent(t, Owner::Proxy);
+        }
+        assert!(!f.awaiting_ready());
+        f.sent(ft::PARSE, Owner::Client);
+        assert!(!f.awaiting_ready());
+        f.sent(ft::SYNC, Owner::Client);
+        assert!(f.awaiting_ready());
+        for reply in [bt::BIND_COMPLETE, bt::COMMAND_COMPLETE, bt::READY_FOR_QUERY] {
+            assert_eq!(f.on_backend(reply), Disposition::Swallow);
+        }
+        assert!(f.awaiting_ready());
     }
 
     #[test]
