@@ -52,8 +52,8 @@ enum Command {
     Run,
     /// Boot a throwaway PostgreSQL with the example RLS schema and run the proxy in front of it.
     Demo,
-    /// Print a SCRAM-SHA-256 verifier for a tenant password (reads the password from stdin
-    /// when not given).
+    /// Print a SCRAM-SHA-256 verifier for a tenant password, SASLprep'd as PostgreSQL does
+    /// (reads the password from stdin when not given).
     HashPassword {
         /// The password; omit it to read one line from standard input.
         password: Option<String>,

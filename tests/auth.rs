@@ -299,3 +299,79 @@ async fn silent_clients_are_disconnected_after_auth_timeout() {
     });
     f.finish();
 }
+
+/// Passwords that SASLprep changes: libpq (psql) and tokio-postgres hash the prepared form,
+/// so `hash-password` must too (without SASLprep neither could log in).
+#[tokio::test]
+async fn saslprep_passwords_authenticate_through_psql_and_tokio_postgres() {
+    // (tenant, password in the config, passwords the client may type, tenant id)
+    let cases: [(&str, &str, &[&str], &str); 2] = [
+        // U+2168 ROMAN NUMERAL NINE normalizes to "IX".
+        (
+            "roman",
+            "IX-\u{2168}",
+            &["IX-\u{2168}", "IX-IX"],
+            "44444444-4444-4444-8444-444444444444",
+        ),
+        // A no-break space becomes a space, a soft hyphen nothing.
+        (
+            "spaced",
+            "pass\u{A0}word\u{AD}!",
+            &["pass\u{A0}word\u{AD}!", "pass word!"],
+            "55555555-5555-4555-8555-555555555555",
+        ),
+    ];
+    let env = TestEnv::start_with(|cfg| {
+        for (name, pw, _, id) in cases {
+            cfg.tenants.insert(
+                name.into(),
+                pgtenant::config::TenantConfig {
+                    id: id.into(),
+                    password: pgtenant::auth::scram::ScramVerifier::hash_password(pw),
+                    ..Default::default()
+                },
+            );
+        }
+    })
+    .await;
+    let port = env.proxy.addr.port();
+    let mut f = Failures::default();
+    for (name, _, typed, id) in cases {
+        for pw in typed {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1").port(port).user(name).dbname("app");
+            cfg.password(pw.as_bytes());
+            let r = match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    c.query_one("SELECT current_setting('app.current_tenant')", &[])
+                        .await
+                        .map(|row| row.get::<_, String>(0))
+                }
+                Err(e) => Err(e),
+            };
+            f.check(r.as_ref().is_ok_and(|got| got == id), || {
+                format!("tokio-postgres {name} with {pw:?}: {r:?}")
+            });
+
+            let out = tokio::process::Command::new("psql")
+                .args(["-XAt", "-h", "127.0.0.1", "-d", "app", "-U", name])
+                .args(["-p", &port.to_string()])
+                .args(["-c", "SELECT current_setting('app.current_tenant')"])
+                .env("PGPASSWORD", pw)
+                .env("PGCONNECT_TIMEOUT", "10")
+                .env_remove("PGSERVICE")
+                .env_remove("PGSSLMODE")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            f.check(out.status.success() && stdout.trim() == id, || {
+                let err = String::from_utf8_lossy(&out.stderr);
+                format!("psql {name} with {pw:?}: {stdout:?} {err}")
+            });
+        }
+    }
+    f.finish();
+}

@@ -1,3 +1,4 @@
 //! Client authentication primitives (pure, no I/O): SCRAM-SHA-256 against stored verifiers.
 
+pub mod saslprep;
 pub mod scram;

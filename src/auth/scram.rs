@@ -90,14 +90,14 @@ impl ScramVerifier {
         })
     }
 
-    /// Mint a verifier from a plaintext password (for `pgtenant hash-password` and tests); SASLprep is skipped, which is exact for ASCII.
+    /// Mint a verifier from a plaintext password (for `pgtenant hash-password` and tests), after SASLprep as PostgreSQL does.
     pub fn hash_password(password: &str) -> String {
-        // Random 16-byte salt, 4096 iterations, as PostgreSQL does. SASLprep is not applied: for ASCII input
-        // PostgreSQL/libpq either leave the password unchanged or (control characters) fall back to raw bytes,
-        // so the result is identical. Non-ASCII passwords that SASLprep would normalize may not match.
+        // Random 16-byte salt, 4096 iterations, as PostgreSQL does. libpq, node-postgres and
+        // tokio-postgres hash the SASLprep form of the password, so the verifier must too.
         let mut salt = [0u8; SALT_LEN];
         rand::rng().fill_bytes(&mut salt);
-        Self::from_password(password.as_bytes(), &salt, DEFAULT_ITERATIONS).to_string()
+        let prepared = super::saslprep::prepare(password);
+        Self::from_password(&prepared, &salt, DEFAULT_ITERATIONS).to_string()
     }
 
     /// A verifier that never matches, used for unknown users so timing and flow look identical (no user enumeration).
@@ -121,7 +121,7 @@ impl ScramVerifier {
     }
 
     /// Derive the keys per RFC 5802 from raw password bytes; shared by `hash_password` and tests.
-    fn from_password(password: &[u8], salt: &[u8], iterations: u32) -> Self {
+    pub(crate) fn from_password(password: &[u8], salt: &[u8], iterations: u32) -> Self {
         let salted = hi(password, salt, iterations);
         let client_key = hmac_sha256(&salted, &[b"Client Key"]);
         Self {

@@ -293,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn proxy_syncs_do_not_hold_up_client_frames() {
+        let mut f = Flow::default();
+        for t in [ft::BIND, ft::EXECUTE, ft::SYNC] {
+            f.sent(t, Owner::Proxy);
+        }
+        assert!(!f.awaiting_ready());
+        f.sent(ft::PARSE, Owner::Client);
+        assert!(!f.awaiting_ready());
+        f.sent(ft::SYNC, Owner::Client);
+        assert!(f.awaiting_ready());
+        for reply in [bt::BIND_COMPLETE, bt::COMMAND_COMPLETE, bt::READY_FOR_QUERY] {
+            assert_eq!(f.on_backend(reply), Disposition::Swallow);
+        }
+        assert!(f.awaiting_ready());
+    }
+
+    #[test]
     fn extended_error_skips_to_sync() {
         let mut f = Flow::default();
         for t in [ft::PARSE, ft::BIND, ft::EXECUTE, ft::SYNC] {

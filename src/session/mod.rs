@@ -187,7 +187,7 @@ impl Session {
         out.extend_from_slice(self.server.plan.owed(std::mem::take(&mut conn.owed)).0);
         let mut flow = Flow::default();
         self.params.fill_defaults(conn);
-        self.params.sync_backend(conn, &mut out, &mut flow);
+        self.params.apply(conn, &mut out, &mut flow);
         messages::sync(&mut out);
         if let Err(e) = conn.exchange(&out).await {
             pooled.release(Cleanup::Full);

@@ -155,13 +155,25 @@ impl ClientParams {
             .map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
-    /// Appends the proxy requests that bring `conn` to this client's view; returns how many.
-    pub fn sync_backend(
-        &self,
-        conn: &mut BackendConn,
-        out: &mut BytesMut,
-        flow: &mut Flow,
-    ) -> usize {
+    /// Appends the proxy requests that bring `conn` to this client's view, in a transaction
+    /// of their own (ended by the proxy's Sync) ahead of the client's first request.
+    ///
+    /// Own transaction: a client transaction that rolls back cannot undo them behind the
+    /// proxy's back. Own Sync: PostgreSQL reports a changed setting only at ReadyForQuery,
+    /// and only when it differs from the value it last reported, so a client that sets a
+    /// setting back (`SET client_encoding` to its start-up value) in the same window in
+    /// which the proxy applied the client's earlier value would never be told; the backend
+    /// would hold one value while the proxy and the client believed the other.
+    pub fn sync_backend(&self, conn: &mut BackendConn, out: &mut BytesMut, flow: &mut Flow) {
+        if self.apply(conn, out, flow) > 0 {
+            messages::sync(out);
+            flow.sent(ft::SYNC, Owner::Proxy);
+        }
+    }
+
+    /// Appends the requests that bring `conn` to this client's view, without a Sync (the
+    /// caller ends the transaction); returns how many.
+    pub fn apply(&self, conn: &mut BackendConn, out: &mut BytesMut, flow: &mut Flow) -> usize {
         let mut n = 0;
         for (k, v) in &self.set.values {
             if conn.params.get(k.as_ref()) == Some(v) {

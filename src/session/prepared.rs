@@ -42,15 +42,11 @@ impl Session {
                 else {
                     return None;
                 };
-                let conn = self.backend.as_mut()?.conn();
-                if conn.statements.touch(&def) {
-                    self.pool.metrics.statement_hits.inc();
-                    self.flow
-                        .sent(ft::PARSE, Owner::Synthetic(bt::PARSE_COMPLETE));
-                } else {
-                    self.pool.metrics.statement_misses.inc();
-                    self.prepare_on_backend(&def, Owner::Client);
-                }
+                self.backend.as_ref()?;
+                // A Parse always parses, as on PostgreSQL: every copy on the backend is
+                // older than this definition (see [`super::statements`]).
+                self.pool.metrics.statement_misses.inc();
+                self.prepare_on_backend(&def, Owner::Client);
                 Some(())
             }
             ft::BIND => {

@@ -1,5 +1,5 @@
 """asyncpg through pgtenant: both tenants concurrently; CRUD, rollback, named prepared statements
-(asyncpg's default) reused across transactions, errors, COPY (copy_records_to_table /
+(asyncpg's default) reused across transactions and prepared again after DDL, errors, COPY (copy_records_to_table /
 copy_from_query), cancel (query timeout), isolation."""
 import asyncio
 import time
@@ -80,6 +80,21 @@ async def run_tenant(t):
                 results.append(tuple(await stmt.fetchrow(0)))
         C.check(f"{p} prepared statement reused in {PREPARED_ROUNDS} transactions",
                 len(set(results)) == 1 and results[0][0] == t.id and results[0][1] > 0, results[:3])
+
+    with C.step(f"{p} prepare again after DDL"):
+        # asyncpg's prepare() makes a new named statement each time; after ALTER the new one
+        # must have the new parameter and result types, as PostgreSQL parses afresh.
+        sql = "SELECT a FROM reprep WHERE a = $1"
+        async with tx():
+            await conn.execute("CREATE TEMP TABLE reprep (a int) ON COMMIT DROP")
+            await conn.execute("INSERT INTO reprep VALUES (1)")
+            before = await conn.prepare(sql)
+            C.eq(f"{p} prepare again after DDL: first statement", await before.fetchval(1), 1)
+            await conn.execute("ALTER TABLE reprep ALTER a TYPE text USING a::text || 'x'")
+            after = await conn.prepare(sql)
+            C.eq(f"{p} prepare again after DDL: new parameter type",
+                 [x.name for x in after.get_parameters()], ["text"])
+            C.eq(f"{p} prepare again after DDL: new result", await after.fetchval("1x"), "1x")
 
     with C.step(f"{p} error in transaction"):
         tr = conn.transaction()

@@ -1,0 +1,158 @@
+//! Reported session parameters (ParameterStatus) that the client changes and then sets back
+//! to their start-up value, while it moves between backends: the client must be told the
+//! value it set, and every later transaction on any backend must run with it.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::raw::{Msg, RawConn, data_rows, errors};
+use common::*;
+
+/// (setting, start-up value, a different value) for every reported setting a client may
+/// change (standard_conforming_strings is pinned on by the guard). The start-up values equal the server defaults, so a backend cleaned with DISCARD
+/// ALL already has them, except application_name, which other backends keep from earlier
+/// transactions of the same client.
+const CASES: [(&str, &str, &str); 6] = [
+    ("client_encoding", "UTF8", "LATIN1"),
+    ("DateStyle", "ISO, MDY", "German, DMY"),
+    ("IntervalStyle", "postgres", "sql_standard"),
+    ("TimeZone", "UTC", "America/New_York"),
+    ("application_name", "start-app", "other-app"),
+    ("default_transaction_read_only", "off", "on"),
+];
+
+/// Applies every ParameterStatus in `msgs` to the client's view.
+fn learn(view: &mut HashMap<String, String>, msgs: &[Msg]) {
+    for (tag, body) in msgs {
+        if *tag == b'S' {
+            let mut parts = body.split(|b| *b == 0);
+            let k = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            let v = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            view.insert(k.into_owned(), v.into_owned());
+        }
+    }
+}
+
+/// Runs `sql` as `c`; fails on an error, learns ParameterStatus; returns the rows.
+async fn run(
+    c: &mut RawConn,
+    view: &mut HashMap<String, String>,
+    sql: &str,
+) -> Vec<Vec<Option<String>>> {
+    let msgs = c.simple(sql).await;
+    assert!(errors(&msgs).is_empty(), "{sql}: {:?}", errors(&msgs));
+    learn(view, &msgs);
+    data_rows(&msgs)
+}
+
+#[tokio::test]
+async fn setting_a_reported_parameter_back_to_its_startup_value_sticks() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 2;
+        }
+    })
+    .await;
+    env.superuser()
+        .await
+        .batch_execute("ALTER DATABASE app SET timezone = 'UTC'")
+        .await
+        .unwrap();
+    let startup: Vec<(&str, &str)> = [("user", "acme"), ("database", "app")]
+        .into_iter()
+        .chain(CASES.iter().map(|(k, v, _)| (*k, *v)))
+        .collect();
+    let mut c = RawConn::connect_with(env.proxy.addr, &startup, "acme-secret")
+        .await
+        .unwrap();
+    // A second client takes a backend on every other step, so the first one moves.
+    let mut other = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    let mut holding = false;
+    let mut toggle = async |other: &mut RawConn| {
+        let sql = if holding { "COMMIT" } else { "BEGIN; SELECT 1" };
+        holding = !holding;
+        other.simple(sql).await;
+    };
+    let mut view: HashMap<String, String> = CASES
+        .iter()
+        .map(|(k, v, _)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut f = Failures::default();
+    let mut pids = BTreeSet::new();
+    for round in 0..3 {
+        for (name, start, changed) in CASES {
+            let show = format!("SELECT current_setting('{name}'), pg_backend_pid()::text");
+            // Visit both backends with the start-up values first.
+            for _ in 0..2 {
+                toggle(&mut other).await;
+                run(&mut c, &mut view, &show).await;
+            }
+            run(&mut c, &mut view, &format!("SET {name} = '{changed}'")).await;
+            f.check(view[name] == changed, || {
+                format!(
+                    "round {round}: after SET {name} = {changed:?} the client was told {:?}",
+                    view[name]
+                )
+            });
+            toggle(&mut other).await;
+            run(&mut c, &mut view, &format!("SET {name} = '{start}'")).await;
+            f.check(view[name] == start, || {
+                format!(
+                    "round {round}: after SET {name} back to {start:?} the client was told {:?}",
+                    view[name]
+                )
+            });
+            for i in 0..4 {
+                toggle(&mut other).await;
+                let rows = run(&mut c, &mut view, &show).await;
+                let seen = rows[0][0].clone().unwrap_or_default();
+                pids.extend(rows[0][1].clone());
+                f.check(seen == start && view[name] == start, || {
+                    format!(
+                        "round {round}, transaction {i} after setting {name} back to {start:?}: SHOW {seen:?}, ParameterStatus {:?}",
+                        view[name]
+                    )
+                });
+            }
+        }
+    }
+    f.check(pids.len() >= 2, || {
+        format!("the client never moved: {pids:?}")
+    });
+    f.finish();
+}
+
+/// A setting the client chose at start-up is applied on each backend it moves to; a client
+/// transaction that fails there must not undo it (it used to run inside that transaction,
+/// while the proxy recorded it as applied).
+#[tokio::test]
+async fn a_failed_transaction_does_not_undo_the_clients_settings() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let conn_str = format!(
+        "{} options='-c statement_timeout=5s'",
+        env.proxy.conn_str("acme")
+    );
+    let acme = connect(&conn_str).await.unwrap();
+    let globex = env.proxy.connect("globex").await;
+    let mut f = Failures::default();
+    for round in 0..3 {
+        // Another client's SET makes the one backend get DISCARD ALL, which drops acme's
+        // setting there: acme's next transaction applies it again, then fails.
+        globex.batch_execute("SET work_mem = '8MB'").await.unwrap();
+        let failed = acme.batch_execute("SELECT 1/0").await;
+        f.check(failed.is_err(), || format!("round {round}: 1/0 succeeded"));
+        let seen = one(&acme, "SHOW statement_timeout").await;
+        f.check(seen == "5s", || {
+            format!("round {round}: after a failed transaction statement_timeout is {seen:?}")
+        });
+    }
+    f.finish();
+}

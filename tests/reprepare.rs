@@ -1,0 +1,194 @@
+//! A statement prepared again after DDL must be parsed again, as PostgreSQL does for a new
+//! Parse: the proxy shares backend statements by content and caches them per backend, and
+//! used to reuse one parsed before the DDL ("cached plan must not change result type", or
+//! the old parameter types).
+
+mod common;
+
+use common::raw::{RawConn, data_rows, errors, sync};
+use common::*;
+use tokio_postgres::types::Type;
+
+/// A proxy with a pool of `n` and table `name` (one int column `a` holding 1) that app_user
+/// may read; DDL runs as the superuser, as a migration would.
+async fn env_with_table(n: usize, name: &str) -> (TestEnv, tokio_postgres::Client) {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = n;
+        }
+    })
+    .await;
+    let su = env.superuser().await;
+    su.batch_execute(&format!(
+        "CREATE TABLE {name} (a int); INSERT INTO {name} VALUES (1);
+         GRANT SELECT ON {name} TO app_user;"
+    ))
+    .await
+    .unwrap();
+    (env, su)
+}
+
+/// A second client takes a backend on every other call, so the first one moves between
+/// the backends of a pool of two.
+struct Mover {
+    other: tokio_postgres::Client,
+    holding: bool,
+}
+
+impl Mover {
+    async fn step(&mut self) {
+        let sql = if self.holding {
+            "COMMIT"
+        } else {
+            "BEGIN; SELECT 1"
+        };
+        self.holding = !self.holding;
+        self.other.batch_execute(sql).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn result_type_change_then_prepare_again() {
+    let (env, su) = env_with_table(2, "rp_result").await;
+    let mut c = env.proxy.connect("acme").await;
+    let mut mover = Mover {
+        other: env.proxy.connect("globex").await,
+        holding: false,
+    };
+    let sql = "SELECT a FROM rp_result";
+    let mut f = Failures::default();
+    // Cached on both backends, prepared outside and inside a transaction.
+    let old = c.prepare(sql).await.unwrap();
+    for _ in 0..4 {
+        mover.step().await;
+        c.query(&old, &[]).await.unwrap();
+    }
+    su.batch_execute("ALTER TABLE rp_result ALTER a TYPE text USING a::text || 'x'")
+        .await
+        .unwrap();
+    // The old statement fails as it does on PostgreSQL itself ...
+    let r = c.query(&old, &[]).await;
+    f.check(
+        r.as_ref().err().and_then(sqlstate).as_deref() == Some("0A000"),
+        || format!("old statement after ALTER: {r:?}"),
+    );
+    // ... and preparing again gives a fresh one, on every backend.
+    for round in 0..4 {
+        mover.step().await;
+        let s = if round % 2 == 0 {
+            c.prepare(sql).await
+        } else {
+            let tx = c.transaction().await.unwrap();
+            let s = tx.prepare(sql).await;
+            tx.commit().await.unwrap();
+            s
+        };
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                f.check(false, || {
+                    format!(
+                        "round {round}: prepare: {:?}",
+                        e.as_db_error().map(|d| (d.code().code(), d.message()))
+                    )
+                });
+                continue;
+            }
+        };
+        f.check(s.columns()[0].type_() == &Type::TEXT, || {
+            format!("round {round}: column type {:?}", s.columns()[0].type_())
+        });
+        for _ in 0..2 {
+            mover.step().await;
+            let r = c.query_one(&s, &[]).await.map(|r| r.get::<_, String>(0));
+            f.check(r.as_ref().is_ok_and(|v| v == "1x"), || {
+                format!("round {round}: execute: {r:?}")
+            });
+        }
+    }
+    f.finish();
+}
+
+#[tokio::test]
+async fn parameter_type_change_and_recreated_table() {
+    let (env, su) = env_with_table(2, "rp_param").await;
+    let c = env.proxy.connect("acme").await;
+    let mut mover = Mover {
+        other: env.proxy.connect("globex").await,
+        holding: false,
+    };
+    let sql = "SELECT count(*) FROM rp_param WHERE a = $1";
+    let mut f = Failures::default();
+    for _ in 0..4 {
+        mover.step().await;
+        let s = c.prepare(sql).await.unwrap();
+        assert_eq!(s.params(), &[Type::INT4]);
+        c.query_one(&s, &[&1i32]).await.unwrap();
+    }
+    // Drop and re-create with a text column.
+    su.batch_execute(
+        "DROP TABLE rp_param; CREATE TABLE rp_param (a text); INSERT INTO rp_param VALUES ('one');
+         GRANT SELECT ON rp_param TO app_user;",
+    )
+    .await
+    .unwrap();
+    for round in 0..4 {
+        mover.step().await;
+        let s = match c.prepare(sql).await {
+            Ok(s) => s,
+            Err(e) => {
+                f.check(false, || {
+                    format!(
+                        "round {round}: prepare: {:?}",
+                        e.as_db_error().map(|d| (d.code().code(), d.message()))
+                    )
+                });
+                continue;
+            }
+        };
+        f.check(s.params() == [Type::TEXT], || {
+            format!("round {round}: parameter types {:?}", s.params())
+        });
+        if s.params() == [Type::TEXT] {
+            let r = c.query_one(&s, &[&"one"]).await.map(|r| r.get::<_, i64>(0));
+            f.check(r.as_ref().is_ok_and(|n| *n == 1), || {
+                format!("round {round}: execute: {r:?}")
+            });
+        }
+    }
+    f.finish();
+}
+
+/// The exact messages of a driver that prepares between transactions (the proxy answers the
+/// Parse itself and parses at first use) and prepares the same name again after DDL.
+#[tokio::test]
+async fn raw_parse_between_transactions_after_ddl() {
+    let (env, su) = env_with_table(1, "rp_raw").await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let run = async |c: &mut RawConn, name: &str, value: &str| {
+        let mut out = bytes::BytesMut::new();
+        pgtenant::protocol::messages::parse(&mut out, name, "SELECT a = $1 FROM rp_raw");
+        sync(&mut out);
+        c.send(&out).await;
+        let parsed = c.until_ready().await;
+        let mut out = bytes::BytesMut::new();
+        pgtenant::protocol::messages::bind(&mut out, name, [value.as_bytes()].into_iter());
+        pgtenant::protocol::messages::execute(&mut out);
+        sync(&mut out);
+        c.send(&out).await;
+        let mut msgs = parsed;
+        msgs.extend(c.until_ready().await);
+        msgs
+    };
+    let msgs = run(&mut c, "s1", "1").await;
+    assert!(errors(&msgs).is_empty(), "{:?}", errors(&msgs));
+    su.batch_execute("ALTER TABLE rp_raw ALTER a TYPE text USING 'v' || a")
+        .await
+        .unwrap();
+    let msgs = run(&mut c, "s2", "v1").await;
+    let errs = errors(&msgs);
+    assert!(errs.is_empty(), "prepared again after ALTER: {errs:?}");
+    assert_eq!(data_rows(&msgs), vec![vec![Some("t".to_string())]]);
+}
