@@ -208,3 +208,78 @@ async fn prepare_between_transactions_needs_no_backend() {
     );
     f.finish();
 }
+
+/// When the proxy's own request fails (here the context injection: EXECUTE on set_config is
+/// revoked), the client gets an ERROR and keeps its session: outside a transaction it can
+/// go on at once, inside one it finds the transaction aborted (25P02) until it ends it, as
+/// PostgreSQL would answer. Before, the client was closed with FATAL.
+#[tokio::test]
+async fn a_failed_injection_ends_the_transaction_not_the_session() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 2;
+        }
+    })
+    .await;
+    let su = env.superuser().await;
+    let ctx = "SELECT current_setting('app.current_tenant')";
+    let long = async {
+        let client = env.proxy.connect("acme").await;
+        assert_eq!(one(&client, ctx).await, ACME);
+        su.batch_execute(
+            "REVOKE EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) FROM PUBLIC",
+        )
+        .await
+        .unwrap();
+
+        let err = client
+            .simple_query(ctx)
+            .await
+            .expect_err("no context, no query");
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+        assert!(!client.is_closed(), "the client keeps its session");
+
+        client.batch_execute("BEGIN").await.unwrap();
+        let err = client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("no context");
+        assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err}");
+        let err = client
+            .simple_query("SELECT 2")
+            .await
+            .expect_err("the transaction is aborted");
+        assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "{err}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+
+        // The extended protocol: the error comes where the pipeline's reply would.
+        let mut raw = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        raw::extended(&mut out, ctx, &[]);
+        raw::sync(&mut out);
+        raw.send(&out).await;
+        let r = raw.until_ready().await;
+        assert_eq!(
+            raw::errors(&r).first().map(|e| e.code.as_str()),
+            Some("42501")
+        );
+        assert_eq!(r.last().unwrap().1[0], b'I');
+
+        su.batch_execute(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) TO PUBLIC",
+        )
+        .await
+        .unwrap();
+        assert_eq!(one(&client, ctx).await, ACME, "the same session goes on");
+        assert_eq!(
+            raw::data_rows(&raw.simple(ctx).await)[0][0].as_deref(),
+            Some(GLOBEX)
+        );
+        assert_eq!(idle_in_transaction(&su).await, 0);
+    };
+    tokio::time::timeout(Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
+}
