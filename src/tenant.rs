@@ -69,6 +69,10 @@ pub struct InjectionPlan {
     /// `RESET` of every context setting plus the sweep, as one Query, for a release after
     /// session-level context.
     pub reset_sql: String,
+    /// Lists the session-level settings of a backend's session (`SET`, `set_config(...,
+    /// false)`) that may follow its client to another backend: not the context settings,
+    /// the proxy's own namespace, the identity settings or what changes how SQL is read.
+    pub session_settings_sql: String,
     /// Bind + Execute of the prepared RESET of every context setting, then of the sweep:
     /// pipelined ahead of a connection's next user instead of a round trip at release.
     pub reset_local: Bytes,
@@ -80,6 +84,16 @@ pub struct InjectionPlan {
     /// so the client's first statement follows it in the same write.
     pub begin: Bytes,
 }
+
+/// Session settings that never follow a client: its identity, and what changes how
+/// PostgreSQL reads SQL text (the guard reads it with the defaults).
+const NEVER_FOLLOWED: [&str; 5] = [
+    "role",
+    "session_authorization",
+    "client_encoding",
+    "standard_conforming_strings",
+    "backslash_quote",
+];
 
 /// Prefix of the prepared `RESET <setting>` statements (one per setting).
 pub const RESET_STATEMENT_PREFIX: &str = "pgtenant_reset_";
@@ -139,7 +153,19 @@ impl InjectionPlan {
             .chain(SWEEP.iter().map(|(_, sql)| sql.to_string()))
             .collect::<Vec<_>>()
             .join("; ");
+        let excluded: Vec<String> = settings
+            .iter()
+            .map(String::as_str)
+            .chain(NEVER_FOLLOWED)
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let session_settings_sql = format!(
+            "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+             AND name NOT IN ({}) AND name NOT LIKE '{RESERVED_PREFIX}%' AND name NOT LIKE 'pgtenant.%'",
+            excluded.join(", ")
+        );
         InjectionPlan {
+            session_settings_sql,
             prepare_count: 5 + settings.len() + SWEEP.len(),
             settings,
             prepare: prepare.freeze(),

@@ -156,3 +156,70 @@ async fn a_failed_transaction_does_not_undo_the_clients_settings() {
     }
     f.finish();
 }
+
+/// A session-level `SET` of an unreported setting lasts for the client's session, as on
+/// PostgreSQL, on whichever backend serves it (pgjdbc's setTransactionIsolation sends
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ...`); RESET ends it; another client of the
+/// same backends never sees it. Before, the cleanup after the transaction (DISCARD ALL)
+/// dropped it silently: a client that asked for SERIALIZABLE ran its next transactions at
+/// READ COMMITTED.
+#[tokio::test]
+async fn session_settings_follow_the_client_and_no_one_else() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 2;
+        }
+    })
+    .await;
+    let long = async {
+        let a = env.proxy.connect("acme").await;
+        let other = env.proxy.connect("globex").await;
+        let show = "SELECT current_setting('statement_timeout'), current_setting('transaction_isolation'), \
+                    current_setting('search_path'), current_setting('app.current_tenant')";
+        a.batch_execute(
+            "SET statement_timeout = '1234ms'; \
+             SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE; \
+             SET search_path = public, pg_catalog",
+        )
+        .await
+        .unwrap();
+        let mut f = Failures::default();
+        for round in 0..6 {
+            // The other tenant takes a backend in between, so acme moves between the two.
+            let o = other.simple_query(show).await.unwrap();
+            let o = first_row(&o);
+            f.check(
+                o[0] == "0" && o[1] == "read committed" && o[3] == GLOBEX,
+                || format!("round {round}: globex saw acme's settings: {o:?}"),
+            );
+            let got = first_row(&a.simple_query(show).await.unwrap());
+            f.check(
+                got == ["1234ms", "serializable", "public, pg_catalog", ACME],
+                || format!("round {round}: acme's settings: {got:?}"),
+            );
+        }
+        a.batch_execute("RESET statement_timeout").await.unwrap();
+        let got = first_row(&a.simple_query(show).await.unwrap());
+        f.check(got[0] == "0" && got[1] == "serializable", || {
+            format!("after RESET statement_timeout: {got:?}")
+        });
+        f.finish();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), long)
+        .await
+        .expect("no hang");
+}
+
+/// The values of the first row of a simple query.
+fn first_row(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or_default().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}

@@ -219,16 +219,55 @@ impl Session {
     }
 
     /// Returns the backend to the pool once the transaction is over (transaction pooling).
-    pub(super) fn maybe_release(&mut self) {
+    /// A client that may have changed its session first has its session settings read
+    /// back, so that they follow it (see [`Session::learn_session_settings`]).
+    pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
         if self.pool.mode == PoolMode::Session
             || self.backend.is_none()
             || !self.flow.is_settled()
             || self.status != TxStatus::Idle
             || self.copy_in
         {
-            return;
+            return Ok(());
         }
-        self.release_now(self.release_cleanup());
+        let cleanup = self.release_cleanup();
+        if cleanup == Cleanup::Full {
+            self.learn_session_settings().await?;
+        }
+        self.release_now(cleanup);
+        Ok(())
+    }
+
+    /// Asks PostgreSQL which session-level settings the client's session now has, before
+    /// the backend is cleaned with DISCARD ALL: a `SET` outside `SET LOCAL` (or
+    /// `set_config(..., false)`, pgjdbc's `setTransactionIsolation`) then lasts for the
+    /// client's session as on PostgreSQL, on whichever backend serves it, and never reaches
+    /// another client. One round trip, only after a transaction that may have changed the
+    /// session.
+    async fn learn_session_settings(&mut self) -> Result<(), End> {
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let sql = &self.server.plan.session_settings_sql;
+        let conn = b.conn();
+        match conn.simple_query(sql).await {
+            Ok(rows) => {
+                let listed: Vec<(String, String)> = rows
+                    .into_iter()
+                    .filter_map(|r| match r.as_slice() {
+                        [Some(k), Some(v)] => Some((k.clone(), v.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                self.params.adopt_session(conn, &listed);
+                Ok(())
+            }
+            Err(crate::backend::BackendError::Server(e)) => {
+                tracing::warn!(code = %e.code, message = %e.message, "could not read the client's session settings");
+                Ok(())
+            }
+            Err(e) => Err(End::BackendLost(e.to_string())),
+        }
     }
 
     fn release_now(&mut self, cleanup: Cleanup) {

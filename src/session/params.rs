@@ -123,6 +123,25 @@ impl ClientParams {
         }
     }
 
+    /// Adopts the session-level settings PostgreSQL lists for the client's session after a
+    /// transaction that may have changed them (`SET statement_timeout`, `SET SESSION
+    /// CHARACTERISTICS AS TRANSACTION ...`): they follow the client to its next backends
+    /// like start-up options. An unreported setting of the client's that is no longer
+    /// listed was RESET. Settings this server reports (`conn`'s start-up report) follow
+    /// ParameterStatus instead; `search_path`, say, is reported only from PostgreSQL 18.
+    pub fn adopt_session(&mut self, conn: &BackendConn, listed: &[(String, String)]) {
+        let reported = |k: &str| conn.defaults.contains_key(k);
+        for (k, v) in listed {
+            if !reported(k) {
+                self.set(k, v);
+            }
+        }
+        let kept = |k: &str| reported(k) || listed.iter().any(|(n, _)| n == k);
+        if self.set.values.iter().any(|(k, _)| !kept(k)) {
+            Arc::make_mut(&mut self.set).values.retain(|(k, _)| kept(k));
+        }
+    }
+
     /// Takes the server's default (as of connection start, never what an earlier client
     /// left) for every followed setting the client has not chosen.
     pub fn fill_defaults(&mut self, conn: &BackendConn) {

@@ -142,7 +142,9 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         if let Err(end) = s.flush().await {
             return Some(end);
         }
-        s.maybe_release();
+        if let Err(end) = s.maybe_release().await {
+            return Some(end);
+        }
         if s.client.is_tls() {
             // Never parked: released here instead, between transactions.
             s.release_idle_buffers();
