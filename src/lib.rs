@@ -41,5 +41,6 @@ pub mod signal;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
+pub mod verified;
 
 pub use server::{Server, run};

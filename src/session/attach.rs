@@ -188,14 +188,16 @@ impl Session {
             self.txn_started = Some(Instant::now());
         }
         if no_txn_block && self.status == TxStatus::Idle {
-            self.bout.extend_from_slice(&self.tenant.inject_session);
+            self.bout
+                .extend_from_slice(self.tenant.injection(conn, true));
             messages::sync(&mut self.bout);
             for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
                 self.flow.sent(tag, Owner::Proxy);
             }
             conn.session_context = true;
         } else {
-            self.bout.extend_from_slice(&self.tenant.inject_local);
+            self.bout
+                .extend_from_slice(self.tenant.injection(conn, false));
             self.flow.sent(ft::BIND, Owner::Proxy);
             self.flow.sent(ft::EXECUTE, Owner::Proxy);
         }
@@ -208,10 +210,11 @@ impl Session {
     /// sent since the last ReadyForQuery (later in a pipeline).
     pub(super) fn inject_after_end(&mut self) {
         self.ended = false;
-        if self.backend.is_none() {
+        let Some(b) = self.backend.as_mut() else {
             return;
-        }
-        self.bout.extend_from_slice(&self.tenant.inject_local);
+        };
+        self.bout
+            .extend_from_slice(self.tenant.injection(b.conn(), false));
         self.flow.sent(ft::BIND, Owner::Proxy);
         self.flow.sent(ft::EXECUTE, Owner::Proxy);
         self.server.metrics.context_injections.inc();
