@@ -104,11 +104,18 @@ impl Tenant {
 
 /// A backend connection's verified-context injection for the last tenant that used it (the
 /// proof is bound to the backend's pid, so it cannot be precomputed per tenant).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContextCache {
     serial: u64,
     local: Bytes,
     session: Bytes,
+}
+
+impl std::fmt::Debug for ContextCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes hold the proof: a secret for this backend.
+        write!(f, "ContextCache {{ serial: {}, .. }}", self.serial)
+    }
 }
 
 /// The SQL of the proxy's own statements, derived from the configured setting names.
