@@ -57,13 +57,17 @@ impl Objects {
                 )
             })
             .collect();
-        let reads: Vec<String> = self
+        let stamp = self.stamp_setting();
+        let vars: Vec<String> = (1..=n).map(|i| format!("v{i}")).collect();
+        let enc_params = encode_expr(&args);
+        let stamp_params = stamp_expr("p_key", &enc_params);
+        let verify = self.verify_block(&vars);
+        let cases: String = self
             .settings
             .iter()
-            .map(|name| format!("COALESCE(pg_catalog.current_setting('{name}', true), '')"))
+            .zip(&vars)
+            .map(|(name, v)| format!("WHEN '{name}' THEN {v} "))
             .collect();
-        let names: Vec<String> = self.settings.iter().map(|n| format!("'{n}'")).collect();
-        let stamp = self.stamp_setting();
         let enter_sig = vec!["integer"; 1]
             .into_iter()
             .chain(["text", "boolean"])
@@ -130,49 +134,89 @@ BEGIN
 END
 $f$;
 
--- The stamp of this transaction on this backend for these values under key p_key.
-CREATE OR REPLACE FUNCTION {s}._stamp(p_key integer, p_values text[]) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
-    SELECT p_key::text || ':' || pg_catalog.encode({s}._hmac(p_key,
-        pg_catalog.decode('53', 'hex') || pg_catalog.int4send(p_key) || pg_catalog.int4send(pg_catalog.pg_backend_pid())
-        || pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()) || {s}._encode(p_values)), 'hex')
-$f$;
-
 -- Called by pgtenant (bound parameters only): checks the per-backend proof, then sets every
 -- context setting and, transaction-locally, the stamp the readers check. With p_local =
 -- false (statements that cannot run in a transaction block) the settings are set for the
--- session and the stamp is cleared, so the readers refuse there (fail closed).
+-- session and the stamp is cleared, so the readers refuse there (fail closed). Everything
+-- is inline (no nested SQL functions, which PostgreSQL would plan on every call).
 CREATE OR REPLACE FUNCTION {s}.enter(p_key integer, p_proof text, p_local boolean, {params}) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
-    v_values text[] := ARRAY[{args}];
-    v_expected bytea;
+    v_ipad bytea;
+    v_opad bytea;
 BEGIN
-    v_expected := {s}._hmac(p_key, pg_catalog.decode('50', 'hex') || pg_catalog.int4send(pg_catalog.pg_backend_pid())
-        || {s}._encode(v_values));
-    IF v_expected IS NULL OR p_proof IS NULL OR p_local IS NULL
-        OR pg_catalog.encode(v_expected, 'hex') <> p_proof THEN
+    SELECT k.ipad, k.opad INTO v_ipad, v_opad FROM {s}.keys k WHERE k.id = p_key;
+    IF v_ipad IS NULL OR p_proof IS NULL OR p_local IS NULL
+        OR pg_catalog.encode(pg_catalog.sha256(v_opad || pg_catalog.sha256(v_ipad
+            || pg_catalog.decode('50', 'hex') || pg_catalog.int4send(pg_catalog.pg_backend_pid())
+            || {enc_params})), 'hex') IS DISTINCT FROM p_proof THEN
         RAISE EXCEPTION 'pgtenant: tenant context proof refused' USING ERRCODE = '42501';
     END IF;
 {sets}    IF p_local THEN
-        PERFORM pg_catalog.set_config('{stamp}', {s}._stamp(p_key, v_values), true);
+        PERFORM pg_catalog.set_config('{stamp}', {stamp_params}, true);
     ELSE
         PERFORM pg_catalog.set_config('{stamp}', '', false);
     END IF;
 END
 $f$;
 
--- The verified context values, or NULL when there is no context at all; raises 42501 when
--- a value or the stamp was set by anyone but enter() in this transaction on this backend.
-CREATE OR REPLACE FUNCTION {s}._verified() RETURNS text[]
+-- Readers for RLS policies: USING (tenant_id = (SELECT {s}.tenant_id())::uuid). They return
+-- the verified value, NULL when there is no context at all, and raise 42501 when a value or
+-- the stamp was set by anyone but enter() in this transaction on this backend.
+CREATE OR REPLACE FUNCTION {s}.tenant_id() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-    v_values text[] := ARRAY[{reads}];
-    v_stamp text := COALESCE(pg_catalog.current_setting('{stamp}', true), '');
+{verify}    RETURN v1;
+END
+$f$;
+
+CREATE OR REPLACE FUNCTION {s}.setting(p_name text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+{verify}    RETURN CASE p_name {cases} END;
+END
+$f$;
+DROP FUNCTION IF EXISTS {s}._stamp(integer, text[]), {s}._verified();
+
+DO $do$
+DECLARE f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['{s}._hmac(integer, bytea)', '{s}._encode(text[])',
+        '{s}.enter({enter_sig})', '{s}.tenant_id()', '{s}.setting(text)'] LOOP
+        EXECUTE 'ALTER FUNCTION ' || f || ' OWNER TO "{owner}"';
+        EXECUTE 'REVOKE ALL ON FUNCTION ' || f || ' FROM PUBLIC';
+    END LOOP;
+END
+$do$;
+{grants}"#,
+            params = params.join(", "),
+        )
+    }
+
+    /// The readers' shared body up to their RETURN: reads every setting and the stamp,
+    /// returns NULL with no context, raises 42501 on a stamp that does not match.
+    fn verify_block(&self, vars: &[String]) -> String {
+        let s = &self.schema;
+        let stamp = self.stamp_setting();
+        let decls: String = self
+            .settings
+            .iter()
+            .zip(vars)
+            .map(|(name, v)| {
+                format!(
+                    "    {v} text := COALESCE(pg_catalog.current_setting('{name}', true), '');\n"
+                )
+            })
+            .collect();
+        let any_value = vars.join(" || ");
+        let stamp_now = stamp_expr("v_key", &encode_expr(vars));
+        format!(
+            r#"DECLARE
+{decls}    v_stamp text := COALESCE(pg_catalog.current_setting('{stamp}', true), '');
     v_key integer;
+    v_ipad bytea;
+    v_opad bytea;
 BEGIN
     IF v_stamp = '' THEN
-        IF pg_catalog.array_to_string(v_values, '') <> '' THEN
+        IF {any_value} <> '' THEN
             RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant (no stamp)'
                 USING ERRCODE = '42501';
         END IF;
@@ -182,47 +226,11 @@ BEGIN
         RAISE EXCEPTION 'pgtenant: tenant context stamp refused' USING ERRCODE = '42501';
     END IF;
     v_key := pg_catalog.split_part(v_stamp, ':', 1)::bigint::integer;
-    IF {s}._stamp(v_key, v_values) IS DISTINCT FROM v_stamp THEN
+    SELECT k.ipad, k.opad INTO v_ipad, v_opad FROM {s}.keys k WHERE k.id = v_key;
+    IF v_ipad IS NULL OR {stamp_now} IS DISTINCT FROM v_stamp THEN
         RAISE EXCEPTION 'pgtenant: tenant context stamp refused' USING ERRCODE = '42501';
     END IF;
-    RETURN v_values;
-END
-$f$;
-
--- Readers for RLS policies: USING (tenant_id = (SELECT {s}.tenant_id())::uuid).
-CREATE OR REPLACE FUNCTION {s}.tenant_id() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-    SELECT ({s}._verified())[1]
-$f$;
-
-CREATE OR REPLACE FUNCTION {s}.setting(p_name text) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-    v_at integer := pg_catalog.array_position(ARRAY[{names}]::text[], p_name);
-BEGIN
-    IF v_at IS NULL THEN
-        RAISE EXCEPTION 'pgtenant: % is not a context setting', p_name USING ERRCODE = '22023';
-    END IF;
-    RETURN ({s}._verified())[v_at];
-END
-$f$;
-
-DO $do$
-DECLARE f text;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['{s}._hmac(integer, bytea)', '{s}._encode(text[])',
-        '{s}._stamp(integer, text[])', '{s}.enter({enter_sig})', '{s}._verified()',
-        '{s}.tenant_id()', '{s}.setting(text)'] LOOP
-        EXECUTE 'ALTER FUNCTION ' || f || ' OWNER TO "{owner}"';
-        EXECUTE 'REVOKE ALL ON FUNCTION ' || f || ' FROM PUBLIC';
-    END LOOP;
-END
-$do$;
-{grants}"#,
-            params = params.join(", "),
-            args = args.join(", "),
-            reads = reads.join(", "),
-            names = names.join(", "),
+"#
         )
     }
 
@@ -240,6 +248,31 @@ $do$;
              --   --finish-rotation: DELETE FROM {s}.keys WHERE state = 'previous'\n"
         )
     }
+}
+
+/// The values as `_encode` hashes them, inline: per value its UTF-8 length
+/// (big-endian int4), then its bytes.
+fn encode_expr(vars: &[String]) -> String {
+    vars.iter()
+        .map(|v| {
+            format!(
+                "pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to({v}, 'UTF8'))) \
+                 || pg_catalog.convert_to({v}, 'UTF8')"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+/// The stamp for key variable `key` and encoded values `encoded` (with `v_ipad`/`v_opad`
+/// loaded): key id, ':', hex HMAC over ('S', key id, backend pid, transaction start, values).
+fn stamp_expr(key: &str, encoded: &str) -> String {
+    format!(
+        "{key}::text || ':' || pg_catalog.encode(pg_catalog.sha256(v_opad || pg_catalog.sha256(v_ipad \
+         || pg_catalog.decode('53', 'hex') || pg_catalog.int4send({key}) \
+         || pg_catalog.int4send(pg_catalog.pg_backend_pid()) \
+         || pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()) || {encoded})), 'hex')"
+    )
 }
 
 /// The setting that carries the stamp for a schema.

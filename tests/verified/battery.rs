@@ -307,7 +307,7 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
     ),
     (
         "call the private verifier",
-        Attempt::Simple("SELECT pgtenant._verified()"),
+        Attempt::Simple("SELECT pgtenant._encode(ARRAY['x'])"),
     ),
     (
         "replace the reader",
