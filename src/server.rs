@@ -516,7 +516,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Running> {
-    if let Some(problem) = context_posture(&config) {
+    if let Some(problem) = crate::verified::startup_check(&config) {
         return Err(std::io::Error::other(problem));
     }
     let listener = TcpListener::bind(config.server.listen).await?;
@@ -561,33 +561,4 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Checks the context mode at start-up and says in the log what isolation rests on;
-/// returns a problem that must stop the start.
-fn context_posture(config: &Config) -> Option<String> {
-    match config.context.mode {
-        ContextMode::Verified if config.context.key.is_none() => {
-            return Some(
-                "context.key_file: verified mode needs a key (context.key_file or context.key_env)"
-                    .into(),
-            );
-        }
-        ContextMode::Verified => tracing::info!(
-            schema = %config.context.schema,
-            key_id = config.context.key.as_ref().map(|k| k.id()),
-            "verified tenant context: PostgreSQL checks every context value"
-        ),
-        ContextMode::Plain => tracing::warn!(
-            "context.mode = \"plain\": tenant isolation rests on pgtenant's SQL guard alone; \
-             any SQL it misses can change the context. Use context.mode = \"verified\" (pgtenant db install)"
-        ),
-    }
-    if !config.server.sql_guard {
-        tracing::warn!(
-            "server.sql_guard = false: THE SQL GUARD IS OFF; tenant SQL reaches PostgreSQL unread. \
-             For tests and audits of the verified context only, never in production"
-        );
-    }
-    None
 }

@@ -342,3 +342,24 @@ async fn the_battery_catches_a_forgeable_reader() {
     battery(&env, &mut f, "forgeable reader").await;
     assert!(f.0.len() >= 10, "only {} failures: {:?}", f.0.len(), f.0);
 }
+
+/// A statement that cannot run in a transaction block gets the context for the session
+/// through enter(..., false), which sets no stamp; the next transaction is verified again.
+#[tokio::test]
+async fn statements_outside_a_transaction_block_use_the_session_variant() {
+    let env = TestEnv::start().await;
+    let c = env.proxy.connect("acme").await;
+    c.batch_execute("VACUUM invoices")
+        .await
+        .expect("VACUUM through enter(..., false)");
+    assert_eq!(count(&c).await.unwrap(), 3);
+    let stamp: String = c
+        .query_one("SELECT current_setting('pgtenant.stamp')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !stamp.is_empty(),
+        "a transaction after it has a stamp again"
+    );
+}

@@ -174,7 +174,6 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 {verify}    RETURN CASE p_name {cases} END;
 END
 $f$;
-DROP FUNCTION IF EXISTS {s}._stamp(integer, text[]), {s}._verified();
 
 DO $do$
 DECLARE f text;
