@@ -221,11 +221,10 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    IF v_stamp !~ '^[0-9]{{1,10}}:[0-9a-f]{{64}}$' THEN
-        RAISE EXCEPTION 'pgtenant: tenant context stamp refused' USING ERRCODE = '42501';
-    END IF;
-    v_key := pg_catalog.split_part(v_stamp, ':', 1)::bigint::integer;
-    SELECT k.ipad, k.opad INTO v_ipad, v_opad FROM {s}.keys k WHERE k.id = v_key;
+    -- The key by the id in the stamp, compared as text (no cast to fail, no regex, which
+    -- cost ~18 us per call); the recomputed stamp then covers the id too.
+    SELECT k.id, k.ipad, k.opad INTO v_key, v_ipad, v_opad FROM {s}.keys k
+        WHERE k.id::text = pg_catalog.split_part(v_stamp, ':', 1);
     IF v_ipad IS NULL OR {stamp_now} IS DISTINCT FROM v_stamp THEN
         RAISE EXCEPTION 'pgtenant: tenant context stamp refused' USING ERRCODE = '42501';
     END IF;
