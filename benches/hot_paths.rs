@@ -30,7 +30,7 @@ const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 /// The example config, its injection plan and tenant directory (no sockets are opened).
 fn tenants() -> (InjectionPlan, TenantDirectory) {
     let cfg = Config::parse(pgtenant::demo::EXAMPLE_CONFIG).expect("example config");
-    let plan = InjectionPlan::new(cfg.context.settings());
+    let plan = InjectionPlan::new(cfg.context.settings(), None);
     let dir = TenantDirectory::from_config(&cfg, &plan);
     (plan, dir)
 }

@@ -122,6 +122,9 @@ pub struct ServerConfig {
     /// Tenants with their own label value in per-tenant metrics; the rest are summed under
     /// `tenant="other"`, so many tenants cannot blow up Prometheus.
     pub metrics_top_tenants: usize,
+    /// The SQL guard (false: tenant SQL goes through unread). For tests and audits of the
+    /// verified context only; needs a restart.
+    pub sql_guard: bool,
 }
 
 impl ServerConfig {
@@ -159,6 +162,7 @@ impl Default for ServerConfig {
             tcp_keepalives_interval: Duration::from_secs(10),
             tcp_keepalives_count: 6,
             metrics_top_tenants: 20,
+            sql_guard: true,
         }
     }
 }
@@ -181,6 +185,29 @@ pub struct ContextConfig {
     pub extra_settings: Vec<String>,
     /// How a backend connection is cleaned when a client releases it.
     pub reset_on_release: ResetMode,
+    /// `plain` (set_config; isolation rests on the SQL guard) or `verified` (PostgreSQL
+    /// checks a proof and a stamp, see [`crate::verified`]).
+    pub mode: ContextMode,
+    /// Schema of the verified-context objects (`pgtenant db install`).
+    pub schema: String,
+    /// File holding the verified-context key (a secret; never in config.toml).
+    pub key_file: Option<std::path::PathBuf>,
+    /// Environment variable holding the verified-context key (instead of `key_file`).
+    pub key_env: Option<String>,
+    /// The key read from `key_file`/`key_env` by [`Config::load`] (every load and reload).
+    #[serde(skip)]
+    pub key: Option<std::sync::Arc<crate::verified::ContextKey>>,
+}
+
+/// How the tenant context reaches PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextMode {
+    /// `set_config(...)`: any SQL on the shared role can change it; only the guard stops it.
+    #[default]
+    Plain,
+    /// `<schema>.enter(...)` with a per-backend proof; readers verify a stamp.
+    Verified,
 }
 
 impl Default for ContextConfig {
@@ -189,6 +216,11 @@ impl Default for ContextConfig {
             tenant_id_setting: "app.current_tenant".into(),
             extra_settings: Vec::new(),
             reset_on_release: ResetMode::Always,
+            mode: ContextMode::Plain,
+            schema: "pgtenant".into(),
+            key_file: None,
+            key_env: None,
+            key: None,
         }
     }
 }
@@ -197,7 +229,7 @@ impl ContextConfig {
     /// Schema of the verified context readers (`<schema>.tenant_id()`, `<schema>.setting(name)`).
     /// The single place that knows the default until `context.schema` is configurable.
     pub fn verified_schema(&self) -> String {
-        "pgtenant".into()
+        self.schema.clone()
     }
 
     /// All injected settings, tenant id first: the order of the injection statement's parameters.
@@ -424,11 +456,25 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("invalid configuration:\n  {0}")]
+    Key(#[from] crate::verified::KeyError),
     #[error("invalid configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     Invalid(Vec<ConfigProblem>),
 }
 
 impl Config {
+    /// Reads the verified-context key named by `context.key_file`/`context.key_env`
+    /// (verified mode only); every load and reload reads it again, so a rotated key is
+    /// picked up without a restart.
+    pub fn load_key(&mut self) -> Result<(), ConfigError> {
+        let c = &mut self.context;
+        if c.mode == ContextMode::Verified {
+            let key = crate::verified::ContextKey::load(c.key_file.as_ref(), c.key_env.as_deref())?;
+            c.key = Some(std::sync::Arc::new(key));
+        }
+        Ok(())
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -442,6 +488,8 @@ impl Config {
             },
             other => other,
         })?;
+        let mut cfg = cfg;
+        cfg.load_key()?;
         Ok(cfg)
     }
 

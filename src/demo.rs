@@ -10,6 +10,9 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pgcluster::{ClusterOptions, TempCluster};
+use crate::verified::ContextKey;
+use crate::verified::install::KeyStep;
+use crate::verified::sql::Objects;
 
 /// The example schema: tenants, projects, invoices, RLS forced, app_user without bypass.
 pub const SCHEMA: &str = include_str!("demo_schema.sql");
@@ -18,7 +21,12 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
 /// Demo tenants and their passwords (the verifiers in config.toml match these).
 pub const DEMO_TENANTS: [(&str, &str); 2] = [("acme", "acme-secret"), ("globex", "globex-secret")];
 
-/// Starts a cluster with the example schema loaded in database `app`.
+/// The demo's verified-context key. Public on purpose, like the demo passwords: the demo
+/// cluster is throwaway. A real deployment reads its key from `context.key_file`/`key_env`.
+pub const DEMO_CONTEXT_KEY: &[u8] = b"pgtenant-demo-context-key-not-secret-0123456789";
+
+/// Starts a cluster with the verified-context objects (`pgtenant db install`, with
+/// [`DEMO_CONTEXT_KEY`]) and the example schema loaded in database `app`.
 pub async fn start_cluster() -> anyhow::Result<TempCluster> {
     let cluster = TempCluster::start(ClusterOptions::default())
         .await
@@ -27,6 +35,18 @@ pub async fn start_cluster() -> anyhow::Result<TempCluster> {
         .psql("postgres", "CREATE DATABASE app")
         .await
         .context("creating database app")?;
+    // The install grants to app_user, which must exist first; the schema script then sets
+    // its attributes.
+    cluster
+        .psql(
+            "app",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_user') \
+             THEN CREATE ROLE app_user; END IF; END $$",
+        )
+        .await
+        .context("creating app_user")?;
+    let cfg = config_for(&cluster)?;
+    install_verified(&cluster, &cfg, KeyStep::Install).await?;
     cluster
         .psql("app", SCHEMA)
         .await
@@ -34,9 +54,34 @@ pub async fn start_cluster() -> anyhow::Result<TempCluster> {
     Ok(cluster)
 }
 
-/// The example config pointed at `cluster`.
+/// Runs `pgtenant db install` for `cfg` (its key) on the cluster's database `app` as the
+/// superuser.
+pub async fn install_verified(
+    cluster: &TempCluster,
+    cfg: &Config,
+    step: KeyStep,
+) -> anyhow::Result<String> {
+    let key = cfg.context.key.clone().context("context.key: no key")?;
+    let url = format!(
+        "host={} port={} user=postgres password={} dbname=app",
+        cluster.host(),
+        cluster.port(),
+        cluster.superuser_password()
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .context("connecting as the superuser")?;
+    tokio::spawn(connection);
+    let summary = crate::verified::install::run(&client, &Objects::from_config(cfg), &key, step)
+        .await
+        .context("pgtenant db install")?;
+    Ok(summary)
+}
+
+/// The example config pointed at `cluster`, with [`DEMO_CONTEXT_KEY`].
 pub fn config_for(cluster: &TempCluster) -> anyhow::Result<Config> {
     let mut cfg = Config::parse(EXAMPLE_CONFIG).context("parsing the example config.toml")?;
+    cfg.context.key = Some(Arc::new(ContextKey::new(DEMO_CONTEXT_KEY)));
     for db in cfg.databases.values_mut() {
         db.host = cluster.host().to_string();
         db.port = cluster.port();

@@ -3,18 +3,22 @@
 -- Run as the superuser `postgres` in a fresh database (the demo uses `app`), e.g.
 --   psql -v ON_ERROR_STOP=1 -X -q -d app -f demo_schema.sql
 --
+-- Run `pgtenant db install` first (the demo does): it creates the schema
+-- `pgtenant` with the verified-context functions the policies call.
+--
 -- The model: the application connects as the unprivileged role `app_user`.
 -- Every row carries a tenant id, and every table has a policy that only lets
--- app_user see and write rows whose tenant id equals the session/transaction
--- setting `app.current_tenant`. pgtenant's job is to run
---   SELECT set_config('app.current_tenant', '<tenant uuid>', true)
--- at the start of every pooled transaction, so the application cannot forget it.
+-- app_user see and write rows whose tenant id equals the verified tenant
+-- context, pgtenant.tenant_id(). pgtenant calls pgtenant.enter(...) with a
+-- proof at the start of every pooled transaction; tenant_id() checks the
+-- transaction's stamp and raises (42501) if any context value was set by
+-- anyone else, so a tenant cannot switch to another tenant's id even with SQL
+-- pgtenant's guard does not read. (Plain mode would read
+-- current_setting('app.current_tenant'), which any SQL on app_user can change.)
 --
--- Deliberately, the policies call current_setting('app.current_tenant') WITHOUT
--- the missing_ok flag: a query that reaches the database with no tenant set
--- fails with "unrecognized configuration parameter" (or, once the setting has
--- been used in the session, with an invalid uuid '' error) instead of silently
--- returning nothing or everything. Fail closed.
+-- The reader is written as a scalar subquery, (SELECT pgtenant.tenant_id()),
+-- so it runs once per statement, not once per row. With no context at all it
+-- returns NULL and the policy matches no row: fail closed.
 --
 -- The whole script is one transaction: it either applies completely or not at all.
 
@@ -95,18 +99,18 @@ ALTER TABLE invoices FORCE ROW LEVEL SECURITY;
 -- A tenant sees only its own tenants row (keyed by id, not tenant_id).
 CREATE POLICY tenant_isolation ON tenants
     FOR ALL TO app_user
-    USING (id = current_setting('app.current_tenant')::uuid)
-    WITH CHECK (id = current_setting('app.current_tenant')::uuid);
+    USING (id = (SELECT pgtenant.tenant_id())::uuid)
+    WITH CHECK (id = (SELECT pgtenant.tenant_id())::uuid);
 
 CREATE POLICY tenant_isolation ON projects
     FOR ALL TO app_user
-    USING (tenant_id = current_setting('app.current_tenant')::uuid)
-    WITH CHECK (tenant_id = current_setting('app.current_tenant')::uuid);
+    USING (tenant_id = (SELECT pgtenant.tenant_id())::uuid)
+    WITH CHECK (tenant_id = (SELECT pgtenant.tenant_id())::uuid);
 
 CREATE POLICY tenant_isolation ON invoices
     FOR ALL TO app_user
-    USING (tenant_id = current_setting('app.current_tenant')::uuid)
-    WITH CHECK (tenant_id = current_setting('app.current_tenant')::uuid);
+    USING (tenant_id = (SELECT pgtenant.tenant_id())::uuid)
+    WITH CHECK (tenant_id = (SELECT pgtenant.tenant_id())::uuid);
 
 -- ---------------------------------------------------------------------------
 -- Privileges: exactly what the application needs, nothing else.

@@ -43,5 +43,6 @@ pub mod signal;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
+pub mod verified;
 
 pub use server::{Server, run};

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use pgtenant::config::{Config, LogFormat};
 use pgtenant::metrics::Metrics;
+use pgtenant::verified::install::KeyStep;
+use pgtenant::verified::sql::Objects;
 
 /// mimalloc: returns freed memory to the system, so thousands of clients that connected
 /// (TLS, SCRAM) and went idle leave no fragmented heap behind; also faster than glibc malloc.
@@ -88,6 +90,30 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Database objects pgtenant needs (run with a DBA role).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Create or update the verified-context schema, key table, functions and grants
+    /// (idempotent), and install the configured key.
+    Install {
+        /// Print the SQL instead of running it (the key is never printed).
+        #[arg(long)]
+        print: bool,
+        /// Start a key rotation: the configured key becomes current, the old one stays
+        /// valid as previous until --finish-rotation.
+        #[arg(long, conflicts_with = "finish_rotation")]
+        rotate: bool,
+        /// End a key rotation: drop the previous key (after every pgtenant reloaded).
+        #[arg(long)]
+        finish_rotation: bool,
+        /// Connection string of a DBA role (libpq URL or key=value; no TLS).
+        #[arg(long, env = "PGTENANT_DBA_URL")]
+        dba_url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,6 +142,22 @@ fn main() -> ExitCode {
             *format,
             *strict,
         ),
+        Some(Command::Db(DbCommand::Install {
+            print,
+            rotate,
+            finish_rotation,
+            dba_url,
+        })) => {
+            init_tracing(&cli, LogFormat::Text);
+            let step = match (rotate, finish_rotation) {
+                (true, _) => KeyStep::Rotate,
+                (_, true) => KeyStep::FinishRotation,
+                _ => KeyStep::Install,
+            };
+            runtime(1).block_on(async {
+                report(db_install(&cli, *print, step, dba_url.as_deref()).await)
+            })
+        }
         Some(Command::Demo) => {
             init_tracing(&cli, LogFormat::Text);
             runtime(0).block_on(async {
@@ -165,6 +207,32 @@ async fn serve(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
         r = &mut running.task => r?,
     }
+    Ok(())
+}
+
+/// `pgtenant db install`: prints or runs the verified-context SQL.
+async fn db_install(
+    cli: &Cli,
+    print: bool,
+    step: KeyStep,
+    dba_url: Option<&str>,
+) -> anyhow::Result<()> {
+    let cfg = load(cli)?;
+    let objects = Objects::from_config(&cfg);
+    if print {
+        print!("{}", objects.install_sql());
+        print!("{}", objects.key_sql_comment());
+        return Ok(());
+    }
+    let key = cfg.context.key.clone().ok_or_else(|| {
+        anyhow::anyhow!("context.mode: db install needs context.mode = \"verified\" and its key")
+    })?;
+    let url =
+        dba_url.ok_or_else(|| anyhow::anyhow!("--dba-url (or PGTENANT_DBA_URL) is required"))?;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let summary = pgtenant::verified::install::run(&client, &objects, &key, step).await?;
+    println!("{summary}");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::backend::BackendTarget;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ContextMode};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -40,6 +40,8 @@ pub struct Server {
     /// Checks client SQL against the protected setting names (lowercase: the injected ones
     /// plus role and session_authorization), remembering verdicts on texts seen before.
     pub sql_guard: AnalysisCache,
+    /// `server.sql_guard` at start-up (false: tenant SQL goes through unread).
+    pub guard_enabled: bool,
     clients: AtomicUsize,
     /// PAUSE: new transactions wait until RESUME.
     paused: watch::Sender<bool>,
@@ -60,7 +62,10 @@ impl Server {
             crate::tls::TlsMode::Disable => None,
             _ => Some(Arc::new(crate::tls::ServerTls::load(&config.tls)?)),
         };
-        let plan = InjectionPlan::new(config.context.settings());
+        let verified = (config.context.mode == ContextMode::Verified)
+            .then_some(config.context.schema.as_str());
+        let plan = InjectionPlan::new(config.context.settings(), verified);
+        let guard_enabled = config.server.sql_guard;
         let tenants = TenantDirectory::from_config(&config, &plan);
         let mut pools = HashMap::new();
         for name in config.databases.keys() {
@@ -85,6 +90,7 @@ impl Server {
             readiness: Arc::new(Readiness::default()),
             registry,
             sql_guard: AnalysisCache::new(protected),
+            guard_enabled,
             clients: AtomicUsize::new(0),
             paused: watch::channel(false).0,
             shutdown_requested: watch::channel(false).0,
@@ -198,11 +204,17 @@ impl Server {
             let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             return Err(list.join("; "));
         }
-        if cfg.context.settings() != old.context.settings() {
+        if cfg.context.settings() != old.context.settings()
+            || cfg.context.mode != old.context.mode
+            || cfg.context.schema != old.context.schema
+        {
             return Err(
                 "context: the injected settings cannot change while running; restart pgtenant"
                     .into(),
             );
+        }
+        if cfg.context.mode == ContextMode::Verified && cfg.context.key.is_none() {
+            return Err("context.key_file: no verified-context key was loaded".into());
         }
         if cfg.tls.mode != old.tls.mode {
             return Err("tls.mode: needs a restart".into());
@@ -495,6 +507,9 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Running> {
+    if let Some(problem) = crate::verified::startup_check(&config) {
+        return Err(std::io::Error::other(problem));
+    }
     let listener = TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     let metrics_listener = match config.server.metrics_listen {

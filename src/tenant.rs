@@ -7,10 +7,15 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::scram::ScramVerifier;
-use crate::backend::Owed;
-use crate::config::{AuthMethod, Config, TenantConfig, UserConvention};
+use crate::backend::{BackendConn, Owed};
+use crate::config::{AuthMethod, Config, ContextMode, TenantConfig, UserConvention};
 use crate::protocol::messages;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::verified::ContextKey;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Serial numbers of [`Tenant`] definitions, so a backend's cached injection names the
+/// definition it was computed for.
+static TENANT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// Prepared statement that sets every context setting transaction-locally.
 pub const CTX_STATEMENT: &str = "pgtenant_ctx";
@@ -34,16 +39,22 @@ pub struct Tenant {
     /// None for certificate-only tenants.
     pub verifier: Option<ScramVerifier>,
     pub auth_method: AuthMethod,
-    /// Bind + Execute of [`CTX_STATEMENT`] with this tenant's values.
+    /// Bind + Execute of [`CTX_STATEMENT`] with this tenant's values (plain mode; in
+    /// verified mode the bytes depend on the backend, see [`Tenant::injection`]).
     pub inject_local: Bytes,
-    /// Bind + Execute of [`CTX_SESSION_STATEMENT`] with this tenant's values.
+    /// Bind + Execute of [`CTX_SESSION_STATEMENT`] with this tenant's values (plain mode).
     pub inject_session: Bytes,
+    /// Verified mode: the key the proofs are made with, and the context values.
+    verified: Option<(Arc<ContextKey>, Vec<String>)>,
+    /// Unique per definition (see [`TENANT_SERIAL`]).
+    serial: u64,
     /// Clients connected at once (0: no limit).
     pub connection_limit: usize,
     /// Backend connections held at once (0: no limit).
     pub backend_limit: usize,
-    /// The configuration this tenant was built from, to tell whether a reload changed it.
-    source: (TenantConfig, AuthMethod),
+    /// The configuration this tenant was built from (and the context key's id), to tell
+    /// whether a reload changed it.
+    source: (TenantConfig, AuthMethod, Option<i32>),
     /// Set when a reload changed or removed the tenant: sessions pick up the new
     /// definition (or end) at their next transaction.
     retired: AtomicBool,
@@ -58,12 +69,61 @@ impl Tenant {
     fn retire(&self) {
         self.retired.store(true, Ordering::Release);
     }
+
+    /// The Bind + Execute that puts this tenant's context on `conn` (transaction-local, or
+    /// for the session when `session`). Verified mode binds a proof made for the backend's
+    /// pid: computed once per (tenant definition, backend) and cached on the connection.
+    pub fn injection<'a>(&'a self, conn: &'a mut BackendConn, session: bool) -> &'a [u8] {
+        let Some((key, values)) = &self.verified else {
+            return if session {
+                &self.inject_session
+            } else {
+                &self.inject_local
+            };
+        };
+        if conn.context_cache.as_ref().map(|c| c.serial) != Some(self.serial) {
+            let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+            let proof = crate::verified::proof(key, conn.key.pid, &values);
+            let id = key.id().to_string();
+            let mut params: Vec<&[u8]> = vec![id.as_bytes(), proof.as_bytes()];
+            params.extend(values);
+            conn.context_cache = Some(ContextCache {
+                serial: self.serial,
+                local: InjectionPlan::bind_execute(CTX_STATEMENT, &params),
+                session: InjectionPlan::bind_execute(CTX_SESSION_STATEMENT, &params),
+            });
+        }
+        let cache = conn.context_cache.as_ref().expect("filled above");
+        if session {
+            &cache.session
+        } else {
+            &cache.local
+        }
+    }
+}
+
+/// A backend connection's verified-context injection for the last tenant that used it (the
+/// proof is bound to the backend's pid, so it cannot be precomputed per tenant).
+#[derive(Clone)]
+pub struct ContextCache {
+    serial: u64,
+    local: Bytes,
+    session: Bytes,
+}
+
+impl std::fmt::Debug for ContextCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes hold the proof: a secret for this backend.
+        write!(f, "ContextCache {{ serial: {}, .. }}", self.serial)
+    }
 }
 
 /// The SQL of the proxy's own statements, derived from the configured setting names.
 #[derive(Debug, Clone)]
 pub struct InjectionPlan {
     pub settings: Vec<String>,
+    /// What a release RESETs: the settings, plus the stamp in verified mode.
+    pub reset_settings: Vec<String>,
     /// Parse messages for the proxy's statements, sent once per backend connection.
     pub prepare: Bytes,
     /// `RESET` of every context setting plus the sweep, as one Query, for a release after
@@ -110,8 +170,18 @@ impl InjectionPlan {
     /// Builds the statements for the configured settings. Setting names are validated at
     /// config load (lowercase identifiers and dots), so they are safe as SQL literals; tenant
     /// values only ever travel as bound parameters.
-    pub fn new(settings: Vec<String>) -> InjectionPlan {
+    /// `verified_schema`: in verified mode, the schema of `enter()`, called as
+    /// `enter(key id, proof, local, values...)` instead of one set_config per setting.
+    pub fn new(settings: Vec<String>, verified_schema: Option<&str>) -> InjectionPlan {
         let sql = |local: bool| {
+            if let Some(schema) = verified_schema {
+                let values: Vec<String> =
+                    (3..settings.len() + 3).map(|i| format!("${i}")).collect();
+                return format!(
+                    "SELECT {schema}.enter($1, $2, {local}, {})",
+                    values.join(", ")
+                );
+            }
             let calls: Vec<String> = settings
                 .iter()
                 .enumerate()
@@ -133,8 +203,12 @@ impl InjectionPlan {
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
         messages::parse(&mut prepare, BEGIN_STATEMENT, "BEGIN");
+        let mut reset_settings = settings.clone();
+        if let Some(schema) = verified_schema {
+            reset_settings.push(crate::verified::sql::stamp_setting(schema));
+        }
         let mut reset_local = BytesMut::new();
-        for (i, name) in settings.iter().enumerate() {
+        for (i, name) in reset_settings.iter().enumerate() {
             let statement = format!("{RESET_STATEMENT_PREFIX}{i}");
             messages::parse(&mut prepare, &statement, &format!("RESET {name}"));
             messages::bind(&mut reset_local, &statement, std::iter::empty());
@@ -147,13 +221,13 @@ impl InjectionPlan {
             messages::execute(&mut sweep_local);
         }
         reset_local.extend_from_slice(&sweep_local);
-        let reset_sql = settings
+        let reset_sql = reset_settings
             .iter()
             .map(|s| format!("RESET {s}"))
             .chain(SWEEP.iter().map(|(_, sql)| sql.to_string()))
             .collect::<Vec<_>>()
             .join("; ");
-        let excluded: Vec<String> = settings
+        let excluded: Vec<String> = reset_settings
             .iter()
             .map(String::as_str)
             .chain(NEVER_FOLLOWED)
@@ -166,8 +240,9 @@ impl InjectionPlan {
         );
         InjectionPlan {
             session_settings_sql,
-            prepare_count: 5 + settings.len() + SWEEP.len(),
+            prepare_count: 5 + reset_settings.len() + SWEEP.len(),
             settings,
+            reset_settings,
             prepare: prepare.freeze(),
             reset_sql,
             reset_local: reset_local.freeze(),
@@ -182,7 +257,7 @@ impl InjectionPlan {
         match owed {
             Owed::Nothing => (&[], 0),
             Owed::Sweep => (&self.sweep_local, SWEEP.len()),
-            Owed::ResetAndSweep => (&self.reset_local, self.settings.len() + SWEEP.len()),
+            Owed::ResetAndSweep => (&self.reset_local, self.reset_settings.len() + SWEEP.len()),
         }
     }
 
@@ -222,6 +297,17 @@ impl TenantDirectory {
                     }
                 })
                 .collect();
+            let key = match cfg.context.mode {
+                ContextMode::Verified => cfg.context.key.clone(),
+                ContextMode::Plain => None,
+            };
+            let verified = key.clone().map(|k| {
+                let owned = values
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                (k, owned)
+            });
             let tenant = Tenant {
                 name: name.clone(),
                 id: t.id.clone(),
@@ -231,7 +317,13 @@ impl TenantDirectory {
                 inject_session: plan.injection(CTX_SESSION_STATEMENT, &values),
                 connection_limit: t.connection_limit(&cfg.server),
                 backend_limit: t.backend_limit(&cfg.server),
-                source: (t.clone(), t.auth_method.unwrap_or(cfg.auth.method)),
+                source: (
+                    t.clone(),
+                    t.auth_method.unwrap_or(cfg.auth.method),
+                    key.map(|k| k.id()),
+                ),
+                verified,
+                serial: TENANT_SERIAL.fetch_add(1, Ordering::Relaxed),
                 retired: AtomicBool::new(false),
             };
             by_name.insert(name.clone(), Arc::new(tenant));

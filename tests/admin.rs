@@ -156,7 +156,12 @@ async fn show_commands_describe_pools_clients_servers_and_tenants() {
         || "SHOW CONFIG lacks the pool size".into(),
     );
     let everything = format!("{config:?}");
-    for secret in ["app_password", "SCRAM-SHA-256$", "admin-secret"] {
+    for secret in [
+        "app_password",
+        "SCRAM-SHA-256$",
+        "admin-secret",
+        "demo-context-key",
+    ] {
         f.check(!everything.contains(secret), || {
             format!("SHOW CONFIG shows {secret}")
         });

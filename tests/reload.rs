@@ -180,6 +180,10 @@ async fn sighup_reloads_the_file_and_sigterm_exits_cleanly() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
         .env("PGTENANT_LOG", "warn")
+        .env(
+            "PGTENANT_CONTEXT_KEY",
+            std::str::from_utf8(pgtenant::demo::DEMO_CONTEXT_KEY).unwrap(),
+        )
         .kill_on_drop(true)
         .spawn()
         .expect("pgtenant starts");

@@ -389,6 +389,22 @@ fn config(server: &Server) -> Table {
             "yes",
         ),
         (
+            "context.mode".into(),
+            format!("{:?}", cfg.context.mode).to_lowercase(),
+            "no",
+        ),
+        (
+            // The key's public id only, never the key.
+            "context.key_id".into(),
+            cfg.context
+                .key
+                .as_ref()
+                .map(|k| k.id().to_string())
+                .unwrap_or_default(),
+            "yes",
+        ),
+        ("server.sql_guard".into(), s.sql_guard.to_string(), "no"),
+        (
             "auth.user_convention".into(),
             format!("{:?}", cfg.auth.user_convention).to_lowercase(),
             "yes",

@@ -121,6 +121,7 @@ impl BackendTarget {
             },
             prepared: false,
             session_context: false,
+            context_cache: None,
             owed: Default::default(),
             statements: crate::session::statements::BackendStatements::new(
                 self.statement_cache_size,

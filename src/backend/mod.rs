@@ -73,6 +73,9 @@ pub struct BackendConn {
     /// Session-level context was set (for a statement that cannot run in a transaction
     /// block); it must be reset before anyone else uses this connection.
     pub session_context: bool,
+    /// Verified mode: the last tenant's injection on this connection (its proof is bound
+    /// to this backend's pid).
+    pub context_cache: Option<crate::tenant::ContextCache>,
     /// What the last release left owed: the next user pipelines it ahead of everything it
     /// sends (see [`crate::pool::PooledConn::release`]).
     pub owed: Owed,

@@ -58,3 +58,50 @@ fn custom_setting_names() {
     assert!(!is_custom_setting_name("app.x'y"));
     assert!(!is_custom_setting_name("app."));
 }
+
+#[test]
+fn verified_mode_problems_name_their_keys() {
+    let base = "[databases.app]\nhost = \"h\"\nuser = \"u\"\n";
+    let keys = |context: &str| -> Vec<String> {
+        match Config::parse(&format!("[context]\n{context}\n{base}")) {
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.key).collect(),
+            other => panic!("expected invalid: {other:?}"),
+        }
+    };
+    assert_eq!(keys("mode = \"verified\""), ["context.key_file"]);
+    assert_eq!(
+        keys("mode = \"verified\"\nkey_file = \"/k\"\nkey_env = \"K\""),
+        ["context.key_env"]
+    );
+    assert_eq!(keys("schema = \"Bad-Name\""), ["context.schema"]);
+    assert_eq!(
+        keys("extra_settings = [\"pgtenant.stamp\"]"),
+        ["context.extra_settings[0]"]
+    );
+}
+
+#[test]
+fn the_key_is_read_from_its_file_and_named_when_missing() {
+    let dir = std::env::temp_dir().join(format!("pgtenant-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let key = dir.join("key");
+    let text = format!(
+        "[context]\nmode = \"verified\"\nkey_file = {:?}\n[databases.app]\nhost = \"h\"\nuser = \"u\"\n",
+        key.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("context.key_file"), "{err}");
+    std::fs::write(&key, "short").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("context.key_file") && !err.contains("short"),
+        "{err}"
+    );
+    std::fs::write(&key, "k".repeat(40)).unwrap();
+    let cfg = Config::load(&path).expect("valid with the key");
+    assert!(cfg.context.key.is_some());
+    assert!(!format!("{cfg:?}").contains(&"k".repeat(40)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,9 +42,38 @@ impl Config {
                     ),
                 );
             }
+            if name.starts_with(&format!("{}.", self.context.schema)) {
+                bad(
+                    key.clone(),
+                    format!("{name:?} is in context.schema's namespace, which holds the stamp"),
+                );
+            }
             if settings[..i].contains(name) {
                 bad(key, format!("{name:?} is listed twice"));
             }
+        }
+        let c = &self.context;
+        if c.mode == super::ContextMode::Verified {
+            match (&c.key_file, &c.key_env) {
+                (None, None) => bad(
+                    "context.key_file".into(),
+                    "verified mode needs a key: set context.key_file or context.key_env".into(),
+                ),
+                (Some(_), Some(_)) => bad(
+                    "context.key_env".into(),
+                    "set context.key_file or context.key_env, not both".into(),
+                ),
+                _ => {}
+            }
+        }
+        if !is_plain_identifier(&c.schema) {
+            bad(
+                "context.schema".into(),
+                format!(
+                    "{:?} must be a lowercase identifier (a-z, 0-9, _; not starting with a digit)",
+                    c.schema
+                ),
+            );
         }
         if self.databases.is_empty() {
             bad(
@@ -239,4 +268,14 @@ pub(super) fn is_plain_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// A lowercase SQL identifier that needs no quoting (schema names spliced into SQL).
+fn is_plain_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 50
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }

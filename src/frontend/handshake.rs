@@ -136,7 +136,9 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
     }
     for (name, value) in &settings {
         let lower = name.to_ascii_lowercase();
-        let refusal = if let Some(why) =
+        let refusal = if !server.guard_enabled {
+            None
+        } else if let Some(why) =
             crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes())
         {
             Some(format!(

@@ -193,14 +193,16 @@ impl Session {
         }
         let ended = self.context == super::context::Context::EndSent;
         if no_txn_block && self.status == TxStatus::Idle && !ended {
-            self.bout.extend_from_slice(&self.tenant.inject_session);
+            self.bout
+                .extend_from_slice(self.tenant.injection(conn, true));
             messages::sync(&mut self.bout);
             for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
                 self.flow.sent(tag, Owner::Proxy);
             }
             conn.session_context = true;
         } else {
-            self.bout.extend_from_slice(&self.tenant.inject_local);
+            self.bout
+                .extend_from_slice(self.tenant.injection(conn, false));
             self.flow.sent(ft::BIND, Owner::Proxy);
             self.flow.sent(ft::EXECUTE, Owner::Proxy);
         }

@@ -117,14 +117,15 @@ impl Session {
         let mut no_txn_block = false;
         let mut clears = false;
         if let Some(a) = analysis {
+            let guard = self.server.guard_enabled;
             clears = a.clears_context;
-            if let Some(v) = a.protected_change {
+            if let Some(v) = a.protected_change.filter(|_| guard) {
                 let msg = v.message();
                 return self
                     .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
                     .await;
             }
-            if self.pool.mode == PoolMode::Transaction && a.sql_prepared_statements {
+            if guard && self.pool.mode == PoolMode::Transaction && a.sql_prepared_statements {
                 let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
                            use protocol-level prepared statements (every driver's default) or a session-mode database";
                 return self
@@ -139,7 +140,10 @@ impl Session {
             let text = self.statements.text(name);
             self.clearing_portal = text.is_some_and(crate::protocol::sql::clears_context);
         }
-        if frame.tag == ft::FUNCTION_CALL && !is_large_object_call(frame.body()) {
+        if frame.tag == ft::FUNCTION_CALL
+            && self.server.guard_enabled
+            && !is_large_object_call(frame.body())
+        {
             let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
             return self
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")

@@ -1,0 +1,220 @@
+//! Verified tenant context: a context PostgreSQL itself checks, so a value set by client SQL
+//! is refused even if the SQL guard misses the statement that set it.
+//!
+//! pgtenant holds a secret key; `pgtenant db install` stores the key's HMAC-SHA256 inner and
+//! outer padded blocks in a table only a NOLOGIN owner role can read, next to three
+//! `SECURITY DEFINER` functions: `<schema>.enter(...)` checks a per-backend proof
+//! (HMAC(key, pid ‖ values), see [`proof`]) and then sets every context setting plus a stamp
+//! (HMAC over key id, pid, transaction start and values); the readers
+//! `<schema>.tenant_id()` and `<schema>.setting(name)` recompute the stamp and raise on any
+//! mismatch. The SQL side is in [`sql`], the install command in [`install`].
+
+pub mod install;
+pub mod sql;
+
+use std::path::PathBuf;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// SQLSTATE the SQL side raises for a refused proof or stamp (insufficient_privilege).
+pub const REFUSED_SQLSTATE: &str = "42501";
+/// Shortest key accepted (bytes): HMAC-SHA256 wants at least 32 bytes of key material.
+pub const MIN_KEY_LEN: usize = 32;
+/// Domain byte of the proof message (so a proof can never be read as a stamp).
+const PROOF_TAG: u8 = b'P';
+
+/// The context key: the secret behind every proof. Its bytes never leave this type except
+/// as the HMAC padded blocks `db install` stores; Debug shows the id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContextKey {
+    secret: Vec<u8>,
+    id: i32,
+}
+
+impl std::fmt::Debug for ContextKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContextKey {{ id: {}, secret: <redacted> }}", self.id)
+    }
+}
+
+/// Why the key could not be read, naming the config key that points at it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("context.key_file: cannot read {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("context.key_env: environment variable {0} is not set or not valid UTF-8")]
+    Env(String),
+    #[error("{0}: the key must be at least {MIN_KEY_LEN} bytes (e.g. `openssl rand -hex 32`)")]
+    TooShort(&'static str),
+}
+
+impl ContextKey {
+    /// A key from its secret bytes (surrounding whitespace is not part of the key).
+    pub fn new(secret: &[u8]) -> ContextKey {
+        let secret = secret.trim_ascii().to_vec();
+        let digest = Sha256::new()
+            .chain_update(b"pgtenant key id\0")
+            .chain_update(&secret)
+            .finalize();
+        // A positive int4: the id is a plain integer column and a function argument.
+        let id = i32::from_be_bytes([digest[0] & 0x7f, digest[1], digest[2], digest[3]]);
+        ContextKey { secret, id }
+    }
+
+    /// A fresh random key (the demo and tests; production keys come from a file or env).
+    pub fn generate() -> ContextKey {
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        ContextKey::new(hex.as_bytes())
+    }
+
+    /// Reads the key from `context.key_file` or `context.key_env` (whichever is set).
+    pub fn load(file: Option<&PathBuf>, env: Option<&str>) -> Result<ContextKey, KeyError> {
+        let (bytes, key) = if let Some(path) = file {
+            let b = std::fs::read(path).map_err(|source| KeyError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            (b, "context.key_file")
+        } else {
+            let name = env.unwrap_or_default();
+            let v = std::env::var(name).map_err(|_| KeyError::Env(name.to_string()))?;
+            (v.into_bytes(), "context.key_env")
+        };
+        if bytes.trim_ascii().len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort(key));
+        }
+        Ok(ContextKey::new(&bytes))
+    }
+
+    /// The key's public id (derived from the key; stored next to it and in every stamp).
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// HMAC-SHA256 of `msg` under this key.
+    pub fn hmac(&self, msg: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The HMAC inner and outer padded key blocks (`K ⊕ ipad`, `K ⊕ opad`), which the SQL
+    /// side stores so that `sha256()` alone computes the same HMAC.
+    pub fn padded_blocks(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut block = [0u8; 64];
+        if self.secret.len() > 64 {
+            block[..32].copy_from_slice(&Sha256::digest(&self.secret));
+        } else {
+            block[..self.secret.len()].copy_from_slice(&self.secret);
+        }
+        let inner = block.iter().map(|b| b ^ 0x36).collect();
+        let outer = block.iter().map(|b| b ^ 0x5c).collect();
+        (inner, outer)
+    }
+}
+
+/// The values in the unambiguous form both sides hash: per value, its UTF-8 length as a
+/// big-endian u32, then its bytes.
+pub fn encode_values<'a>(out: &mut Vec<u8>, values: impl IntoIterator<Item = &'a [u8]>) {
+    for v in values {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+}
+
+/// The proof `enter()` accepts on the backend with this pid for these values, as lowercase
+/// hex: HMAC(key, 'P' ‖ pid ‖ values). Bound to one backend process, so a proof seen on one
+/// backend is useless on another.
+pub fn proof(key: &ContextKey, pid: i32, values: &[&[u8]]) -> String {
+    let mut msg = Vec::with_capacity(64);
+    msg.push(PROOF_TAG);
+    msg.extend_from_slice(&pid.to_be_bytes());
+    encode_values(&mut msg, values.iter().copied());
+    hex(&key.hmac(&msg))
+}
+
+/// Lowercase hex, as PostgreSQL's `encode(..., 'hex')` writes it.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Checks the context mode at start-up and says in the log what isolation rests on;
+/// returns a problem that must stop the start.
+pub fn startup_check(config: &crate::config::Config) -> Option<String> {
+    match config.context.mode {
+        crate::config::ContextMode::Verified if config.context.key.is_none() => {
+            return Some(
+                "context.key_file: verified mode needs a key (context.key_file or context.key_env)"
+                    .into(),
+            );
+        }
+        crate::config::ContextMode::Verified => tracing::info!(
+            schema = %config.context.schema,
+            key_id = config.context.key.as_ref().map(|k| k.id()),
+            "verified tenant context: PostgreSQL checks every context value"
+        ),
+        crate::config::ContextMode::Plain => tracing::warn!(
+            "context.mode = \"plain\": tenant isolation rests on pgtenant's SQL guard alone; \
+             any SQL it misses can change the context. Use context.mode = \"verified\" (pgtenant db install)"
+        ),
+    }
+    if !config.server.sql_guard {
+        tracing::warn!(
+            "server.sql_guard = false: THE SQL GUARD IS OFF; tenant SQL reaches PostgreSQL unread. \
+             For tests and audits of the verified context only, never in production"
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_blocks_reproduce_the_hmac() {
+        for len in [32usize, 64, 100] {
+            let key = ContextKey::new(&vec![b'k'; len]);
+            let (inner, outer) = key.padded_blocks();
+            let msg = b"some message";
+            let inner_hash = Sha256::new()
+                .chain_update(&inner)
+                .chain_update(msg)
+                .finalize();
+            let outer_hash = Sha256::new()
+                .chain_update(&outer)
+                .chain_update(inner_hash)
+                .finalize();
+            assert_eq!(outer_hash.as_slice(), key.hmac(msg), "key length {len}");
+        }
+    }
+
+    #[test]
+    fn key_id_is_positive_and_debug_hides_the_secret() {
+        let key = ContextKey::new(b"0123456789abcdef0123456789abcdef");
+        assert!(key.id() > 0);
+        assert!(!format!("{key:?}").contains("0123"));
+        assert_eq!(key, ContextKey::new(b"0123456789abcdef0123456789abcdef\n"));
+    }
+
+    #[test]
+    fn proof_depends_on_pid_and_every_value() {
+        let key = ContextKey::generate();
+        let p = proof(&key, 7, &[b"a", b"b"]);
+        assert_eq!(p.len(), 64);
+        assert_ne!(p, proof(&key, 8, &[b"a", b"b"]));
+        assert_ne!(p, proof(&key, 7, &[b"a", b"c"]));
+        assert_ne!(p, proof(&key, 7, &[b"ab", b""]));
+    }
+}

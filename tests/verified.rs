@@ -1,0 +1,365 @@
+//! Verified tenant context against a real PostgreSQL: the spoofing battery with the SQL
+//! guard off and on, replay of the stamp, fail-closed behaviour without a context, key
+//! rotation across a reload, the Rust HMAC against the SQL one, and the install command.
+
+#[path = "verified/battery.rs"]
+mod battery;
+mod common;
+#[path = "verified/install.rs"]
+mod install;
+
+use std::sync::Arc;
+
+use battery::{ATTEMPTS, Attempt, PROBE};
+use bytes::{BufMut, BytesMut};
+use common::raw::{self, Msg, RawConn};
+use common::{ACME, Failures, GLOBEX, INITECH, Proxy, TestEnv, sqlstate};
+use pgtenant::protocol::messages;
+use pgtenant::verified::ContextKey;
+use pgtenant::verified::install::KeyStep;
+
+/// Rows (DataRow, CopyData, NoticeResponse) that name a tenant other than globex.
+fn foreign_rows(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| matches!(t, b'D' | b'd' | b'N'))
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .filter(|s| s.contains(&format!("row:{ACME}")) || s.contains(&format!("row:{INITECH}")))
+        .collect()
+}
+
+/// Sends one attempt as globex on a fresh connection; returns every message it got back.
+async fn run_attempt(conn: &mut RawConn, attempt: &Attempt) -> Vec<Msg> {
+    match attempt {
+        Attempt::Simple(sql) => conn.simple(&sql.replace("{A}", ACME)).await,
+        Attempt::Pipeline(steps) => {
+            let mut out = BytesMut::new();
+            for (sql, params) in steps.iter() {
+                let params: Vec<String> = params.iter().map(|p| p.replace("{A}", ACME)).collect();
+                let refs: Vec<&str> = params.iter().map(String::as_str).collect();
+                raw::extended(&mut out, sql, &refs);
+            }
+            raw::sync(&mut out);
+            conn.send(&out).await;
+            conn.until_ready().await
+        }
+        Attempt::FunctionCallSetConfig => {
+            let mut out = BytesMut::new();
+            messages::write_msg(&mut out, b'F', |b| {
+                b.put_u32(2078);
+                b.put_u16(1);
+                b.put_u16(0);
+                b.put_u16(3);
+                for arg in ["app.current_tenant", ACME, "false"] {
+                    b.put_i32(arg.len() as i32);
+                    b.put_slice(arg.as_bytes());
+                }
+                b.put_u16(0);
+            });
+            conn.send(&out).await;
+            let mut msgs = conn.until_ready().await;
+            msgs.extend(conn.simple(PROBE).await);
+            msgs
+        }
+    }
+}
+
+/// Runs the whole battery as globex; every attempt must end in an error or globex's own
+/// rows, and so must a probe right after it on the same connection.
+async fn battery(env: &TestEnv, f: &mut Failures, label: &str) {
+    for (name, attempt) in ATTEMPTS {
+        let mut conn = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .expect("globex connects");
+        let msgs = run_attempt(&mut conn, attempt).await;
+        let leaked = foreign_rows(&msgs);
+        f.check(leaked.is_empty(), || {
+            format!("{label}: {name}: another tenant's rows: {leaked:?}")
+        });
+        let after = conn.simple(PROBE).await;
+        let leaked = foreign_rows(&after);
+        f.check(leaked.is_empty(), || {
+            format!("{label}: {name}: probe after it read another tenant's rows: {leaked:?}")
+        });
+        // A fresh connection must be unaffected (role and database defaults).
+        let mut fresh = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+            .await
+            .expect("globex connects");
+        let rows = raw::data_rows(&fresh.simple(PROBE).await);
+        f.check(
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| r[0].as_deref() == Some(&format!("row:{GLOBEX}"))),
+            || format!("{label}: {name}: a fresh connection afterwards read {rows:?}"),
+        );
+    }
+    let su = env.superuser().await;
+    let moved: i64 = su
+        .query_one(
+            "SELECT count(*) FROM invoices WHERE amount_cents >= 900000 AND tenant_id <> $1::text::uuid",
+            &[&GLOBEX],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    f.check(moved == 0, || {
+        format!("{label}: {moved} rows written into another tenant")
+    });
+    // Undo what the battery may have left for the next run.
+    su.batch_execute(
+        "ALTER ROLE app_user RESET ALL; ALTER ROLE app_user IN DATABASE app RESET ALL;
+         ALTER DATABASE app RESET ALL; DELETE FROM invoices WHERE amount_cents >= 900000;
+         DROP FUNCTION IF EXISTS public.spoof_sql(), public.spoof_pl(), public.spoof_set(),
+             public.spoof_set2(), public.spoof_def(), public.sha256(bytea);",
+    )
+    .await
+    .unwrap();
+}
+
+/// CREATE on public for app_user, so function-body attempts reach PostgreSQL.
+async fn grant_create(env: &TestEnv) {
+    env.superuser()
+        .await
+        .batch_execute("GRANT CREATE ON SCHEMA public TO app_user")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn spoofing_battery_with_the_guard_off() {
+    assert!(
+        ATTEMPTS.len() >= 40,
+        "the battery has {} attempts",
+        ATTEMPTS.len()
+    );
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    grant_create(&env).await;
+    let mut f = Failures::default();
+    battery(&env, &mut f, "guard off").await;
+    f.finish();
+}
+
+#[tokio::test]
+async fn spoofing_battery_with_the_guard_on() {
+    let env = TestEnv::start().await;
+    grant_create(&env).await;
+    let mut f = Failures::default();
+    battery(&env, &mut f, "guard on").await;
+    f.finish();
+}
+
+/// One transaction's stamp on a connection (and the backend pid it came from).
+async fn stamp_of(c: &tokio_postgres::Client) -> (String, i32) {
+    let row = c
+        .query_one(
+            "SELECT current_setting('pgtenant.stamp'), pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_stamp_replayed_later_or_elsewhere_is_refused() {
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    let mut f = Failures::default();
+    let a = env.proxy.connect("acme").await;
+    let (stamp, pid) = stamp_of(&a).await;
+    // Later transaction, same connection (and most likely the same backend).
+    let later = a
+        .simple_query(&format!(
+            "BEGIN; SELECT set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
+        ))
+        .await;
+    f.check(
+        later.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("stamp in a later transaction: {later:?}"),
+    );
+    let _ = a.simple_query("ROLLBACK").await;
+    // Another backend: hold a transaction open on `a` so `b` gets a different one.
+    a.batch_execute("BEGIN").await.unwrap();
+    let (_, held) = stamp_of(&a).await;
+    let b = env.proxy.connect("acme").await;
+    let other = b
+        .simple_query(&format!(
+            "BEGIN; SELECT pg_backend_pid(); SELECT set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
+        ))
+        .await;
+    f.check(
+        other.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("stamp from backend {pid} on another backend (held {held}): {other:?}"),
+    );
+    // Straight to PostgreSQL as the app role, with the stamp and matching values.
+    let direct = env.app_user_direct().await;
+    let replay = direct
+        .simple_query(&format!(
+            "BEGIN; SELECT set_config('app.current_tenant', '{ACME}', true), set_config('app.tenant_plan', 'enterprise', true), \
+             set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
+        ))
+        .await;
+    f.check(
+        replay.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("stamp replayed straight to PostgreSQL: {replay:?}"),
+    );
+    f.finish();
+}
+
+#[tokio::test]
+async fn no_context_sees_no_rows() {
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    let mut f = Failures::default();
+    let direct = env.app_user_direct().await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0);
+    f.check(n == 0, || {
+        format!("app role without pgtenant saw {n} invoices")
+    });
+    let t: Option<String> = direct
+        .query_one("SELECT pgtenant.tenant_id()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    f.check(t.is_none(), || {
+        format!("tenant_id() without a context: {t:?}")
+    });
+    let forged = direct
+        .simple_query(&format!(
+            "SET app.current_tenant = '{ACME}'; SELECT count(*) FROM invoices"
+        ))
+        .await;
+    f.check(
+        forged.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("a plain set_config straight to PostgreSQL: {forged:?}"),
+    );
+    let write = direct
+        .execute(
+            &format!("INSERT INTO invoices (tenant_id, amount_cents) VALUES ('{ACME}', 1)"),
+            &[],
+        )
+        .await;
+    f.check(write.is_err(), || "insert with no context succeeded".into());
+    // Through pgtenant, the client clears every value including the stamp.
+    let c = env.proxy.connect("globex").await;
+    let rows = c
+        .simple_query(
+            "BEGIN; SELECT set_config('app.current_tenant', '', true), set_config('app.tenant_plan', '', true), \
+             set_config('pgtenant.stamp', '', true); SELECT tenant_id::text FROM invoices; COMMIT",
+        )
+        .await
+        .unwrap();
+    let data = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    f.check(data == 1, || {
+        format!("cleared context: {data} rows (only set_config's own row expected)")
+    });
+    // Only the stamp cleared: the values are there without a stamp, so the reader raises.
+    let no_stamp = c
+        .simple_query("BEGIN; SELECT set_config('pgtenant.stamp', '', true); SELECT tenant_id FROM invoices; COMMIT")
+        .await;
+    f.check(
+        no_stamp.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("values without a stamp: {no_stamp:?}"),
+    );
+    f.finish();
+}
+
+async fn count(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
+    c.query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn rotation_keeps_connections_working_and_retires_the_old_key() {
+    let env = TestEnv::start().await;
+    let old_cfg = env.config();
+    let mut new_cfg = env.config();
+    new_cfg.context.key = Some(Arc::new(ContextKey::generate()));
+    let c = env.proxy.connect("acme").await;
+    assert_eq!(count(&c).await.unwrap(), 3);
+    pgtenant::demo::install_verified(&env.cluster, &new_cfg, KeyStep::Rotate)
+        .await
+        .unwrap();
+    // Both keys valid: the proxy still proves with the old one.
+    assert_eq!(count(&c).await.unwrap(), 3, "old key during the rotation");
+    env.proxy
+        .server
+        .apply(new_cfg.clone())
+        .expect("reload with the new key");
+    assert_eq!(
+        count(&c).await.unwrap(),
+        3,
+        "new key after the reload, same client"
+    );
+    let old_proxy = Proxy::start(old_cfg).await;
+    let old_client = old_proxy.connect("acme").await;
+    assert_eq!(
+        count(&old_client).await.unwrap(),
+        3,
+        "old key still valid before finishing"
+    );
+    pgtenant::demo::install_verified(&env.cluster, &new_cfg, KeyStep::FinishRotation)
+        .await
+        .unwrap();
+    assert_eq!(count(&c).await.unwrap(), 3, "new key after finishing");
+    // enter() refuses the old key's proof; the proxy ends the client (it cannot run a
+    // transaction without its context).
+    let refused = count(&old_client).await;
+    let message = refused
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|d| d.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("could not set the tenant context")),
+        "old key after finishing: {refused:?}"
+    );
+}
+
+/// The battery can fail: with a reader that trusts the plain setting (what plain mode's
+/// policies do), the same attempts read acme's rows.
+#[tokio::test]
+async fn the_battery_catches_a_forgeable_reader() {
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    grant_create(&env).await;
+    env.superuser()
+        .await
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgtenant.tenant_id() RETURNS text LANGUAGE sql STABLE \
+             AS $f$ SELECT current_setting('app.current_tenant', true) $f$",
+        )
+        .await
+        .unwrap();
+    let mut f = Failures::default();
+    battery(&env, &mut f, "forgeable reader").await;
+    assert!(f.0.len() >= 10, "only {} failures: {:?}", f.0.len(), f.0);
+}
+
+/// A statement that cannot run in a transaction block gets the context for the session
+/// through enter(..., false), which sets no stamp; the next transaction is verified again.
+#[tokio::test]
+async fn statements_outside_a_transaction_block_use_the_session_variant() {
+    let env = TestEnv::start().await;
+    let c = env.proxy.connect("acme").await;
+    c.batch_execute("VACUUM invoices")
+        .await
+        .expect("VACUUM through enter(..., false)");
+    assert_eq!(count(&c).await.unwrap(), 3);
+    let stamp: String = c
+        .query_one("SELECT current_setting('pgtenant.stamp')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !stamp.is_empty(),
+        "a transaction after it has a stamp again"
+    );
+}
