@@ -102,9 +102,10 @@ async def run_tenant(t):
         # transaction, so an error on the last row leaves none of them (asyncpg >= 0.22).
         ins = "INSERT INTO invoices (tenant_id, amount_cents) VALUES ($1, $2)"
         async with tx():
-            await conn.executemany(ins, [(tid, a) for a in (8201, 8202, 8203)])
+            stmt = await conn.prepare(ins)  # a named statement, then Bind/Execute per row
+            await stmt.executemany([(tid, a) for a in (8201, 8202, 8203)])
         async with tx():
-            C.eq(f"{p} executemany: rows inserted", await conn.fetchval("SELECT count(*) FROM invoices WHERE amount_cents IN (8201, 8202, 8203)"), 3)
+            C.eq(f"{p} prepare + executemany: rows inserted", await conn.fetchval("SELECT count(*) FROM invoices WHERE amount_cents IN (8201, 8202, 8203)"), 3)
         if E.direct:  # outside a transaction block: the session-wide context stands in for the proxy's
             await conn.execute("SELECT set_config('app.current_tenant', $1, false)", t.id)
         try:
