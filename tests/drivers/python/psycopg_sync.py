@@ -1,6 +1,7 @@
 """psycopg 3 (sync) through pgtenant: CRUD, rollback, server-side prepared statements reused
-across transactions (prepare_threshold=0), errors, COPY, cancel, tenant isolation; libpq pipeline
-mode (conn.pipeline(), with another tenant running meanwhile), isolation levels and read only."""
+across transactions (prepare_threshold=0) and prepared again after DDL, errors, COPY, cancel,
+tenant isolation; libpq pipeline mode (conn.pipeline(), with another tenant running
+meanwhile), isolation levels and read only."""
 import threading
 import time
 from contextlib import contextmanager
@@ -77,6 +78,17 @@ def run_tenant(t):
                 results.append(conn.execute(q, [0]).fetchone())
         C.check(f"{p} prepared statement reused in {PREPARED_ROUNDS} transactions",
                 len(set(results)) == 1 and results[0][0] == t.id and results[0][1] > 0, results[:3])
+
+    with C.step(f"{p} prepare again after DDL"):
+        # psycopg forgets its prepared statements after ALTER/DROP and prepares the same text
+        # again: the new statement must have the new parameter and result types.
+        sql = "SELECT a FROM reprep WHERE a = %s"
+        with tx():
+            conn.execute("CREATE TEMP TABLE reprep (a int) ON COMMIT DROP")
+            conn.execute("INSERT INTO reprep VALUES (1)")
+            C.eq(f"{p} prepare again after DDL: first statement", conn.execute(sql, [1]).fetchone(), (1,))
+            conn.execute("ALTER TABLE reprep ALTER a TYPE text USING a::text || 'x'")
+            C.eq(f"{p} prepare again after DDL: new parameter and result type", conn.execute(sql, ["1x"]).fetchone(), ("1x",))
 
     with C.step(f"{p} error in transaction"):
         conn.execute("BEGIN")
