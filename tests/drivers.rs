@@ -1,7 +1,8 @@
 //! Driver compatibility matrix: real client drivers (psycopg 3 sync and async, asyncpg,
 //! node-postgres + pg-copy-streams, pgjdbc, psql + pgbench, tokio-postgres) run the same
 //! checks — CRUD, rollback, a named prepared statement reused across many transactions, an
-//! error inside a transaction, COPY, cancel, tenant isolation — once through pgtenant
+//! error inside a transaction, COPY, cancel, tenant isolation, and each driver's own way to
+//! pipeline, stream a cursor and set an isolation level — once through pgtenant
 //! (`PGT_MODE=proxy`, which injects the tenant context) and once straight against PostgreSQL
 //! as `app_user` (`PGT_MODE=direct`, where the program sets the context itself). A driver
 //! whose runtime is missing is skipped, except under CI (`CI` set), where that fails.
@@ -185,7 +186,17 @@ async fn run_program(
 
 /// Runs the driver program through the proxy and directly; fails if either failed.
 async fn matrix(driver: &str, program: &str, args: &[&str]) {
-    let env = TestEnv::start().await;
+    matrix_with_pool(driver, program, args, None).await
+}
+
+/// Like [`matrix`], with the proxy's pool set to `pool` backends (the harness default is 5).
+async fn matrix_with_pool(driver: &str, program: &str, args: &[&str], pool: Option<usize>) {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = pool.unwrap_or(db.pool_size);
+        }
+    })
+    .await;
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let mut failures = Vec::new();
     for mode in [Mode::Proxy, Mode::Direct] {
@@ -205,7 +216,10 @@ async fn psycopg_sync() {
     ) {
         return;
     }
-    matrix("psycopg-sync", &py, &["python/psycopg_sync.py"]).await;
+    // One backend: a backend released in the middle of a pipeline would be handed to the
+    // other tenant's connection that the program runs meanwhile (issue 16, defect 1).
+    let pool = Some(1);
+    matrix_with_pool("psycopg-sync", &py, &["python/psycopg_sync.py"], pool).await;
 }
 
 #[tokio::test]
@@ -242,6 +256,8 @@ async fn node_postgres() {
         probe("node", &["--version"]).await,
         installed("pg"),
         installed("pg-copy-streams"),
+        installed("pg-cursor"),
+        installed("pg-query-stream"),
     ];
     if missing("node-postgres", probes) {
         return;

@@ -1,5 +1,7 @@
 // pgjdbc through pgtenant: CRUD, rollback, a server-prepared statement (prepareThreshold=1)
-// reused across transactions, errors, COPY (CopyManager), Statement.cancel(), isolation.
+// reused across transactions, errors, COPY (CopyManager), Statement.cancel(), isolation;
+// setReadOnly and SET TRANSACTION ISOLATION LEVEL with the tenant context checked inside;
+// setTransactionIsolation (a session setting, which follows the client through pgtenant).
 // Run: java -cp /usr/share/java/postgresql.jar Main.java  (env: see tests/drivers.rs)
 import java.io.StringReader;
 import java.io.StringWriter;
@@ -33,6 +35,7 @@ public class Main {
         catch (Exception e) { check(name, false, e); }
     }
     static String env(String k) { return System.getenv(k); }
+    static final String SETTINGS = "SELECT current_setting('transaction_isolation') || '/' || current_setting('transaction_read_only') || '/' || current_setting('app.current_tenant')";
 
     public static void main(String[] args) throws Exception {
         for (String x : new String[] {"A", "B"}) runTenant(x, x.equals("A") ? "B" : "A");
@@ -153,6 +156,37 @@ public class Main {
             check(p + " cancel: within 5 s", ms < 5000, ms + " ms");
             c.rollback();
             begin(); eq(p + " cancel: connection usable afterwards", one("SELECT 1"), 1); commit();
+        });
+        step(p + " isolation levels", () -> {
+            // BEGIN READ ONLY (setReadOnly, readOnlyMode=transaction) and SET TRANSACTION as the
+            // transaction's first statement; the context must still be there inside.
+            Object[][] cases = {{"SERIALIZABLE", "serializable", true}, {"REPEATABLE READ", "repeatable read", false}};
+            for (Object[] k : cases) {
+                c.setReadOnly((Boolean) k[2]);
+                try (Statement s = c.createStatement()) { s.execute("SET TRANSACTION ISOLATION LEVEL " + k[0]); }
+                begin();
+                String got = (String) one(SETTINGS);
+                commit();
+                eq(p + " setReadOnly(" + k[2] + ") + SET TRANSACTION ISOLATION LEVEL " + k[0] + ": level, access mode and context",
+                    got, k[1] + "/" + ((Boolean) k[2] ? "on" : "off") + "/" + id);
+            }
+            c.setReadOnly(true);
+            begin();
+            expectError(p + " read only: INSERT refused", "25006", () -> update("INSERT INTO invoices (tenant_id, amount_cents) VALUES (?, 8301)", uid));
+            c.rollback();
+            c.setReadOnly(false);
+            // setTransactionIsolation sends SET SESSION CHARACTERISTICS AS TRANSACTION ...: a
+            // session setting, which transaction pooling does not carry to the next transaction
+            // yet (README, Compatibility; pinning, issue 16 item 2, will keep it).
+            for (int level : new int[] {Connection.TRANSACTION_SERIALIZABLE, Connection.TRANSACTION_REPEATABLE_READ}) {
+                c.setTransactionIsolation(level);
+                begin();
+                String got = (String) one(SETTINGS);
+                commit();
+                String want = (level == Connection.TRANSACTION_SERIALIZABLE ? "serializable" : "repeatable read") + "/off/" + id;
+                check(p + " setTransactionIsolation(" + want.split("/")[0] + "): level and context", Objects.equals(got, want), "got " + got + ", want " + want);
+            }
+            c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
         });
         step(p + " final isolation", () -> {
             begin();

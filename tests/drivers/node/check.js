@@ -1,12 +1,15 @@
 // node-postgres (pg) + pg-copy-streams through pgtenant: both tenants concurrently; CRUD,
 // rollback, a named query ({name, text}) reused across transactions, errors, COPY, cancel (a
-// CancelRequest carrying the client's BackendKeyData), isolation. Env: see tests/drivers.rs.
+// CancelRequest carrying the client's BackendKeyData), isolation; pg-cursor reads and pg-query-stream
+// (Flush without Sync between batches), BEGIN ISOLATION LEVEL. Env: see tests/drivers.rs.
 'use strict';
 const net = require('net');
 const { Readable, Writable } = require('stream');
 const { pipeline } = require('stream/promises');
 const { Client } = require('pg');
 const { from: copyFrom, to: copyTo } = require('pg-copy-streams');
+const Cursor = require('pg-cursor');
+const QueryStream = require('pg-query-stream');
 
 const env = process.env;
 const MODE = env.PGT_MODE || 'proxy';
@@ -133,6 +136,57 @@ async function runTenant(t) {
     await timer;
     check(`${p} cancel: within 5 s`, Date.now() - start < 5000, `${Date.now() - start} ms`);
     eq(`${p} cancel: connection usable afterwards`, (await tx(() => q('SELECT 1 AS v'))).rows[0].v, 1);
+  });
+
+  await step(`${p} cursor`, async () => {
+    // pg-cursor: Execute with a row limit and Flush (no Sync) per read; the portal must stay
+    // on the same backend between reads.
+    const chunks = await tx(async () => {
+      const cur = c.query(new Cursor("SELECT g, current_setting('app.current_tenant') AS t FROM generate_series(1, 100) g"));
+      const out = [];
+      for (let i = 0; i < 4; i++) {
+        out.push(await cur.read(30));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await cur.close();
+      return out;
+    });
+    eq(`${p} cursor: read(30) four times`, chunks.map((x) => x.length), [30, 30, 30, 10]);
+    const rows = chunks.flat();
+    check(`${p} cursor: rows in order, own context`,
+      rows.every((r, i) => r.g === i + 1 && r.t === t.id), rows.slice(0, 3));
+  });
+
+  await step(`${p} query stream`, async () => {
+    // pg-query-stream reads through a cursor in batches; outside a transaction block this is
+    // one implicit transaction that ends only at the Sync after the last batch.
+    const read = async () => {
+      const rows = [];
+      const stream = c.query(new QueryStream('SELECT g, txid_current() AS x FROM generate_series(1, 1000) g', [], { batchSize: 100 }));
+      for await (const row of stream) rows.push(row);
+      return rows;
+    };
+    const rows = await read();
+    check(`${p} query stream: 1000 rows in order`, rows.length === 1000 && rows.every((r, i) => r.g === i + 1), rows.length);
+    check(`${p} query stream: one transaction throughout`, new Set(rows.map((r) => r.x)).size === 1, [...new Set(rows.map((r) => r.x))]);
+    const inTx = await tx(async () => {
+      const out = [];
+      const stream = c.query(new QueryStream("SELECT current_setting('app.current_tenant') AS t FROM generate_series(1, 300)", [], { batchSize: 50 }));
+      for await (const row of stream) out.push(row.t);
+      return out;
+    });
+    check(`${p} query stream: inside a transaction, own context`, inTx.length === 300 && inTx.every((x) => x === t.id), inTx.length);
+  });
+
+  await step(`${p} isolation levels`, async () => {
+    for (const [sql, want] of [['BEGIN ISOLATION LEVEL SERIALIZABLE', ['serializable', 'off']],
+      ['BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', ['repeatable read', 'on']]]) {
+      await q(sql);
+      if (DIRECT) await q("SELECT set_config('app.current_tenant', $1, true)", [t.id]);
+      const r = (await q("SELECT current_setting('transaction_isolation') AS i, current_setting('transaction_read_only') AS ro, current_setting('app.current_tenant') AS t")).rows[0];
+      await q('COMMIT');
+      eq(`${p} ${sql}: level, access mode and context`, [r.i, r.ro, r.t], [...want, t.id]);
+    }
   });
 
   await step(`${p} final isolation`, async () => {

@@ -1,6 +1,7 @@
 """asyncpg through pgtenant: both tenants concurrently; CRUD, rollback, named prepared statements
 (asyncpg's default) reused across transactions and prepared again after DDL, errors, COPY (copy_records_to_table /
-copy_from_query), cancel (query timeout), isolation."""
+copy_from_query), cancel (query timeout), isolation; executemany (one implicit transaction), a cursor
+read in chunks, transaction(isolation=..., readonly=True, deferrable=True)."""
 import asyncio
 import time
 import uuid
@@ -95,6 +96,60 @@ async def run_tenant(t):
             C.eq(f"{p} prepare again after DDL: new parameter type",
                  [x.name for x in after.get_parameters()], ["text"])
             C.eq(f"{p} prepare again after DDL: new result", await after.fetchval("1x"), "1x")
+
+    with C.step(f"{p} executemany"):
+        # executemany sends every row's Bind/Execute and one Sync at the end: one implicit
+        # transaction, so an error on the last row leaves none of them (asyncpg >= 0.22).
+        ins = "INSERT INTO invoices (tenant_id, amount_cents) VALUES ($1, $2)"
+        async with tx():
+            stmt = await conn.prepare(ins)  # a named statement, then Bind/Execute per row
+            await stmt.executemany([(tid, a) for a in (8201, 8202, 8203)])
+        async with tx():
+            C.eq(f"{p} prepare + executemany: rows inserted", await conn.fetchval("SELECT count(*) FROM invoices WHERE amount_cents IN (8201, 8202, 8203)"), 3)
+        if E.direct:  # outside a transaction block: the session-wide context stands in for the proxy's
+            await conn.execute("SELECT set_config('app.current_tenant', $1, false)", t.id)
+        try:
+            await conn.executemany(ins, [(tid, 8204), (tid, 8205), (uuid.UUID(other.id), 8206)])
+            C.check(f"{p} executemany: a refused row raises", False, "no error")
+        except asyncpg.PostgresError as e:
+            C.eq(f"{p} executemany: a refused row raises", e.sqlstate, "42501")
+        if E.direct:
+            await conn.execute("RESET app.current_tenant")
+        async with tx():
+            C.eq(f"{p} executemany: all rows of the failed batch rolled back",
+                 await conn.fetchval("SELECT count(*) FROM invoices WHERE amount_cents IN (8204, 8205, 8206)"), 0)
+            await conn.execute("DELETE FROM invoices WHERE amount_cents BETWEEN 8201 AND 8206")
+
+    with C.step(f"{p} cursor"):
+        # A cursor read in chunks: each fetch(n) is an Execute with a row limit; the portal must
+        # stay on the same backend between them.
+        chunks = []
+        async with tx():
+            cur = await conn.cursor("SELECT g, current_setting('app.current_tenant') FROM generate_series(1, 100) g")
+            for _ in range(4):
+                chunks.append(await cur.fetch(30))
+                await asyncio.sleep(0.05)
+        C.eq(f"{p} cursor: fetch(30) four times", [len(c) for c in chunks], [30, 30, 30, 10])
+        rows = [r for c in chunks for r in c]
+        C.check(f"{p} cursor: rows in order, own context", [r[0] for r in rows] == list(range(1, 101)) and {r[1] for r in rows} == {t.id},
+                rows[:3])
+
+    with C.step(f"{p} isolation levels"):
+        for iso, want in [("serializable", "serializable"), ("repeatable_read", "repeatable read")]:
+            async with conn.transaction(isolation=iso, readonly=True, deferrable=True):
+                await set_context()
+                got = tuple(await conn.fetchrow(
+                    "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only'), "
+                    "current_setting('transaction_deferrable'), current_setting('app.current_tenant')"))
+                seen.append(got[3])
+            C.eq(f"{p} transaction(isolation={iso!r}, readonly, deferrable): settings and context", got, (want, "on", "on", t.id))
+        try:
+            async with conn.transaction(isolation="serializable", readonly=True):
+                await set_context()
+                await conn.execute("INSERT INTO invoices (tenant_id, amount_cents) VALUES ($1, 8207)", tid)
+            C.check(f"{p} read only: INSERT refused", False, "INSERT ran")
+        except asyncpg.ReadOnlySQLTransactionError:
+            C.check(f"{p} read only: INSERT refused", True)
 
     with C.step(f"{p} error in transaction"):
         tr = conn.transaction()

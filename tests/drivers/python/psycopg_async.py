@@ -1,5 +1,6 @@
 """psycopg 3 (async) through pgtenant: both tenants concurrently; CRUD, rollback, server-side
-prepared statements (prepare=True) reused across transactions, errors, COPY, cancel, isolation."""
+prepared statements (prepare=True) reused across transactions, errors, COPY (and ~10 MB out and back
+in), cancel, isolation."""
 import asyncio
 import time
 from contextlib import asynccontextmanager
@@ -120,6 +121,24 @@ async def run_tenant(t):
         C.eq(f"{p} copy: FROM STDIN rows read back with COPY TO STDOUT", rows, [(t.id, str(a)) for a in COPY_AMOUNTS])
         async with tx():
             C.eq(f"{p} copy: cleanup", (await conn.execute(f"DELETE FROM invoices WHERE amount_cents IN {COPY_AMOUNTS}")).rowcount, 3)
+
+    with C.step(f"{p} large copy"):
+        # ~10 MB out and back in through one connection (a large result once stayed inside
+        # pgtenant for a TLS peer until the client timed out).
+        rows, out = 150_000, []
+        async with tx():
+            async with conn.cursor().copy(f"COPY (SELECT g, repeat('x', 60) FROM generate_series(1, {rows}) g) TO STDOUT") as cp:
+                async for data in cp:
+                    out.append(bytes(data))
+        size = sum(map(len, out))
+        C.check(f"{p} large copy: {size / 1e6:.1f} MB out with COPY TO STDOUT", size > 10_000_000, size)
+        async with tx():
+            await conn.execute("CREATE TEMP TABLE big_in (g int, pad text) ON COMMIT DROP")
+            async with conn.cursor().copy("COPY big_in FROM STDIN") as cp:
+                for data in out:
+                    await cp.write(data)
+            got = await one(conn, "SELECT count(*), sum(g), sum(length(pad)), current_setting('app.current_tenant') FROM big_in")
+        C.eq(f"{p} large copy: the same rows back in with COPY FROM STDIN", got, (rows, rows * (rows + 1) // 2, rows * 60, t.id))
 
     with C.step(f"{p} cancel"):
         async def cancel_later():
