@@ -31,6 +31,13 @@ pub async fn start_cluster() -> anyhow::Result<TempCluster> {
     let cluster = TempCluster::start(ClusterOptions::default())
         .await
         .context("starting PostgreSQL")?;
+    load_example(&cluster).await?;
+    Ok(cluster)
+}
+
+/// Creates database `app` on a running cluster with the verified-context objects and the
+/// example schema (for clusters started with options of their own, such as TLS).
+pub async fn load_example(cluster: &TempCluster) -> anyhow::Result<()> {
     cluster
         .psql("postgres", "CREATE DATABASE app")
         .await
@@ -45,13 +52,13 @@ pub async fn start_cluster() -> anyhow::Result<TempCluster> {
         )
         .await
         .context("creating app_user")?;
-    let cfg = config_for(&cluster)?;
-    install_verified(&cluster, &cfg, KeyStep::Install).await?;
+    let cfg = config_for(cluster)?;
+    install_verified(cluster, &cfg, KeyStep::Install).await?;
     cluster
         .psql("app", SCHEMA)
         .await
         .context("loading the example schema")?;
-    Ok(cluster)
+    Ok(())
 }
 
 /// Runs `pgtenant db install` for `cfg` (its key) on the cluster's database `app` as the

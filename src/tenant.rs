@@ -145,14 +145,19 @@ pub struct InjectionPlan {
     pub begin: Bytes,
 }
 
-/// Session settings that never follow a client: its identity, and what changes how
-/// PostgreSQL reads SQL text (the guard reads it with the defaults).
-const NEVER_FOLLOWED: [&str; 5] = [
+/// Session settings that never follow a client: its identity, what changes how PostgreSQL
+/// reads SQL text (the guard reads it with the defaults), and the settings of one
+/// transaction (`SET TRANSACTION` lists them as session-level until the next transaction
+/// starts, and PostgreSQL refuses them once a statement ran).
+const NEVER_FOLLOWED: [&str; 8] = [
     "role",
     "session_authorization",
     "client_encoding",
     "standard_conforming_strings",
     "backslash_quote",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
 ];
 
 /// Prefix of the prepared `RESET <setting>` statements (one per setting).

@@ -222,7 +222,10 @@ async fn doctor_command_prints_json_and_table_and_exits_by_findings() {
     }
     let (code, out) = run_doctor(&cluster, "app", &[]);
     assert_eq!(code, 1);
-    assert!(out.contains("CRITICAL  app  large-object-function"), "{out}");
+    assert!(
+        out.contains("CRITICAL  app  large-object-function"),
+        "{out}"
+    );
     assert!(out.contains("fix: REVOKE EXECUTE ON FUNCTION"), "{out}");
     assert_eq!(run_doctor(&cluster, "app", &["--database", "nope"]).0, 64);
 

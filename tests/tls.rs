@@ -235,11 +235,7 @@ async fn backend_tls_verify_full() {
         ..Default::default()
     };
     let cluster = TempCluster::start(opts).await.unwrap();
-    cluster
-        .psql("postgres", "CREATE DATABASE app")
-        .await
-        .unwrap();
-    cluster.psql("app", pgtenant::demo::SCHEMA).await.unwrap();
+    pgtenant::demo::load_example(&cluster).await.unwrap();
 
     let mut cfg = test_config(&cluster);
     for db in cfg.databases.values_mut() {

@@ -206,7 +206,10 @@ impl ClientParams {
             messages::execute(out);
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);
-            if !is_reported(k) && conn.params.insert(k.to_string(), v.clone()).is_none() {
+            // What this server does not report (search_path before PostgreSQL 18, say) must
+            // be put back for the next client of the connection.
+            let reported = conn.defaults.contains_key(k.as_ref());
+            if !reported && conn.params.insert(k.to_string(), v.clone()).is_none() {
                 conn.unreported.push(k.to_string());
             }
             n += 1;
