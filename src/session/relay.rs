@@ -296,16 +296,14 @@ impl Session {
             .unwrap_or(TxStatus::Idle);
         self.context.on_ready(self.status);
         self.began = false;
-        if self.status == TxStatus::Idle {
-            if self.flow.is_idle() {
-                self.pool.metrics.transactions.inc();
-                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = self.txn_started.take() {
-                    self.pool
-                        .metrics
-                        .transaction_seconds
-                        .observe(t.elapsed().as_secs_f64());
-                }
+        if self.status == TxStatus::Idle && self.flow.is_idle() {
+            self.pool.metrics.transactions.inc();
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = self.txn_started.take() {
+                self.pool
+                    .metrics
+                    .transaction_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
         }
     }
