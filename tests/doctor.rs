@@ -108,13 +108,8 @@ async fn verified_readers_schema_is_clean_and_each_broken_schema_has_its_finding
 async fn demo_schema_has_only_the_findings_it_keeps_on_purpose_and_a_dba_sees_the_same() {
     let cluster = common::start_cluster().await;
     // TEMP (drivers stage COPY through temp tables) and large objects (libpq's lo_* API)
-    // stay in the demo; its policies read current_setting until they move to the verified
-    // readers.
-    let kept = [
-        "forgeable-context",
-        "temp-on-database",
-        "large-object-function",
-    ];
+    // stay in the demo on purpose; its policies read the verified readers.
+    let kept = ["temp-on-database", "large-object-function"];
     let report = doctor(&cluster, "app").await;
     let other: Vec<Finding> = report
         .findings
