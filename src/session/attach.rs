@@ -65,14 +65,15 @@ impl Session {
         self.context.reset();
         self.unnamed_on_backend = false;
         self.backend = Some(pooled);
-        let before = self.bout.len();
         self.ensure_prepared();
         self.pay_pending_reset();
         if let Some(b) = self.backend.as_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
         }
-        if setup && self.bout.len() > before {
+        // The parameters end with a Sync of their own when there are any; a Sync is owed
+        // only for what went out after the last one.
+        if setup && self.flow.is_unsynced() {
             messages::sync(&mut self.bout);
             self.flow.sent(ft::SYNC, Owner::Proxy);
         }
@@ -272,9 +273,14 @@ impl Session {
         }
     }
 
-    fn release_now(&mut self, cleanup: Cleanup) {
+    /// Forgets the attached backend for cancel routing and the admin console's `link`.
+    pub(super) fn unlink_backend(&mut self) {
         self.cancel.slot.set(None);
         self.me.entry.backend.store(0, Ordering::Relaxed);
+    }
+
+    fn release_now(&mut self, cleanup: Cleanup) {
+        self.unlink_backend();
         self.dirty = false;
         self.context.reset();
         if let Some(b) = self.backend.take() {
@@ -286,8 +292,7 @@ impl Session {
     /// anything else (replies outstanding, requests not followed by a Sync, COPY, a broken
     /// connection) is closed: never synced on the client's behalf, never reused.
     pub(super) fn detach_on_end(&mut self, end: &End) {
-        self.cancel.slot.set(None);
-        self.me.entry.backend.store(0, Ordering::Relaxed);
+        self.unlink_backend();
         let quiet = self.flow.is_settled() && !self.copy_in;
         let broken = matches!(end, End::BackendLost(_));
         if !quiet || broken {

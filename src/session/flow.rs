@@ -158,6 +158,12 @@ impl Flow {
         self.is_idle() && !self.unsynced
     }
 
+    /// True when requests went out after the last Sync or Query (nothing sent since one:
+    /// false).
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
     /// True when the backend ignores every request but Sync: an extended-protocol error
     /// happened and no Sync has been sent since. Such requests get no reply at all.
     pub fn backend_discards(&self) -> bool {

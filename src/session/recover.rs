@@ -4,8 +4,6 @@
 //! was inside a transaction finds it aborted: the next backend it gets opens a transaction
 //! and fails it on purpose, so PostgreSQL itself answers 25P02 until the client ends it.
 
-use std::sync::atomic::Ordering;
-
 use super::Session;
 use super::flow::Owner;
 use crate::protocol::messages::{self, ErrorFields, Severity};
@@ -22,8 +20,7 @@ impl Session {
             "a request of pgtenant's failed on the backend (context injection or cleanup); closing that backend");
         let in_transaction = self.status != TxStatus::Idle || self.began;
         let reply_due = self.flow.awaiting_ready();
-        self.cancel.slot.set(None);
-        self.me.entry.backend.store(0, Ordering::Relaxed);
+        self.unlink_backend();
         self.backend = None;
         self.flow.clear();
         self.context.reset();
