@@ -110,6 +110,13 @@ pub struct ServerConfig {
     /// disconnected and its transaction rolled back (0: never).
     #[serde(with = "humantime_serde")]
     pub idle_in_transaction_timeout: Duration,
+    /// A pinned client (see `pin_session_state`) with no transaction open that sends
+    /// nothing for this long is disconnected and its server connection cleaned (0: never).
+    #[serde(with = "humantime_serde")]
+    pub pinned_idle_timeout: Duration,
+    /// Server connections one tenant may keep pinned at once, over all pools (0: only the
+    /// pools' `max_pinned_connections`).
+    pub max_pinned_per_tenant: usize,
     /// TCP keepalive on client and backend sockets: idle time before the first probe
     /// (0: keepalives off).
     #[serde(with = "humantime_serde")]
@@ -158,6 +165,8 @@ impl Default for ServerConfig {
             max_backend_connections_per_tenant: 0,
             client_idle_timeout: Duration::ZERO,
             idle_in_transaction_timeout: Duration::ZERO,
+            pinned_idle_timeout: Duration::ZERO,
+            max_pinned_per_tenant: 0,
             tcp_keepalives_idle: Duration::from_secs(60),
             tcp_keepalives_interval: Duration::from_secs(10),
             tcp_keepalives_count: 6,
@@ -337,6 +346,12 @@ pub struct DatabaseConfig {
     /// transaction's first statement (no backend held in between, one round trip fewer).
     #[serde(default = "default_true")]
     pub defer_begin: bool,
+    /// Transaction pooling: what happens when a client keeps session state (a temp
+    /// table, LISTEN, SQL PREPARE, a WITH HOLD cursor, a session advisory lock).
+    #[serde(default)]
+    pub pin_session_state: PinMode,
+    /// Server connections that may be pinned at once (default: half the pool, at least 1).
+    pub max_pinned_connections: Option<usize>,
     /// TLS to the backend, libpq semantics.
     #[serde(default)]
     pub sslmode: crate::tls::SslMode,
@@ -389,6 +404,28 @@ impl DatabaseConfig {
     }
 }
 
+impl DatabaseConfig {
+    /// The cap on pinned server connections in force.
+    pub fn pinned_limit(&self) -> usize {
+        self.max_pinned_connections
+            .unwrap_or((self.pool_size / 2).max(1))
+    }
+}
+
+/// What transaction pooling does with session state that outlives a transaction.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PinMode {
+    /// Keep the client on its server connection until the state is gone (in effect
+    /// session pooling for that client), then clean the connection and return it.
+    #[default]
+    Pin,
+    /// Refuse the statements that create such state, with a clear error.
+    Refuse,
+    /// Let them run, and clean the connection (DISCARD ALL) when the transaction ends.
+    Clean,
+}
+
 /// Transaction pooling shares backends between clients; session pooling pins one per client.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -417,6 +454,8 @@ pub struct TenantConfig {
     pub max_connections: Option<usize>,
     /// Overrides `server.max_backend_connections_per_tenant`.
     pub max_backend_connections: Option<usize>,
+    /// Overrides `server.max_pinned_per_tenant`.
+    pub max_pinned: Option<usize>,
 }
 
 impl TenantConfig {
@@ -424,6 +463,11 @@ impl TenantConfig {
     pub fn connection_limit(&self, server: &ServerConfig) -> usize {
         self.max_connections
             .unwrap_or(server.max_connections_per_tenant)
+    }
+
+    /// Pinned server connection cap for this tenant (0: none beyond the pools').
+    pub fn pinned_limit(&self, server: &ServerConfig) -> usize {
+        self.max_pinned.unwrap_or(server.max_pinned_per_tenant)
     }
 
     /// Backend connection cap for this tenant (0: none).

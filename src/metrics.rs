@@ -42,6 +42,8 @@ pub struct Metrics {
     transactions: IntCounterVec,
     queries: IntCounterVec,
     statement_evictions: IntCounterVec,
+    pinned_backends: IntGaugeVec,
+    pins: IntCounterVec,
 }
 
 /// Pre-resolved handles for one pool, so the hot path never hashes label values.
@@ -63,6 +65,11 @@ pub struct PoolMetrics {
     pub statement_evictions: IntCounter,
     pub size: IntGauge,
     pub up: IntGauge,
+    /// Server connections pinned to one client (session state kept).
+    pub pinned: IntGauge,
+    /// Pins made, and pins refused at the cap (`outcome` label).
+    pub pins: IntCounter,
+    pub pins_refused: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -273,6 +280,16 @@ impl Metrics {
                 "Client statements closed on a backend to stay within the cache size.",
                 &["pool"],
             ),
+            pinned_backends: gauge(
+                "pgtenant_pinned_backends",
+                "Server connections pinned to one client because it keeps session state.",
+                &["pool"],
+            ),
+            pins: counter(
+                "pgtenant_pins_total",
+                "Clients pinned to their server connection (outcome=pinned), or refused or cleaned because a pin cap was reached (outcome=cap).",
+                &["pool", "outcome"],
+            ),
             registry: r,
         }
     }
@@ -298,6 +315,9 @@ impl Metrics {
             statement_evictions: self.statement_evictions.with_label_values(&[pool]),
             size: self.pool_size.with_label_values(&[pool]),
             up: self.backend_up.with_label_values(&[pool]),
+            pinned: self.pinned_backends.with_label_values(&[pool]),
+            pins: self.pins.with_label_values(&[pool, "pinned"]),
+            pins_refused: self.pins.with_label_values(&[pool, "cap"]),
         }
     }
 

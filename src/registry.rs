@@ -74,6 +74,8 @@ pub struct TenantStats {
     pub errors: AtomicU64,
     /// Wakes clients waiting for the tenant's backend cap.
     pub backend_freed: Notify,
+    /// Server connections the tenant keeps pinned right now.
+    pub pinned: AtomicUsize,
 }
 
 impl TenantStats {
@@ -115,6 +117,20 @@ impl TenantStats {
         }
     }
 
+    /// Counts one more pinned connection unless the tenant holds `limit` (0: no limit).
+    pub fn try_pin(&self, limit: usize) -> bool {
+        self.pinned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a pin taken with [`TenantStats::try_pin`].
+    pub fn unpin(&self) {
+        self.pinned.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Activity used to rank tenants for their own metric label.
     fn activity(&self) -> u64 {
         self.transactions.load(Ordering::Relaxed) + self.connections.load(Ordering::Relaxed) as u64
@@ -146,6 +162,8 @@ pub struct ClientEntry {
     pub signal: SessionSignal,
     /// Backend connection id while one is attached (0: none).
     pub backend: AtomicU64,
+    /// The client keeps session state, so its backend stays with it (SHOW CLIENTS).
+    pub pinned: std::sync::atomic::AtomicBool,
 }
 
 /// What a client authenticated as.
@@ -222,6 +240,7 @@ impl Registry {
             identity: std::sync::OnceLock::new(),
             signal: SessionSignal::default(),
             backend: AtomicU64::new(0),
+            pinned: Default::default(),
         });
         self.gauge(ClientState::Authenticating).inc();
         self.clients.insert(id, entry.clone());

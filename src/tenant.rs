@@ -52,6 +52,10 @@ pub struct Tenant {
     pub connection_limit: usize,
     /// Backend connections held at once (0: no limit).
     pub backend_limit: usize,
+    /// Server connections pinned at once (0: no limit beyond the pools').
+    pub pinned_limit: usize,
+    /// Prefix of this tenant's LISTEN/NOTIFY channels (see `session::channels`).
+    pub channel_prefix: String,
     /// The configuration this tenant was built from (and the context key's id), to tell
     /// whether a reload changed it.
     source: (TenantConfig, AuthMethod, Option<i32>),
@@ -322,6 +326,8 @@ impl TenantDirectory {
                 inject_session: plan.injection(CTX_SESSION_STATEMENT, &values),
                 connection_limit: t.connection_limit(&cfg.server),
                 backend_limit: t.backend_limit(&cfg.server),
+                pinned_limit: t.pinned_limit(&cfg.server),
+                channel_prefix: crate::session::channels::channel_prefix(&t.id),
                 source: (
                     t.clone(),
                     t.auth_method.unwrap_or(cfg.auth.method),

@@ -568,22 +568,60 @@ async fn allowed_lookalikes_reset_all_discard_all_and_sql_prepare() {
         );
     }
 
-    // SQL-level prepared statements cannot follow a client across backends.
+    // SQL-level prepared statements pin the client to its backend (pin_session_state =
+    // "pin", the default; tests/pinning.rs), so they work as on PostgreSQL, with the context.
     for sql in [
-        "PREPARE p AS SELECT 1",
+        "PREPARE p AS SELECT current_setting('app.current_tenant')",
         "EXECUTE p",
         "DEALLOCATE p",
         "select 1; prepare q as select 2",
+        "EXECUTE q",
     ] {
         let r = c.simple_query(sql).await;
-        expect_err(&mut f, r, "0A000", "PREPARE", &format!("simple {sql:?}"));
-        let r = c.query(sql, &[]).await;
-        expect_err(&mut f, r, "0A000", "PREPARE", &format!("extended {sql:?}"));
+        f.check(r.is_ok(), || format!("simple {sql:?}: {}", describe(&r)));
     }
     for sql in ["DEALLOCATE ALL", "DEALLOCATE PREPARE ALL"] {
         let r = c.simple_query(sql).await;
         f.check(r.is_ok(), || format!("{sql}: {}", describe(&r)));
     }
-    check_own_context(&mut f, &c, ACME, "after SQL-level PREPARE attempts").await;
+    check_own_context(&mut f, &c, ACME, "after SQL-level PREPARE").await;
     f.finish();
+}
+
+#[tokio::test]
+async fn sql_prepare_is_refused_where_session_state_is_not_kept() {
+    use pgtenant::config::PinMode;
+    for mode in [PinMode::Refuse, PinMode::Clean] {
+        let env = TestEnv::start_with(|c| {
+            for db in c.databases.values_mut() {
+                db.pin_session_state = mode;
+            }
+        })
+        .await;
+        let c = env.proxy.connect("acme").await;
+        let mut f = Failures::default();
+        for sql in [
+            "PREPARE p AS SELECT 1",
+            "EXECUTE p",
+            "DEALLOCATE p",
+            "select 1; prepare q as select 2",
+        ] {
+            let r = c.simple_query(sql).await;
+            expect_err(&mut f, r, "0A000", "", &format!("{mode:?} simple {sql:?}"));
+            let r = c.query(sql, &[]).await;
+            expect_err(
+                &mut f,
+                r,
+                "0A000",
+                "",
+                &format!("{mode:?} extended {sql:?}"),
+            );
+        }
+        for sql in ["DEALLOCATE ALL", "DEALLOCATE PREPARE ALL"] {
+            let r = c.simple_query(sql).await;
+            f.check(r.is_ok(), || format!("{sql}: {}", describe(&r)));
+        }
+        check_own_context(&mut f, &c, ACME, "after SQL-level PREPARE attempts").await;
+        f.finish();
+    }
 }

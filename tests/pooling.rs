@@ -264,8 +264,11 @@ async fn session_pooling_mode_keeps_a_backend() {
             }
         });
         a.batch_execute("LISTEN ch").await.unwrap();
+        // Channels are scoped per tenant: another tenant's NOTIFY on the same name is not
+        // heard; the tenant's own (here its own session's) is, and comes first.
         let b = env.proxy.connect("globex").await;
-        b.batch_execute("NOTIFY ch, 'x'").await.unwrap();
+        b.batch_execute("NOTIFY ch, 'not for acme'").await.unwrap();
+        a.batch_execute("NOTIFY ch, 'x'").await.unwrap();
         let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("notification delivered through the proxy")

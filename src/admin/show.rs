@@ -108,6 +108,8 @@ fn pools(server: &Server) -> Table {
                 wait.subsec_micros().to_string(),
                 format!("{:?}", p.mode).to_lowercase(),
                 paused.to_string(),
+                p.pinned().to_string(),
+                format!("{:?}", p.pin_mode()).to_lowercase(),
             ]
         })
         .collect();
@@ -126,6 +128,8 @@ fn pools(server: &Server) -> Table {
             "maxwait_us",
             "pool_mode",
             "paused",
+            "sv_pinned",
+            "pin_session_state",
         ],
         rows,
     }
@@ -167,6 +171,11 @@ fn clients(server: &Server) -> Table {
                     link.to_string()
                 },
                 field(|i| &i.application_name),
+                if c.pinned.load(Ordering::Relaxed) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
             ]
         })
         .collect();
@@ -186,6 +195,7 @@ fn clients(server: &Server) -> Table {
             "wait_us",
             "link",
             "application_name",
+            "pinned",
         ],
         rows,
     }
@@ -207,7 +217,11 @@ fn servers(server: &Server) -> Table {
             link.to_string(),
             id.database.to_string(),
             user,
-            "active".to_string(),
+            if c.pinned.load(Ordering::Relaxed) {
+                "pinned".to_string()
+            } else {
+                "active".to_string()
+            },
             id.tenant.to_string(),
             c.id.to_string(),
             String::new(),
@@ -265,6 +279,8 @@ fn tenants(server: &Server) -> Table {
                 get(|s| s.queries.load(Ordering::Relaxed)).to_string(),
                 get(|s| s.errors.load(Ordering::Relaxed)).to_string(),
                 get(|s| s.wait_us.load(Ordering::Relaxed)).to_string(),
+                get(|s| s.pinned.load(Ordering::Relaxed) as u64).to_string(),
+                limit(t.pinned_limit),
             ]
         })
         .collect();
@@ -281,6 +297,8 @@ fn tenants(server: &Server) -> Table {
             "total_query_count",
             "total_errors",
             "total_wait_time",
+            "sv_pinned",
+            "max_pinned",
         ],
         rows,
     }

@@ -126,6 +126,7 @@ impl BackendTarget {
             statements: crate::session::statements::BackendStatements::new(
                 self.statement_cache_size,
             ),
+            held_notifications: BytesMut::new(),
             created: now,
             last_used: now,
             id,

@@ -81,6 +81,9 @@ pub struct BackendConn {
     pub owed: Owed,
     /// Client statements prepared here under proxy-owned names.
     pub statements: crate::session::statements::BackendStatements,
+    /// NotificationResponses that arrived during the proxy's own exchanges (whole
+    /// messages), for the attached client to receive.
+    pub held_notifications: BytesMut,
     pub created: Instant,
     pub last_used: Instant,
     pub id: u64,
@@ -136,6 +139,7 @@ impl BackendConn {
                 bt::PARAMETER_STATUS => {
                     self.note_parameter(f.body());
                 }
+                bt::NOTIFICATION_RESPONSE => self.held_notifications.extend_from_slice(&f.raw),
                 bt::ERROR_RESPONSE => error = Some(messages::parse_error_fields(f.body())),
                 bt::READY_FOR_QUERY => {
                     if let Some(e) = error {

@@ -92,6 +92,14 @@ impl Config {
             if db.pool_size == 0 || db.pool_size > 10_000 {
                 bad(key("pool_size"), "must be between 1 and 10000".into());
             }
+            if let Some(n) = db.max_pinned_connections
+                && n > db.pool_size
+            {
+                bad(
+                    key("max_pinned_connections"),
+                    format!("must not exceed pool_size ({})", db.pool_size),
+                );
+            }
             if db.host.is_empty() {
                 bad(key("host"), "must not be empty".into());
             }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
-use crate::config::{DatabaseConfig, PoolMode};
+use crate::config::{DatabaseConfig, PinMode, PoolMode};
 use crate::metrics::PoolMetrics;
 
 /// Why a client could not get a backend connection.
@@ -45,6 +45,8 @@ struct Limits {
     idle_timeout: Duration,
     max_lifetime: Duration,
     defer_begin: bool,
+    pin_mode: PinMode,
+    max_pinned: usize,
 }
 
 impl Limits {
@@ -55,6 +57,8 @@ impl Limits {
             idle_timeout: cfg.idle_timeout,
             max_lifetime: cfg.max_lifetime,
             defer_begin: cfg.defer_begin,
+            pin_mode: cfg.pin_session_state,
+            max_pinned: cfg.pinned_limit(),
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
     reset_sql: String,
+    /// Connections pinned to one client right now (see [`Pool::try_pin`]).
+    pinned: std::sync::atomic::AtomicUsize,
     pub metrics: PoolMetrics,
 }
 
@@ -135,6 +141,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(cfg.pool_size)),
             next_id: AtomicU64::new(1),
             reset_sql,
+            pinned: Default::default(),
             metrics,
         })
     }
@@ -188,6 +195,45 @@ impl Pool {
     /// Whether a plain BEGIN waits for the transaction's first statement (`defer_begin`).
     pub fn defers_begin(&self) -> bool {
         self.limits.load().defer_begin
+    }
+
+    /// What this database does with session state that outlives a transaction.
+    pub fn pin_mode(&self) -> PinMode {
+        self.limits.load().pin_mode
+    }
+
+    /// Connections pinned to one client right now.
+    pub fn pinned(&self) -> usize {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// True when another connection could be pinned now (a hint: [`Pool::try_pin`] decides).
+    pub fn may_pin(&self) -> bool {
+        self.pinned() < self.limits.load().max_pinned
+    }
+
+    /// Counts one more pinned connection unless `max_pinned_connections` are pinned.
+    pub fn try_pin(&self) -> bool {
+        let max = self.limits.load().max_pinned;
+        let ok = self
+            .pinned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if ok {
+            self.metrics.pinned.inc();
+            self.metrics.pins.inc();
+        } else {
+            self.metrics.pins_refused.inc();
+        }
+        ok
+    }
+
+    /// Gives back a pin taken with [`Pool::try_pin`].
+    pub fn unpin(&self) {
+        self.pinned.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.pinned.dec();
     }
 
     /// Idle connections: (id, age, time since last use).

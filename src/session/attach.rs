@@ -212,7 +212,7 @@ impl Session {
     }
 
     fn release_cleanup(&self) -> Cleanup {
-        if self.dirty {
+        if self.dirty || self.pin.is_some() {
             Cleanup::Full
         } else if self.server.config().context.reset_on_release == ResetMode::Always {
             Cleanup::ResetContext
@@ -222,8 +222,11 @@ impl Session {
     }
 
     /// Returns the backend to the pool once the transaction is over (transaction pooling).
-    /// A client that may have changed its session first has its session settings read
-    /// back, so that they follow it (see [`Session::learn_session_settings`]).
+    /// After a transaction that may have changed the session, PostgreSQL is first asked what
+    /// the session now has: its settings follow the client (see
+    /// [`Session::learn_session_state`]), and state that cannot follow it (a temp table,
+    /// LISTEN, ...) keeps the backend with the client (see [`super::pin`]). A pinned
+    /// client's backend goes back only once such a check finds nothing kept.
     pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
         if self.pool.mode == PoolMode::Session
             || self.backend.is_none()
@@ -233,41 +236,66 @@ impl Session {
         {
             return Ok(());
         }
-        let cleanup = self.release_cleanup();
-        if cleanup == Cleanup::Full {
-            self.learn_session_settings().await?;
+        if !self.dirty {
+            if self.pin.is_none() {
+                let cleanup = self.release_cleanup();
+                self.release_now(cleanup);
+            }
+            return Ok(());
         }
-        self.release_now(cleanup);
+        let kept = self.learn_session_state().await?;
+        self.dirty = false;
+        if self.keep_pinned(&kept) {
+            return Ok(());
+        }
+        self.release_now(Cleanup::Full);
         Ok(())
     }
 
-    /// Asks PostgreSQL which session-level settings the client's session now has, before
-    /// the backend is cleaned with DISCARD ALL: a `SET` outside `SET LOCAL` (or
-    /// `set_config(..., false)`, pgjdbc's `setTransactionIsolation`) then lasts for the
-    /// client's session as on PostgreSQL, on whichever backend serves it, and never reaches
-    /// another client. One round trip, only after a transaction that may have changed the
-    /// session.
-    async fn learn_session_settings(&mut self) -> Result<(), End> {
+    /// Asks PostgreSQL what the client's session now has, before the backend is cleaned
+    /// with DISCARD ALL: its session-level settings (a `SET` outside `SET LOCAL`,
+    /// `set_config(..., false)`, pgjdbc's `setTransactionIsolation`) then last for the
+    /// client's session as on PostgreSQL, on whichever backend serves it, and never reach
+    /// another client; and the kinds of state it keeps that cannot follow it (returned,
+    /// comma-separated; empty when none). One round trip, only after a transaction that may
+    /// have changed the session.
+    async fn learn_session_state(&mut self) -> Result<String, End> {
         let Some(b) = self.backend.as_mut() else {
-            return Ok(());
+            return Ok(String::new());
         };
-        let sql = &self.server.plan.session_settings_sql;
+        let sql = format!(
+            "{} UNION ALL {}",
+            self.server.plan.session_settings_sql,
+            super::pin::KEPT_SQL
+        );
         let conn = b.conn();
-        match conn.simple_query(sql).await {
+        let result = conn.simple_query(&sql).await;
+        let held = std::mem::take(&mut conn.held_notifications);
+        self.deliver_notifications(&held);
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(String::new());
+        };
+        let conn = b.conn();
+        match result {
             Ok(rows) => {
+                let mut kept = String::new();
                 let listed: Vec<(String, String)> = rows
                     .into_iter()
                     .filter_map(|r| match r.as_slice() {
+                        [Some(k), v] if k == super::pin::KEPT_ROW => {
+                            kept = v.clone().unwrap_or_default();
+                            None
+                        }
                         [Some(k), Some(v)] => Some((k.clone(), v.clone())),
                         _ => None,
                     })
                     .collect();
                 self.params.adopt_session(conn, &listed);
-                Ok(())
+                Ok(kept)
             }
             Err(crate::backend::BackendError::Server(e)) => {
-                tracing::warn!(code = %e.code, message = %e.message, "could not read the client's session settings");
-                Ok(())
+                tracing::warn!(code = %e.code, message = %e.message, "could not read the client's session state");
+                Ok(String::new())
             }
             Err(e) => Err(End::BackendLost(e.to_string())),
         }
@@ -282,6 +310,7 @@ impl Session {
     fn release_now(&mut self, cleanup: Cleanup) {
         self.unlink_backend();
         self.dirty = false;
+        self.pin = None;
         self.context.reset();
         if let Some(b) = self.backend.take() {
             b.release(cleanup);

@@ -5,12 +5,14 @@
 
 mod attach;
 mod buffers;
+pub mod channels;
 pub mod context;
 mod deferred;
 pub mod flow;
 mod guard;
 pub mod lot;
 pub mod params;
+mod pin;
 mod prepared;
 mod recover;
 mod relay;
@@ -102,6 +104,8 @@ pub struct Session {
     began: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
+    /// The client keeps session state: its backend stays attached between transactions.
+    pin: Option<pin::Pin>,
     /// The backend is in COPY IN: copy messages go through regardless of pending replies.
     copy_in: bool,
     /// A request was refused by the proxy itself: drop frames up to the next Sync.
@@ -159,6 +163,7 @@ impl Session {
             aborted_elsewhere: false,
             began: false,
             dirty: false,
+            pin: None,
             copy_in: false,
             skip_until_sync: false,
             statements: Default::default(),
@@ -384,5 +389,7 @@ async fn finish(s: &mut Session, end: End) -> End {
 
 /// Metric label of the idle-in-transaction timeout.
 const IDLE_IN_TRANSACTION: &str = "idle_in_transaction";
+/// Metric label of the idle timeout of a pinned client.
+const PINNED_IDLE: &str = "pinned_idle";
 /// Metric label of the client idle timeout.
 const CLIENT_IDLE: &str = "client_idle";

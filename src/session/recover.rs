@@ -22,6 +22,9 @@ impl Session {
         let reply_due = self.flow.awaiting_ready();
         self.unlink_backend();
         self.backend = None;
+        if self.pin.take().is_some() {
+            tracing::warn!(tenant = %self.tenant.name, "the session state of a pinned client was lost with its server connection");
+        }
         self.flow.clear();
         self.context.reset();
         self.copy_in = false;

@@ -7,7 +7,7 @@ use bytes::Buf;
 
 use super::flow::Disposition;
 use super::{End, Session};
-use crate::config::PoolMode;
+use crate::config::{PinMode, PoolMode};
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
@@ -95,6 +95,22 @@ impl Session {
             ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
         );
         let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
+        let frame = match analysis.as_ref().filter(|a| a.names_channel) {
+            Some(_) => match self.scope_channels(&frame) {
+                Ok(scoped) => scoped.unwrap_or(frame),
+                Err(refusal) => {
+                    return self
+                        .refuse(
+                            &frame,
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            refusal.0,
+                            "channel",
+                        )
+                        .await;
+                }
+            },
+            None => frame,
+        };
         let bound = (frame.tag == ft::BIND)
             .then(|| super::statements::bind_statement(frame.body()).unwrap_or_default());
         let setup = match (&analysis, bound) {
@@ -125,7 +141,16 @@ impl Session {
                     .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
                     .await;
             }
-            if guard && self.pool.mode == PoolMode::Transaction && a.sql_prepared_statements {
+            if let Some(what) = a.keeps_state
+                && let Some((code, msg)) = self.pin_refusal(what)
+            {
+                return self.refuse(&frame, code, &msg, "pin").await;
+            }
+            if guard
+                && self.pool.mode == PoolMode::Transaction
+                && a.sql_prepared_statements
+                && self.pool.pin_mode() != PinMode::Pin
+            {
                 let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
                            use protocol-level prepared statements (every driver's default) or a session-mode database";
                 return self
@@ -228,6 +253,10 @@ impl Session {
             at += total;
             let body = &raw[5..];
             match tag {
+                bt::NOTIFICATION_RESPONSE => {
+                    self.deliver_notifications(raw);
+                    continue;
+                }
                 bt::PARAMETER_STATUS => {
                     let conn = self.backend.as_mut().map(|b| b.conn());
                     if let Some((k, v)) = conn.and_then(|c| c.note_parameter(body)) {
@@ -330,6 +359,10 @@ impl Session {
             self.context.settings_changed();
         }
         if starts(b"LISTEN") || starts(b"PREPARE") || starts(b"DECLARE") || starts(b"DEALLOCATE") {
+            self.dirty = true;
+        }
+        // What may end the state a pinned client keeps: look again at the transaction's end.
+        if self.pin.is_some() && (starts(b"DROP") || starts(b"UNLISTEN") || starts(b"CLOSE")) {
             self.dirty = true;
         }
     }

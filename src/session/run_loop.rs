@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::{CLIENT_IDLE, End, IDLE_IN_TRANSACTION, Session, buffers};
+use super::{CLIENT_IDLE, End, IDLE_IN_TRANSACTION, PINNED_IDLE, Session, buffers};
 use crate::pool::PooledConn;
 use crate::protocol::TxStatus;
 use crate::registry::{ClientState, SessionSignal};
@@ -31,6 +31,11 @@ impl Session {
         let (limit, kind) = match state {
             ClientState::IdleInTransaction => {
                 (cfg.server.idle_in_transaction_timeout, IDLE_IN_TRANSACTION)
+            }
+            ClientState::Idle
+                if self.pin.is_some() && !cfg.server.pinned_idle_timeout.is_zero() =>
+            {
+                (cfg.server.pinned_idle_timeout, PINNED_IDLE)
             }
             ClientState::Idle => (cfg.server.client_idle_timeout, CLIENT_IDLE),
             _ => return None,
@@ -149,7 +154,10 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             // Never parked: released here instead, between transactions.
             s.release_idle_buffers();
         }
-        if *stopping && s.backend.is_none() && !s.deferred_begin {
+        // A pinned client between transactions is idle too: it ends with the others.
+        let between = s.backend.is_none()
+            || (s.pin.is_some() && s.flow.is_settled() && s.status == TxStatus::Idle);
+        if *stopping && between && !s.deferred_begin {
             return Some(End::Shutdown);
         }
         if entry.is_killed() {

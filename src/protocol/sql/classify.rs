@@ -138,6 +138,7 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
         "set_config",
         "pg_advisory_lock",
         "pg_try_advisory_lock",
+        "pg_advisory_unlock",
         "dblink_connect",
     ];
     if mentions.iter().any(|m| contains_ci(sql, m.as_bytes())) {
@@ -175,6 +176,49 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
             false
         }
     })
+}
+
+/// What a statement of `sql` visibly keeps in the session after its transaction, if
+/// anything: a temp table, LISTEN, an SQL-level prepared statement, a WITH HOLD cursor or a
+/// session advisory lock (the label names it in the client's error when it cannot be kept).
+/// Checked before the statement runs, for `pin_session_state`; what PostgreSQL really keeps
+/// is asked after the transaction (see `session::pin`), so this only needs to see the
+/// usual spellings.
+pub(super) fn kept_state(sql: &[u8], toks: &[Token]) -> Option<&'static str> {
+    let advisory = ["pg_advisory_lock", "pg_try_advisory_lock"];
+    if advisory.iter().any(|m| contains_ci(sql, m.as_bytes())) {
+        return Some("a session advisory lock");
+    }
+    statements(toks).find_map(|s| {
+        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+        let temp = |k: usize| kw(k, "temp") || kw(k, "temporary");
+        if kw(0, "listen") {
+            Some("LISTEN")
+        } else if kw(0, "prepare") && !kw(1, "transaction") {
+            Some("PREPARE")
+        } else if kw(0, "declare") && (1..s.len()).any(|k| kw(k, "with") && kw(k + 1, "hold")) {
+            Some("a WITH HOLD cursor")
+        } else if kw(0, "create") && (1..s.len().min(4)).any(temp) {
+            // ON COMMIT DROP: gone with the transaction.
+            let dropped =
+                (0..s.len()).any(|k| kw(k, "on") && kw(k + 1, "commit") && kw(k + 2, "drop"));
+            (!dropped).then_some("a temporary object")
+        } else if (kw(0, "select") || kw(0, "with"))
+            && (0..s.len()).any(|k| {
+                let scope = usize::from(is_kw_in(s.get(k + 1), &["local", "global"]));
+                kw(k, "into") && temp(k + 1 + scope)
+            })
+        {
+            Some("a temporary object")
+        } else {
+            None
+        }
+    })
+}
+
+/// True when `sql` may name a LISTEN/NOTIFY channel (`session::channels` then rewrites it).
+pub(super) fn names_channel(sql: &[u8]) -> bool {
+    contains_ci(sql, b"listen") || contains_ci(sql, b"notify")
 }
 
 /// True when the statement `s` leaves what follows it without the tenant context: it ends

@@ -189,6 +189,24 @@ async function runTenant(t) {
     }
   });
 
+  await step(`${p} session state across transactions`, async () => {
+    // A temp table and LISTEN outlive their transaction (pgtenant pins the client).
+    await q('CREATE TEMP TABLE scratch (n int)');
+    for (const i of [1, 2, 3]) await tx(() => q('INSERT INTO scratch VALUES ($1)', [i]));
+    const r = await tx(() => q('SELECT count(*)::int AS n FROM scratch'));
+    eq(`${p} temp table across transactions`, r.rows[0].n, 3);
+    const heard = new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(null), 5000);
+      c.once('notification', (n) => { clearTimeout(timer); resolve([n.channel, n.payload]); });
+    });
+    await q('LISTEN driver_jobs');
+    await tx(() => q('SELECT 1'));
+    await q("NOTIFY driver_jobs, 'hello'");
+    eq(`${p} LISTEN across transactions hears its NOTIFY`, await heard, ['driver_jobs', 'hello']);
+    await q('UNLISTEN *');
+    await q('DROP TABLE scratch');
+  });
+
   await step(`${p} final isolation`, async () => {
     const r = await tx(() => q('SELECT DISTINCT tenant_id::text AS t FROM invoices'));
     eq(`${p} final isolation: only own tenant_id visible`, r.rows.map((x) => x.t), [t.id]);

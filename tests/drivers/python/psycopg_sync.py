@@ -1,7 +1,7 @@
 """psycopg 3 (sync) through pgtenant: CRUD, rollback, server-side prepared statements reused
 across transactions (prepare_threshold=0) and prepared again after DDL, errors, COPY, cancel,
 tenant isolation; libpq pipeline mode (conn.pipeline(), with another tenant running
-meanwhile), isolation levels and read only."""
+meanwhile), isolation levels and read only; a temp table and LISTEN across transactions."""
 import threading
 import time
 from contextlib import contextmanager
@@ -220,6 +220,24 @@ def run_tenant(t):
             refused = True
         conn.read_only = None
         C.check(f"{p} read only: INSERT refused (25006)", refused, "INSERT ran")
+
+    with C.step(f"{p} session state across transactions"):
+        # A temp table and LISTEN outlive their transaction (pgtenant pins the client to its
+        # backend until they are gone).
+        conn.execute("CREATE TEMP TABLE scratch (n int)")
+        for i in range(3):
+            with tx():
+                conn.execute("INSERT INTO scratch VALUES (%s)", [i])
+        with tx():
+            C.eq(f"{p} temp table across transactions", conn.execute("SELECT count(*) FROM scratch").fetchone()[0], 3)
+        conn.execute("LISTEN driver_jobs")
+        with tx():
+            conn.execute("SELECT 1")
+        conn.execute("NOTIFY driver_jobs, 'hello'")
+        got = [(n.channel, n.payload) for n in conn.notifies(timeout=5, stop_after=1)]
+        C.eq(f"{p} LISTEN across transactions hears its NOTIFY", got, [("driver_jobs", "hello")])
+        conn.execute("UNLISTEN *")
+        conn.execute("DROP TABLE scratch")
 
     with C.step(f"{p} final isolation"):
         with tx():

@@ -1,0 +1,167 @@
+//! Pinning: a client whose session keeps state that PostgreSQL holds per connection (a temp
+//! table, LISTEN, an SQL-level prepared statement, a WITH HOLD cursor, a session advisory
+//! lock) keeps its server connection until that state is gone, then the connection is
+//! cleaned and goes back to the pool. PostgreSQL itself says what is kept (one query after a
+//! transaction that may have changed the session), so state made in any spelling or inside
+//! a function is seen the same way.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Session;
+use crate::config::PinMode;
+use crate::pool::Pool;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::sqlstate;
+use crate::registry::{ClientEntry, TenantStats};
+
+/// Name of the extra row the session-settings query returns: the kinds of state kept
+/// (never a setting name: those have no spaces).
+pub(super) const KEPT_ROW: &str = "pgtenant kept";
+
+/// One text column listing what the session keeps, comma-separated ('' when nothing): temp
+/// objects, channels listened to, WITH HOLD cursors, SQL-level prepared statements, and
+/// session advisory locks. Run only between transactions, where transaction-level cursors
+/// and locks are already gone.
+pub(super) const KEPT_SQL: &str = "SELECT 'pgtenant kept', pg_catalog.concat_ws(',', \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+      THEN 'temp' END, \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'listen' END, \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) THEN 'cursor' END, \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN 'prepare' END, \
+    CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+      AND pid = pg_catalog.pg_backend_pid()) THEN 'advisory_lock' END)";
+
+/// A server connection pinned to one client, counted against the pool's
+/// `max_pinned_connections` and the tenant's `max_pinned`; given back on drop.
+pub(super) struct Pin {
+    pool: Arc<Pool>,
+    stats: Arc<TenantStats>,
+    entry: Arc<ClientEntry>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.pool.unpin();
+        self.stats.unpin();
+        self.entry.pinned.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Why a pin could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CapReached {
+    Tenant,
+    Pool,
+}
+
+impl CapReached {
+    /// The text a client sees; names the setting that would allow more.
+    pub(super) fn message(self, what: &str) -> String {
+        let key = match self {
+            CapReached::Tenant => "max_pinned_per_tenant",
+            CapReached::Pool => "max_pinned_connections",
+        };
+        format!(
+            "pgtenant: {what}: too many server connections are pinned to clients that keep session state ({key})"
+        )
+    }
+}
+
+impl Session {
+    /// Takes a pin for this client, within the tenant's and the pool's caps.
+    fn take_pin(&mut self) -> Result<(), CapReached> {
+        if self.pin.is_some() {
+            return Ok(());
+        }
+        if !self.stats.try_pin(self.tenant.pinned_limit) {
+            self.pool.metrics.pins_refused.inc();
+            return Err(CapReached::Tenant);
+        }
+        if !self.pool.try_pin() {
+            self.stats.unpin();
+            return Err(CapReached::Pool);
+        }
+        self.me.entry.pinned.store(true, Ordering::Relaxed);
+        self.pin = Some(Pin {
+            pool: self.pool.clone(),
+            stats: self.stats.clone(),
+            entry: self.me.entry.clone(),
+        });
+        Ok(())
+    }
+
+    /// Before a statement that keeps session state runs: None when it may run, else the
+    /// SQLSTATE and message that refuse it (`pin_session_state = "refuse"`, or no pin left).
+    pub(super) fn pin_refusal(&self, what: &str) -> Option<(&'static str, String)> {
+        if self.pin.is_some() || self.pool.mode != crate::config::PoolMode::Transaction {
+            return None;
+        }
+        match self.pool.pin_mode() {
+            PinMode::Clean => None,
+            PinMode::Refuse => Some((
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "pgtenant: {what} keeps session state, which this database refuses in transaction pooling (pin_session_state = \"refuse\"); use a session-mode database"
+                ),
+            )),
+            PinMode::Pin => {
+                let tenant_full = self.tenant.pinned_limit > 0
+                    && self.stats.pinned.load(Ordering::Relaxed) >= self.tenant.pinned_limit;
+                let cap = if tenant_full {
+                    Some(CapReached::Tenant)
+                } else if !self.pool.may_pin() {
+                    Some(CapReached::Pool)
+                } else {
+                    None
+                };
+                cap.map(|c| (sqlstate::CONFIGURATION_LIMIT_EXCEEDED, c.message(what)))
+            }
+        }
+    }
+
+    /// After a transaction that may have changed the session, with PostgreSQL's list of
+    /// the state it keeps (`kept`, comma-separated, empty when none): true when the client
+    /// keeps its server connection. A client that cannot be pinned is told its state was
+    /// discarded (the connection is then cleaned with DISCARD ALL).
+    pub(super) fn keep_pinned(&mut self, kept: &str) -> bool {
+        if kept.is_empty() || self.pool.mode != crate::config::PoolMode::Transaction {
+            return false;
+        }
+        match self.pool.pin_mode() {
+            PinMode::Pin => {}
+            PinMode::Clean => return false,
+            PinMode::Refuse => {
+                self.warn_discarded(kept, "pin_session_state = \"refuse\"");
+                return false;
+            }
+        }
+        let newly = self.pin.is_none();
+        match self.take_pin() {
+            Ok(()) => {
+                if newly {
+                    tracing::info!(tenant = %self.tenant.name, kept, "client pinned to its server connection");
+                }
+                true
+            }
+            Err(cap) => {
+                let why = cap.message("cannot keep it");
+                self.warn_discarded(kept, &why);
+                false
+            }
+        }
+    }
+
+    /// Tells the client (an asynchronous WARNING) that the session state it left was
+    /// discarded at the end of its transaction.
+    fn warn_discarded(&mut self, kept: &str, why: &str) {
+        tracing::warn!(tenant = %self.tenant.name, kept, "session state discarded: {why}");
+        messages::error_response(
+            &mut self.cout,
+            Severity::Warning,
+            sqlstate::WARNING,
+            &format!("pgtenant discarded the session state this transaction left ({kept}): {why}"),
+        );
+    }
+}
