@@ -19,9 +19,9 @@ use pgtenant::pool::{Cleanup, Pool};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, write_msg};
 use pgtenant::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
-use pgtenant::server::Server;
 use pgtenant::session::flow::{Disposition, Flow, Owner};
 use pgtenant::session::statements::{BackendStatements, ClientStatements, Defined};
+use pgtenant::shared::Server;
 use pgtenant::tenant::{InjectionPlan, TenantDirectory};
 
 const MAX_MESSAGE: usize = 64 << 20;

@@ -39,10 +39,12 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod signal;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
 pub mod verified;
 
-pub use server::{Server, run};
+pub use server::run;
+pub use shared::Server;

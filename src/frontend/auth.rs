@@ -10,7 +10,7 @@ use super::negotiate::TlsInfo;
 use crate::auth::scram::{ScramServer, ScramVerifier};
 use crate::protocol::codec::read_cstr;
 use crate::protocol::{frontend_tag, messages, sqlstate};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use bytes::BytesMut;

@@ -10,7 +10,7 @@ use crate::protocol::codec::{Frame, split_frame};
 use crate::protocol::messages::write_msg;
 use crate::protocol::startup::{StartupParams, parse_options};
 use crate::protocol::{backend_tag, sqlstate};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use bytes::{BufMut, BytesMut};

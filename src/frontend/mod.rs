@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{TxStatus, sqlstate};
 use crate::registry::Identity;
-use crate::server::Server;
 use crate::session::{self, Session};
+use crate::shared::Server;
 use crate::stream::ClientStream;
 
 pub use handshake::{Login, Startup};
@@ -79,7 +79,7 @@ async fn start_up(
     server: Arc<Server>,
     socket: TcpStream,
     me: crate::registry::ClientHandle,
-) -> Option<(crate::server::ClientSlot, Box<Session>)> {
+) -> Option<(crate::shared::ClientSlot, Box<Session>)> {
     {
         let Some(slot) = server.admit_client() else {
             server

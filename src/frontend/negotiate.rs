@@ -15,7 +15,7 @@ use super::Fatal;
 use super::handshake::read_more;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{StartupPacket, StartupParams, parse_startup};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tls::TlsMode;
 

@@ -30,7 +30,7 @@ use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::registry::{ClientHandle, TenantStats};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use flow::Flow;
@@ -120,7 +120,7 @@ pub struct Session {
     /// The client was told its BEGIN ran; it goes to a backend with the next request.
     deferred_begin: bool,
     /// The client's place under `max_client_connections`, freed with the session.
-    slot: Option<crate::server::ClientSlot>,
+    slot: Option<crate::shared::ClientSlot>,
 }
 
 impl Session {
@@ -277,7 +277,7 @@ impl Session {
     }
 
     /// Keeps the client's admission slot until the session ends.
-    pub fn hold(&mut self, slot: crate::server::ClientSlot) {
+    pub fn hold(&mut self, slot: crate::shared::ClientSlot) {
         self.slot = Some(slot);
     }
 }
