@@ -160,7 +160,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<Running> {
-    if let Some(problem) = crate::verified::posture::startup_check(&config) {
+    if let Some(problem) = crate::config::context::startup_check(&config) {
         return Err(std::io::Error::other(problem));
     }
     let listener = TcpListener::bind(config.server.listen).await?;

@@ -118,7 +118,7 @@ impl Config {
             if db.connect_timeout.is_zero() {
                 bad(key("connect_timeout"), "must be greater than zero".into());
             }
-            use crate::tls::SslMode;
+            use super::tls::SslMode;
             if matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
                 && db.sslrootcert.is_none()
             {

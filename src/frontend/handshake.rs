@@ -3,29 +3,16 @@
 
 use std::sync::Arc;
 
-use super::Fatal;
 use super::negotiate::TlsInfo;
-use crate::pool::Pool;
 use crate::protocol::codec::{Frame, split_frame};
 use crate::protocol::messages::write_msg;
 use crate::protocol::startup::{StartupParams, parse_options};
 use crate::protocol::{backend_tag, sqlstate};
+use crate::session::handover::{Fatal, Startup};
 use crate::shared::Server;
 use crate::stream::ClientStream;
-use crate::tenant::Tenant;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
-
-/// An authenticated client, ready for a session.
-pub struct Startup {
-    pub tenant: Arc<Tenant>,
-    pub pool: Arc<Pool>,
-    pub user: String,
-    /// Session settings the client asked for at startup (its parameters and `options`).
-    pub settings: Vec<(String, String)>,
-    /// Bytes the client sent after authenticating, already read.
-    pub leftover: BytesMut,
-}
 
 /// Who completed the startup phase.
 pub enum Login {

@@ -15,34 +15,15 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::{TxStatus, sqlstate};
+use crate::protocol::sqlstate;
 use crate::registry::Identity;
 use crate::session::{self, Session};
 use crate::shared::Server;
 use crate::stream::ClientStream;
 
-pub use handshake::{Login, Startup};
+use crate::session::handover::Fatal;
+pub use handshake::Login;
 use negotiate::Negotiated;
-
-/// A client-visible failure during startup: sent as FATAL, then the connection closes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fatal {
-    pub code: std::borrow::Cow<'static, str>,
-    pub message: String,
-}
-
-impl Fatal {
-    /// A FATAL with the given SQLSTATE.
-    pub fn new(
-        code: impl Into<std::borrow::Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Fatal {
-        Fatal {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Serves one accepted socket to completion. A plain function returning the task's future:
 /// its arguments are used up before the future exists, so the future does not keep them.
@@ -199,18 +180,4 @@ pub async fn send_fatal(socket: &mut ClientStream, fatal: &Fatal) {
     messages::error_response(&mut out, Severity::Fatal, &fatal.code, &fatal.message);
     let _ = socket.send(&out).await;
     let _ = socket.shutdown().await;
-}
-
-/// The messages that complete a successful startup: parameters, cancel key, ready.
-pub fn startup_response<'a>(
-    out: &mut BytesMut,
-    params: impl Iterator<Item = (&'a str, &'a str)>,
-    pid: i32,
-    secret: i32,
-) {
-    for (k, v) in params {
-        messages::parameter_status(out, k.as_bytes(), v.as_bytes());
-    }
-    messages::backend_key_data(out, pid, secret);
-    messages::ready_for_query(out, TxStatus::Idle);
 }

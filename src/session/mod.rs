@@ -9,6 +9,7 @@ pub mod context;
 mod deferred;
 pub mod flow;
 mod guard;
+pub mod handover;
 pub mod lot;
 pub mod params;
 mod prepared;
@@ -24,7 +25,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::cancel::CancelRegistration;
-use crate::frontend::{Fatal, Startup};
 use crate::pool::{Cleanup, Pool, PooledConn};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
@@ -34,6 +34,7 @@ use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use flow::Flow;
+use handover::{Fatal, Startup};
 use params::ClientParams;
 use std::sync::atomic::Ordering;
 
@@ -210,7 +211,7 @@ impl Session {
                 slot.1 = v.to_string();
             }
         }
-        crate::frontend::startup_response(
+        handover::startup_response(
             &mut self.cout,
             reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             self.cancel.pid,

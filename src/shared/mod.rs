@@ -14,6 +14,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
 use crate::backend::BackendTarget;
+use crate::backend::injection::InjectionPlan;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError, ContextMode};
 use crate::http::Readiness;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::protocol::sql::AnalysisCache;
 use crate::registry::Registry;
-use crate::tenant::{InjectionPlan, TenantDirectory};
+use crate::tenant::TenantDirectory;
 
 pub use reload::{ReloadError, Reloaded};
 
