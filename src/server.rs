@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::BackendConn;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::shared::Server;
 
 /// Runs the proxy on `listener` until `shutdown` turns true.
@@ -71,24 +73,7 @@ async fn check_backends(server: &Arc<Server>) {
         match pool.open().await {
             Ok(mut conn) => {
                 reachable = true;
-                let Some(params) =
-                    crate::doctor::Params::for_database(&server.config(), &pool.name)
-                else {
-                    continue;
-                };
-                match crate::doctor::inspect(&mut conn, &params).await {
-                    Ok(report) => {
-                        for f in report.findings {
-                            tracing::warn!(pool = %pool.name, check = f.check, severity = f.severity.label(), object = %f.object, fix = %f.fix.replace('\n', " "), "RLS doctor: {}", f.message);
-                        }
-                        for f in report.failures {
-                            tracing::warn!(pool = %pool.name, check = %f.check, error = %f.error, "RLS doctor: check could not run");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool = %pool.name, error = %e, "RLS doctor: could not inspect the backend")
-                    }
-                }
+                log_doctor_findings(server, &pool, &mut conn).await;
             }
             Err(e) => {
                 tracing::warn!(pool = %pool.name, backend = ?pool.target(), error = %e, "backend not reachable (clients will get errors until it is)")
@@ -99,6 +84,29 @@ async fn check_backends(server: &Arc<Server>) {
         .readiness
         .backend_reachable
         .store(reachable, Ordering::Relaxed);
+}
+
+/// Runs the RLS doctor over one pool's backend and logs what it finds, as warnings.
+async fn log_doctor_findings(server: &Server, pool: &Pool, conn: &mut BackendConn) {
+    let Some(params) = crate::doctor::Params::for_database(&server.config(), &pool.name) else {
+        return;
+    };
+    match crate::doctor::inspect(conn, &params).await {
+        Ok(report) => log_report(&pool.name, report),
+        Err(e) => {
+            tracing::warn!(pool = %pool.name, error = %e, "RLS doctor: could not inspect the backend")
+        }
+    }
+}
+
+/// Logs each finding (with its fix on one line) and each check that could not run.
+fn log_report(pool: &str, report: crate::doctor::Report) {
+    for f in report.findings {
+        tracing::warn!(pool, check = f.check, severity = f.severity.label(), object = %f.object, fix = %f.fix.replace('\n', " "), "RLS doctor: {}", f.message);
+    }
+    for f in report.failures {
+        tracing::warn!(pool, check = %f.check, error = %f.error, "RLS doctor: check could not run");
+    }
 }
 
 /// Periodic housekeeping: idle-connection reaping, readiness, TLS file changes, SIGHUP.
@@ -148,9 +156,13 @@ async fn maintain(server: Arc<Server>) {
 
 /// A started proxy: where it listens, and the task that ends after shutdown.
 pub struct Running {
+    /// The client listener's address (the port picked when 0 was asked for).
     pub addr: std::net::SocketAddr,
+    /// The metrics listener's address, when one is configured.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The shared state, for reloads and inspection by the caller.
     pub server: Arc<Server>,
+    /// Ends once the proxy has drained after shutdown.
     pub task: tokio::task::JoinHandle<()>,
 }
 

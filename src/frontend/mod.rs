@@ -5,6 +5,7 @@ mod auth;
 mod cert;
 mod handshake;
 pub mod negotiate;
+mod read;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +17,12 @@ use tracing::Instrument;
 
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
-use crate::registry::Identity;
+use crate::registry::{ClientHandle, Identity};
 use crate::session::{self, Session};
 use crate::shared::Server;
 use crate::stream::ClientStream;
 
-use crate::session::handover::Fatal;
+use crate::session::handover::{Fatal, Startup};
 pub use handshake::Login;
 use negotiate::Negotiated;
 
@@ -59,119 +60,155 @@ pub fn serve(
 async fn start_up(
     server: Arc<Server>,
     socket: TcpStream,
-    me: crate::registry::ClientHandle,
+    me: ClientHandle,
 ) -> Option<(crate::shared::ClientSlot, Box<Session>)> {
-    {
-        let Some(slot) = server.admit_client() else {
-            server
-                .metrics
-                .client_rejections
-                .with_label_values(&["max_client_connections"])
-                .inc();
-            let mut stream = ClientStream::Plain(socket);
-            send_fatal(
-                &mut stream,
-                &Fatal::new(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    "sorry, too many clients already",
-                ),
-            )
-            .await;
-            return None;
-        };
-        let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
-        let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
-        // negotiate enforces the deadline itself, so it can still send a FATAL.
-        // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
-        // session starts, so an idle client's task does not carry their size.
-        let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
-        let mut stream = stream?;
-        let (params, buf, tls) = match negotiated {
-            Err(fatal) => {
-                send_fatal(&mut stream, &fatal).await;
-                return None;
-            }
-            Ok(Negotiated::Closed) => return None,
-            Ok(Negotiated::Cancel { pid, secret }) => {
-                Box::pin(server.cancels.cancel(pid, secret)).await;
-                return None;
-            }
-            Ok(Negotiated::Startup { params, buf, tls }) => (params, buf, tls),
-        };
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            Box::pin(handshake::startup(&server, &mut stream, params, buf, tls)),
+    let Some(slot) = server.admit_client() else {
+        refuse(
+            &server,
+            ClientStream::Plain(socket),
+            "max_client_connections",
         )
         .await;
-        let startup = match outcome {
-            Err(_) => {
-                server
-                    .metrics
-                    .client_timeouts
-                    .with_label_values(&["auth"])
-                    .inc();
-                send_fatal(&mut stream, &timed_out()).await;
-                return None;
-            }
-            Ok(Err(fatal)) => {
-                send_fatal(&mut stream, &fatal).await;
-                return None;
-            }
-            Ok(Ok(Login::Tenant(s))) => s,
-            Ok(Ok(Login::Admin {
-                user,
-                full,
-                leftover,
-            })) => {
-                drop(me);
-                tracing::info!(user, "admin console login");
-                Box::pin(crate::admin::serve(&server, stream, leftover, full)).await;
-                return None;
-            }
-        };
-        tracing::Span::current().record("tenant", startup.tenant.name.as_str());
-        let names = me.registry();
-        let identity = Identity {
-            tenant: names.intern(&startup.tenant.name),
-            user: names.intern(&startup.user),
-            database: names.intern(&startup.pool.name),
-            application_name: startup
-                .settings
-                .iter()
-                .find(|(k, _)| k == "application_name")
-                .map(|(_, v)| v.chars().take(64).collect())
-                .unwrap_or_default(),
-            stats: Default::default(),
-        };
-        if me
-            .authenticate(identity, startup.tenant.connection_limit)
-            .is_none()
-        {
-            server
-                .metrics
-                .client_rejections
-                .with_label_values(&["tenant_max_connections"])
-                .inc();
-            tracing::info!("refused: the tenant has reached its connection limit");
-            let fatal = Fatal::new(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!(
-                    "too many connections for tenant \"{}\"",
-                    startup.tenant.name
-                ),
-            );
-            send_fatal(&mut stream, &fatal).await;
-            return None;
-        }
-        tracing::info!(database = %startup.pool.name, "client authenticated");
-        match Session::start(server, stream, startup, me).await {
-            Ok(session) => Some((slot, session)),
-            Err((mut socket, fatal)) => {
-                send_fatal(&mut socket, &fatal).await;
-                None
-            }
+        return None;
+    };
+    let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
+    // negotiate enforces the deadline itself, so it can still send a FATAL.
+    // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
+    // session starts, so an idle client's task does not carry their size.
+    let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
+    let mut stream = stream?;
+    let Negotiated::Startup { params, buf, tls } = settle(&server, &mut stream, negotiated).await?
+    else {
+        return None;
+    };
+    let outcome = tokio::time::timeout_at(
+        deadline,
+        Box::pin(handshake::startup(&server, &mut stream, params, buf, tls)),
+    )
+    .await;
+    let (stream, startup, me) = tenant_login(&server, stream, outcome, me).await?;
+    tracing::Span::current().record("tenant", startup.tenant.name.as_str());
+    if me
+        .authenticate(identity(&me, &startup), startup.tenant.connection_limit)
+        .is_none()
+    {
+        tracing::info!("refused: the tenant has reached its connection limit");
+        let message = format!(
+            "too many connections for tenant \"{}\"",
+            startup.tenant.name
+        );
+        refuse_with(&server, stream, "tenant_max_connections", message).await;
+        return None;
+    }
+    tracing::info!(database = %startup.pool.name, "client authenticated");
+    match Session::start(server, stream, startup, me).await {
+        Ok(session) => Some((slot, session)),
+        Err((mut socket, fatal)) => {
+            send_fatal(&mut socket, &fatal).await;
+            None
         }
     }
+}
+
+/// Negotiation's outcome: a startup packet to go on with, or None once it ended the
+/// connection (a FATAL sent, a cancel request served, the client gone).
+async fn settle(
+    server: &Server,
+    stream: &mut ClientStream,
+    negotiated: Result<Negotiated, Fatal>,
+) -> Option<Negotiated> {
+    match negotiated {
+        Err(fatal) => {
+            send_fatal(stream, &fatal).await;
+            None
+        }
+        Ok(Negotiated::Closed) => None,
+        Ok(Negotiated::Cancel { pid, secret }) => {
+            Box::pin(server.cancels.cancel(pid, secret)).await;
+            None
+        }
+        Ok(startup) => Some(startup),
+    }
+}
+
+/// The end of the handshake: a tenant's start-up (with the stream and the registry entry,
+/// handed back), or None when it ended here: a timeout or FATAL (sent), or an admin user
+/// (served by the console, outside the client registry).
+async fn tenant_login(
+    server: &Arc<Server>,
+    mut stream: ClientStream,
+    outcome: Result<Result<Login, Fatal>, tokio::time::error::Elapsed>,
+    me: ClientHandle,
+) -> Option<(ClientStream, Startup, ClientHandle)> {
+    match outcome {
+        Err(_) => {
+            server
+                .metrics
+                .client_timeouts
+                .with_label_values(&["auth"])
+                .inc();
+            let timed_out = Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
+            send_fatal(&mut stream, &timed_out).await;
+            None
+        }
+        Ok(Err(fatal)) => {
+            send_fatal(&mut stream, &fatal).await;
+            None
+        }
+        Ok(Ok(Login::Tenant(s))) => Some((stream, s, me)),
+        Ok(Ok(Login::Admin {
+            user,
+            full,
+            leftover,
+        })) => {
+            drop(me);
+            tracing::info!(user, "admin console login");
+            Box::pin(crate::admin::serve(server, stream, leftover, full)).await;
+            None
+        }
+    }
+}
+
+/// What the registry shows of an authenticated client (SHOW CLIENTS, per-tenant limits).
+fn identity(me: &ClientHandle, startup: &Startup) -> Identity {
+    let names = me.registry();
+    Identity {
+        tenant: names.intern(&startup.tenant.name),
+        user: names.intern(&startup.user),
+        database: names.intern(&startup.pool.name),
+        application_name: startup
+            .settings
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.chars().take(64).collect())
+            .unwrap_or_default(),
+        stats: Default::default(),
+    }
+}
+
+/// Refuses a client over `max_client_connections` (FATAL 53300, counted under `reason`).
+async fn refuse(server: &Server, stream: ClientStream, reason: &str) {
+    refuse_with(
+        server,
+        stream,
+        reason,
+        "sorry, too many clients already".into(),
+    )
+    .await;
+}
+
+/// Refuses a client over a connection limit with FATAL 53300 and `message`.
+async fn refuse_with(server: &Server, mut stream: ClientStream, reason: &str, message: String) {
+    server
+        .metrics
+        .client_rejections
+        .with_label_values(&[reason])
+        .inc();
+    send_fatal(
+        &mut stream,
+        &Fatal::new(sqlstate::TOO_MANY_CONNECTIONS, message),
+    )
+    .await;
 }
 
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Fatal;
-use super::handshake::read_more;
+use super::read::read_more;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{StartupPacket, StartupParams, parse_startup};
 use crate::shared::Server;

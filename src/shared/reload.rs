@@ -11,9 +11,13 @@ use crate::pool::Pool;
 use crate::tenant::TenantDirectory;
 use crate::tls::TlsError;
 
+/// Pools by database name.
+type Pools = HashMap<String, Arc<Pool>>;
+
 /// Why a reload was refused; the previous configuration stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// Nothing to read: the server was started from a config value, not a file.
     #[error("this server was started without a configuration file")]
     NoSource,
     /// The file could not be read or parsed (or its key loaded).
@@ -22,10 +26,13 @@ pub enum ReloadError {
     /// The new configuration fails validation; every problem names its key.
     #[error("{}", join(.0))]
     Invalid(Vec<ConfigProblem>),
+    /// The injected settings, the mode or the schema changed: sessions hold the old ones.
     #[error("context: the injected settings cannot change while running; restart pgtenant")]
     ContextChanged,
+    /// Verified mode without a key.
     #[error("context.key_file: no verified-context key was loaded")]
     KeyMissing,
+    /// TLS turned on or off: the listener was built for the old mode.
     #[error("tls.mode: needs a restart")]
     TlsModeChanged,
     /// Certificate or key files that do not load.
@@ -34,7 +41,9 @@ pub enum ReloadError {
     /// A database's backend TLS settings that do not load.
     #[error("databases.{database}: {source}")]
     Pool {
+        /// The `[databases.<name>]` section.
         database: String,
+        /// What failed to load.
         #[source]
         source: TlsError,
     },
@@ -48,9 +57,14 @@ fn join(problems: &[ConfigProblem]) -> String {
 /// What a successful reload changed, as the log and the console report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reloaded {
+    /// Pools whose backend did not change (their clients keep their connections).
     pub pools_kept: usize,
+    /// Pools built anew (new databases, or a changed backend address or login).
     pub pools_new: usize,
+    /// Tenants that were not configured before.
     pub tenants_added: usize,
+    /// Tenants whose definition changed or that were removed (their sessions end or pick up
+    /// the new one at their next transaction).
     pub tenants_changed: usize,
 }
 
@@ -157,10 +171,7 @@ impl Server {
     /// The pools for `cfg`: a pool whose backend is unchanged is kept (and reconfigured),
     /// any other is built anew; the old ones no longer served are retired. Returns the
     /// pools and how many were kept and built.
-    fn next_pools(
-        &self,
-        cfg: &Config,
-    ) -> Result<(HashMap<String, Arc<Pool>>, usize, usize), ReloadError> {
+    fn next_pools(&self, cfg: &Config) -> Result<(Pools, usize, usize), ReloadError> {
         let old_pools = self.pools.load_full();
         let mut pools = HashMap::new();
         let (mut kept, mut built) = (0, 0);
