@@ -1,6 +1,9 @@
 //! The `pgtenant` command: run the proxy, run the demo, mint password verifiers, check a
 //! configuration file, or check a database's RLS posture.
 
+#![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines, clippy::cognitive_complexity)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

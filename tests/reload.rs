@@ -159,6 +159,10 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[allow(
+    unsafe_code,
+    reason = "kill(2) has no safe wrapper in the dependencies"
+)]
 fn signal(child: &tokio::process::Child, sig: i32) {
     let pid = child.id().expect("running") as i32;
     // SAFETY: kill(2) with a pid we own and a valid signal number.

@@ -147,13 +147,6 @@ pub fn statement_target(frame: &Frame) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
-    fn def(body: &[u8]) -> Arc<StatementDef> {
-        let mut c = ClientStatements::default();
-        let mut parse = b"n\0".to_vec();
-        parse.extend_from_slice(body);
-        named(&mut c, &parse)
-    }
-
     fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
         match c.define(parse, false) {
             Some(Defined::Named(d)) => d,

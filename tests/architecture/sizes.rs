@@ -63,7 +63,7 @@ fn functions(code: &[String]) -> Vec<(usize, usize)> {
 
 /// True for a line that starts a function item (`pub(crate) async fn name…`).
 fn declares_fn(line: &str) -> bool {
-    let mut words = line.trim_start().split_whitespace();
+    let mut words = line.split_whitespace();
     for word in words.by_ref() {
         match word {
             "fn" => return true,
