@@ -62,6 +62,7 @@ impl std::fmt::Debug for ContextCache {
 /// The SQL of the proxy's own statements, derived from the configured setting names.
 #[derive(Debug, Clone)]
 pub struct InjectionPlan {
+    /// The context settings, tenant id first (the order of the injection's parameters).
     pub settings: Vec<String>,
     /// What a release RESETs: the settings, plus the stamp in verified mode.
     pub reset_settings: Vec<String>,

@@ -32,6 +32,7 @@ fn tick() -> u64 {
 pub struct StatementDef {
     /// Proxy-owned name used on backends.
     pub backend_name: String,
+    /// The Parse body after the name: query text and parameter types.
     pub body: Bytes,
     /// The statement cannot run inside a transaction block (VACUUM, DISCARD ALL, ...).
     pub no_txn_block: bool,

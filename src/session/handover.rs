@@ -12,8 +12,11 @@ use crate::tenant::Tenant;
 
 /// An authenticated client, ready for a session.
 pub struct Startup {
+    /// The tenant the client authenticated as.
     pub tenant: Arc<Tenant>,
+    /// The pool of the database it asked for.
     pub pool: Arc<Pool>,
+    /// The startup `user`, as sent (it names the tenant under the user convention).
     pub user: String,
     /// Session settings the client asked for at startup (its parameters and `options`).
     pub settings: Vec<(String, String)>,
@@ -24,7 +27,9 @@ pub struct Startup {
 /// A client-visible failure during startup: sent as FATAL, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fatal {
+    /// The SQLSTATE.
     pub code: std::borrow::Cow<'static, str>,
+    /// The message the client sees (never a secret).
     pub message: String,
 }
 

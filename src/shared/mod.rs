@@ -35,9 +35,13 @@ pub struct Server {
     config: ArcSwap<Config>,
     tenants: ArcSwap<TenantDirectory>,
     pools: ArcSwap<HashMap<String, Arc<Pool>>>,
+    /// The proxy's own statements, derived once from the context settings.
     pub plan: InjectionPlan,
+    /// Every metric family (registered into the caller's registry).
     pub metrics: Arc<Metrics>,
+    /// Proxy-issued cancel keys to the backend serving each client.
     pub cancels: Arc<CancelRegistry>,
+    /// What `/readyz` reports.
     pub readiness: Arc<Readiness>,
     /// Every connected client and per-tenant counters.
     pub registry: Arc<Registry>,
@@ -53,9 +57,14 @@ pub struct Server {
     paused: watch::Sender<bool>,
     /// SHUTDOWN from the admin console.
     shutdown_requested: watch::Sender<bool>,
+    /// Where a reload reads the configuration (set once at start-up).
     source: OnceLock<ConfigSource>,
+    /// `server.metrics_top_tenants` in force (the tenant collector reads it).
     tenant_top: Arc<AtomicUsize>,
+    /// One reload at a time: SIGHUP, RELOAD and a TLS file change may race, and each
+    /// compares against the configuration the previous one stored.
     reload_lock: Mutex<()>,
+    /// When the server started.
     pub started_at: SystemTime,
     /// The runtime the server was built on, where sessions parked outside it resume.
     pub runtime: Option<tokio::runtime::Handle>,
