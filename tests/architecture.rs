@@ -11,6 +11,7 @@ mod architecture {
 }
 
 use architecture::graph::{Graph, Layers};
+use architecture::source::SourceFile;
 use architecture::{sizes, source};
 
 /// The layers, top (nearest the client) to bottom. A module may import modules of its own
@@ -127,4 +128,37 @@ fn files_stay_small_and_functions_short() {
         report.p90,
         sizes::MAX_FUNCTION_P90
     );
+}
+
+/// The check itself: a made-up tree with a cycle through a grouped, multi-line `use`, an
+/// upward import and an unplaced module must be caught.
+#[test]
+fn the_check_sees_cycles_upward_imports_and_unplaced_modules() {
+    let file = |path: &str, module: &str, code: &str| SourceFile {
+        path: path.into(),
+        module: Some(module.into()),
+        code: code.lines().map(String::from).collect(),
+        lines: code.lines().count(),
+    };
+    let files = [
+        file(
+            "src/session/mod.rs",
+            "session",
+            "use crate::{\n    pool::Pool,\n};",
+        ),
+        file("src/pool/mod.rs", "pool", "fn f() { crate::session::g() }"),
+        file("src/backend/mod.rs", "backend", "use crate::newcomer::X;"),
+        file("src/newcomer.rs", "newcomer", "use crate::config::Config;"),
+    ];
+    let graph = Graph::read(&files);
+    let cycles = graph.cycles();
+    assert_eq!(cycles.len(), 1, "{cycles:?}");
+    assert!(cycles[0].starts_with("cycle: pool ↔ session"), "{cycles:?}");
+    let upward: Vec<(String, String)> = graph
+        .upward(LAYERS)
+        .into_iter()
+        .map(|(from, to, _)| (from, to))
+        .collect();
+    assert_eq!(upward, [("pool".to_string(), "session".to_string())]);
+    assert_eq!(graph.unplaced(LAYERS), ["newcomer"]);
 }
