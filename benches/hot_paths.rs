@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use pgtenant::backend::injection::InjectionPlan;
+use pgtenant::backend::statements::BackendStatements;
 use pgtenant::config::Config;
 use pgtenant::metrics::Metrics;
 use pgtenant::pool::{Cleanup, Pool};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, write_msg};
 use pgtenant::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
-use pgtenant::server::Server;
 use pgtenant::session::flow::{Disposition, Flow, Owner};
-use pgtenant::session::statements::{BackendStatements, ClientStatements, Defined};
-use pgtenant::tenant::{InjectionPlan, TenantDirectory};
+use pgtenant::session::statements::{ClientStatements, Defined};
+use pgtenant::shared::Server;
+use pgtenant::tenant::TenantDirectory;
 
 const MAX_MESSAGE: usize = 64 << 20;
 const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";

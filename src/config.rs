@@ -19,7 +19,7 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
-    pub tls: crate::tls::TlsConfig,
+    pub tls: tls::TlsConfig,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
@@ -184,71 +184,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which settings carry the tenant context into every transaction.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ContextConfig {
-    /// The setting that receives the tenant id.
-    pub tenant_id_setting: String,
-    /// Further settings every transaction gets (a tenant without a value gets '').
-    pub extra_settings: Vec<String>,
-    /// How a backend connection is cleaned when a client releases it.
-    pub reset_on_release: ResetMode,
-    /// `plain` (set_config; isolation rests on the SQL guard) or `verified` (PostgreSQL
-    /// checks a proof and a stamp, see [`crate::verified`]).
-    pub mode: ContextMode,
-    /// Schema of the verified-context objects (`pgtenant db install`).
-    pub schema: String,
-    /// File holding the verified-context key (a secret; never in config.toml).
-    pub key_file: Option<std::path::PathBuf>,
-    /// Environment variable holding the verified-context key (instead of `key_file`).
-    pub key_env: Option<String>,
-    /// The key read from `key_file`/`key_env` by [`Config::load`] (every load and reload).
-    #[serde(skip)]
-    pub key: Option<std::sync::Arc<crate::verified::ContextKey>>,
-}
-
-/// How the tenant context reaches PostgreSQL.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ContextMode {
-    /// `set_config(...)`: any SQL on the shared role can change it; only the guard stops it.
-    #[default]
-    Plain,
-    /// `<schema>.enter(...)` with a per-backend proof; readers verify a stamp.
-    Verified,
-}
-
-impl Default for ContextConfig {
-    fn default() -> Self {
-        ContextConfig {
-            tenant_id_setting: "app.current_tenant".into(),
-            extra_settings: Vec::new(),
-            reset_on_release: ResetMode::Always,
-            mode: ContextMode::Plain,
-            schema: "pgtenant".into(),
-            key_file: None,
-            key_env: None,
-            key: None,
-        }
-    }
-}
-
-impl ContextConfig {
-    /// Schema of the verified context readers (`<schema>.tenant_id()`, `<schema>.setting(name)`).
-    /// The single place that knows the default until `context.schema` is configurable.
-    pub fn verified_schema(&self) -> String {
-        self.schema.clone()
-    }
-
-    /// All injected settings, tenant id first: the order of the injection statement's parameters.
-    pub fn settings(&self) -> Vec<String> {
-        let mut all = vec![self.tenant_id_setting.clone()];
-        all.extend(self.extra_settings.iter().cloned());
-        all
-    }
-}
-
 /// Release-time cleanup policy.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -354,7 +289,7 @@ pub struct DatabaseConfig {
     pub max_pinned_connections: Option<usize>,
     /// TLS to the backend, libpq semantics.
     #[serde(default)]
-    pub sslmode: crate::tls::SslMode,
+    pub sslmode: tls::SslMode,
     /// CA bundle the backend's certificate must chain to.
     pub sslrootcert: Option<std::path::PathBuf>,
     /// Client certificate for backends that require certificate authentication.
@@ -507,18 +442,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads the verified-context key named by `context.key_file`/`context.key_env`
-    /// (verified mode only); every load and reload reads it again, so a rotated key is
-    /// picked up without a restart.
-    pub fn load_key(&mut self) -> Result<(), ConfigError> {
-        let c = &mut self.context;
-        if c.mode == ContextMode::Verified {
-            let key = crate::verified::ContextKey::load(c.key_file.as_ref(), c.key_env.as_deref())?;
-            c.key = Some(std::sync::Arc::new(key));
-        }
-        Ok(())
-    }
-
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -552,7 +475,10 @@ impl Config {
     }
 }
 
+pub mod context;
+pub mod tls;
 mod validate;
+pub use context::{ContextConfig, ContextMode};
 pub use validate::is_custom_setting_name;
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use crate::metrics::Metrics;
 use crate::pgcluster::{ClusterOptions, TempCluster};
 use crate::verified::ContextKey;
 use crate::verified::install::KeyStep;
-use crate::verified::sql::Objects;
 
 /// The example schema: tenants, projects, invoices, RLS forced, app_user without bypass.
 pub const SCHEMA: &str = include_str!("demo_schema.sql");
@@ -79,7 +78,7 @@ pub async fn install_verified(
         .await
         .context("connecting as the superuser")?;
     tokio::spawn(connection);
-    let summary = crate::verified::install::run(&client, &Objects::from_config(cfg), &key, step)
+    let summary = crate::verified::install::run(&client, &cfg.verified_objects(), &key, step)
         .await
         .context("pgtenant db install")?;
     Ok(summary)

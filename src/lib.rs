@@ -2,26 +2,40 @@
 //! pools backend connections per transaction, and puts the tenant's context into every
 //! transaction with `set_config(name, value, true)`.
 //!
-//! Data flow:
+//! The module map, top (nearest the client) to bottom; a module imports only from its own
+//! layer or the layers below it (`tests/architecture.rs` checks this; ARCHITECTURE.md says
+//! where a new feature belongs):
 //! ```text
-//! client ─▶ server (accept, limits) ─▶ frontend (startup, auth) ─▶ session (transactions,
-//!           injection, guard) ─▶ pool (checkout, cleanup on release) ─▶ backend (PostgreSQL)
+//! client ─▶ server   (accept, limits, drain)
+//!         ─▶ frontend (startup, SCRAM auth as a tenant; admin users ─▶ admin console)
+//!         ─▶ session  (transaction boundaries, context injection, guard, prepared statements)
+//!         ─▶ pool     (checkout at transaction start, cleanup on release)
+//!         ─▶ backend  (PostgreSQL, logged in as the app role)
+//!
+//! every stage reads: shared (config in force, tenants, pools, client slots, reload)
+//! and below it:      tenant · registry, metrics, http · tls, stream · config, protocol, auth
 //! ```
 //!
-//! - [`config`]: typed `config.toml`, validated once with errors naming keys.
-//! - [`protocol`]: framing, message codecs and a SQL lexer; no I/O.
-//! - [`auth`]: SCRAM-SHA-256 server side.
-//! - [`tenant`]: tenant directory and precomputed injection messages.
-//! - [`frontend`]: one client up to an authenticated tenant.
-//! - [`session`]: the transaction-pooling relay loop.
-//! - [`pool`] / [`backend`]: backend connections.
-//! - [`tls`], [`stream`]: TLS on both legs, client-certificate identity.
-//! - [`cancel`], [`metrics`], [`http`]: cancel routing and operations.
-//! - [`doctor`]: the RLS posture checks (`pgtenant doctor`, and at start-up).
-//! - [`server`]: the accept loop and process lifecycle.
-//! - [`pgcluster`], [`demo`]: a throwaway PostgreSQL for the demo and the tests.
+//! - process: [`server`] (accept, drain, housekeeping, signals), [`demo`].
+//! - [`frontend`]: one client up to an authenticated tenant; admin users go to [`admin`].
+//! - [`session`]: one authenticated client, the transaction-pooling relay (context
+//!   injection, guard, prepared statements); its input is [`session::handover`].
+//! - [`shared`]: the state every stage reads: config in force, tenants, pools, client
+//!   slots, PAUSE and shutdown flags, reload.
+//! - resources: [`pool`] (checkout, cleanup on release), [`cancel`] (cancel routing),
+//!   [`doctor`] (the RLS posture checks, `pgtenant doctor` and at start-up).
+//! - [`tenant`]: tenant directory and each tenant's precomputed context.
+//! - [`backend`]: one PostgreSQL connection, its statement cache and the proxy's own
+//!   statements ([`backend::injection`]).
+//! - operations: [`registry`] (who is connected), [`metrics`], [`http`] (/metrics, /readyz).
+//! - transport: [`tls`] (both legs), [`stream`] (plain or TLS byte streams).
+//! - foundation: [`config`] (typed `config.toml`, validated once with errors naming keys),
+//!   [`protocol`] (framing, codecs, SQL lexer; no I/O), [`auth`] (SCRAM), [`verified`]
+//!   (the verified context's SQL and key), [`signal`], [`pgcluster`] (a throwaway
+//!   PostgreSQL for the demo and the tests).
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines, clippy::cognitive_complexity))]
 
 pub mod admin;
 pub mod auth;
@@ -39,10 +53,12 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod signal;
 pub mod stream;
 pub mod tenant;
 pub mod tls;
 pub mod verified;
 
-pub use server::{Server, run};
+pub use server::run;
+pub use shared::Server;

@@ -1,6 +1,9 @@
 //! The `pgtenant` command: run the proxy, run the demo, mint password verifiers, check a
 //! configuration file, or check a database's RLS posture.
 
+#![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines, clippy::cognitive_complexity)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +13,6 @@ use clap::{Parser, Subcommand};
 use pgtenant::config::{Config, LogFormat};
 use pgtenant::metrics::Metrics;
 use pgtenant::verified::install::KeyStep;
-use pgtenant::verified::sql::Objects;
 
 /// mimalloc: returns freed memory to the system, so thousands of clients that connected
 /// (TLS, SCRAM) and went idle leave no fragmented heap behind; also faster than glibc malloc.
@@ -218,7 +220,7 @@ async fn db_install(
     dba_url: Option<&str>,
 ) -> anyhow::Result<()> {
     let cfg = load(cli)?;
-    let objects = Objects::from_config(&cfg);
+    let objects = cfg.verified_objects();
     if print {
         print!("{}", objects.install_sql());
         print!("{}", objects.key_sql_comment());

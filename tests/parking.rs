@@ -18,6 +18,10 @@ use pgtenant::session::lot;
 const CTX: &str = "SELECT current_setting('app.current_tenant')";
 
 /// CPU time this process has used (the proxy runs in it).
+#[allow(
+    unsafe_code,
+    reason = "getrusage(2) has no safe wrapper in the dependencies"
+)]
 fn process_cpu() -> Duration {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage only writes into the struct it is given.

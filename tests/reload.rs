@@ -119,7 +119,7 @@ async fn reload_applies_tenants_and_pools_without_dropping_clients() {
     let e = server.reload();
     f.check(
         e.as_ref()
-            .is_err_and(|e| e.contains("databases.app.pool_size")),
+            .is_err_and(|e| e.to_string().contains("databases.app.pool_size")),
         || format!("invalid reload: {e:?}"),
     );
     f.check(server.tenants().by_name("late").is_none(), || {
@@ -135,9 +135,10 @@ async fn reload_applies_tenants_and_pools_without_dropping_clients() {
         cfg.context.extra_settings.push("app.region".into());
     }
     let e = server.reload();
-    f.check(e.as_ref().is_err_and(|e| e.contains("context")), || {
-        format!("context change: {e:?}")
-    });
+    f.check(
+        e.as_ref().is_err_and(|e| e.to_string().contains("context")),
+        || format!("context change: {e:?}"),
+    );
     let m = env.proxy.metrics().await;
     f.check(
         m.contains("pgtenant_config_reloads_total{result=\"failure\"} 2"),
@@ -158,6 +159,10 @@ fn free_port() -> u16 {
         .port()
 }
 
+#[allow(
+    unsafe_code,
+    reason = "kill(2) has no safe wrapper in the dependencies"
+)]
 fn signal(child: &tokio::process::Child, sig: i32) {
     let pid = child.id().expect("running") as i32;
     // SAFETY: kill(2) with a pid we own and a valid signal number.

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use crate::protocol::codec::{read_cstr, split_frame};
 use crate::protocol::messages::{self, Severity, write_msg};
 use crate::protocol::{TxStatus, backend_tag, frontend_tag as ft, sqlstate};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 
 /// A result set of text columns.
@@ -183,7 +183,7 @@ async fn execute(server: &Arc<Server>, command: &str, full: bool) -> Result<Repl
                     format!("reload failed, the previous configuration stays in force: {e}"),
                 )
             })?;
-            return Ok(Reply::Done("RELOAD", Some(summary)));
+            return Ok(Reply::Done("RELOAD", Some(summary.to_string())));
         }
         ["pause"] => {
             admin_only("PAUSE")?;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Table;
 use crate::registry::ClientState;
-use crate::server::Server;
+use crate::shared::Server;
 
 /// The table for `SHOW <what>`, or None for an unknown name.
 pub fn table(server: &Server, what: &str) -> Option<Table> {

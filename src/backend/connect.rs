@@ -123,9 +123,7 @@ impl BackendTarget {
             session_context: false,
             context_cache: None,
             owed: Default::default(),
-            statements: crate::session::statements::BackendStatements::new(
-                self.statement_cache_size,
-            ),
+            statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),
             created: now,
             last_used: now,

@@ -2,6 +2,8 @@
 //! parameters it currently has, and helpers for the proxy's own request/response exchanges.
 
 mod connect;
+pub mod injection;
+pub mod statements;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,12 +77,12 @@ pub struct BackendConn {
     pub session_context: bool,
     /// Verified mode: the last tenant's injection on this connection (its proof is bound
     /// to this backend's pid).
-    pub context_cache: Option<crate::tenant::ContextCache>,
+    pub context_cache: Option<injection::ContextCache>,
     /// What the last release left owed: the next user pipelines it ahead of everything it
     /// sends (see [`crate::pool::PooledConn::release`]).
     pub owed: Owed,
     /// Client statements prepared here under proxy-owned names.
-    pub statements: crate::session::statements::BackendStatements,
+    pub statements: statements::BackendStatements,
     /// NotificationResponses that arrived during the proxy's own exchanges (whole
     /// messages), for the attached client to receive.
     pub held_notifications: BytesMut,

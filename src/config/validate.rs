@@ -8,6 +8,18 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
         let mut bad = |key: String, message: String| p.push(ConfigProblem { key, message });
+        self.check_server(&mut bad);
+        self.check_context(&mut bad);
+        self.check_databases(&mut bad);
+        self.check_tls_and_auth(&mut bad);
+        self.check_admin(&mut bad);
+        self.check_tenants(&mut bad);
+        self.check_doctor(&mut bad);
+        p
+    }
+
+    /// Limits and keepalives under `[server]`.
+    fn check_server(&self, bad: &mut impl FnMut(String, String)) {
         let s = &self.server;
         if s.max_startup_message_size < 1024 {
             bad(
@@ -27,6 +39,16 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if s.tcp_keepalives_count == 0 && !s.tcp_keepalives_idle.is_zero() {
+            bad(
+                "server.tcp_keepalives_count".into(),
+                "must be at least 1 when keepalives are on".into(),
+            );
+        }
+    }
+
+    /// The `[context]` settings, mode and schema.
+    fn check_context(&self, bad: &mut impl FnMut(String, String)) {
         let settings = self.context.settings();
         for (i, name) in settings.iter().enumerate() {
             let key = if i == 0 {
@@ -75,6 +97,10 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// Each `[databases.<name>]`.
+    fn check_databases(&self, bad: &mut impl FnMut(String, String)) {
         if self.databases.is_empty() {
             bad(
                 "databases".into(),
@@ -126,7 +152,7 @@ impl Config {
             if db.connect_timeout.is_zero() {
                 bad(key("connect_timeout"), "must be greater than zero".into());
             }
-            use crate::tls::SslMode;
+            use super::tls::SslMode;
             if matches!(db.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
                 && db.sslrootcert.is_none()
             {
@@ -150,6 +176,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// `[tls]`, and the client CAs that certificate authentication needs.
+    fn check_tls_and_auth(&self, bad: &mut impl FnMut(String, String)) {
         let mut tls_problems = Vec::new();
         self.tls.validate(&mut tls_problems);
         for tp in tls_problems {
@@ -171,12 +201,10 @@ impl Config {
                 "certificate authentication needs at least one client CA bundle".into(),
             );
         }
-        if s.tcp_keepalives_count == 0 && !s.tcp_keepalives_idle.is_zero() {
-            bad(
-                "server.tcp_keepalives_count".into(),
-                "must be at least 1 when keepalives are on".into(),
-            );
-        }
+    }
+
+    /// The admin console's database name and users.
+    fn check_admin(&self, bad: &mut impl FnMut(String, String)) {
         if !is_plain_name(&self.admin.database) {
             bad(
                 "admin.database".into(),
@@ -204,6 +232,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Each `[tenants.<name>]`: name, id, password verifier, settings.
+    fn check_tenants(&self, bad: &mut impl FnMut(String, String)) {
         for (name, t) in &self.tenants {
             let key = |k: &str| format!("tenants.{name}.{k}");
             if !is_plain_name(name) || name.contains('.') {
@@ -244,6 +276,10 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// `[doctor]`.
+    fn check_doctor(&self, bad: &mut impl FnMut(String, String)) {
         let column = &self.doctor.tenant_column;
         if column.is_empty() || column.len() > 63 || column.chars().any(|c| c.is_control()) {
             bad(
@@ -251,7 +287,6 @@ impl Config {
                 "must be a column name of 1 to 63 bytes without control characters".into(),
             );
         }
-        p
     }
 }
 

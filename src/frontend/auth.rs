@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use super::Fatal;
-use super::handshake::read_frame;
 use super::negotiate::TlsInfo;
+use super::read::read_frame;
 use crate::auth::scram::{ScramServer, ScramVerifier};
 use crate::protocol::codec::read_cstr;
 use crate::protocol::{frontend_tag, messages, sqlstate};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use bytes::BytesMut;

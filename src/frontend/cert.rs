@@ -10,7 +10,7 @@ use super::auth::password;
 use super::negotiate::TlsInfo;
 use crate::config::AuthMethod;
 use crate::protocol::{messages, sqlstate};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use crate::tls::identity::tenant_from_certificate;

@@ -3,29 +3,15 @@
 
 use std::sync::Arc;
 
-use super::Fatal;
 use super::negotiate::TlsInfo;
-use crate::pool::Pool;
-use crate::protocol::codec::{Frame, split_frame};
+use super::read::io_fatal;
 use crate::protocol::messages::write_msg;
 use crate::protocol::startup::{StartupParams, parse_options};
 use crate::protocol::{backend_tag, sqlstate};
-use crate::server::Server;
+use crate::session::handover::{Fatal, Startup};
+use crate::shared::Server;
 use crate::stream::ClientStream;
-use crate::tenant::Tenant;
 use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncReadExt;
-
-/// An authenticated client, ready for a session.
-pub struct Startup {
-    pub tenant: Arc<Tenant>,
-    pub pool: Arc<Pool>,
-    pub user: String,
-    /// Session settings the client asked for at startup (its parameters and `options`).
-    pub settings: Vec<(String, String)>,
-    /// Bytes the client sent after authenticating, already read.
-    pub leftover: BytesMut,
-}
 
 /// Who completed the startup phase.
 pub enum Login {
@@ -185,40 +171,4 @@ async fn negotiate_protocol(socket: &mut ClientStream, p: &StartupParams) -> Res
         }
     });
     socket.send(&out).await.map_err(io_fatal)
-}
-
-/// Reads more bytes from the client.
-pub(super) async fn read_more(
-    socket: &mut ClientStream,
-    buf: &mut BytesMut,
-) -> Result<usize, Fatal> {
-    socket.read_buf(buf).await.map_err(io_fatal)
-}
-
-/// Reads one tagged message during authentication, bounded by the startup size limit.
-pub(super) async fn read_frame(
-    socket: &mut ClientStream,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Frame, Fatal> {
-    loop {
-        match split_frame(buf, max) {
-            Ok(Some(f)) => return Ok(f),
-            Ok(None) => {}
-            Err(e) => return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
-        }
-        if read_more(socket, buf).await? == 0 {
-            return Err(Fatal::new(
-                sqlstate::CONNECTION_FAILURE,
-                "client closed the connection during authentication",
-            ));
-        }
-    }
-}
-
-fn io_fatal(e: std::io::Error) -> Fatal {
-    Fatal::new(
-        sqlstate::CONNECTION_FAILURE,
-        format!("connection error: {e}"),
-    )
 }

@@ -5,6 +5,7 @@ mod auth;
 mod cert;
 mod handshake;
 pub mod negotiate;
+mod read;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,34 +16,15 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::protocol::messages::{self, Severity};
-use crate::protocol::{TxStatus, sqlstate};
-use crate::registry::Identity;
-use crate::server::Server;
+use crate::protocol::sqlstate;
+use crate::registry::{ClientHandle, Identity};
 use crate::session::{self, Session};
+use crate::shared::Server;
 use crate::stream::ClientStream;
 
-pub use handshake::{Login, Startup};
+use crate::session::handover::{Fatal, Startup};
+pub use handshake::Login;
 use negotiate::Negotiated;
-
-/// A client-visible failure during startup: sent as FATAL, then the connection closes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fatal {
-    pub code: std::borrow::Cow<'static, str>,
-    pub message: String,
-}
-
-impl Fatal {
-    /// A FATAL with the given SQLSTATE.
-    pub fn new(
-        code: impl Into<std::borrow::Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Fatal {
-        Fatal {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Serves one accepted socket to completion. A plain function returning the task's future:
 /// its arguments are used up before the future exists, so the future does not keep them.
@@ -78,119 +60,155 @@ pub fn serve(
 async fn start_up(
     server: Arc<Server>,
     socket: TcpStream,
-    me: crate::registry::ClientHandle,
-) -> Option<(crate::server::ClientSlot, Box<Session>)> {
-    {
-        let Some(slot) = server.admit_client() else {
-            server
-                .metrics
-                .client_rejections
-                .with_label_values(&["max_client_connections"])
-                .inc();
-            let mut stream = ClientStream::Plain(socket);
-            send_fatal(
-                &mut stream,
-                &Fatal::new(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    "sorry, too many clients already",
-                ),
-            )
-            .await;
-            return None;
-        };
-        let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
-        let timed_out = || Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
-        // negotiate enforces the deadline itself, so it can still send a FATAL.
-        // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
-        // session starts, so an idle client's task does not carry their size.
-        let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
-        let mut stream = stream?;
-        let (params, buf, tls) = match negotiated {
-            Err(fatal) => {
-                send_fatal(&mut stream, &fatal).await;
-                return None;
-            }
-            Ok(Negotiated::Closed) => return None,
-            Ok(Negotiated::Cancel { pid, secret }) => {
-                Box::pin(server.cancels.cancel(pid, secret)).await;
-                return None;
-            }
-            Ok(Negotiated::Startup { params, buf, tls }) => (params, buf, tls),
-        };
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            Box::pin(handshake::startup(&server, &mut stream, params, buf, tls)),
+    me: ClientHandle,
+) -> Option<(crate::shared::ClientSlot, Box<Session>)> {
+    let Some(slot) = server.admit_client() else {
+        refuse(
+            &server,
+            ClientStream::Plain(socket),
+            "max_client_connections",
         )
         .await;
-        let startup = match outcome {
-            Err(_) => {
-                server
-                    .metrics
-                    .client_timeouts
-                    .with_label_values(&["auth"])
-                    .inc();
-                send_fatal(&mut stream, &timed_out()).await;
-                return None;
-            }
-            Ok(Err(fatal)) => {
-                send_fatal(&mut stream, &fatal).await;
-                return None;
-            }
-            Ok(Ok(Login::Tenant(s))) => s,
-            Ok(Ok(Login::Admin {
-                user,
-                full,
-                leftover,
-            })) => {
-                drop(me);
-                tracing::info!(user, "admin console login");
-                Box::pin(crate::admin::serve(&server, stream, leftover, full)).await;
-                return None;
-            }
-        };
-        tracing::Span::current().record("tenant", startup.tenant.name.as_str());
-        let names = me.registry();
-        let identity = Identity {
-            tenant: names.intern(&startup.tenant.name),
-            user: names.intern(&startup.user),
-            database: names.intern(&startup.pool.name),
-            application_name: startup
-                .settings
-                .iter()
-                .find(|(k, _)| k == "application_name")
-                .map(|(_, v)| v.chars().take(64).collect())
-                .unwrap_or_default(),
-            stats: Default::default(),
-        };
-        if me
-            .authenticate(identity, startup.tenant.connection_limit)
-            .is_none()
-        {
-            server
-                .metrics
-                .client_rejections
-                .with_label_values(&["tenant_max_connections"])
-                .inc();
-            tracing::info!("refused: the tenant has reached its connection limit");
-            let fatal = Fatal::new(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!(
-                    "too many connections for tenant \"{}\"",
-                    startup.tenant.name
-                ),
-            );
-            send_fatal(&mut stream, &fatal).await;
-            return None;
-        }
-        tracing::info!(database = %startup.pool.name, "client authenticated");
-        match Session::start(server, stream, startup, me).await {
-            Ok(session) => Some((slot, session)),
-            Err((mut socket, fatal)) => {
-                send_fatal(&mut socket, &fatal).await;
-                None
-            }
+        return None;
+    };
+    let deadline = tokio::time::Instant::now() + server.config().server.auth_timeout;
+    // negotiate enforces the deadline itself, so it can still send a FATAL.
+    // Start-up futures are boxed: they are large (TLS, SCRAM) and finished before the
+    // session starts, so an idle client's task does not carry their size.
+    let (stream, negotiated) = Box::pin(negotiate::negotiate(&server, socket, deadline)).await;
+    let mut stream = stream?;
+    let Negotiated::Startup { params, buf, tls } = settle(&server, &mut stream, negotiated).await?
+    else {
+        return None;
+    };
+    let outcome = tokio::time::timeout_at(
+        deadline,
+        Box::pin(handshake::startup(&server, &mut stream, params, buf, tls)),
+    )
+    .await;
+    let (stream, startup, me) = tenant_login(&server, stream, outcome, me).await?;
+    tracing::Span::current().record("tenant", startup.tenant.name.as_str());
+    if me
+        .authenticate(identity(&me, &startup), startup.tenant.connection_limit)
+        .is_none()
+    {
+        tracing::info!("refused: the tenant has reached its connection limit");
+        let message = format!(
+            "too many connections for tenant \"{}\"",
+            startup.tenant.name
+        );
+        refuse_with(&server, stream, "tenant_max_connections", message).await;
+        return None;
+    }
+    tracing::info!(database = %startup.pool.name, "client authenticated");
+    match Session::start(server, stream, startup, me).await {
+        Ok(session) => Some((slot, session)),
+        Err((mut socket, fatal)) => {
+            send_fatal(&mut socket, &fatal).await;
+            None
         }
     }
+}
+
+/// Negotiation's outcome: a startup packet to go on with, or None once it ended the
+/// connection (a FATAL sent, a cancel request served, the client gone).
+async fn settle(
+    server: &Server,
+    stream: &mut ClientStream,
+    negotiated: Result<Negotiated, Fatal>,
+) -> Option<Negotiated> {
+    match negotiated {
+        Err(fatal) => {
+            send_fatal(stream, &fatal).await;
+            None
+        }
+        Ok(Negotiated::Closed) => None,
+        Ok(Negotiated::Cancel { pid, secret }) => {
+            Box::pin(server.cancels.cancel(pid, secret)).await;
+            None
+        }
+        Ok(startup) => Some(startup),
+    }
+}
+
+/// The end of the handshake: a tenant's start-up (with the stream and the registry entry,
+/// handed back), or None when it ended here: a timeout or FATAL (sent), or an admin user
+/// (served by the console, outside the client registry).
+async fn tenant_login(
+    server: &Arc<Server>,
+    mut stream: ClientStream,
+    outcome: Result<Result<Login, Fatal>, tokio::time::error::Elapsed>,
+    me: ClientHandle,
+) -> Option<(ClientStream, Startup, ClientHandle)> {
+    match outcome {
+        Err(_) => {
+            server
+                .metrics
+                .client_timeouts
+                .with_label_values(&["auth"])
+                .inc();
+            let timed_out = Fatal::new(sqlstate::CONNECTION_FAILURE, "authentication timed out");
+            send_fatal(&mut stream, &timed_out).await;
+            None
+        }
+        Ok(Err(fatal)) => {
+            send_fatal(&mut stream, &fatal).await;
+            None
+        }
+        Ok(Ok(Login::Tenant(s))) => Some((stream, s, me)),
+        Ok(Ok(Login::Admin {
+            user,
+            full,
+            leftover,
+        })) => {
+            drop(me);
+            tracing::info!(user, "admin console login");
+            Box::pin(crate::admin::serve(server, stream, leftover, full)).await;
+            None
+        }
+    }
+}
+
+/// What the registry shows of an authenticated client (SHOW CLIENTS, per-tenant limits).
+fn identity(me: &ClientHandle, startup: &Startup) -> Identity {
+    let names = me.registry();
+    Identity {
+        tenant: names.intern(&startup.tenant.name),
+        user: names.intern(&startup.user),
+        database: names.intern(&startup.pool.name),
+        application_name: startup
+            .settings
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.chars().take(64).collect())
+            .unwrap_or_default(),
+        stats: Default::default(),
+    }
+}
+
+/// Refuses a client over `max_client_connections` (FATAL 53300, counted under `reason`).
+async fn refuse(server: &Server, stream: ClientStream, reason: &str) {
+    refuse_with(
+        server,
+        stream,
+        reason,
+        "sorry, too many clients already".into(),
+    )
+    .await;
+}
+
+/// Refuses a client over a connection limit with FATAL 53300 and `message`.
+async fn refuse_with(server: &Server, mut stream: ClientStream, reason: &str, message: String) {
+    server
+        .metrics
+        .client_rejections
+        .with_label_values(&[reason])
+        .inc();
+    send_fatal(
+        &mut stream,
+        &Fatal::new(sqlstate::TOO_MANY_CONNECTIONS, message),
+    )
+    .await;
 }
 
 /// Sends a FATAL error; failures are ignored because the connection is closing anyway.
@@ -199,18 +217,4 @@ pub async fn send_fatal(socket: &mut ClientStream, fatal: &Fatal) {
     messages::error_response(&mut out, Severity::Fatal, &fatal.code, &fatal.message);
     let _ = socket.send(&out).await;
     let _ = socket.shutdown().await;
-}
-
-/// The messages that complete a successful startup: parameters, cancel key, ready.
-pub fn startup_response<'a>(
-    out: &mut BytesMut,
-    params: impl Iterator<Item = (&'a str, &'a str)>,
-    pid: i32,
-    secret: i32,
-) {
-    for (k, v) in params {
-        messages::parameter_status(out, k.as_bytes(), v.as_bytes());
-    }
-    messages::backend_key_data(out, pid, secret);
-    messages::ready_for_query(out, TxStatus::Idle);
 }

@@ -12,10 +12,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Fatal;
-use super::handshake::read_more;
+use super::read::read_more;
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{StartupPacket, StartupParams, parse_startup};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tls::TlsMode;
 

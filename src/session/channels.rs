@@ -5,7 +5,6 @@
 //! hears only what was sent under its prefix, whichever way its LISTEN was made.
 
 use bytes::{BufMut, BytesMut};
-use sha2::{Digest, Sha256};
 
 use super::Session;
 use crate::protocol::backend_tag as bt;
@@ -14,13 +13,7 @@ use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages;
 use crate::protocol::sql::{Lexer, Token, TokenKind};
 
-/// The channel prefix of the tenant with id `tenant_id`: fixed length (so stripping it is
-/// unambiguous), the same in every pgtenant process, and free of characters SQL would quote.
-pub fn channel_prefix(tenant_id: &str) -> String {
-    let digest = Sha256::digest(format!("pgtenant channel\0{tenant_id}").as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("pgt_{hex}.")
-}
+pub use crate::tenant::channel_prefix;
 
 /// Why a statement naming a channel was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

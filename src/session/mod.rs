@@ -10,6 +10,7 @@ pub mod context;
 mod deferred;
 pub mod flow;
 mod guard;
+pub mod handover;
 pub mod lot;
 pub mod params;
 mod pin;
@@ -26,16 +27,16 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::cancel::CancelRegistration;
-use crate::frontend::{Fatal, Startup};
 use crate::pool::{Cleanup, Pool, PooledConn};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::registry::{ClientHandle, TenantStats};
-use crate::server::Server;
+use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
 use flow::Flow;
+use handover::{Fatal, Startup};
 use params::ClientParams;
 use std::sync::atomic::Ordering;
 
@@ -124,7 +125,7 @@ pub struct Session {
     /// The client was told its BEGIN ran; it goes to a backend with the next request.
     deferred_begin: bool,
     /// The client's place under `max_client_connections`, freed with the session.
-    slot: Option<crate::server::ClientSlot>,
+    slot: Option<crate::shared::ClientSlot>,
 }
 
 impl Session {
@@ -215,7 +216,7 @@ impl Session {
                 slot.1 = v.to_string();
             }
         }
-        crate::frontend::startup_response(
+        handover::startup_response(
             &mut self.cout,
             reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             self.cancel.pid,
@@ -282,7 +283,7 @@ impl Session {
     }
 
     /// Keeps the client's admission slot until the session ends.
-    pub fn hold(&mut self, slot: crate::server::ClientSlot) {
+    pub fn hold(&mut self, slot: crate::shared::ClientSlot) {
         self.slot = Some(slot);
     }
 }

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 
 use crate::backend::BackendConn;
+use crate::backend::injection::{PARAM_RESET_STATEMENT, PARAM_STATEMENT};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages;
 use crate::session::flow::{Flow, Owner};
-use crate::tenant::{PARAM_RESET_STATEMENT, PARAM_STATEMENT};
 
 /// Settings PostgreSQL reports with ParameterStatus (GUC_REPORT), as of PostgreSQL 18.
 const REPORTED: &[&str] = &[

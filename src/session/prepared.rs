@@ -9,9 +9,10 @@ use bytes::BytesMut;
 
 use super::flow::Owner;
 use super::statements::{
-    Defined, StatementDef, bind_statement, rewrite_bind, rewrite_describe, statement_target,
+    Defined, bind_statement, rewrite_bind, rewrite_describe, statement_target,
 };
 use super::{End, Session};
+use crate::backend::statements::StatementDef;
 use crate::config::PoolMode;
 use crate::protocol::codec::Frame;
 use crate::protocol::messages::write_msg;

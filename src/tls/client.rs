@@ -13,8 +13,8 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 
-use super::config::SslMode;
 use super::server::{TlsError, provider};
+use crate::config::tls::SslMode;
 
 /// Builds the rustls client config for a backend, or None when TLS is disabled.
 pub fn backend_config(

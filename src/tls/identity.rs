@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::config::{IdentitySource, TlsConfig, normalize_fingerprint};
+use crate::config::tls::{IdentitySource, TlsConfig, normalize_fingerprint};
 
 /// The tenant a certificate names, or None when it names none under the rule.
 pub fn tenant_from_certificate(cert_der: &[u8], cfg: &TlsConfig) -> Option<String> {

@@ -3,10 +3,9 @@
 //! provider, passed explicitly everywhere.
 
 pub mod client;
-pub mod config;
 pub mod identity;
 pub mod server;
 pub mod verify;
 
-pub use config::{IdentitySource, SslMode, TlsConfig, TlsMode};
+pub use crate::config::tls::{IdentitySource, SslMode, TlsConfig, TlsMode};
 pub use server::{ServerTls, TlsError};

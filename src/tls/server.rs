@@ -14,9 +14,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::config::TlsConfig;
 use super::identity::end_point_hash;
 use super::verify::DeferredClientVerifier;
+use crate::config::tls::TlsConfig;
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,6 @@
 //! mismatch. The SQL side is in [`sql`], the install command in [`install`].
 
 pub mod install;
-pub mod posture;
 pub mod sql;
 
 use std::path::PathBuf;

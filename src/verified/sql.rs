@@ -17,18 +17,6 @@ pub struct Objects {
 }
 
 impl Objects {
-    /// From a validated configuration.
-    pub fn from_config(cfg: &crate::config::Config) -> Objects {
-        let mut app_roles: Vec<String> = cfg.databases.values().map(|d| d.user.clone()).collect();
-        app_roles.sort();
-        app_roles.dedup();
-        Objects {
-            schema: cfg.context.schema.clone(),
-            app_roles,
-            settings: cfg.context.settings(),
-        }
-    }
-
     /// The NOLOGIN role that owns the schema, the key table and the functions.
     pub fn owner(&self) -> String {
         format!("{}_owner", self.schema)

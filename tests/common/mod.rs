@@ -12,7 +12,7 @@ use pgtenant::auth::scram::ScramVerifier;
 use pgtenant::config::{Config, TenantConfig};
 use pgtenant::metrics::Metrics;
 use pgtenant::pgcluster::TempCluster;
-use pgtenant::server::Server;
+use pgtenant::shared::Server;
 use tokio::sync::watch;
 
 pub const ACME: &str = "11111111-1111-4111-8111-111111111111";

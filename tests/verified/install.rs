@@ -1,7 +1,6 @@
 //! `pgtenant db install` and the HMAC both sides compute.
 
 use pgtenant::verified::install::KeyStep;
-use pgtenant::verified::sql::Objects;
 use pgtenant::verified::{self, ContextKey};
 
 use crate::common::{TestEnv, sqlstate};
@@ -69,7 +68,7 @@ async fn install_is_idempotent_and_the_printed_sql_runs_twice() {
     other.context.key = Some(std::sync::Arc::new(ContextKey::generate()));
     let refused = pgtenant::demo::install_verified(&env.cluster, &other, KeyStep::Install).await;
     assert!(refused.is_err(), "a different key without --rotate");
-    let printed = Objects::from_config(&cfg).install_sql();
+    let printed = cfg.verified_objects().install_sql();
     assert!(!printed.contains(std::str::from_utf8(pgtenant::demo::DEMO_CONTEXT_KEY).unwrap()));
     for _ in 0..2 {
         env.cluster

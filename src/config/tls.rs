@@ -1,5 +1,6 @@
 //! TLS settings: the client-facing listener (`[tls]`, with client-certificate identity) and
-//! each backend (`sslmode` and friends under `[databases.<name>]`).
+//! each backend (`sslmode` and friends under `[databases.<name>]`). Typed here with the rest
+//! of the configuration; [`crate::tls`] loads and serves what they name.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigProblem;
+use super::ConfigProblem;
 
 /// Client-facing TLS.
 #[derive(Debug, Clone, Deserialize)]
