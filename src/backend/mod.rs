@@ -67,6 +67,9 @@ pub struct BackendConn {
     pub unreported: Vec<String>,
     /// Reported parameters as the server set them at connection start (its defaults).
     pub defaults: HashMap<String, String>,
+    /// The client parameter set `params` last matched exactly (nothing to apply for it);
+    /// dropped whenever `params` or `unreported` change.
+    pub params_match: Option<crate::session::params::ParamsMatch>,
     pub key: BackendKey,
     /// Whether the proxy's prepared statements exist on this connection.
     pub prepared: bool,
@@ -120,6 +123,7 @@ impl BackendConn {
         let name = String::from_utf8_lossy(name).into_owned();
         let value = String::from_utf8_lossy(value).into_owned();
         self.params.insert(name.clone(), value.clone());
+        self.params_match = None;
         Some((name, value))
     }
 

@@ -75,6 +75,12 @@ struct ParamSet {
     explicit: Vec<Cow<'static, str>>,
 }
 
+/// A client parameter set a backend connection already matches (see
+/// [`ClientParams::apply`]). Holding it keeps the set alive and shared, so a client that
+/// changes its settings gets a new set (copy-on-write) and never matches by accident.
+#[derive(Debug)]
+pub struct ParamsMatch(Arc<ParamSet>);
+
 /// Distinct parameter sets kept for sharing; beyond this many, new sets are not interned.
 const INTERNED_SETS: usize = 64;
 
@@ -193,6 +199,28 @@ impl ClientParams {
     /// Appends the requests that bring `conn` to this client's view, without a Sync (the
     /// caller ends the transaction); returns how many.
     pub fn apply(&self, conn: &mut BackendConn, out: &mut BytesMut, flow: &mut Flow) -> usize {
+        // The hot path: the connection's last client had these very settings (most clients
+        // share one interned set) and nothing changed on it since: no lookups at all.
+        if conn
+            .params_match
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(&m.0, &self.set))
+        {
+            return 0;
+        }
+        let n = self.apply_differences(conn, out, flow);
+        // Applied values are only believed once the server reports them (which drops the
+        // match); an unchanged connection matches from now on.
+        conn.params_match = (n == 0).then(|| ParamsMatch(self.set.clone()));
+        n
+    }
+
+    fn apply_differences(
+        &self,
+        conn: &mut BackendConn,
+        out: &mut BytesMut,
+        flow: &mut Flow,
+    ) -> usize {
         let mut n = 0;
         for (k, v) in &self.set.values {
             if conn.params.get(k.as_ref()) == Some(v) {
