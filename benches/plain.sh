@@ -83,9 +83,16 @@ run() {
     -T "$DURATION" -f "$WORK/$script.plain.sql" bench >"$WORK/pgbench.out" 2>"$WORK/pgbench.err" || {
     echo "   $arm $script $mode c=$c j=$j failed: $(grep -m1 -iE 'error|abort' "$WORK/pgbench.err" || true)" >&2
     echo "n/a n/a n/a"; return; }
+  # The direct arm's backends have just exited: let the postmaster reap them (their time
+  # then counts in its children's).
+  sleep 0.5
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
   g1=$(pg_ticks)
   tx=$(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/pgbench.out" | cut -d/ -f1)
+  if [ "${tx:-0}" = 0 ]; then
+    echo "   $arm $script $mode c=$c j=$j: no transactions ($(tail -n1 "$WORK/pgbench.err"))" >&2
+    echo "n/a n/a n/a"; return
+  fi
   awk -v tps="$(awk '/^tps/ {print $3; exit}' "$WORK/pgbench.out")" -v tx="$tx" -v proxy="$pid" \
       -v pc=$(( c1 - c0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
       'BEGIN { printf "%s %s %.1f\n", tps, proxy == "" ? "n/a" : sprintf("%.1f", pc / hz * 1e6 / tx), gc / hz * 1e6 / tx }'
