@@ -21,8 +21,8 @@
 # proxy's CPU time per transaction (utime+stime from /proc/<pid>/stat over the run, client
 # connection setup included, both proxies doing SCRAM) and its RSS sampled mid-run.
 # PgBouncer 1.18 cannot serve `-M prepared` in transaction mode: its prepared cells run only
-# when a probe succeeds, otherwise they print n/a. Prepared cells run pgbench with one
-# thread per client (see run_arm). RESET_ON_RELEASE=tracked sets pgtenant's
+# when a probe succeeds, otherwise they print n/a. Prepared cells run pgbench with 2 threads
+# like the others (PREPARED_THREADS=per-client: one per client, see run_arm). RESET_ON_RELEASE=tracked sets pgtenant's
 # context.reset_on_release (default: pgtenant's default, always).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +48,10 @@ for s in select tpcb; do write_script "$s" ctx; write_script "$s" plain; done
 run_arm() {
   local arm=$1 script=$2 c=$3 mode=$4 port user pw file pid="" j=$(( $3 < 2 ? 1 : 2 ))
   # pgbench prepares each command with a blocking PQprepare the first time a client runs
-  # it, which stalls every other client of that thread; behind a transaction pooler, when
-  # those hold all backends inside open transactions, nothing moves until checkout times
-  # out. One thread per client (in every arm of a prepared cell) avoids that client-side
-  # deadlock.
-  [ "$mode" = prepared ] && j=$c
+  # it, which stalls every other client of that thread. pgtenant answers such a Parse
+  # without a backend, so 2 threads work; PREPARED_THREADS=per-client keeps one thread per
+  # client in prepared cells (how this table was measured before that fix).
+  [ "$mode" = prepared ] && [ "${PREPARED_THREADS:-2}" = per-client ] && j=$c
   case $arm in
     direct) port=$PGPORT user=app_user pw=app_password file="$WORK/$script.ctx.sql" ;;
     pgbouncer) port=$BPORT user=bench pw=bench-secret file="$WORK/$script.ctx.sql" pid=$BOUNCER_PID ;;

@@ -148,12 +148,27 @@ fn describe(out: &mut BytesMut, kind: u8, name: &str) {
 /// transaction, an error, and the ROLLBACK that ends it.
 fn begin_forms() -> Vec<BytesMut> {
     // Simple protocol (psql, psycopg, node-postgres, pgbench -M simple).
-    let mut v = vec![
-        query("BEGIN"),
-        query("SELECT 1"),
-        query("SELECT 1/0"),
-        query("ROLLBACK"),
-    ];
+    let mut v = vec![query("BEGIN")];
+    // Inside it, before any statement ran: prepare (libpq's PQprepare), run, close, sync.
+    let mut prep = BytesMut::new();
+    messages::parse(&mut prep, "p1", "SELECT 1");
+    raw::sync(&mut prep);
+    v.push(prep);
+    let mut run = BytesMut::new();
+    messages::bind(&mut run, "p1", std::iter::empty());
+    messages::execute(&mut run);
+    raw::sync(&mut run);
+    v.push(run);
+    let mut close = BytesMut::new();
+    raw::close_statement(&mut close, "p1");
+    raw::sync(&mut close);
+    v.push(close);
+    v.push(query("COMMIT"));
+    v.push(query("BEGIN"));
+    let mut lone = BytesMut::new();
+    raw::sync(&mut lone);
+    v.push(lone);
+    v.extend([query("SELECT 1"), query("SELECT 1/0"), query("ROLLBACK")]);
     // Unnamed statement with Describe portal (pgbench -M extended).
     let mut p = BytesMut::new();
     messages::parse(&mut p, "", "begin;");
@@ -218,7 +233,79 @@ async fn every_begin_form_gets_the_replies_postgres_sends() {
     // The forms really were deferred (one per BEGIN above, the prepared one included).
     let m = env.proxy.metrics().await;
     assert!(
-        m.lines().any(|l| l == "pgtenant_deferred_begins_total 4"),
+        m.lines().any(|l| l == "pgtenant_deferred_begins_total 5"),
         "{m}"
     );
+}
+
+/// A request that needs no backend, from a client holding none, never waits for one. The
+/// pgbench -M prepared deadlock: a thread blocks in PQprepare (Parse + Sync) for a client
+/// whose BEGIN was deferred, while the thread's other clients hold every backend inside
+/// transactions they finish only once the thread runs again. Here A holds the only backend
+/// and commits only after B's prepare returns; the checkout timeout is far longer than the
+/// test's wait, so a prepare that waits for a backend fails the test.
+#[tokio::test]
+async fn a_prepare_in_a_deferred_transaction_waits_for_no_backend() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+            db.checkout_timeout = Duration::from_secs(60);
+        }
+    })
+    .await;
+    let mut a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut b = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    let got = replies(&mut a, &[query("BEGIN"), query(CTX)]).await;
+    assert_eq!(got, ["CZ:T", "TDCZ:T"], "A holds the only backend");
+    // B, in a transaction its deferred BEGIN opened, prepares, closes and syncs.
+    let mut prepare = BytesMut::new();
+    messages::parse(&mut prepare, "s1", CTX);
+    raw::sync(&mut prepare);
+    let mut close = BytesMut::new();
+    messages::parse(&mut close, "s2", "SELECT 2");
+    raw::close_statement(&mut close, "s2");
+    raw::flush(&mut close);
+    raw::sync(&mut close);
+    let requests = [query("BEGIN"), prepare, close];
+    let got = tokio::time::timeout(Duration::from_secs(10), replies(&mut b, &requests))
+        .await
+        .expect("B's prepare is answered while A holds the only backend");
+    assert_eq!(got, ["CZ:T", "1Z:T", "13Z:T"]);
+    // Only now does A finish, and B's statement runs in its transaction with its context.
+    assert_eq!(replies(&mut a, &[query("COMMIT")]).await, ["CZ:I"]);
+    let mut run = BytesMut::new();
+    messages::bind(&mut run, "s1", std::iter::empty());
+    messages::execute(&mut run);
+    raw::sync(&mut run);
+    b.send(&run).await;
+    let msgs = b.until_ready().await;
+    assert_eq!(raw::tags(&msgs), "2DCZ", "{msgs:?}");
+    assert_eq!(raw::data_rows(&msgs), [[Some(GLOBEX.to_string())]]);
+    assert_eq!(replies(&mut b, &[query("COMMIT")]).await, ["CZ:I"]);
+}
+
+/// A refused Parse in a deferred transaction fails that transaction, as PostgreSQL would,
+/// although a Parse no longer sends the deferred BEGIN by itself.
+#[tokio::test]
+async fn a_refused_prepare_in_a_deferred_transaction_aborts_it() {
+    let env = TestEnv::start_with(one_backend(true)).await;
+    let mut a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut bad = BytesMut::new();
+    messages::parse(
+        &mut bad,
+        "s1",
+        &format!("SET app.current_tenant = '{GLOBEX}'"),
+    );
+    raw::sync(&mut bad);
+    let got = replies(&mut a, &[query("BEGIN"), bad, query("SELECT 1")]).await;
+    assert_eq!(got, ["CZ:T", "EZ:E", "EZ:E"]);
+    assert_eq!(replies(&mut a, &[query("ROLLBACK")]).await, ["CZ:I"]);
+    let msgs = a.simple(CTX).await;
+    assert_eq!(raw::data_rows(&msgs), [[Some(ACME.to_string())]]);
 }

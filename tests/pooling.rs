@@ -158,8 +158,10 @@ async fn checkout_timeout_gives_a_clear_error() {
         tx.commit().await.unwrap();
         assert_eq!(one(&b, CTX).await, GLOBEX);
         assert_eq!(one(&a, CTX).await, ACME);
-        // The same for the simple protocol.
+        // The same for the simple protocol. A's BEGIN is deferred: its first statement takes
+        // the backend.
         let tx = a.transaction().await.unwrap();
+        assert_eq!(one_tx(&tx, CTX).await, ACME);
         let err = b.simple_query(CTX).await.expect_err("no backend for B");
         assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
         tx.rollback().await.unwrap();

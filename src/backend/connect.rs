@@ -114,6 +114,7 @@ impl BackendTarget {
             params: HashMap::new(),
             unreported: Vec::new(),
             defaults: HashMap::new(),
+            params_match: None,
             key: BackendKey {
                 addr,
                 pid: 0,

@@ -57,6 +57,25 @@ pub struct BackendKey {
 }
 
 /// An established, authenticated backend connection.
+/// A client parameter set a connection already matches, opaque here: the session defines
+/// the set and compares it by identity. Holding it keeps the set alive, so its address is
+/// not reused for another set while the match stands.
+#[derive(Clone)]
+pub struct MatchedParams(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for MatchedParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MatchedParams")
+    }
+}
+
+impl MatchedParams {
+    /// Whether this match is for the set `set` points at.
+    pub fn is<T>(&self, set: &std::sync::Arc<T>) -> bool {
+        std::ptr::addr_eq(std::sync::Arc::as_ptr(&self.0), std::sync::Arc::as_ptr(set))
+    }
+}
+
 #[derive(Debug)]
 pub struct BackendConn {
     pub stream: BackendStream,
@@ -69,6 +88,9 @@ pub struct BackendConn {
     pub unreported: Vec<String>,
     /// Reported parameters as the server set them at connection start (its defaults).
     pub defaults: HashMap<String, String>,
+    /// The client parameter set `params` last matched exactly (nothing to apply for it);
+    /// dropped whenever `params` or `unreported` change.
+    pub params_match: Option<MatchedParams>,
     pub key: BackendKey,
     /// Whether the proxy's prepared statements exist on this connection.
     pub prepared: bool,
@@ -125,6 +147,7 @@ impl BackendConn {
         let name = String::from_utf8_lossy(name).into_owned();
         let value = String::from_utf8_lossy(value).into_owned();
         self.params.insert(name.clone(), value.clone());
+        self.params_match = None;
         Some((name, value))
     }
 

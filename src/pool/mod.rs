@@ -455,6 +455,7 @@ impl PooledConn {
 /// After DISCARD ALL the backend reported every changed reported parameter; the unreported
 /// ones the proxy had set are back to their defaults, which the proxy does not know.
 fn forget_unreported(conn: &mut BackendConn) {
+    conn.params_match = None;
     for k in conn.unreported.drain(..) {
         conn.params.remove(&k);
     }

@@ -25,6 +25,14 @@ impl Session {
             .inc();
         tracing::warn!(tenant = %self.tenant.name, "refused: {message}");
         let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
+        // A request answered locally did not send the deferred BEGIN; a refusal is raised by
+        // the backend inside the transaction, which it aborts, as PostgreSQL would.
+        if self.backend.is_none()
+            && self.deferred_begin
+            && !self.send_deferred_begin(frame, false).await?
+        {
+            return Ok(());
+        }
         if self.backend.is_none() {
             self.client_error(code, message);
             if extended {

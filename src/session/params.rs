@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 
-use crate::backend::BackendConn;
 use crate::backend::injection::{PARAM_RESET_STATEMENT, PARAM_STATEMENT};
+use crate::backend::{BackendConn, MatchedParams};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages;
 use crate::session::flow::{Flow, Owner};
@@ -193,6 +193,24 @@ impl ClientParams {
     /// Appends the requests that bring `conn` to this client's view, without a Sync (the
     /// caller ends the transaction); returns how many.
     pub fn apply(&self, conn: &mut BackendConn, out: &mut BytesMut, flow: &mut Flow) -> usize {
+        // The hot path: the connection's last client had these very settings (most clients
+        // share one interned set) and nothing changed on it since: no lookups at all.
+        if conn.params_match.as_ref().is_some_and(|m| m.is(&self.set)) {
+            return 0;
+        }
+        let n = self.apply_differences(conn, out, flow);
+        // Applied values are only believed once the server reports them (which drops the
+        // match); an unchanged connection matches from now on.
+        conn.params_match = (n == 0).then(|| MatchedParams(self.set.clone()));
+        n
+    }
+
+    fn apply_differences(
+        &self,
+        conn: &mut BackendConn,
+        out: &mut BytesMut,
+        flow: &mut Flow,
+    ) -> usize {
         let mut n = 0;
         for (k, v) in &self.set.values {
             if conn.params.get(k.as_ref()) == Some(v) {

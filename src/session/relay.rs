@@ -60,9 +60,17 @@ impl Session {
                 }
                 return Ok(());
             }
-            ft::SYNC | ft::FLUSH if self.backend.is_none() && !self.deferred_begin => {
+            // Holding no backend, the proxy knows the answer: Idle, or in the transaction a
+            // deferred BEGIN opened. Waiting for a backend here could deadlock the pool (see
+            // `answers_locally`).
+            ft::SYNC | ft::FLUSH if self.backend.is_none() => {
                 if frame.tag == ft::SYNC {
-                    messages::ready_for_query(&mut self.cout, TxStatus::Idle);
+                    let status = if self.deferred_begin {
+                        TxStatus::InTransaction
+                    } else {
+                        TxStatus::Idle
+                    };
+                    messages::ready_for_query(&mut self.cout, status);
                 }
                 return Ok(());
             }
@@ -126,7 +134,10 @@ impl Session {
             if self.defer_begin(&frame) {
                 return Ok(());
             }
-            if self.deferred_begin && !self.send_deferred_begin(&frame, setup).await? {
+            if self.deferred_begin
+                && !self.answers_locally(&frame)
+                && !self.send_deferred_begin(&frame, setup).await?
+            {
                 return Ok(());
             }
         }
@@ -186,10 +197,7 @@ impl Session {
                 )
                 .await;
         }
-        if frame.tag == ft::PARSE
-            && self.backend.is_none()
-            && self.define_locally(&frame, no_txn_block)
-        {
+        if self.backend.is_none() && self.answer_locally(&frame, no_txn_block) {
             return Ok(());
         }
         if !self.attach(&frame, setup).await? {
@@ -302,15 +310,39 @@ impl Session {
         }
     }
 
-    /// Between transactions, a named Parse is answered by the proxy itself: the statement
-    /// is prepared on whichever backend first runs it. A client that prepares and then
-    /// waits (libpq's PQprepare, pgbench -M prepared) thus never holds up the pool, and
-    /// cannot deadlock with its own open transactions. The cost: a statement PostgreSQL
-    /// would reject is reported at its first Bind or Describe instead.
-    fn define_locally(&mut self, frame: &Frame, no_txn_block: bool) -> bool {
-        if self.pool.mode != PoolMode::Transaction || super::statements::parse_is_unnamed(frame) {
-            // The unnamed statement goes with the Bind that follows it.
+    /// Whether `frame` is a request the proxy answers from its own state while the session
+    /// holds no backend: a named Parse or the Close of a named statement (Sync and Flush are
+    /// answered earlier). The rule: a client holding no backend never waits for one for a
+    /// request whose reply needs none. Between transactions and in a transaction a deferred
+    /// BEGIN opened alike, so a client that prepares and then waits (libpq's PQprepare,
+    /// pgbench -M prepared, whose thread blocks in it while its other clients hold every
+    /// backend inside their transactions) can neither hold up the pool nor deadlock it.
+    fn answers_locally(&self, frame: &Frame) -> bool {
+        if self.pool.mode != PoolMode::Transaction {
             return false;
+        }
+        match frame.tag {
+            // The unnamed statement goes with the Bind that follows it.
+            ft::PARSE => !super::statements::parse_is_unnamed(frame),
+            ft::CLOSE => super::statements::statement_target(frame).is_some_and(|n| !n.is_empty()),
+            _ => false,
+        }
+    }
+
+    /// Answers a request of [`Self::answers_locally`] (the caller holds no backend): a
+    /// Parse is recorded and prepared on whichever backend first runs it, a Close forgets
+    /// the client's name. The cost: a statement PostgreSQL would reject is reported at its
+    /// first Bind or Describe instead. Returns false when the request must go to a backend.
+    fn answer_locally(&mut self, frame: &Frame, no_txn_block: bool) -> bool {
+        if !self.answers_locally(frame) {
+            return false;
+        }
+        if frame.tag == ft::CLOSE {
+            if let Some(name) = super::statements::statement_target(frame) {
+                self.statements.remove(name);
+            }
+            messages::write_msg(&mut self.cout, bt::CLOSE_COMPLETE, |_| {});
+            return true;
         }
         if self.statements.define(frame.body(), no_txn_block).is_none() {
             return false;

@@ -27,17 +27,22 @@ impl Session {
 
     /// The timeout that applies while the client is silent in `state`, if any.
     fn silence_limit(&self, state: ClientState) -> Option<(std::time::Duration, &'static str)> {
-        let cfg = self.server.config();
+        // The configuration is loaded only for the states that have a limit: a busy client
+        // passes here several times per transaction.
         let (limit, kind) = match state {
-            ClientState::IdleInTransaction => {
-                (cfg.server.idle_in_transaction_timeout, IDLE_IN_TRANSACTION)
+            ClientState::IdleInTransaction => (
+                self.server.config().server.idle_in_transaction_timeout,
+                IDLE_IN_TRANSACTION,
+            ),
+            ClientState::Idle if self.pin.is_some() => {
+                let cfg = self.server.config();
+                if cfg.server.pinned_idle_timeout.is_zero() {
+                    (cfg.server.client_idle_timeout, CLIENT_IDLE)
+                } else {
+                    (cfg.server.pinned_idle_timeout, PINNED_IDLE)
+                }
             }
-            ClientState::Idle
-                if self.pin.is_some() && !cfg.server.pinned_idle_timeout.is_zero() =>
-            {
-                (cfg.server.pinned_idle_timeout, PINNED_IDLE)
-            }
-            ClientState::Idle => (cfg.server.client_idle_timeout, CLIENT_IDLE),
+            ClientState::Idle => (self.server.config().server.client_idle_timeout, CLIENT_IDLE),
             _ => return None,
         };
         (!limit.is_zero()).then_some((limit, kind))
