@@ -1,0 +1,82 @@
+//! Deterministic regression tests for what the chaos checker (tests/chaos.rs) found.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::raw::{self, RawConn};
+use common::*;
+use pgtenant::protocol::messages;
+
+/// Runs `sql` until it succeeds (the pool replaces a terminated backend on first use).
+async fn until_ok(c: &mut RawConn, sql: &str) {
+    for _ in 0..20 {
+        if raw::errors(&c.simple(sql).await).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{sql} never succeeded");
+}
+
+/// A Parse the proxy adds for a Bind (the statement is not on this backend yet) is skipped
+/// by PostgreSQL when an earlier request of the same pipeline failed. The backend must then
+/// not be taken to have the statement: the client's next Bind must prepare it again.
+#[tokio::test]
+async fn a_parse_skipped_after_an_error_is_not_taken_as_prepared() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let su = env.superuser().await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    messages::parse(
+        &mut out,
+        "s1",
+        "SELECT 'one'::text, current_setting('app.current_tenant')",
+    );
+    raw::sync(&mut out);
+    c.send(&out).await;
+    assert_eq!(raw::tags(&c.until_ready().await), "1Z");
+
+    // A fresh backend: s1 is not prepared there.
+    su.simple_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app_user'",
+    )
+    .await
+    .unwrap();
+    until_ok(&mut c, "SELECT 1").await;
+
+    // The Bind of s1 comes after an error: PostgreSQL skips the proxy's Parse and the Bind.
+    let mut out = BytesMut::new();
+    raw::extended(&mut out, "SELECT 1/0", &[]);
+    messages::bind(&mut out, "s1", std::iter::empty());
+    messages::execute(&mut out);
+    raw::sync(&mut out);
+    c.send(&out).await;
+    let failed = c.until_ready().await;
+    let errs = raw::errors(&failed);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].code, "22012");
+
+    let mut out = BytesMut::new();
+    messages::bind(&mut out, "s1", std::iter::empty());
+    messages::execute(&mut out);
+    raw::sync(&mut out);
+    c.send(&out).await;
+    let again = c.until_ready().await;
+    assert!(
+        raw::errors(&again).is_empty(),
+        "Bind of s1: {:?}",
+        raw::errors(&again)
+    );
+    let rows = raw::data_rows(&again);
+    assert_eq!(rows[0][0].as_deref(), Some("one"));
+    assert_eq!(rows[0][1].as_deref(), Some(ACME));
+}
