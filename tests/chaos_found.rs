@@ -1,6 +1,9 @@
 //! Deterministic regression tests for what the chaos checker (tests/chaos.rs) found.
 
 mod common;
+#[allow(dead_code)]
+#[path = "chaos/relay.rs"]
+mod relay;
 
 use std::time::Duration;
 
@@ -79,4 +82,40 @@ async fn a_parse_skipped_after_an_error_is_not_taken_as_prepared() {
     let rows = raw::data_rows(&again);
     assert_eq!(rows[0][0].as_deref(), Some("one"));
     assert_eq!(rows[0][1].as_deref(), Some(ACME));
+}
+
+/// Known bug, not fixed yet (the chaos checker's long run: 5 stray 57014 in ~5,000 cancels).
+/// pgtenant looks up the backend serving the client, then connects and sends the
+/// CancelRequest; nothing keeps that backend from being released to another client in the
+/// meantime, and PostgreSQL signals whatever the backend runs when the request arrives. Here
+/// the request is held 1.5 s on its way (the relay), acme's query ends, the only backend goes
+/// to globex, and globex's statement is canceled. Remove `#[ignore]` with the fix (e.g. a
+/// backend a cancel was forwarded to is closed, not reused, on release).
+#[tokio::test]
+#[ignore = "known bug: a delayed CancelRequest cancels the next client's statement"]
+async fn a_late_cancel_does_not_hit_the_next_client_of_the_backend() {
+    let cluster = start_cluster().await;
+    let relay = relay::Relay::start(cluster.port()).await;
+    let mut cfg = test_config(&cluster);
+    for db in cfg.databases.values_mut() {
+        db.port = relay.port;
+        db.pool_size = 1;
+    }
+    let proxy = Proxy::start(cfg).await;
+    let acme = proxy.connect("acme").await;
+    let globex = proxy.connect("globex").await;
+    let token = acme.cancel_token();
+    let sleeper = tokio::spawn(async move { acme.batch_execute("SELECT pg_sleep(0.5)").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.hold_new(Duration::from_millis(1500));
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let _ = sleeper.await.unwrap();
+    let started = std::time::Instant::now();
+    let r = globex.batch_execute("SELECT pg_sleep(2.5)").await;
+    assert!(
+        r.is_ok(),
+        "globex's statement was canceled by acme's cancel after {:?}: {:?}",
+        started.elapsed(),
+        r.err().map(|e| sqlstate(&e))
+    );
 }

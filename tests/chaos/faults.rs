@@ -9,13 +9,14 @@ use super::workload::Rng;
 use super::world::World;
 
 /// Every fault kind.
-pub const FAULTS: [&str; 10] = [
+pub const FAULTS: [&str; 11] = [
     "terminate-backends",
     "restart-fast",
     "restart-immediate",
     "relay-delay",
     "relay-stall",
     "relay-cut",
+    "relay-hold-new",
     "sighup-reload",
     "admin-reload",
     "pool-resize",
@@ -80,6 +81,13 @@ async fn inject(world: &World, kind: &str, rng: &mut Rng) -> bool {
             world
                 .relay
                 .stall(Duration::from_millis(500 + rng.below(2000)));
+            true
+        }
+        "relay-hold-new" => {
+            // New backend connections (and forwarded CancelRequests) arrive late.
+            world
+                .relay
+                .hold_new(Duration::from_millis(300 + rng.below(1500)));
             true
         }
         "relay-cut" => {

