@@ -54,12 +54,31 @@ pub struct Flow {
     client_boundaries: usize,
     /// Requests whose replies are skipped by the backend after an extended-protocol error.
     skipping: bool,
-    /// Proxy-named statements whose Parse failed, for the session to forget.
-    failed_statements: Vec<String>,
+    /// Proxy-named statements whose Parse failed or was skipped, for the session to forget.
+    failed_statements: Vec<FailedParse>,
     /// Extended-protocol requests went out after the last Sync (or Query): the backend's
     /// implicit or explicit transaction stays open until a Sync, however many of their
     /// replies have arrived (a Flush makes them all arrive).
     unsynced: bool,
+}
+
+/// A Parse of a proxy-named statement that created nothing on the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedParse {
+    /// The statement's backend name.
+    pub statement: String,
+    /// The client's own Parse (its statement does not exist, as on PostgreSQL); false for
+    /// the proxy re-preparing a statement the client defined earlier, which stays defined.
+    pub by_client: bool,
+}
+
+impl FailedParse {
+    fn new(statement: Option<String>, owner: Owner) -> Option<FailedParse> {
+        statement.map(|statement| FailedParse {
+            statement,
+            by_client: owner == Owner::Client,
+        })
+    }
 }
 
 /// Requests a transaction's queue gets room for at once (an extended-protocol statement is
@@ -99,7 +118,8 @@ impl Flow {
         }
         if self.backend_discards() && tag != ft::SYNC {
             // The backend ignores it: no reply will come, and a Parse creates nothing.
-            self.failed_statements.extend(statement);
+            self.failed_statements
+                .extend(FailedParse::new(statement, owner));
             return;
         }
         if is_boundary(tag) {
@@ -132,8 +152,8 @@ impl Flow {
         }
     }
 
-    /// Statement names whose Parse failed since the last call.
-    pub fn take_failed_statements(&mut self) -> Vec<String> {
+    /// Statements whose Parse failed or was skipped since the last call.
+    pub fn take_failed_statements(&mut self) -> Vec<FailedParse> {
         std::mem::take(&mut self.failed_statements)
     }
 
@@ -206,7 +226,10 @@ impl Flow {
         // makes the backend skip everything up to the next Sync. A skipped Parse never
         // created its statement, exactly like a failed one.
         if is_boundary(request) {
-            let front = self.pending.front_mut().and_then(|p| p.statement.take());
+            let front = self
+                .pending
+                .front_mut()
+                .and_then(|p| FailedParse::new(p.statement.take(), p.owner));
             self.failed_statements.extend(front);
         } else {
             while let Some(p) = self.pending.front() {
@@ -214,7 +237,8 @@ impl Flow {
                     break;
                 }
                 if let Some(p) = self.pending.pop_front() {
-                    self.failed_statements.extend(p.statement);
+                    self.failed_statements
+                        .extend(FailedParse::new(p.statement, p.owner));
                 }
             }
             self.skipping = true;
@@ -366,7 +390,13 @@ mod tests {
         );
         f.sent(ft::SYNC, Owner::Client);
         assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
-        assert_eq!(f.take_failed_statements(), vec!["pgtenant_s_1".to_string()]);
+        assert_eq!(
+            f.take_failed_statements(),
+            vec![FailedParse {
+                statement: "pgtenant_s_1".into(),
+                by_client: false
+            }]
+        );
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
         assert!(f.is_idle());
     }
@@ -381,7 +411,13 @@ mod tests {
         assert!(!f.is_idle(), "a discarding backend must not be released");
         f.sent(ft::EXECUTE, Owner::Client);
         f.sent_parse(ft::PARSE, Owner::Proxy, Some("pgtenant_s_2".into()));
-        assert_eq!(f.take_failed_statements(), vec!["pgtenant_s_2".to_string()]);
+        assert_eq!(
+            f.take_failed_statements(),
+            vec![FailedParse {
+                statement: "pgtenant_s_2".into(),
+                by_client: false
+            }]
+        );
         f.sent(ft::SYNC, Owner::Client);
         assert!(!f.backend_discards());
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);

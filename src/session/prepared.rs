@@ -146,13 +146,18 @@ impl Session {
         }
     }
 
-    /// Forgets proxy-named statements whose Parse failed on the backend.
+    /// Forgets proxy-named statements whose Parse failed or was skipped on the backend: the
+    /// backend does not have them. The client's definition goes only with its own failed
+    /// Parse; a re-prepare the proxy added for a Bind that an earlier error skipped leaves
+    /// the client's statement defined (the next Bind prepares it again), as on PostgreSQL.
     pub(super) fn forget_failed_statements(&mut self) {
-        for name in self.flow.take_failed_statements() {
+        for failed in self.flow.take_failed_statements() {
             if let Some(b) = self.backend.as_mut() {
-                b.conn().statements.remove(&name);
+                b.conn().statements.remove(&failed.statement);
             }
-            self.statements.forget_backend_name(&name);
+            if failed.by_client {
+                self.statements.forget_backend_name(&failed.statement);
+            }
         }
     }
 }

@@ -1,0 +1,121 @@
+//! Deterministic regression tests for what the chaos checker (tests/chaos.rs) found.
+
+mod common;
+#[allow(dead_code)]
+#[path = "chaos/relay.rs"]
+mod relay;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::raw::{self, RawConn};
+use common::*;
+use pgtenant::protocol::messages;
+
+/// Runs `sql` until it succeeds (the pool replaces a terminated backend on first use).
+async fn until_ok(c: &mut RawConn, sql: &str) {
+    for _ in 0..20 {
+        if raw::errors(&c.simple(sql).await).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{sql} never succeeded");
+}
+
+/// A Parse the proxy adds for a Bind (the statement is not on this backend yet) is skipped
+/// by PostgreSQL when an earlier request of the same pipeline failed. The backend must then
+/// not be taken to have the statement: the client's next Bind must prepare it again.
+#[tokio::test]
+async fn a_parse_skipped_after_an_error_is_not_taken_as_prepared() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let su = env.superuser().await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    messages::parse(
+        &mut out,
+        "s1",
+        "SELECT 'one'::text, current_setting('app.current_tenant')",
+    );
+    raw::sync(&mut out);
+    c.send(&out).await;
+    assert_eq!(raw::tags(&c.until_ready().await), "1Z");
+
+    // A fresh backend: s1 is not prepared there.
+    su.simple_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app_user'",
+    )
+    .await
+    .unwrap();
+    until_ok(&mut c, "SELECT 1").await;
+
+    // The Bind of s1 comes after an error: PostgreSQL skips the proxy's Parse and the Bind.
+    let mut out = BytesMut::new();
+    raw::extended(&mut out, "SELECT 1/0", &[]);
+    messages::bind(&mut out, "s1", std::iter::empty());
+    messages::execute(&mut out);
+    raw::sync(&mut out);
+    c.send(&out).await;
+    let failed = c.until_ready().await;
+    let errs = raw::errors(&failed);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].code, "22012");
+
+    let mut out = BytesMut::new();
+    messages::bind(&mut out, "s1", std::iter::empty());
+    messages::execute(&mut out);
+    raw::sync(&mut out);
+    c.send(&out).await;
+    let again = c.until_ready().await;
+    assert!(
+        raw::errors(&again).is_empty(),
+        "Bind of s1: {:?}",
+        raw::errors(&again)
+    );
+    let rows = raw::data_rows(&again);
+    assert_eq!(rows[0][0].as_deref(), Some("one"));
+    assert_eq!(rows[0][1].as_deref(), Some(ACME));
+}
+
+/// Known bug, not fixed yet (the chaos checker's long run: 5 stray 57014 in ~5,000 cancels).
+/// pgtenant looks up the backend serving the client, then connects and sends the
+/// CancelRequest; nothing keeps that backend from being released to another client in the
+/// meantime, and PostgreSQL signals whatever the backend runs when the request arrives. Here
+/// the request is held 1.5 s on its way (the relay), acme's query ends, the only backend goes
+/// to globex, and globex's statement is canceled. Remove `#[ignore]` with the fix (e.g. a
+/// backend a cancel was forwarded to is closed, not reused, on release).
+#[tokio::test]
+#[ignore = "known bug: a delayed CancelRequest cancels the next client's statement"]
+async fn a_late_cancel_does_not_hit_the_next_client_of_the_backend() {
+    let cluster = start_cluster().await;
+    let relay = relay::Relay::start(cluster.port()).await;
+    let mut cfg = test_config(&cluster);
+    for db in cfg.databases.values_mut() {
+        db.port = relay.port;
+        db.pool_size = 1;
+    }
+    let proxy = Proxy::start(cfg).await;
+    let acme = proxy.connect("acme").await;
+    let globex = proxy.connect("globex").await;
+    let token = acme.cancel_token();
+    let sleeper = tokio::spawn(async move { acme.batch_execute("SELECT pg_sleep(0.5)").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.hold_new(Duration::from_millis(1500));
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let _ = sleeper.await.unwrap();
+    let started = std::time::Instant::now();
+    let r = globex.batch_execute("SELECT pg_sleep(2.5)").await;
+    assert!(
+        r.is_ok(),
+        "globex's statement was canceled by acme's cancel after {:?}: {:?}",
+        started.elapsed(),
+        r.err().map(|e| sqlstate(&e))
+    );
+}
