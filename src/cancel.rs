@@ -1,33 +1,53 @@
 //! Cancel routing. Every client gets a proxy-issued (pid, secret) pair; a CancelRequest
 //! carrying it is forwarded to whichever backend serves that client at that moment, and is
 //! ignored when the client is idle or the key is unknown. Keys are random, so one tenant
-//! cannot guess another's.
+//! cannot guess another's. A forwarded cancel counts as in flight on its backend until
+//! PostgreSQL closes the cancel connection (it signals the backend first); the pool does not
+//! hand a backend with a cancel in flight to anyone else (see [`CancelsInFlight`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backend::BackendKey;
+use crate::backend::{BackendConn, BackendKey, CancelsInFlight};
+
+/// How long a forwarded cancel may take to be confirmed before the backend it targets is
+/// given up (closed at its next release instead of reused).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
 /// Where a client's running query can be cancelled right now.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<BackendKey>>,
+    current: Mutex<Option<(BackendKey, Arc<CancelsInFlight>)>>,
 }
 
 impl CancelSlot {
-    /// Records the backend now serving the client (None when detached).
-    pub fn set(&self, key: Option<BackendKey>) {
+    /// Records the backend now serving the client.
+    pub fn attach(&self, conn: &BackendConn) {
         if let Ok(mut cur) = self.current.lock() {
-            *cur = key;
+            *cur = Some((conn.key, conn.cancels.clone()));
         }
     }
 
-    fn get(&self) -> Option<BackendKey> {
-        self.current.lock().ok().and_then(|c| *c)
+    /// Forgets the backend: the client is detached. Call before the backend is released,
+    /// so a cancel either counted itself in flight on it already or finds no target.
+    pub fn detach(&self) {
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = None;
+        }
+    }
+
+    /// The backend to cancel, counted in flight on it under the same lock that
+    /// [`Self::detach`] takes, so a release after detach always sees the count.
+    fn begin_cancel(&self) -> Option<(BackendKey, Arc<CancelsInFlight>)> {
+        let cur = self.current.lock().ok()?;
+        let (key, gate) = cur.as_ref()?;
+        gate.begin();
+        Some((*key, gate.clone()))
     }
 }
 
@@ -73,16 +93,57 @@ impl CancelRegistry {
         }
     }
 
-    /// Forwards a cancel for the client owning (pid, secret); returns whether one was sent.
+    /// Forwards a cancel for the client owning (pid, secret); returns whether PostgreSQL
+    /// confirmed it (closed the cancel connection after signalling the backend).
     pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
-        let Some(target) = self.keys.get(&(pid, secret)).and_then(|s| s.get()) else {
+        let slot = self.keys.get(&(pid, secret)).map(|s| s.value().clone());
+        let Some((target, gate)) = slot.and_then(|s| s.begin_cancel()) else {
             return false;
         };
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(target.pid, target.secret, &mut out);
-        match TcpStream::connect(target.addr).await {
-            Ok(mut s) => s.write_all(&out).await.is_ok(),
-            Err(_) => false,
+        match forward(target).await {
+            Delivery::Confirmed | Delivery::NotSent => {
+                gate.end();
+                true
+            }
+            // Sent, perhaps, but not confirmed: it may still arrive, so the count stays
+            // and the backend is closed at its release instead of handed on.
+            Delivery::Unknown => false,
         }
+    }
+}
+
+/// What became of one forwarded cancel.
+enum Delivery {
+    /// PostgreSQL read it and closed the connection: the backend has been signalled.
+    Confirmed,
+    /// It never left (no connection).
+    NotSent,
+    /// It may or may not have reached PostgreSQL.
+    Unknown,
+}
+
+/// Sends the CancelRequest for `target` and waits for PostgreSQL to close the connection.
+async fn forward(target: BackendKey) -> Delivery {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(target.pid, target.secret, &mut out);
+    let Ok(Ok(mut s)) = tokio::time::timeout(CONFIRM_WITHIN, TcpStream::connect(target.addr)).await
+    else {
+        return Delivery::NotSent;
+    };
+    if s.write_all(&out).await.is_err() {
+        return Delivery::Unknown;
+    }
+    let mut sink = [0u8; 64];
+    let closed = async {
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(CONFIRM_WITHIN, closed).await {
+        Ok(()) => Delivery::Confirmed,
+        Err(_) => Delivery::Unknown,
     }
 }

@@ -126,6 +126,7 @@ impl BackendTarget {
             owed: Default::default(),
             statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),
+            cancels: Default::default(),
             created: now,
             last_used: now,
             id,

@@ -56,7 +56,6 @@ pub struct BackendKey {
     pub secret: i32,
 }
 
-/// An established, authenticated backend connection.
 /// A client parameter set a connection already matches, opaque here: the session defines
 /// the set and compares it by identity. Holding it keeps the set alive, so its address is
 /// not reused for another set while the match stands.
@@ -76,6 +75,53 @@ impl MatchedParams {
     }
 }
 
+/// Cancel requests forwarded to one backend whose delivery PostgreSQL has not confirmed
+/// yet. PostgreSQL drops a cancel that finds its backend idle, but one still on the way
+/// when the backend is handed to another client cancels that client's statement; so a
+/// connection with a cancel in flight is not handed on until the count is back to zero.
+#[derive(Debug, Default)]
+pub struct CancelsInFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl CancelsInFlight {
+    /// A cancel is about to be sent.
+    pub fn begin(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A cancel was delivered (PostgreSQL closed its connection after signalling) or never
+    /// left. One never confirmed is never ended, so the connection is closed, not reused.
+    pub fn end(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Whether any cancel is still on its way.
+    pub fn any(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Waits up to `within` for every cancel in flight to be confirmed; true if they were.
+    pub async fn settled(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.any() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.any();
+            }
+        }
+    }
+}
+
+/// An established, authenticated backend connection.
 #[derive(Debug)]
 pub struct BackendConn {
     pub stream: BackendStream,
@@ -108,6 +154,8 @@ pub struct BackendConn {
     /// NotificationResponses that arrived during the proxy's own exchanges (whole
     /// messages), for the attached client to receive.
     pub held_notifications: BytesMut,
+    /// Cancels forwarded to this connection and not yet confirmed delivered.
+    pub cancels: std::sync::Arc<CancelsInFlight>,
     pub created: Instant,
     pub last_used: Instant,
     pub id: u64,

@@ -416,14 +416,22 @@ impl PooledConn {
                 Cleanup::Full | Cleanup::Rollback => {}
             }
         }
-        if pool.cleanup_queries(cleanup, &conn).is_empty() {
+        if !conn.cancels.any() && pool.cleanup_queries(cleanup, &conn).is_empty() {
             pool.put_idle(conn);
             drop(permit);
             return;
         }
         tokio::spawn(async move {
+            // A cancel forwarded for the last client may still be on its way; PostgreSQL
+            // drops one that finds the backend idle, so wait for it before handing on.
+            if !conn.cancels.settled(CANCEL_SETTLE).await {
+                tracing::debug!(pool = %pool.name, "a cancel for this backend is unconfirmed; closing the connection");
+                pool.metrics.closed.inc();
+                return;
+            }
             let queries = pool.cleanup_queries(cleanup, &conn);
             let full = queries.contains(&"DISCARD ALL");
+            let ran = !queries.is_empty();
             let mut result = Ok(());
             for sql in queries {
                 result = conn.simple_query(sql).await.map(|_| ());
@@ -433,8 +441,10 @@ impl PooledConn {
             }
             match result {
                 Ok(()) => {
-                    conn.session_context = false;
-                    conn.owed = Owed::Nothing;
+                    if ran {
+                        conn.session_context = false;
+                        conn.owed = Owed::Nothing;
+                    }
                     if full {
                         conn.prepared = false;
                         conn.statements.clear();
@@ -451,6 +461,10 @@ impl PooledConn {
         });
     }
 }
+
+/// How long a released backend waits for a cancel in flight to be confirmed before it is
+/// closed instead of handed on.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
 /// After DISCARD ALL the backend reported every changed reported parameter; the unreported
 /// ones the proxy had set are back to their defaults, which the proxy does not know.

@@ -59,7 +59,7 @@ impl Session {
             }
         };
         let conn = pooled.conn();
-        self.cancel.slot.set(Some(conn.key));
+        self.cancel.slot.attach(conn);
         self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
         self.context.reset();
@@ -303,7 +303,7 @@ impl Session {
 
     /// Forgets the attached backend for cancel routing and the admin console's `link`.
     pub(super) fn unlink_backend(&mut self) {
-        self.cancel.slot.set(None);
+        self.cancel.slot.detach();
         self.me.entry.backend.store(0, Ordering::Relaxed);
     }
 

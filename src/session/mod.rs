@@ -223,7 +223,7 @@ impl Session {
             self.cancel.secret,
         );
         if self.pool.mode == crate::config::PoolMode::Session {
-            self.cancel.slot.set(Some(conn.key));
+            self.cancel.slot.attach(conn);
             self.me.entry.backend.store(conn.id, Ordering::Relaxed);
             self.backend = Some(pooled);
         } else {

@@ -40,7 +40,10 @@ pub(crate) const INSERT_SQL: &str = "INSERT INTO invoices (tenant_id, amount_cen
 pub fn fault_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("57P")
-        || matches!(code, "53300" | "53400" | "40P01" | "40001" | "25P02" | "55000")
+        || matches!(
+            code,
+            "53300" | "53400" | "40P01" | "40001" | "25P02" | "55000"
+        )
 }
 
 async fn connect(

@@ -143,7 +143,10 @@ impl World {
     }
 
     /// Sends pgtenant a signal.
-    #[allow(unsafe_code, reason = "kill(2) has no safe wrapper in the dependencies")]
+    #[allow(
+        unsafe_code,
+        reason = "kill(2) has no safe wrapper in the dependencies"
+    )]
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the child we started, with a valid signal number.
         unsafe {
@@ -203,7 +206,10 @@ impl World {
     }
 
     /// Runs pg_ctl on the cluster (as the postgres OS user when we are root).
-    #[allow(unsafe_code, reason = "geteuid(2) has no safe wrapper in the dependencies")]
+    #[allow(
+        unsafe_code,
+        reason = "geteuid(2) has no safe wrapper in the dependencies"
+    )]
     pub async fn pg_ctl(&self, args: &str) -> bool {
         let bin = pgtenant::pgcluster::find_bindir().unwrap().join("pg_ctl");
         let data = self.cluster.data_dir();
