@@ -139,7 +139,7 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
         let refusal = if !server.guard_enabled {
             None
         } else if let Some(why) =
-            crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes())
+            crate::policy::sql::unreadable(lower.as_bytes(), value.as_bytes())
         {
             Some(format!(
                 "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"

@@ -15,7 +15,8 @@ use super::{End, Session};
 use crate::config::PoolMode;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr};
 use crate::protocol::messages::write_msg;
-use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
+use crate::policy::sql;
+use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft};
 
 /// Most replies a deferred extended-protocol BEGIN gets (Parse, Bind, two for a statement
 /// Describe, Execute, Sync).

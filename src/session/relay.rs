@@ -102,7 +102,7 @@ impl Session {
             (None, Some(name)) => self
                 .statements
                 .text(name)
-                .is_some_and(crate::protocol::sql::is_transaction_setup),
+                .is_some_and(crate::policy::sql::is_transaction_setup),
             _ => false,
         };
         runs_sql &= !setup;
@@ -138,7 +138,7 @@ impl Session {
         if let Some(name) = bound {
             no_txn_block = self.statements.no_txn_block(name);
             let text = self.statements.text(name);
-            self.clearing_portal = text.is_some_and(crate::protocol::sql::clears_context);
+            self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
         }
         if frame.tag == ft::FUNCTION_CALL
             && self.server.guard_enabled
