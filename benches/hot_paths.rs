@@ -17,10 +17,11 @@ use pgtenant::backend::injection::InjectionPlan;
 use pgtenant::backend::statements::BackendStatements;
 use pgtenant::config::Config;
 use pgtenant::metrics::Metrics;
+use pgtenant::policy::sql;
 use pgtenant::pool::{Cleanup, Pool};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, write_msg};
-use pgtenant::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
+use pgtenant::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft};
 use pgtenant::session::flow::{Disposition, Flow, Owner};
 use pgtenant::session::statements::{ClientStatements, Defined};
 use pgtenant::shared::Server;
@@ -214,6 +215,16 @@ fn sql_guard(c: &mut Criterion) {
         // What the relay runs on every Query and Parse: one lexing pass, every answer.
         g.bench_function(format!("analyze/{name}"), |b| {
             b.iter(|| black_box(sql::analyze(black_box(stmt.as_bytes()), &protected)))
+        });
+        // The whole policy on a verdict-cache miss: the lexical guard, then the fast path
+        // or PostgreSQL's parser (what `analyze` above cost before the parser came).
+        g.bench_function(format!("policy/{name}"), |b| {
+            b.iter(|| {
+                black_box(pgtenant::policy::analyze(
+                    black_box(stmt.as_bytes()),
+                    &protected,
+                ))
+            })
         });
         // The three questions asked one at a time (three lexing passes).
         g.bench_function(format!("separately/{name}"), |b| {

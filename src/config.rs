@@ -297,6 +297,10 @@ pub struct DatabaseConfig {
     pub sslkey: Option<std::path::PathBuf>,
     /// Host name to send as SNI and verify (default: `host`).
     pub server_name: Option<String>,
+    /// Statement kinds (PostgreSQL parse-node names such as `AlterRoleStmt`) the guard's
+    /// allow-list refuses but this database allows: a migrations database may need more.
+    #[serde(default)]
+    pub guard_allow: Vec<String>,
 }
 
 fn default_pg_port() -> u16 {

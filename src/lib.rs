@@ -48,6 +48,7 @@ pub mod frontend;
 pub mod http;
 pub mod metrics;
 pub mod pgcluster;
+pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod registry;

@@ -5,6 +5,8 @@
 //! usable and keeps its own tenant context. Allowed look-alikes keep working.
 
 mod common;
+#[path = "guard/parser_classes.rs"]
+mod parser_classes;
 #[path = "guard/protocol_paths.rs"]
 mod protocol_paths;
 

@@ -287,7 +287,15 @@ impl BackendTarget {
             let body = f.body();
             match f.tag {
                 bt::PARAMETER_STATUS => {
-                    conn.note_parameter(body);
+                    // A role or database default under which PostgreSQL reads SQL text
+                    // differently from pgtenant's guard: never hand such a backend out.
+                    if let Some((k, v)) = conn.note_parameter(body)
+                        && let Some(why) = crate::policy::unreadable_report(&k, &v)
+                    {
+                        return Err(BackendError::Protocol(format!(
+                            "the backend reports {why}, under which pgtenant's guard cannot read SQL"
+                        )));
+                    }
                 }
                 bt::BACKEND_KEY_DATA if body.len() >= 8 => {
                     conn.key.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);

@@ -19,6 +19,7 @@ fn every_problem_is_reported_with_its_key() {
         host = ""
         user = "u"
         pool_size = 0
+        guard_allow = ["AlterRoleStmt", "SelectStmt", "drop table"]
         [tenants.acme]
         id = ""
         password = "plaintext"
@@ -34,6 +35,8 @@ fn every_problem_is_reported_with_its_key() {
         "context.tenant_id_setting",
         "databases.app.host",
         "databases.app.pool_size",
+        "databases.app.guard_allow[1]",
+        "databases.app.guard_allow[2]",
         "tenants.acme.id",
         "tenants.acme.password",
         "tenants.acme.settings.app.other",
@@ -41,6 +44,10 @@ fn every_problem_is_reported_with_its_key() {
     ] {
         assert!(keys.contains(&key), "missing {key} in {keys:?}");
     }
+    assert!(
+        !keys.contains(&"databases.app.guard_allow[0]"),
+        "a refused kind may be widened: {keys:?}"
+    );
 }
 
 #[test]

@@ -146,6 +146,11 @@ impl Config {
                     format!("environment variable {var} is not set"),
                 );
             }
+            for (i, kind) in db.guard_allow.iter().enumerate() {
+                if let Some(why) = crate::policy::knowledge::widening_problem(kind) {
+                    bad(key(&format!("guard_allow[{i}]")), why);
+                }
+            }
             if db.checkout_timeout.is_zero() {
                 bad(key("checkout_timeout"), "must be greater than zero".into());
             }

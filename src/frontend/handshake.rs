@@ -124,8 +124,7 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
         let lower = name.to_ascii_lowercase();
         let refusal = if !server.guard_enabled {
             None
-        } else if let Some(why) =
-            crate::protocol::sql::unreadable(lower.as_bytes(), value.as_bytes())
+        } else if let Some(why) = crate::policy::sql::unreadable(lower.as_bytes(), value.as_bytes())
         {
             Some(format!(
                 "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"

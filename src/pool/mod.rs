@@ -121,6 +121,11 @@ pub struct PooledConn {
 }
 
 impl Pool {
+    /// Statement kinds the guard's allow-list gains for this database (`guard_allow`).
+    pub fn guard_allow(&self) -> &[String] {
+        &self.source.guard_allow
+    }
+
     /// Creates an empty pool; connections are opened on demand.
     pub fn new(
         name: &str,

@@ -1,12 +1,14 @@
-//! Pure PostgreSQL protocol code: framing, the few messages the proxy reads or writes,
-//! and a SQL lexer. No sockets here; everything works on `bytes` buffers.
+//! Pure PostgreSQL protocol code: framing and the few messages the proxy reads or writes
+//! (what SQL text means is the policy's business, in `crate::policy`). No sockets here; everything works on `bytes` buffers.
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
 pub mod codec;
 pub mod messages;
-pub mod sql;
 pub mod startup;
+
+/// Statement and portal names with this prefix belong to the proxy; clients may not use them.
+pub const RESERVED_PREFIX: &str = "pgtenant_";
 
 /// Frontend (client → server) message tags the proxy cares about.
 pub mod frontend_tag {

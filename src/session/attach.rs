@@ -323,7 +323,7 @@ impl Session {
     pub(super) fn detach_on_end(&mut self, end: &End) {
         self.unlink_backend();
         let quiet = self.flow.is_settled() && !self.copy_in;
-        let broken = matches!(end, End::BackendLost(_));
+        let broken = matches!(end, End::BackendLost(_) | End::Unreadable(_));
         if !quiet || broken {
             self.backend = None;
             return;

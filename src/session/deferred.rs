@@ -13,9 +13,10 @@ use super::flow::Owner;
 use super::statements::bind_statement;
 use super::{End, Session};
 use crate::config::PoolMode;
+use crate::policy::sql;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr};
 use crate::protocol::messages::write_msg;
-use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sql};
+use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft};
 
 /// Most replies a deferred extended-protocol BEGIN gets (Parse, Bind, two for a statement
 /// Describe, Execute, Sync).
@@ -71,7 +72,7 @@ impl Session {
     /// When `first` (a Parse or Bind) and the buffered frames after it are exactly a plain
     /// BEGIN run through the extended protocol up to a Sync, the bytes of those frames.
     fn begin_pipeline(&self, first: &Frame, replies: &mut Replies) -> Option<usize> {
-        if super::guard::uses_reserved_name(first) {
+        if crate::policy::frames::uses_reserved_name(first) {
             return None;
         }
         let statement: &[u8];

@@ -1,13 +1,11 @@
-//! Refusing client requests: attempts to change a protected setting and use of the proxy's
-//! reserved statement names. A refusal looks exactly like a PostgreSQL error: while a
+//! Refusing client requests (what is refused is decided in `crate::policy`). A refusal looks exactly like a PostgreSQL error: while a
 //! backend is attached the backend itself raises it (so an open transaction fails as it
 //! would in PostgreSQL); otherwise the proxy answers locally.
 
 use super::flow::Owner;
 use super::{End, Session};
-use crate::protocol::codec::{Frame, read_cstr};
+use crate::protocol::codec::Frame;
 use crate::protocol::{TxStatus, frontend_tag as ft, messages};
-use crate::tenant::RESERVED_PREFIX;
 
 impl Session {
     /// Refuses `frame` with SQLSTATE `code` and `message`; `source` labels the metric.
@@ -73,21 +71,4 @@ fn raise_sql(code: &str, message: &str) -> String {
         clean(code),
         clean(message)
     )
-}
-
-/// True when a Parse, Bind, Describe, Close or Execute names a proxy-owned statement or portal.
-pub(super) fn uses_reserved_name(frame: &Frame) -> bool {
-    let body = frame.body();
-    let reserved = |name: &[u8]| name.starts_with(RESERVED_PREFIX.as_bytes());
-    match frame.tag {
-        ft::PARSE | ft::EXECUTE => read_cstr(body).is_some_and(|(n, _)| reserved(n)),
-        ft::BIND => read_cstr(body).is_some_and(|(portal, rest)| {
-            reserved(portal) || read_cstr(rest).is_some_and(|(stmt, _)| reserved(stmt))
-        }),
-        ft::DESCRIBE | ft::CLOSE => body
-            .get(1..)
-            .and_then(read_cstr)
-            .is_some_and(|(n, _)| reserved(n)),
-        _ => false,
-    }
 }

@@ -55,6 +55,10 @@ pub enum End {
     Removed(&'static str),
     /// The client sent nothing for too long (the timeout's metric label).
     Timeout(&'static str),
+    /// The backend reported a setting under which the guard cannot read SQL as PostgreSQL
+    /// does (`standard_conforming_strings=off`, a client-only encoding): FATAL, and the
+    /// backend is closed, before another statement runs.
+    Unreadable(String),
     /// Not an end: the idle session moves to the lot (with its idle timeout left, if any).
     Parked(Option<std::time::Duration>),
 }
@@ -72,6 +76,7 @@ impl fmt::Display for End {
             End::Removed(what) => write!(f, "its {what} was removed from the configuration"),
             End::Timeout(kind) => write!(f, "{kind} timeout"),
             End::Parked(_) => write!(f, "parked outside the runtime"),
+            End::Unreadable(m) => write!(f, "backend reported {m}"),
         }
     }
 }
@@ -345,6 +350,14 @@ async fn finish(s: &mut Session, end: End) -> End {
                 m,
             )
         }
+        End::Unreadable(m) => messages::error_response(
+            &mut s.cout,
+            Severity::Fatal,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            &format!(
+                "terminating connection: the server reports {m}, under which pgtenant's guard cannot read SQL as PostgreSQL does"
+            ),
+        ),
         End::Shutdown | End::Killed => messages::error_response(
             &mut s.cout,
             Severity::Fatal,

@@ -126,7 +126,7 @@ impl Session {
             (None, Some(name)) => self
                 .statements
                 .text(name)
-                .is_some_and(crate::protocol::sql::is_transaction_setup),
+                .is_some_and(crate::policy::sql::is_transaction_setup),
             _ => false,
         };
         runs_sql &= !setup;
@@ -146,11 +146,10 @@ impl Session {
         if let Some(a) = analysis {
             let guard = self.server.guard_enabled;
             clears = a.clears_context;
-            if let Some(v) = a.protected_change.filter(|_| guard) {
+            let widened = |v: &crate::policy::GuardViolation| v.widened_by(self.pool.guard_allow());
+            if let Some(v) = a.protected_change.filter(|v| guard && !widened(v)) {
                 let msg = v.message();
-                return self
-                    .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, &msg, "sql")
-                    .await;
+                return self.refuse(&frame, v.code, &msg, "sql").await;
             }
             if let Some(what) = a.keeps_state
                 && let Some((code, msg)) = self.pin_refusal(what)
@@ -174,18 +173,18 @@ impl Session {
         if let Some(name) = bound {
             no_txn_block = self.statements.no_txn_block(name);
             let text = self.statements.text(name);
-            self.clearing_portal = text.is_some_and(crate::protocol::sql::clears_context);
+            self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
         }
         if frame.tag == ft::FUNCTION_CALL
             && self.server.guard_enabled
-            && !is_large_object_call(frame.body())
+            && !crate::policy::frames::is_large_object_call(frame.body())
         {
             let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
             return self
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
                 .await;
         }
-        if super::guard::uses_reserved_name(&frame) {
+        if crate::policy::frames::uses_reserved_name(&frame) {
             let msg =
                 "prepared statement and portal names starting with \"pgtenant_\" are reserved";
             return self
@@ -268,6 +267,11 @@ impl Session {
                 bt::PARAMETER_STATUS => {
                     let conn = self.backend.as_mut().map(|b| b.conn());
                     if let Some((k, v)) = conn.and_then(|c| c.note_parameter(body)) {
+                        if self.server.guard_enabled
+                            && let Some(why) = crate::policy::unreadable_report(&k, &v)
+                        {
+                            return Err(End::Unreadable(why));
+                        }
                         self.params.observe(&k, &v);
                     }
                 }
@@ -398,20 +402,6 @@ impl Session {
             self.dirty = true;
         }
     }
-}
-
-/// The built-in large-object functions (fixed OIDs), what libpq's `lo_*` calls and JDBC's
-/// fastpath send as FunctionCall. A call by OID has no SQL text for the guard to read, so
-/// nothing else is let through: `set_config` (2078), `query_to_xml`, or a session advisory
-/// lock would change the context or leave state for the next client.
-const LARGE_OBJECT_FUNCTIONS: [u32; 16] = [
-    715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172, 3458, 3459, 3460,
-];
-
-fn is_large_object_call(body: &[u8]) -> bool {
-    body.get(..4)
-        .and_then(|b| b.try_into().ok())
-        .is_some_and(|oid| LARGE_OBJECT_FUNCTIONS.contains(&u32::from_be_bytes(oid)))
 }
 
 /// The SQL text of a Query or Parse message.

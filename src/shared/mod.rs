@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, ContextMode};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::protocol::sql::AnalysisCache;
+use crate::policy::sql::AnalysisCache;
 use crate::registry::Registry;
 use crate::tenant::TenantDirectory;
 

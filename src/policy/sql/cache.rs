@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-use super::{Analysis, analyze};
+use super::Analysis;
+use crate::policy::analyze;
 
 /// Longest text worth remembering; longer ones are analyzed every time.
 const MAX_TEXT: usize = 16 * 1024;

@@ -33,11 +33,33 @@ pub use readable::unreadable;
 pub struct GuardViolation {
     /// Normalized lowercase name of the protected setting (or a `<non-literal name>` marker).
     pub setting: String,
+    /// The SQLSTATE the client gets (42501 unless the allow-list says otherwise).
+    pub code: &'static str,
+    /// Statement kinds refused only by the allow-list: a database whose `guard_allow` lists
+    /// them all lets the text through (empty: never).
+    pub widenable: Vec<String>,
 }
 
 impl GuardViolation {
+    /// A refusal with SQLSTATE 42501 that no database setting widens.
+    pub fn new(setting: String) -> GuardViolation {
+        GuardViolation {
+            setting,
+            code: crate::protocol::sqlstate::INSUFFICIENT_PRIVILEGE,
+            widenable: Vec::new(),
+        }
+    }
+
+    /// True when a database that allows the statement kinds `allowed` lets this through.
+    pub fn widened_by(&self, allowed: &[String]) -> bool {
+        !self.widenable.is_empty() && self.widenable.iter().all(|k| allowed.contains(k))
+    }
+
     /// The ErrorResponse text: the protected setting, or what the guard could not let through.
     pub fn message(&self) -> String {
+        if self.code == crate::protocol::sqlstate::SYNTAX_ERROR {
+            return self.setting.clone();
+        }
         let setting = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
         if self.setting.bytes().all(setting) {
             format!(
@@ -70,7 +92,7 @@ fn is_op(t: Option<&Token>, op: u8) -> bool {
 /// found with memchr on the needle's first byte that has no case (`_`, `&`, `"`: rare in
 /// SQL), or on both cases of its first letter, so the whole text is not compared window
 /// by window (that loop was the guard's largest cost on texts with inline literals).
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }
@@ -212,8 +234,7 @@ fn parse_name(toks: &[Token], mut k: usize) -> Option<(Vec<u8>, usize)> {
 }
 
 fn violation(setting: &str) -> Option<GuardViolation> {
-    let setting = setting.to_ascii_lowercase();
-    Some(GuardViolation { setting })
+    Some(GuardViolation::new(setting.to_ascii_lowercase()))
 }
 
 fn protected_match(name: &[u8], protected: &[String]) -> Option<GuardViolation> {
@@ -507,8 +528,8 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
     toks.extend(Lexer::new(sql));
     let (clears, followed) = context_clearing(&toks);
     let after_end = || {
-        followed.then(|| GuardViolation {
-            setting: "statements after COMMIT, ROLLBACK or RESET ALL in one query (they would run without the tenant context)".into(),
+        followed.then(|| {
+            GuardViolation::new("statements after COMMIT, ROLLBACK or RESET ALL in one query (they would run without the tenant context)".into())
         })
     };
     Analysis {

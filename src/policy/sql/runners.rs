@@ -92,9 +92,9 @@ fn spells(t: &Token, name: &str) -> bool {
 pub(super) fn check_reference(toks: &[Token], i: usize) -> Option<GuardViolation> {
     let t = toks.get(i)?;
     if let Some(name) = OTHER_SESSIONS.iter().find(|n| spells(t, n)) {
-        return Some(GuardViolation {
-            setting: format!("{name} (reaches other tenants' sessions)"),
-        });
+        return Some(GuardViolation::new(format!(
+            "{name} (reaches other tenants' sessions)"
+        )));
     }
     if is_op(toks.get(i + 1), b'(') {
         return None;
@@ -102,9 +102,7 @@ pub(super) fn check_reference(toks: &[Token], i: usize) -> Option<GuardViolation
     let name = std::iter::once("set_config")
         .chain(RUNNERS.iter().map(|r| r.0))
         .find(|n| spells(t, n))?;
-    Some(GuardViolation {
-        setting: format!("{name} named as a function"),
-    })
+    Some(GuardViolation::new(format!("{name} named as a function")))
 }
 
 /// The runner named by the token at `i`, when a call follows it.
@@ -174,9 +172,7 @@ pub(super) fn check_runner<'a>(
             Some(v) if depth < MAX_DEPTH => work.push((lift(base, v), depth + 1)),
             None if number => {}
             _ => {
-                return Some(GuardViolation {
-                    setting: format!("{name}(<non-literal query>)"),
-                });
+                return Some(GuardViolation::new(format!("{name}(<non-literal query>)")));
             }
         }
     }

@@ -136,12 +136,7 @@ fn protected_changes() {
         None
     );
     let tz = find_protected_change(b"SET TIME ZONE 'UTC'", &prot(&["timezone"]));
-    assert_eq!(
-        tz,
-        Some(GuardViolation {
-            setting: "timezone".into()
-        })
-    );
+    assert_eq!(tz, Some(GuardViolation::new("timezone".into())));
     // RESET ALL only clears settings and is allowed.
     assert_eq!(find_protected_change(b"RESET ALL", &prot(&["role"])), None);
     // Depth limit: a body nested deeper than the guard reads is refused, not let through

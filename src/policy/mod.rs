@@ -1,0 +1,73 @@
+//! The one home of what pgtenant refuses and why. `protocol/` decodes frames; this module
+//! decides. Every SQL text goes through [`analyze`]: the lexical guard (`sql`, which also
+//! answers what the session needs to know: transaction setup, session state, ...), then a
+//! cheap pre-check (`fast`) that clears plain DML, and PostgreSQL's own parser (`parsed`)
+//! for everything it cannot clear. The parser's tables live in `knowledge`.
+
+pub mod fast;
+pub mod frames;
+pub mod fuzz;
+pub mod knowledge;
+pub mod parsed;
+pub mod sql;
+
+pub use sql::{Analysis, AnalysisCache, GuardViolation};
+
+use crate::protocol::sqlstate;
+use parsed::Parsed;
+
+/// The guard's verdict on one text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let through.
+    Allow,
+    /// Refused, with the reason and SQLSTATE.
+    Refuse(GuardViolation),
+}
+
+/// The verdict on `sql` against the `protected` settings: the lexical guard first, then the
+/// fast path or the parser.
+pub fn check(sql: &[u8], protected: &[String]) -> Verdict {
+    match sql::find_protected_change(sql, protected) {
+        Some(v) => Verdict::Refuse(v),
+        None => match parser_verdict(sql, protected) {
+            Some(v) => Verdict::Refuse(v),
+            None => Verdict::Allow,
+        },
+    }
+}
+
+/// Everything the session needs to know about one Query or Parse text.
+pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
+    let mut a = sql::analyze(sql, protected);
+    if a.protected_change.is_none() && !protected.is_empty() {
+        a.protected_change = parser_verdict(sql, protected);
+    }
+    a
+}
+
+/// The parser path's refusal, unless the fast path clears the text. A text PostgreSQL's
+/// grammar cannot read is refused as the syntax error PostgreSQL would report: it could
+/// not run anyway, and letting it through would trust that the server's grammar is the
+/// parser's.
+fn parser_verdict(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
+    if fast::clears(sql) {
+        return None;
+    }
+    match parsed::check(sql, protected) {
+        Parsed::Allowed => None,
+        Parsed::Refused(v) => Some(v),
+        Parsed::SyntaxError(message) => Some(GuardViolation {
+            setting: message,
+            code: sqlstate::SYNTAX_ERROR,
+            widenable: Vec::new(),
+        }),
+    }
+}
+
+/// What is wrong when the server reports `name` = `value` (a ParameterStatus) and the value
+/// makes PostgreSQL read SQL text differently from the guard; None when it is safe.
+pub fn unreadable_report(name: &str, value: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    sql::unreadable(lower.as_bytes(), value.as_bytes()).map(|_| format!("{lower}={value}"))
+}

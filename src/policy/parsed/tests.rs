@@ -1,0 +1,141 @@
+use super::*;
+
+fn prot() -> Vec<String> {
+    ["app.current_tenant", "role", "session_authorization"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn verdict(sql: &str) -> Parsed {
+    check(sql.as_bytes(), &prot())
+}
+
+#[test]
+fn allows_what_privileges_govern() {
+    for sql in [
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7; SELECT 1",
+        "SET search_path = x",
+        "SET LOCAL work_mem = '8MB'",
+        "RESET ALL",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "VACUUM t",
+        "SET client_encoding TO 'UTF8'",
+        "SET standard_conforming_strings = on",
+        "SELECT table_to_xml('invoices', true, false, '')",
+        "SELECT query_to_xml('SELECT 1', true, false, '')",
+        "SELECT pg_advisory_lock(1)",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS $$ SELECT 1 $$",
+        "CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql AS $$ DECLARE x int; BEGIN x := a + 1; IF x > 2 THEN RETURN x; END IF; EXECUTE 'SELECT 1'; RETURN 0; END $$",
+        "CREATE FUNCTION f() RETURNS int RETURN 1",
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t VALUES (1); COMMIT; END $$",
+        "CREATE FUNCTION g(n int) RETURNS SETOF int LANGUAGE plpgsql AS $$ DECLARE r record; c CURSOR FOR SELECT 1; BEGIN FOR r IN SELECT generate_series(1, n) AS v LOOP RETURN NEXT r.v; END LOOP; RAISE NOTICE 'n %', n; RETURN QUERY SELECT 1; END $$",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM t) THEN CREATE TABLE t2 (a int); END IF; END $$",
+        "DO $$ BEGIN PERFORM 1; SET search_path = x; END $$",
+        "DO $$ BEGIN SET LOCAL work_mem = '1MB'; END $$",
+        "SELECT c.oid::pg_catalog.regclass FROM pg_catalog.pg_class c",
+        "SELECT 'set_config'",
+        "COPY t FROM STDIN",
+        "EXPLAIN ANALYZE SELECT 1",
+    ] {
+        let v = verdict(sql);
+        assert_eq!(v, Parsed::Allowed, "{sql}: {v:?}");
+    }
+}
+
+fn refused(sql: &str) -> GuardViolation {
+    match verdict(sql) {
+        Parsed::Refused(v) => v,
+        other => panic!("{sql}: {other:?}"),
+    }
+}
+
+#[test]
+fn refuses_each_class() {
+    for sql in [
+        // The context, in any spelling.
+        "SELECT pg_catalog.set_config('app.current_tenant', 'b', true)",
+        "SELECT \"set_config\"('App.Current_Tenant', 'b', true)",
+        "SELECT U&\"set\\005fconfig\"('app.current_tenant', 'b', true)",
+        "SELECT set_config(x, 'b', true) FROM t",
+        "SET \"app.current_tenant\" = 'b'",
+        "RESET app.current_tenant",
+        "SET ROLE other",
+        "SET SESSION AUTHORIZATION other",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant = 'b' AS 'SELECT 1'",
+        // Inside bodies.
+        "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', true); END $$",
+        "DO $$ DECLARE x text; BEGIN x := set_config('app.current_tenant', 'b', true); END $$",
+        "DO $$ BEGIN IF set_config('app.current_tenant', 'b', true) IS NULL THEN RETURN; END IF; END $$",
+        "DO $$ BEGIN EXECUTE 'SELECT set_config(''app.current_tenant'', ''b'', true)'; END $$",
+        "DO $$ BEGIN EXECUTE 'SE' || 'T app.current_tenant = 1'; END $$",
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+        "DO $$ BEGIN DISCARD ALL; END $$",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'SET search_path = x'",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DEALLOCATE ALL'",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET work_mem = '1MB'; END $$",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_lock(1); END $$",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plperl AS $$ 1 $$",
+        // The role, the database, the server.
+        "ALTER ROLE CURRENT_USER PASSWORD 'x'",
+        "ALTER USER SESSION_USER SET work_mem = '1MB'",
+        "ALTER ROLE app SET search_path = x",
+        "ALTER DATABASE app SET work_mem = '1MB'",
+        "ALTER DATABASE app CONNECTION LIMIT 1",
+        "ALTER SYSTEM SET work_mem = '1MB'",
+        "LOAD 'auto_explain'",
+        // Settings through catalog views; settings that change how text is read.
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        "UPDATE pg_catalog.\"pg_settings\" SET setting = 'b' WHERE name = 'app.current_tenant'",
+        "WITH x AS (UPDATE pg_settings SET setting = 'b' RETURNING 1) SELECT 1",
+        "SET standard_conforming_strings = off",
+        "SET standard_conforming_strings TO 0",
+        "SET \"standard_conforming_strings\" = 'off'",
+        "SET NAMES 'SJIS'",
+        "SELECT set_config('client_encoding', 'BIG5', false)",
+        // Other sessions, by name or by OID.
+        "SELECT query FROM pg_stat_activity",
+        "SELECT pg_terminate_backend(42)",
+        "SELECT table_to_xml(12345, true, false, '')",
+        "SELECT table_to_xml(12345::oid::regclass, true, false, '')",
+        "SELECT table_to_xml('pg_catalog.pg_stat_activity', true, false, '')",
+        "SELECT 'pg_stat_activity'::regclass",
+        "SELECT query_to_xml('SELECT query FROM pg_stat_activity', true, false, '')",
+        "SELECT query_to_xml(q, true, false, '') FROM t",
+        "SELECT 'set_config'::regproc",
+        "CREATE AGGREGATE a(text, boolean) (SFUNC = pg_catalog.set_config, STYPE = text)",
+        "SELECT * FROM dblink('dbname=x', 'SELECT 1') AS t(a int)",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT lo_import('/etc/passwd')",
+    ] {
+        let v = refused(sql);
+        assert!(!v.message().is_empty(), "{sql}");
+    }
+}
+
+#[test]
+fn kind_refusals_are_widenable_and_nothing_else_is() {
+    let v = refused("ALTER ROLE CURRENT_USER PASSWORD 'x'");
+    assert_eq!(v.code, "42501");
+    assert!(v.widened_by(&["AlterRoleStmt".into()]));
+    assert!(!v.widened_by(&["AlterDatabaseStmt".into()]));
+    let v = refused("LOAD 'x'");
+    assert_eq!(v.code, "0A000");
+    let v = refused("ALTER ROLE app SET app.current_tenant = 'b'");
+    assert!(
+        v.widenable.is_empty(),
+        "a protected setting is never widened"
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_as_postgresql_would() {
+    match verdict("SELEC 1") {
+        Parsed::SyntaxError(m) => assert!(m.contains("syntax error at or near"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,187 @@
+//! The classes the parser path (src/policy/parsed.rs) refuses that the lexical guard let
+//! through. Each is first shown effective straight against PostgreSQL as the app role, then
+//! refused through pgtenant; and the ParameterStatus watch ends a session whose backend
+//! reports an unsafe setting that code the guard never saw changed.
+
+use super::common::raw::{self, RawConn};
+use super::common::*;
+
+/// The one error of a simple query through pgtenant, as "code".
+async fn refused_code(c: &mut RawConn, sql: &str) -> String {
+    let m = c.simple(sql).await;
+    let errs = raw::errors(&m);
+    assert_eq!(errs.len(), 1, "{sql}: {m:?}");
+    errs[0].code.clone()
+}
+
+#[tokio::test]
+async fn parser_path_refuses_what_the_lexer_missed() {
+    let env = TestEnv::start().await;
+    let su = env.superuser().await;
+    let direct = env.app_user_direct().await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+
+    // 1. The shared role alters itself: a per-role default reaches every tenant's next
+    //    connection.
+    direct
+        .batch_execute("ALTER ROLE CURRENT_USER SET work_mem = '77kB'")
+        .await
+        .unwrap();
+    let fresh = env.app_user_direct().await;
+    assert_eq!(one(&fresh, "SHOW work_mem").await, "77kB");
+    su.batch_execute("ALTER ROLE app_user RESET work_mem")
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER ROLE CURRENT_USER SET work_mem = '77kB'",
+        "ALTER USER SESSION_USER SET work_mem = '77kB'",
+        "ALTER ROLE CURRENT_USER PASSWORD 'hijacked'",
+        "ALTER ROLE app_user CONNECTION LIMIT 1",
+    ] {
+        assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
+    }
+
+    // 2. A catalog relation named by OID: table_to_xml reads pg_prepared_statements (the
+    //    statements earlier clients prepared on the backend; pg_stat_activity, the other
+    //    such view, is revoked in the demo schema).
+    let oid = one(&su, "SELECT 'pg_prepared_statements'::regclass::oid::text").await;
+    let by_oid = format!("SELECT table_to_xml({oid}, true, false, '')::text");
+    let _kept = direct
+        .prepare("SELECT 'an earlier client''s statement'")
+        .await
+        .unwrap();
+    let xml = one(&direct, &by_oid).await;
+    assert!(xml.contains("an earlier client"), "direct: {xml}");
+    assert_eq!(refused_code(&mut c, &by_oid).await, "42501", "{by_oid}");
+
+    // 3. Settings through a quoted catalog view name and a quoted setting name.
+    for sql in [
+        "UPDATE \"pg_settings\" SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        "SET \"standard_conforming_strings\" = 'off'",
+    ] {
+        direct.batch_execute(sql).await.unwrap();
+        assert_eq!(
+            one(&direct, "SHOW standard_conforming_strings").await,
+            "off",
+            "direct: {sql}"
+        );
+        direct
+            .batch_execute("RESET standard_conforming_strings")
+            .await
+            .unwrap();
+        assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
+    }
+
+    // 4. Session state changed inside a function body: the setting outlives the call, and
+    //    DEALLOCATE ALL drops the prepared statements of whoever holds the backend.
+    direct
+        .batch_execute(
+            "CREATE FUNCTION pg_temp.leak() RETURNS void LANGUAGE sql AS $$ SET work_mem = '78kB' $$;
+             SELECT pg_temp.leak()",
+        )
+        .await
+        .unwrap();
+    assert_eq!(one(&direct, "SHOW work_mem").await, "78kB");
+    let stmt = direct.prepare("SELECT 1").await.unwrap();
+    direct
+        .batch_execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        .await
+        .unwrap();
+    let gone = direct.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&gone).as_deref(), Some("26000"), "{gone}");
+    for sql in [
+        "CREATE FUNCTION pg_temp.leak() RETURNS void LANGUAGE sql AS $$ SET work_mem = '78kB' $$",
+        "CREATE FUNCTION pg_temp.leak() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET work_mem = '78kB'; END $$",
+        "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
+        "DO $$ BEGIN DISCARD ALL; END $$",
+    ] {
+        assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
+    }
+
+    // 5. Statement kinds the allow-list does not know, and text the grammar rejects.
+    assert_eq!(refused_code(&mut c, "LOAD 'plpgsql'").await, "0A000");
+    assert_eq!(refused_code(&mut c, "SELEC 1; SELECT 1").await, "42601");
+
+    // The connection still carries its own tenant.
+    assert_eq!(
+        raw::data_rows(
+            &c.simple("SELECT current_setting('app.current_tenant')")
+                .await
+        ),
+        vec![vec![Some(ACME.to_string())]]
+    );
+}
+
+#[tokio::test]
+async fn guard_allow_widens_the_allow_list_for_one_database() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.guard_allow = vec!["AlterRoleSetStmt".into()];
+        }
+    })
+    .await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let m = c
+        .simple("ALTER ROLE CURRENT_USER SET work_mem = '79kB'")
+        .await;
+    assert!(raw::errors(&m).is_empty(), "{m:?}");
+    // Only the listed kind, and never a protected setting.
+    for (sql, code) in [
+        ("ALTER ROLE CURRENT_USER PASSWORD 'x'", "42501"),
+        (
+            "ALTER ROLE CURRENT_USER SET app.current_tenant = 'x'",
+            "42501",
+        ),
+    ] {
+        assert_eq!(refused_code(&mut c, sql).await, code, "{sql}");
+    }
+    env.superuser()
+        .await
+        .batch_execute("ALTER ROLE app_user RESET ALL")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_backend_reporting_unsafe_string_syntax_ends_the_session() {
+    let env = TestEnv::start().await;
+    // Code already in the database, which the guard never reads.
+    env.superuser()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.old_strings() RETURNS text LANGUAGE sql
+               AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$;
+             GRANT EXECUTE ON FUNCTION public.old_strings() TO app_user",
+        )
+        .await
+        .unwrap();
+    // Straight to PostgreSQL it works: the session now reads strings the old way.
+    let direct = env.app_user_direct().await;
+    direct.batch_execute("SELECT old_strings()").await.unwrap();
+    assert_eq!(
+        one(&direct, "SHOW standard_conforming_strings").await,
+        "off"
+    );
+
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let m = c.simple("SELECT old_strings()").await;
+    let errs = raw::errors(&m);
+    assert!(
+        errs.iter().any(|e| e.severity == "FATAL"
+            && e.code == "42501"
+            && e.message.contains("standard_conforming_strings=off")),
+        "{m:?}"
+    );
+    assert!(c.is_closed().await, "the session must end");
+    // The backend was closed, not handed to the next client.
+    let next = env.proxy.connect("globex").await;
+    for _ in 0..6 {
+        assert_eq!(one(&next, "SHOW standard_conforming_strings").await, "on");
+    }
+}
