@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use bytes::Buf;
 
 use super::flow::Disposition;
+use super::guard::Judged;
 use super::{End, Session};
-use crate::config::{PinMode, PoolMode};
+use crate::config::PoolMode;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
@@ -41,24 +42,79 @@ impl Session {
         }
     }
 
+    /// One client message, step by step: what needs no SQL, the guard's reading, the
+    /// deferred BEGIN, the refusals, a backend, the context, then the message itself.
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
         tracing::trace!(tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, skip = self.skip_until_sync, attached = self.backend.is_some(), "client frame");
+        if self.consumed_without_sql(&frame)? {
+            return Ok(());
+        }
+        let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
+        let frame = match analysis.as_ref().filter(|a| a.names_channel) {
+            Some(_) => match self.scope_channels(&frame) {
+                Ok(scoped) => scoped.unwrap_or(frame),
+                Err(refusal) => {
+                    let code = sqlstate::FEATURE_NOT_SUPPORTED;
+                    return self.refuse(&frame, code, refusal.0, "channel").await;
+                }
+            },
+            None => frame,
+        };
+        let bound = (frame.tag == ft::BIND)
+            .then(|| super::statements::bind_statement(frame.body()).unwrap_or_default());
+        let setup = self.is_transaction_setup(analysis.as_ref(), bound);
+        // Whether the request runs SQL that needs the context in front of it: not a BEGIN
+        // or SET TRANSACTION (they must come before the injection's snapshot), and not a
+        // Describe, Execute, Close, Sync or Flush (an injection between a Bind and its
+        // Execute would replace the client's unnamed portal).
+        let runs_sql = matches!(
+            frame.tag,
+            ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
+        ) && !setup;
+        if self.backend.is_none() {
+            if self.defer_begin(&frame) {
+                return Ok(());
+            }
+            if self.deferred_begin
+                && !self.answers_locally(&frame)
+                && !self.send_deferred_begin(&frame, setup).await?
+            {
+                return Ok(());
+            }
+        }
+        let judged = match self.judge(&frame, analysis, bound) {
+            Ok(judged) => judged,
+            Err(r) => return self.refuse(&frame, r.code, &r.message, r.source).await,
+        };
+        if self.backend.is_none() && self.answer_locally(&frame, judged.no_txn_block) {
+            return Ok(());
+        }
+        if !self.attach(&frame, setup).await? {
+            return Ok(());
+        }
+        self.send_client_frame(frame, runs_sql, judged)
+    }
+
+    /// Handles what needs no SQL reading: skipping to Sync after an error, Terminate, COPY
+    /// messages, Sync and Flush with no backend, unknown message types. True when `frame`
+    /// is dealt with.
+    fn consumed_without_sql(&mut self, frame: &Frame) -> Result<bool, End> {
         if self.skip_until_sync {
             if frame.tag == ft::SYNC {
                 self.skip_until_sync = false;
                 messages::ready_for_query(&mut self.cout, self.status);
             }
-            return Ok(());
+            return Ok(true);
         }
         match frame.tag {
-            ft::TERMINATE => return Err(End::ClientTerminated),
+            ft::TERMINATE => Err(End::ClientTerminated),
             ft::COPY_DATA | ft::COPY_DONE | ft::COPY_FAIL => {
                 // Outside COPY IN, PostgreSQL ignores copy messages; so do we.
                 if self.copy_in {
                     self.copy_in = frame.tag == ft::COPY_DATA;
                     self.bout.extend_from_slice(&frame.raw);
                 }
-                return Ok(());
+                Ok(true)
             }
             // Holding no backend, the proxy knows the answer: Idle, or in the transaction a
             // deferred BEGIN opened. Waiting for a backend here could deadlock the pool (see
@@ -72,12 +128,12 @@ impl Session {
                     };
                     messages::ready_for_query(&mut self.cout, status);
                 }
-                return Ok(());
+                Ok(true)
             }
-            ft::SYNC if self.copy_in => return Ok(()),
+            ft::SYNC if self.copy_in => Ok(true),
             // After an extended-protocol error PostgreSQL ignores everything up to Sync;
             // so does the proxy (nothing is translated, refused or counted).
-            _ if self.flow.backend_discards() && frame.tag != ft::SYNC => return Ok(()),
+            _ if self.flow.backend_discards() && frame.tag != ft::SYNC => Ok(true),
             ft::QUERY
             | ft::PARSE
             | ft::BIND
@@ -86,128 +142,44 @@ impl Session {
             | ft::CLOSE
             | ft::SYNC
             | ft::FLUSH
-            | ft::FUNCTION_CALL => {}
-            other => {
-                return Err(End::ProtocolViolation(format!(
-                    "invalid frontend message type {}",
-                    other
-                )));
-            }
+            | ft::FUNCTION_CALL => Ok(false),
+            other => Err(End::ProtocolViolation(format!(
+                "invalid frontend message type {other}"
+            ))),
         }
-        // Whether the request runs SQL that needs the context in front of it: not a BEGIN
-        // or SET TRANSACTION (they must come before the injection's snapshot), and not a
-        // Describe, Execute, Close, Sync or Flush (an injection between a Bind and its
-        // Execute would replace the client's unnamed portal).
-        let mut runs_sql = matches!(
-            frame.tag,
-            ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
-        );
-        let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
-        let frame = match analysis.as_ref().filter(|a| a.names_channel) {
-            Some(_) => match self.scope_channels(&frame) {
-                Ok(scoped) => scoped.unwrap_or(frame),
-                Err(refusal) => {
-                    return self
-                        .refuse(
-                            &frame,
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            refusal.0,
-                            "channel",
-                        )
-                        .await;
-                }
-            },
-            None => frame,
-        };
-        let bound = (frame.tag == ft::BIND)
-            .then(|| super::statements::bind_statement(frame.body()).unwrap_or_default());
-        let setup = match (&analysis, bound) {
+    }
+
+    /// Whether the request is a BEGIN / SET TRANSACTION (by its text, or the text of the
+    /// statement a Bind names), which must reach PostgreSQL before the context.
+    fn is_transaction_setup(
+        &self,
+        analysis: Option<&crate::policy::sql::Analysis>,
+        bound: Option<&[u8]>,
+    ) -> bool {
+        match (analysis, bound) {
             (Some(a), _) => a.transaction_setup,
             (None, Some(name)) => self
                 .statements
                 .text(name)
                 .is_some_and(crate::policy::sql::is_transaction_setup),
             _ => false,
-        };
-        runs_sql &= !setup;
-        if self.backend.is_none() {
-            if self.defer_begin(&frame) {
-                return Ok(());
-            }
-            if self.deferred_begin
-                && !self.answers_locally(&frame)
-                && !self.send_deferred_begin(&frame, setup).await?
-            {
-                return Ok(());
-            }
         }
-        let mut no_txn_block = false;
-        let mut clears = false;
-        if let Some(a) = analysis {
-            let guard = self.server.guard_enabled;
-            clears = a.clears_context;
-            let widened = |v: &crate::policy::GuardViolation| v.widened_by(self.pool.guard_allow());
-            if let Some(v) = a.protected_change.filter(|v| guard && !widened(v)) {
-                let msg = v.message();
-                return self.refuse(&frame, v.code, &msg, "sql").await;
-            }
-            if let Some(what) = a.keeps_state
-                && let Some((code, msg)) = self.pin_refusal(what)
-            {
-                return self.refuse(&frame, code, &msg, "pin").await;
-            }
-            if guard
-                && self.pool.mode == PoolMode::Transaction
-                && a.sql_prepared_statements
-                && self.pool.pin_mode() != PinMode::Pin
-            {
-                let msg = "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode; \
-                           use protocol-level prepared statements (every driver's default) or a session-mode database";
-                return self
-                    .refuse(&frame, sqlstate::FEATURE_NOT_SUPPORTED, msg, "unsupported")
-                    .await;
-            }
-            self.dirty |= a.changes_session_state;
-            no_txn_block = a.no_transaction_block;
-        }
-        if let Some(name) = bound {
-            no_txn_block = self.statements.no_txn_block(name);
-            let text = self.statements.text(name);
-            self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
-        }
-        if frame.tag == ft::FUNCTION_CALL
-            && self.server.guard_enabled
-            && !crate::policy::frames::is_large_object_call(frame.body())
-        {
-            let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
-            return self
-                .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
-                .await;
-        }
-        if crate::policy::frames::uses_reserved_name(&frame) {
-            let msg =
-                "prepared statement and portal names starting with \"pgtenant_\" are reserved";
-            return self
-                .refuse(
-                    &frame,
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    msg,
-                    "reserved_name",
-                )
-                .await;
-        }
-        if self.backend.is_none() && self.answer_locally(&frame, no_txn_block) {
-            return Ok(());
-        }
-        if !self.attach(&frame, setup).await? {
-            return Ok(());
-        }
+    }
+
+    /// The context in front of SQL, the end of context after COMMIT/ROLLBACK/RESET ALL,
+    /// counters, then the client's message to the backend.
+    fn send_client_frame(
+        &mut self,
+        frame: Frame,
+        runs_sql: bool,
+        judged: Judged,
+    ) -> Result<(), End> {
         if runs_sql {
-            self.inject(no_txn_block);
+            self.inject(judged.no_txn_block);
         }
         // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context.
         let ends = match frame.tag {
-            ft::QUERY => clears,
+            ft::QUERY => judged.clears_context,
             ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
             _ => false,
         };
@@ -218,7 +190,7 @@ impl Session {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
-        self.forward_client(frame, no_txn_block)?;
+        self.forward_client(frame, judged.no_txn_block)?;
         self.emit_synthetic();
         Ok(())
     }
