@@ -167,6 +167,9 @@ fn on_error(tx: &mut Tx<'_>, e: &E) {
     tx.step(format!("  error: {}", describe(e)));
     match e.as_db_error().map(|d| d.code().code().to_owned()) {
         Some(code) if code == "57014" && tx.cancel_expected => tx.ledger.error(code),
+        // PostgreSQL reports the client's own CopyFail as 57014 too ("COPY from stdin
+        // failed"); tokio-postgres may hand it to the request after the abandoned COPY.
+        Some(code) if code == "57014" && own_copy_fail(e) => tx.ledger.error(code),
         Some(code) if code == "57014" => tx.violation(
             "stray-cancel",
             "query canceled without a cancel request".into(),
@@ -177,6 +180,12 @@ fn on_error(tx: &mut Tx<'_>, e: &E) {
     }
     // A failure after COMMIT (or an autocommit write) was sent leaves the outcome unknown;
     // before that, the transaction can only have been rolled back.
+}
+
+/// A 57014 that is the client's own abandoned COPY, not a cancel.
+fn own_copy_fail(e: &E) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.message().starts_with("COPY from stdin failed"))
 }
 
 pub(crate) async fn probe(c: &mut Conn, tx: &mut Tx<'_>) -> Result<(), E> {
