@@ -151,7 +151,11 @@ async fn chaos() {
         }
     }
     // With several rounds the baseline is the end of the first (warm) one.
-    let base = if rss_rounds.len() > 1 { rss_rounds[0] } else { rss_start };
+    let base = if rss_rounds.len() > 1 {
+        rss_rounds[0]
+    } else {
+        rss_start
+    };
     let grew = rss_end as f64 > base as f64 * 1.10;
     assert!(
         !(s.strict_rss && grew),
