@@ -375,3 +375,53 @@ async fn saslprep_passwords_authenticate_through_psql_and_tokio_postgres() {
     }
     f.finish();
 }
+
+/// PostgreSQL answers one SSLRequest and refuses a second with FATAL 0A000. pgtenant used to
+/// answer every repeat with `N`, each `N` written with no deadline: a client repeating the
+/// request without reading could fill its window and hold the connection past auth_timeout
+/// (found reviewing the slow-loris paths for benches/robustness.sh).
+#[tokio::test]
+async fn repeated_ssl_requests_end_the_connection() {
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::start().await;
+    let addr = env.proxy.addr;
+    let mut f = Failures::default();
+    let ssl = common::raw::startup_packet(80877103, b"");
+
+    // Two in one write: one `N`, then the FATAL PostgreSQL sends.
+    let mut twice = RawConn::tcp(addr).await;
+    twice.send(&[&ssl[..], &ssl[..]].concat()).await;
+    let mut n = [0u8; 1];
+    twice.stream.read_exact(&mut n).await.unwrap();
+    f.check(n[0] == b'N', || format!("first SSLRequest answered {n:?}"));
+    let e = twice.recv().await;
+    let fields = e
+        .as_ref()
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| pgtenant::protocol::messages::parse_error_fields(body));
+    f.check(
+        fields
+            .as_ref()
+            .is_some_and(|e| e.severity == "FATAL" && e.code == "0A000"),
+        || format!("second SSLRequest: expected FATAL 0A000, got {fields:?}"),
+    );
+
+    // GSSENCRequest then SSLRequest (libpq with gssencmode=prefer) stays allowed; a second
+    // GSSENCRequest is refused the same way.
+    let gss = common::raw::startup_packet(80877104, b"");
+    let mut both = RawConn::tcp(addr).await;
+    both.send(&[&gss[..], &ssl[..], &gss[..]].concat()).await;
+    let mut nn = [0u8; 2];
+    both.stream.read_exact(&mut nn).await.unwrap();
+    f.check(&nn == b"NN", || format!("GSSENC + SSL answered {nn:?}"));
+    let e = both.recv().await;
+    let msg = e
+        .as_ref()
+        .map(|(_, body)| pgtenant::protocol::messages::parse_error_fields(body));
+    f.check(
+        msg.as_ref()
+            .is_some_and(|e| e.code == "0A000" && e.message.contains("1234.5680")),
+        || format!("second GSSENCRequest: expected FATAL 0A000, got {msg:?}"),
+    );
+    f.finish();
+}

@@ -11,6 +11,8 @@
 //! Long mode, e.g.:
 //!   CHAOS_SECONDS=1800 CHAOS_PG_CLIENTS=48 CHAOS_RAW_CLIENTS=16 CHAOS_POOL=20 \
 //!     cargo test --release --test chaos -- --nocapture
+//! Memory: CHAOS_ROUNDS=3 runs the load three times on one pgtenant and prints its RSS
+//! after each round (CHAOS_STRICT_RSS=1 then fails on growth past the first round).
 //! Replay one transaction of a failed run (the failure prints both values):
 //!   CHAOS_SEED=<seed> CHAOS_REPLAY=<client>:<txn> cargo test --release --test chaos -- --nocapture
 
@@ -55,6 +57,7 @@ struct Settings {
     replay: Option<(u32, u32)>,
     strict_rss: bool,
     strict: bool,
+    rounds: u32,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -87,6 +90,7 @@ impl Settings {
             replay,
             strict_rss: env("CHAOS_STRICT_RSS", false),
             strict: env("CHAOS_STRICT", false),
+            rounds: env("CHAOS_ROUNDS", 1).max(1),
         }
     }
 }
@@ -107,50 +111,23 @@ async fn chaos() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start = world.rss_kb();
     let started = Instant::now();
-    let until = started + Duration::from_secs(s.seconds);
-    let mut tasks = Vec::new();
-    for id in 0..s.pg_clients {
-        tasks.push(tokio::spawn(pg_client::run(
-            world.clone(),
-            ledger.clone(),
-            id,
-            until,
-            None,
-        )));
+    // After each round (clients gone, backends idle, 2 s later): pgtenant's RSS. Rounds
+    // after the first tell growth from warm-up (pool, caches, allocator pages), see README.
+    let mut rss_rounds = Vec::new();
+    let mut su = None;
+    for round in 0..s.rounds {
+        load_round(&world, &ledger, &s, round).await;
+        let admin = wait_for_superuser(&world).await;
+        check_idle(&admin, &ledger).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_rounds.push(world.rss_kb());
+        su = Some(admin);
     }
-    for i in 0..s.raw_clients {
-        let id = s.pg_clients + i;
-        tasks.push(tokio::spawn(raw_client::run(
-            world.clone(),
-            ledger.clone(),
-            id,
-            until,
-            None,
-        )));
-    }
-    let fault_task = tokio::spawn(faults::run(
-        world.clone(),
-        ledger.clone(),
-        until,
-        s.seed,
-        s.fault_every,
-    ));
-    let mut panicked = 0;
-    for t in tasks {
-        if t.await.is_err() {
-            panicked += 1;
-        }
-    }
-    fault_task.await.expect("fault injector");
     let elapsed = started.elapsed();
-    assert_eq!(panicked, 0, "client tasks panicked");
-
-    let su = wait_for_superuser(&world).await;
-    check_idle(&su, &ledger).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_end = world.rss_kb();
+    let su = su.expect("at least one round");
+    let rss_end = *rss_rounds.last().unwrap();
     let checked = final_read(&world, &su, &ledger).await;
-    report(&s, &ledger, elapsed, checked, rss_start, rss_end);
+    report(&s, &ledger, elapsed, checked, rss_start, &rss_rounds);
 
     let mut missing: Vec<String> = Vec::new();
     let faults = ledger.faults();
@@ -173,10 +150,16 @@ async fn chaos() {
             missing.push(format!("shape {n}"));
         }
     }
-    let grew = rss_end as f64 > rss_start as f64 * 1.10;
+    // With several rounds the baseline is the end of the first (warm) one.
+    let base = if rss_rounds.len() > 1 {
+        rss_rounds[0]
+    } else {
+        rss_start
+    };
+    let grew = rss_end as f64 > base as f64 * 1.10;
     assert!(
         !(s.strict_rss && grew),
-        "pgtenant RSS grew from {rss_start} KiB to {rss_end} KiB"
+        "pgtenant RSS grew from {base} KiB to {rss_end} KiB"
     );
     let v = ledger.violation_count(s.strict);
     assert!(
@@ -188,11 +171,43 @@ async fn chaos() {
     assert!(missing.is_empty(), "never exercised: {missing:?}");
 }
 
+/// One round of load: every client and the fault injector until `s.seconds` have passed.
+/// Each round's clients have ids of their own, so the ledger keeps them apart.
+async fn load_round(world: &Arc<World>, ledger: &Arc<Ledger>, s: &Settings, round: u32) {
+    let until = Instant::now() + Duration::from_secs(s.seconds);
+    let base = round * (s.pg_clients + s.raw_clients);
+    let mut tasks = Vec::new();
+    for i in 0..s.pg_clients + s.raw_clients {
+        let (w, l, id) = (world.clone(), ledger.clone(), base + i);
+        tasks.push(if i < s.pg_clients {
+            tokio::spawn(pg_client::run(w, l, id, until, None))
+        } else {
+            tokio::spawn(raw_client::run(w, l, id, until, None))
+        });
+    }
+    let seed = s.seed.wrapping_add(round as u64);
+    let fault_task = tokio::spawn(faults::run(
+        world.clone(),
+        ledger.clone(),
+        until,
+        seed,
+        s.fault_every,
+    ));
+    let mut panicked = 0;
+    for t in tasks {
+        if t.await.is_err() {
+            panicked += 1;
+        }
+    }
+    fault_task.await.expect("fault injector");
+    assert_eq!(panicked, 0, "client tasks panicked");
+}
+
 async fn replay(world: &Arc<World>, ledger: &Arc<Ledger>, s: &Settings, client: u32, k: u32) {
     let k = k & ((1 << 28) - 1);
     let until = Instant::now() + Duration::from_secs(120);
     println!("replaying client {client} transaction {k} (no faults)");
-    if client < s.pg_clients {
+    if client % (s.pg_clients + s.raw_clients) < s.pg_clients {
         pg_client::run(world.clone(), ledger.clone(), client, until, Some(k)).await;
     } else {
         raw_client::run(world.clone(), ledger.clone(), client, until, Some(k)).await;
@@ -281,7 +296,8 @@ async fn final_read(world: &World, su: &tokio_postgres::Client, ledger: &Ledger)
     ledger.check_final(&data)
 }
 
-fn report(s: &Settings, l: &Ledger, elapsed: Duration, checked: usize, rss0: u64, rss1: u64) {
+fn report(s: &Settings, l: &Ledger, elapsed: Duration, checked: usize, rss0: u64, rounds: &[u64]) {
+    let rss1 = *rounds.last().unwrap();
     let txns = l.transactions.load(Ordering::Relaxed);
     println!("==== chaos report (seed {}) ====", s.seed);
     println!(
@@ -306,6 +322,12 @@ fn report(s: &Settings, l: &Ledger, elapsed: Duration, checked: usize, rss0: u64
         "pgtenant RSS: {rss0} KiB before the clients, {rss1} KiB after ({:+.1} %)",
         (rss1 as f64 / rss0.max(1) as f64 - 1.0) * 100.0
     );
+    if rounds.len() > 1 {
+        println!(
+            "pgtenant RSS after each round: {rounds:?} KiB (last over first {:+.1} %)",
+            (rss1 as f64 / rounds[0].max(1) as f64 - 1.0) * 100.0
+        );
+    }
     println!(
         "violations: {} {:?} (known bugs, not failing without CHAOS_STRICT=1: {:?})",
         l.violation_count(true),

@@ -85,6 +85,9 @@ pub async fn negotiate(
     }
     let max = server.config().server.max_startup_message_size;
     let mut buf = BytesMut::with_capacity(256);
+    // Like PostgreSQL: one SSLRequest and one GSSENCRequest at most; a repeat is FATAL (a
+    // client repeating them unread would otherwise get `N`s until its window is full).
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let packet = loop {
             match parse_startup(&mut buf, max) {
@@ -117,7 +120,13 @@ pub async fn negotiate(
             }
         };
         match packet {
-            StartupPacket::SslRequest if server.tls.is_some() && !stream.is_tls() => {
+            StartupPacket::SslRequest if ssl_done || stream.is_tls() => {
+                return (Some(stream), Err(repeated_request(80877103)));
+            }
+            StartupPacket::GssEncRequest if gss_done => {
+                return (Some(stream), Err(repeated_request(80877104)));
+            }
+            StartupPacket::SslRequest if server.tls.is_some() => {
                 if !buf.is_empty() {
                     server
                         .metrics
@@ -149,7 +158,10 @@ pub async fn negotiate(
                 }
             }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                if stream.write_all(b"N").await.is_err() {
+                let ssl = matches!(packet, StartupPacket::SslRequest);
+                (ssl_done, gss_done) = (ssl_done || ssl, gss_done || !ssl);
+                let wrote = tokio::time::timeout_at(deadline, stream.write_all(b"N")).await;
+                if !matches!(wrote, Ok(Ok(()))) {
                     return (Some(stream), Ok(Negotiated::Closed));
                 }
             }
@@ -180,6 +192,19 @@ pub async fn negotiate(
             }
         }
     }
+}
+
+/// PostgreSQL's answer to a second SSLRequest or GSSENCRequest (`code`): the request code
+/// read as a protocol version it does not support.
+fn repeated_request(code: u32) -> Fatal {
+    Fatal::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+            code >> 16,
+            code & 0xffff
+        ),
+    )
 }
 
 /// TLS handshake with the current certificate generation; None when it fails.
