@@ -88,7 +88,7 @@ impl Limit {
 
     fn reached(&self, tried: u64) -> bool {
         match self.cpu {
-            Some(until) if tried % 4096 == 0 => {
+            Some(until) if tried.is_multiple_of(4096) => {
                 cpu_seconds() >= until || Instant::now() > self.deadline
             }
             Some(_) => false,

@@ -93,7 +93,7 @@ pub fn run(
     let mut report = Report::default();
     let mut current = Vec::new();
     loop {
-        if report.tried % 64 == 0 && until(report.tried) {
+        if report.tried.is_multiple_of(64) && until(report.tried) {
             return report;
         }
         match rng.random_range(0..16) {
