@@ -21,7 +21,7 @@ const DEFAULT_ITERATIONS: u32 = 4096;
 /// Salt length used for new verifiers; matches PostgreSQL's default.
 const SALT_LEN: usize = 16;
 /// Random bytes in the server's nonce contribution; matches PostgreSQL.
-const SERVER_NONCE_LEN: usize = 18;
+pub(crate) const SERVER_NONCE_LEN: usize = 18;
 /// The only channel-binding type we implement for SCRAM-SHA-256-PLUS.
 const CB_TYPE_FLAG: &str = "p=tls-server-end-point";
 
@@ -205,6 +205,18 @@ impl ScramServer {
 
     /// Takes the client-first-message bytes; returns the server-first-message bytes.
     pub fn handle_client_first(&mut self, client_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let mut server_nonce = [0u8; SERVER_NONCE_LEN];
+        rand::rng().fill_bytes(&mut server_nonce);
+        self.client_first_with_nonce(client_first, server_nonce)
+    }
+
+    /// `handle_client_first` with the server's nonce given (the fuzz target fixes it so a
+    /// recorded client-final still matches; everything else must use a random one).
+    pub(crate) fn client_first_with_nonce(
+        &mut self,
+        client_first: &[u8],
+        server_nonce: [u8; SERVER_NONCE_LEN],
+    ) -> Result<Vec<u8>, ScramError> {
         if !matches!(self.state, State::Initial) {
             return Err(ScramError::OutOfOrder);
         }
@@ -241,8 +253,6 @@ impl ScramServer {
         }
         check_extensions(attrs)?;
 
-        let mut server_nonce = [0u8; SERVER_NONCE_LEN];
-        rand::rng().fill_bytes(&mut server_nonce);
         let nonce = format!("{client_nonce}{}", STANDARD.encode(server_nonce));
         let server_first = format!(
             "r={nonce},s={},i={}",

@@ -8,7 +8,6 @@ use super::Fatal;
 use super::negotiate::TlsInfo;
 use super::read::read_frame;
 use crate::auth::scram::{ScramServer, ScramVerifier};
-use crate::protocol::codec::read_cstr;
 use crate::protocol::{frontend_tag, messages, sqlstate};
 use crate::shared::Server;
 use crate::stream::ClientStream;
@@ -150,7 +149,7 @@ async fn scram_exchange(
     send(socket, &mut out).await?;
 
     let first = read_frame(socket, buf, max).await?;
-    let (mechanism, data) = parse_initial_response(&first.raw[..]).ok_or_else(bad_sasl)?;
+    let (mechanism, data) = messages::sasl_initial_response(&first.raw[..]).ok_or_else(bad_sasl)?;
     let channel_binding = match (mechanism, end_point) {
         (m, Some(cb)) if m == SCRAM_SHA_256_PLUS.as_bytes() => Some(cb.to_vec()),
         (m, cb) if m == SCRAM_SHA_256.as_bytes() => {
@@ -191,21 +190,6 @@ async fn scram_exchange(
     messages::authentication(&mut out, 0, &[]);
     send(socket, &mut out).await?;
     Ok(())
-}
-
-/// SASLInitialResponse: mechanism, then an Int32 length (-1 for none) and that many bytes.
-fn parse_initial_response(raw: &[u8]) -> Option<(&[u8], &[u8])> {
-    if raw.first() != Some(&frontend_tag::PASSWORD) {
-        return None;
-    }
-    let (mechanism, rest) = read_cstr(raw.get(5..)?)?;
-    let len_bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
-    let len = i32::from_be_bytes(len_bytes);
-    let data = rest.get(4..)?;
-    if len < 0 || len as usize != data.len() {
-        return None;
-    }
-    Some((mechanism, data))
 }
 
 fn bad_sasl() -> Fatal {

@@ -198,6 +198,22 @@ pub fn command_tag(body: &[u8]) -> &[u8] {
     read_cstr(body).map(|(t, _)| t).unwrap_or(body)
 }
 
+/// Decodes a whole SASLInitialResponse message (tag and length included): the mechanism,
+/// then an Int32 length (-1 for none) and that many bytes. `None` when it is not one.
+pub fn sasl_initial_response(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    if raw.first() != Some(&frontend_tag::PASSWORD) {
+        return None;
+    }
+    let (mechanism, rest) = read_cstr(raw.get(5..)?)?;
+    let len_bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
+    let len = i32::from_be_bytes(len_bytes);
+    let data = rest.get(4..)?;
+    if len < 0 || len as usize != data.len() {
+        return None;
+    }
+    Some((mechanism, data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
 pub mod codec;
+pub mod fuzz;
 pub mod messages;
 pub mod startup;
 
