@@ -47,13 +47,19 @@ pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, Fra
     Ok(Some((buf[0], total)))
 }
 
+/// How much room a partial message gets ahead of its bytes; larger messages grow the
+/// buffer as they arrive.
+const RESERVE_AHEAD: usize = 256 * 1024;
+
 /// Splits the next complete message off `buf`; `Ok(None)` means more bytes are needed.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
     let Some((tag, total)) = peek_frame(buf, max_len)? else {
         return Ok(None);
     };
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the rest, but not more than RESERVE_AHEAD before the bytes arrive: a
+        // header alone must not make the proxy allocate up to the message limit.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     Ok(Some(Frame {
