@@ -106,7 +106,11 @@ mod tests {
     fn splits_after_the_setup_prefix() {
         assert_eq!(
             parts("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1; COMMIT"),
-            Some(("BEGIN ISOLATION LEVEL SERIALIZABLE", " SELECT 1; COMMIT", true))
+            Some((
+                "BEGIN ISOLATION LEVEL SERIALIZABLE",
+                " SELECT 1; COMMIT",
+                true
+            ))
         );
         assert_eq!(
             parts("/* c */ begin; set transaction isolation level repeatable read ;select 1"),
@@ -117,7 +121,9 @@ mod tests {
             ))
         );
         assert_eq!(
-            parts("START TRANSACTION READ ONLY, DEFERRABLE; SET TRANSACTION SNAPSHOT 'x'; SELECT ';'"),
+            parts(
+                "START TRANSACTION READ ONLY, DEFERRABLE; SET TRANSACTION SNAPSHOT 'x'; SELECT ';'"
+            ),
             Some((
                 "START TRANSACTION READ ONLY, DEFERRABLE; SET TRANSACTION SNAPSHOT 'x'",
                 " SELECT ';'",

@@ -129,6 +129,9 @@ impl Session {
                 .is_some_and(crate::policy::sql::is_transaction_setup),
             _ => false,
         };
+        // A Query that sets the transaction up and goes on is sent in two (see `split`).
+        let split = analysis.as_ref().and_then(|a| self.setup_split(&frame, a));
+        let setup = setup || split.is_some();
         runs_sql &= !setup;
         if self.backend.is_none() {
             if self.defer_begin(&frame) {
@@ -211,14 +214,17 @@ impl Session {
             ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
             _ => false,
         };
-        if ends {
+        if ends && split.is_none() {
             self.context.end_sent();
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
-        self.forward_client(frame, no_txn_block)?;
+        match split {
+            Some(s) => self.forward_head(&frame, s, clears),
+            None => self.forward_client(frame, no_txn_block)?,
+        }
         self.emit_synthetic();
         Ok(())
     }
@@ -301,10 +307,16 @@ impl Session {
                     }
                     self.cout.extend_from_slice(raw);
                     if tag == bt::READY_FOR_QUERY {
+                        // A split Query whose setup failed: the rest does not run.
+                        self.split_rest = None;
                         self.on_ready(body.first().copied());
                     }
                 }
                 Disposition::Swallow => {}
+                Disposition::HeadDone => {
+                    self.on_ready(body.first().copied());
+                    self.send_rest();
+                }
                 Disposition::ProxyRequestFailed => {
                     self.proxy_request_failed(messages::parse_error_fields(body));
                     return Ok(at);
