@@ -178,52 +178,66 @@ impl Session {
             let text = self.statements.text(name);
             self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
         }
+        if let Some((code, msg, label)) = self.frame_refusal(&frame) {
+            return self.refuse(&frame, code, msg, label).await;
+        }
+        let how = Sending {
+            setup,
+            runs_sql,
+            no_txn_block,
+            clears,
+            split,
+        };
+        self.send_request(frame, how).await
+    }
+
+    /// The refusal of a request whose frame itself is not allowed: a function call other
+    /// than a large-object one, a name in the proxy's reserved namespace.
+    fn frame_refusal(&self, frame: &Frame) -> Option<(&'static str, &'static str, &'static str)> {
         if frame.tag == ft::FUNCTION_CALL
             && self.server.guard_enabled
             && !crate::policy::frames::is_large_object_call(frame.body())
         {
             let msg = "permission denied: through pgtenant the function-call protocol may only call large-object functions";
-            return self
-                .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
-                .await;
+            return Some((sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql"));
         }
-        if crate::policy::frames::uses_reserved_name(&frame) {
+        if crate::policy::frames::uses_reserved_name(frame) {
             let msg =
                 "prepared statement and portal names starting with \"pgtenant_\" are reserved";
-            return self
-                .refuse(
-                    &frame,
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    msg,
-                    "reserved_name",
-                )
-                .await;
+            return Some((sqlstate::INSUFFICIENT_PRIVILEGE, msg, "reserved_name"));
         }
-        if self.backend.is_none() && self.answer_locally(&frame, no_txn_block) {
+        None
+    }
+
+    /// Sends a request the guard let through: answered locally, or on a backend (attached
+    /// if need be) after the context it owes.
+    async fn send_request(&mut self, frame: Frame, how: Sending) -> Result<(), End> {
+        if self.backend.is_none() && self.answer_locally(&frame, how.no_txn_block) {
             return Ok(());
         }
-        if !self.attach(&frame, setup).await? {
+        if !self.attach(&frame, how.setup).await? {
             return Ok(());
         }
-        if runs_sql {
-            self.inject(no_txn_block);
+        if how.runs_sql {
+            self.inject(how.no_txn_block);
         }
-        // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context.
+        // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context
+        // (for a split Query: once its rest is sent).
         let ends = match frame.tag {
-            ft::QUERY => clears,
+            ft::QUERY => how.clears,
             ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
             _ => false,
         };
-        if ends && split.is_none() {
+        if ends && how.split.is_none() {
             self.context.end_sent();
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
-        match split {
-            Some(s) => self.forward_head(&frame, s, clears),
-            None => self.forward_client(frame, no_txn_block)?,
+        match how.split {
+            Some(s) => self.forward_head(&frame, s, how.clears),
+            None => self.forward_client(frame, how.no_txn_block)?,
         }
         self.emit_synthetic();
         Ok(())
@@ -414,6 +428,20 @@ impl Session {
             self.dirty = true;
         }
     }
+}
+
+/// How a request the guard let through goes on.
+struct Sending {
+    /// It only sets the transaction up (see [`Session::attach`]).
+    setup: bool,
+    /// It runs SQL: the context goes in front of it when owed.
+    runs_sql: bool,
+    /// It cannot run in a transaction block.
+    no_txn_block: bool,
+    /// It ends the transaction or clears the context.
+    clears: bool,
+    /// A simple Query sent in two (see `split`).
+    split: Option<crate::policy::setup::SetupSplit>,
 }
 
 /// The SQL text of a Query or Parse message.
