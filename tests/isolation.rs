@@ -10,6 +10,8 @@ mod leftovers;
 mod levels;
 #[path = "isolation/pipelines.rs"]
 mod pipelines;
+#[path = "isolation/split.rs"]
+mod split;
 #[path = "isolation/unsynced.rs"]
 mod unsynced;
 

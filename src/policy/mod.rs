@@ -9,6 +9,7 @@ pub mod frames;
 pub mod fuzz;
 pub mod knowledge;
 pub mod parsed;
+pub mod setup;
 pub mod sql;
 
 pub use sql::{Analysis, AnalysisCache, GuardViolation};

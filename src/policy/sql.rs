@@ -22,8 +22,8 @@ pub use classify::{
     may_change_session_state, uses_sql_prepared_statements,
 };
 use classify::{
-    context_clearing, kept_state, names_channel, no_transaction_block, session_state, sql_prepared,
-    transaction_setup,
+    context_clearing, kept_state, names_channel, no_transaction_block, session_state, setup_prefix,
+    sql_prepared, transaction_setup,
 };
 pub use lexer::{Lexer, Token, TokenKind};
 pub use readable::unreadable;
@@ -515,6 +515,9 @@ pub struct Analysis {
     /// Every statement only sets up the transaction (BEGIN with options, SET TRANSACTION):
     /// it must run before the context, which takes the transaction's snapshot.
     pub transaction_setup: bool,
+    /// The first statement sets up the transaction and others follow (the session may
+    /// split the text after the setup).
+    pub setup_prefix: bool,
     /// Session state a statement visibly keeps after its transaction (for pinning).
     pub keeps_state: Option<&'static str>,
     /// The text may name a LISTEN/NOTIFY channel (scoped per tenant).
@@ -539,6 +542,7 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
         no_transaction_block: no_transaction_block(&toks),
         clears_context: clears,
         transaction_setup: transaction_setup(&toks),
+        setup_prefix: setup_prefix(&toks),
         keeps_state: kept_state(sql, &toks),
         names_channel: names_channel(sql),
     }

@@ -21,6 +21,11 @@ pub enum Owner {
     /// A request the proxy sends to fail on purpose (to leave the backend's transaction
     /// aborted, as the client's was): every reply is swallowed, its error too.
     ProxyExpectsError,
+    /// The setup head of a client's simple Query that the proxy split in two (see
+    /// [`super::split`]): replies are forwarded but its ReadyForQuery, after which the proxy
+    /// sends the context and the rest; after an error the ReadyForQuery is the client's
+    /// (the rest must not run, as in one Query).
+    ClientHead,
     /// A request the proxy answered itself with this reply tag (no backend reply comes);
     /// emitted in order, and dropped like any request when an earlier error skips it.
     Synthetic(u8),
@@ -42,6 +47,9 @@ pub enum Disposition {
     Swallow,
     /// An injected request failed: the tenant context may not be in place.
     ProxyRequestFailed,
+    /// The ReadyForQuery of a split Query's head that ran without error: swallowed, and
+    /// the rest of the Query is due.
+    HeadDone,
 }
 
 /// The FIFO of requests sent to the backend and not yet fully answered.
@@ -207,9 +215,12 @@ impl Flow {
         }
         if self.is_final_reply(request, tag) {
             self.pop_front();
+            if owner == Owner::ClientHead {
+                return Disposition::HeadDone;
+            }
         }
         match owner {
-            Owner::Client | Owner::Synthetic(_) => Disposition::Forward,
+            Owner::Client | Owner::ClientHead | Owner::Synthetic(_) => Disposition::Forward,
             Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError => {
                 Disposition::Swallow
             }
@@ -219,6 +230,13 @@ impl Flow {
     fn on_error(&mut self, request: u8, owner: Owner) -> Disposition {
         let disposition = match owner {
             Owner::Client | Owner::ProxyForwardErrors | Owner::Synthetic(_) => Disposition::Forward,
+            Owner::ClientHead => {
+                // The rest of the Query is dropped: its ReadyForQuery goes to the client.
+                if let Some(p) = self.pending.front_mut() {
+                    p.owner = Owner::Client;
+                }
+                Disposition::Forward
+            }
             Owner::Proxy => Disposition::ProxyRequestFailed,
             Owner::ProxyExpectsError => Disposition::Swallow,
         };
@@ -337,6 +355,25 @@ mod tests {
             assert_eq!(f.on_backend(reply), Disposition::Swallow);
         }
         assert!(f.awaiting_ready());
+    }
+
+    #[test]
+    fn a_split_query_head_swallows_only_its_ready_for_query() {
+        let mut f = Flow::default();
+        f.sent(ft::QUERY, Owner::ClientHead);
+        assert!(f.awaiting_ready(), "the client waits for the whole Query");
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::HeadDone);
+        assert!(f.is_idle());
+        f.sent(ft::QUERY, Owner::ClientHead);
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(
+            f.on_backend(bt::READY_FOR_QUERY),
+            Disposition::Forward,
+            "after an error the head's ReadyForQuery ends the client's Query"
+        );
+        assert!(f.is_idle() && !f.awaiting_ready());
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod prepared;
 mod recover;
 mod relay;
 mod run_loop;
+mod split;
 pub mod statements;
 
 use std::fmt;
@@ -129,6 +130,9 @@ pub struct Session {
     txn_started: Option<std::time::Instant>,
     /// The client was told its BEGIN ran; it goes to a backend with the next request.
     deferred_begin: bool,
+    /// The rest of a simple Query split after its transaction setup, sent once the setup
+    /// has run (see [`split`]).
+    split_rest: Option<split::Rest>,
     /// The client's place under `max_client_connections`, freed with the session.
     slot: Option<crate::shared::ClientSlot>,
 }
@@ -175,6 +179,7 @@ impl Session {
             statements: Default::default(),
             unnamed_on_backend: false,
             deferred_begin: false,
+            split_rest: None,
             slot: None,
             server,
         });

@@ -26,6 +26,7 @@ impl Session {
             tracing::warn!(tenant = %self.tenant.name, "the session state of a pinned client was lost with its server connection");
         }
         self.flow.clear();
+        self.split_rest = None;
         self.context.reset();
         self.copy_in = false;
         self.unnamed_on_backend = false;

@@ -63,6 +63,9 @@ impl Session {
         let bound = (frame.tag == ft::BIND)
             .then(|| super::statements::bind_statement(frame.body()).unwrap_or_default());
         let setup = self.is_transaction_setup(analysis.as_ref(), bound);
+        // A Query that sets the transaction up and goes on is sent in two (see `split`).
+        let split = analysis.as_ref().and_then(|a| self.setup_split(&frame, a));
+        let setup = setup || split.is_some();
         // Whether the request runs SQL that needs the context in front of it: not a BEGIN
         // or SET TRANSACTION (they must come before the injection's snapshot), and not a
         // Describe, Execute, Close, Sync or Flush (an injection between a Bind and its
@@ -92,7 +95,7 @@ impl Session {
         if !self.attach(&frame, setup).await? {
             return Ok(());
         }
-        self.send_client_frame(frame, runs_sql, judged)
+        self.send_client_frame(frame, runs_sql, judged, split)
     }
 
     /// Handles what needs no SQL reading: skipping to Sync after an error, Terminate, COPY
@@ -173,24 +176,29 @@ impl Session {
         frame: Frame,
         runs_sql: bool,
         judged: Judged,
+        split: Option<crate::policy::setup::SetupSplit>,
     ) -> Result<(), End> {
         if runs_sql {
             self.inject(judged.no_txn_block);
         }
-        // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context.
+        // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context
+        // (for a split Query: once its rest is sent).
         let ends = match frame.tag {
             ft::QUERY => judged.clears_context,
             ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
             _ => false,
         };
-        if ends {
+        if ends && split.is_none() {
             self.context.end_sent();
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
             self.stats.queries.fetch_add(1, Ordering::Relaxed);
         }
-        self.forward_client(frame, judged.no_txn_block)?;
+        match split {
+            Some(s) => self.forward_head(&frame, s, judged.clears_context),
+            None => self.forward_client(frame, judged.no_txn_block)?,
+        }
         self.emit_synthetic();
         Ok(())
     }
@@ -277,6 +285,10 @@ impl Session {
                     }
                 }
                 Disposition::Swallow => {}
+                Disposition::HeadDone => {
+                    self.on_ready(body.first().copied());
+                    self.send_rest();
+                }
                 Disposition::ProxyRequestFailed => {
                     self.proxy_request_failed(messages::parse_error_fields(body));
                     return Ok(at);

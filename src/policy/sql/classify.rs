@@ -67,6 +67,14 @@ pub(super) fn transaction_setup(toks: &[Token]) -> bool {
     any
 }
 
+/// True when the first statement only sets up the transaction and a statement that does
+/// not follows it: the cheap pre-check before the session asks PostgreSQL's parser where to
+/// split the text (see `policy::setup`).
+pub(super) fn setup_prefix(toks: &[Token]) -> bool {
+    let mut stmts = statements(toks);
+    stmts.next().is_some_and(is_setup) && stmts.any(|s| !is_setup(s))
+}
+
 /// True when `sql` is a single statement that PostgreSQL refuses to run inside a transaction block or pipeline.
 pub fn is_no_transaction_block(sql: &[u8]) -> bool {
     no_transaction_block(&Lexer::new(sql).collect::<Vec<_>>())
