@@ -55,9 +55,7 @@ const LAYERS: Layers = &[
 const ALLOWED_UPWARD: &[(&str, &str, &str)] = &[];
 
 /// Non-test files allowed over [`sizes::MAX_FILE_LINES`], with why.
-const LARGE_FILES: &[(&str, &str)] = &[
-    ("src/policy/sql.rs", "being split by the guard move"),
-];
+const LARGE_FILES: &[(&str, &str)] = &[("src/policy/sql.rs", "being split by the guard move")];
 
 #[test]
 fn top_level_modules_import_each_other_in_no_cycle() {

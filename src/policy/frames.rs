@@ -1,9 +1,9 @@
 //! Refusals that need no SQL text: FunctionCall messages (a function named by OID) and the
 //! proxy's reserved statement and portal names.
 
+use crate::protocol::RESERVED_PREFIX;
 use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::frontend_tag as ft;
-use crate::protocol::RESERVED_PREFIX;
 
 /// The built-in large-object functions (fixed OIDs), what libpq's `lo_*` calls and JDBC's
 /// fastpath send as FunctionCall. A call by OID has no SQL text for the guard to read, so

@@ -7,11 +7,11 @@
 use bytes::{BufMut, BytesMut};
 
 use super::Session;
+use crate::policy::sql::{Lexer, Token, TokenKind};
 use crate::protocol::backend_tag as bt;
 use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages;
-use crate::policy::sql::{Lexer, Token, TokenKind};
 
 pub use crate::tenant::channel_prefix;
 

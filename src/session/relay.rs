@@ -8,6 +8,7 @@ use bytes::Buf;
 use super::flow::Disposition;
 use super::{End, Session};
 use crate::config::{PinMode, PoolMode};
+use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
@@ -143,6 +144,7 @@ impl Session {
         }
         let mut no_txn_block = false;
         let mut clears = false;
+        self.frame_leftover = Leftover::Sweep;
         if let Some(a) = analysis {
             let guard = self.server.guard_enabled;
             clears = a.clears_context;
@@ -168,10 +170,13 @@ impl Session {
                     .await;
             }
             self.dirty |= a.changes_session_state;
+            self.frame_leftover = a.leftover;
+            self.leftover = self.leftover.max(a.leftover);
             no_txn_block = a.no_transaction_block;
         }
         if let Some(name) = bound {
             no_txn_block = self.statements.no_txn_block(name);
+            self.leftover = self.leftover.max(self.statements.leftover(name));
             let text = self.statements.text(name);
             self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
         }
@@ -183,6 +188,14 @@ impl Session {
             return self
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
                 .await;
+        }
+        if frame.tag == ft::FUNCTION_CALL {
+            // A function by OID: large objects only with the guard on, anything without.
+            let left = match self.server.guard_enabled {
+                true => Leftover::Sweep,
+                false => Leftover::Unseen,
+            };
+            self.leftover = self.leftover.max(left);
         }
         if crate::policy::frames::uses_reserved_name(&frame) {
             let msg =
@@ -348,7 +361,11 @@ impl Session {
             messages::write_msg(&mut self.cout, bt::CLOSE_COMPLETE, |_| {});
             return true;
         }
-        if self.statements.define(frame.body(), no_txn_block).is_none() {
+        if self
+            .statements
+            .define(frame.body(), no_txn_block, self.frame_leftover)
+            .is_none()
+        {
             return false;
         }
         messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
