@@ -144,7 +144,7 @@ impl Session {
         }
         let mut no_txn_block = false;
         let mut clears = false;
-        self.frame_leftover = Leftover::Sweep;
+        let text_leftover = analysis.as_ref().map(|a| a.leftover);
         if let Some(a) = analysis {
             let guard = self.server.guard_enabled;
             clears = a.clears_context;
@@ -170,13 +170,10 @@ impl Session {
                     .await;
             }
             self.dirty |= a.changes_session_state;
-            self.frame_leftover = a.leftover;
-            self.leftover = self.leftover.max(a.leftover);
             no_txn_block = a.no_transaction_block;
         }
         if let Some(name) = bound {
             no_txn_block = self.statements.no_txn_block(name);
-            self.leftover = self.leftover.max(self.statements.leftover(name));
             let text = self.statements.text(name);
             self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
         }
@@ -188,14 +185,6 @@ impl Session {
             return self
                 .refuse(&frame, sqlstate::INSUFFICIENT_PRIVILEGE, msg, "sql")
                 .await;
-        }
-        if frame.tag == ft::FUNCTION_CALL {
-            // A function by OID: large objects only with the guard on, anything without.
-            let left = match self.server.guard_enabled {
-                true => Leftover::Sweep,
-                false => Leftover::Unseen,
-            };
-            self.leftover = self.leftover.max(left);
         }
         if crate::policy::frames::uses_reserved_name(&frame) {
             let msg =
@@ -209,6 +198,7 @@ impl Session {
                 )
                 .await;
         }
+        self.note_leftover(&frame, text_leftover, bound);
         if self.backend.is_none() && self.answer_locally(&frame, no_txn_block) {
             return Ok(());
         }
@@ -325,6 +315,25 @@ impl Session {
             }
             self.emit_synthetic();
         }
+    }
+
+    /// The release rule's reading of `frame` (see [`crate::policy::sql::Leftover`]): what
+    /// its text, the statement a Bind names, or a function call may leave; accumulated
+    /// until the backend is released.
+    fn note_leftover(&mut self, frame: &Frame, text: Option<Leftover>, bound: Option<&[u8]>) {
+        self.frame_leftover = text.unwrap_or(Leftover::Sweep);
+        let mut left = text.unwrap_or(Leftover::Nothing);
+        if let Some(name) = bound {
+            left = left.max(self.statements.leftover(name));
+        }
+        if frame.tag == ft::FUNCTION_CALL {
+            // A function by OID: large objects only with the guard on, anything without.
+            left = left.max(match self.server.guard_enabled {
+                true => Leftover::Sweep,
+                false => Leftover::Unseen,
+            });
+        }
+        self.leftover = self.leftover.max(left);
     }
 
     /// Whether `frame` is a request the proxy answers from its own state while the session
