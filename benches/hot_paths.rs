@@ -17,7 +17,7 @@ use pgtenant::backend::injection::InjectionPlan;
 use pgtenant::backend::statements::BackendStatements;
 use pgtenant::config::Config;
 use pgtenant::metrics::Metrics;
-use pgtenant::policy::sql;
+use pgtenant::policy::sql::{self, Leftover};
 use pgtenant::pool::{Cleanup, Pool};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, write_msg};
@@ -269,7 +269,11 @@ fn statements(c: &mut Criterion) {
         .map(|i| parse_body(&format!("s{i}"), &format!("{SELECT} AND bid = {i}")))
         .collect();
     let mut client = ClientStatements::default();
-    let named = |client: &mut ClientStatements, body: &[u8]| match client.define(body, false) {
+    let named = |client: &mut ClientStatements, body: &[u8]| match client.define(
+        body,
+        false,
+        Leftover::Nothing,
+    ) {
         Some(Defined::Named(d)) => d,
         other => panic!("{other:?}"),
     };
@@ -278,13 +282,13 @@ fn statements(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            black_box(client.define(&bodies[i], false))
+            black_box(client.define(&bodies[i], false, Leftover::Nothing))
         })
     });
     // What drivers do for nearly every query: re-parse the unnamed statement.
     let unnamed = parse_body("", SELECT);
     g.bench_function("client_define_unnamed", |b| {
-        b.iter(|| black_box(client.define(&unnamed, false).is_some()))
+        b.iter(|| black_box(client.define(&unnamed, false, Leftover::Nothing).is_some()))
     });
     g.bench_function("client_get", |b| {
         let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();

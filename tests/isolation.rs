@@ -4,6 +4,8 @@
 //! abrupt disconnects or killed backends leave the pool usable.
 
 mod common;
+#[path = "isolation/hygiene.rs"]
+mod hygiene;
 #[path = "isolation/leftovers.rs"]
 mod leftovers;
 #[path = "isolation/levels.rs"]

@@ -105,8 +105,9 @@ const NEVER_FOLLOWED: [&str; 8] = [
 pub const RESET_STATEMENT_PREFIX: &str = "pgtenant_reset_";
 /// Session state that no client statement has to name, so the guard cannot see it being
 /// made: a sequence's `lastval()` (any INSERT into a serial column sets it) and temp
-/// objects (`CREATE TABLE pg_temp.x`, or made inside a function). Swept at every release;
-/// both run inside a transaction block and cost microseconds when there is nothing to drop.
+/// objects (`CREATE TABLE pg_temp.x`, or made inside a function). Swept at a release when
+/// the release rule (`policy::sql::Leftover`) says the transaction may have left them; both
+/// run inside a transaction block and cost microseconds when there is nothing to drop.
 const SWEEP: [(&str, &str); 2] = [
     ("pgtenant_sweep_seq", "DISCARD SEQUENCES"),
     ("pgtenant_sweep_temp", "DISCARD TEMP"),

@@ -163,7 +163,7 @@ pub struct BackendConn {
 
 /// Cleanup a release leaves for the connection's next user to send ahead of its first
 /// message, so it costs no round trip of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Owed {
     /// Nothing (a new connection, or one that had DISCARD ALL).
     #[default]

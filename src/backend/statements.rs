@@ -36,6 +36,9 @@ pub struct StatementDef {
     pub body: Bytes,
     /// The statement cannot run inside a transaction block (VACUUM, DISCARD ALL, ...).
     pub no_txn_block: bool,
+    /// What running it may leave in the session (the release rule); the sweep unless the
+    /// session says otherwise.
+    pub leftover: crate::policy::sql::Leftover,
     /// When the client's Parse arrived; only backend copies parsed later may serve it.
     defined_at: u64,
 }
@@ -51,6 +54,7 @@ impl StatementDef {
             backend_name: format!("{RESERVED_PREFIX}s_{:016x}", h.finish()),
             body: Bytes::copy_from_slice(rest),
             no_txn_block,
+            leftover: crate::policy::sql::Leftover::Sweep,
             defined_at: tick(),
         }
     }

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 mod cache;
 mod classify;
+mod leftover;
 mod lexer;
 mod readable;
 mod runners;
@@ -25,6 +26,7 @@ use classify::{
     context_clearing, kept_state, names_channel, no_transaction_block, session_state, setup_prefix,
     sql_prepared, transaction_setup,
 };
+pub use leftover::Leftover;
 pub use lexer::{Lexer, Token, TokenKind};
 pub use readable::unreadable;
 
@@ -522,6 +524,8 @@ pub struct Analysis {
     pub keeps_state: Option<&'static str>,
     /// The text may name a LISTEN/NOTIFY channel (scoped per tenant).
     pub names_channel: bool,
+    /// What the text may leave that no statement names (the release rule).
+    pub leftover: Leftover,
 }
 
 /// Lexes `sql` once and answers every question the relay asks about it.
@@ -545,6 +549,7 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
         setup_prefix: setup_prefix(&toks),
         keeps_state: kept_state(sql, &toks),
         names_channel: names_channel(sql),
+        leftover: leftover::leftover(sql, &toks),
     }
 }
 

@@ -27,8 +27,12 @@ pub enum PoolError {
 /// What a released connection needs before it may serve another client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cleanup {
-    /// The transaction ended and left no session state the guard saw: only the sweep.
+    /// The transaction left nothing a later client could see (the release rule,
+    /// `policy::sql::Leftover`): no cleanup at all.
     None,
+    /// It may have left sequence values or temp objects: the sweep, pipelined ahead of the
+    /// next user.
+    Sweep,
     /// RESET the context settings, and the sweep.
     ResetContext,
     /// The client may have left session state: DISCARD ALL.
@@ -383,8 +387,10 @@ impl Pool {
     /// share an implicit transaction block with anything).
     fn cleanup_queries(&self, cleanup: Cleanup, conn: &BackendConn) -> Vec<&str> {
         match cleanup {
-            Cleanup::None | Cleanup::ResetContext if !conn.session_context => vec![],
-            Cleanup::None | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
+            Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext if !conn.session_context => {
+                vec![]
+            }
+            Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
             Cleanup::Full => vec!["DISCARD ALL"],
             Cleanup::Rollback => vec!["ROLLBACK", "DISCARD ALL"],
         }
@@ -416,7 +422,8 @@ impl PooledConn {
             // message instead of costing a round trip now. PostgreSQL runs them before
             // anything that user sends.
             match cleanup {
-                Cleanup::None => conn.owed = Owed::Sweep,
+                Cleanup::None => {}
+                Cleanup::Sweep => conn.owed = conn.owed.max(Owed::Sweep),
                 Cleanup::ResetContext => conn.owed = Owed::ResetAndSweep,
                 Cleanup::Full | Cleanup::Rollback => {}
             }

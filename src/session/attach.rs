@@ -4,6 +4,7 @@
 use super::flow::Owner;
 use super::{End, Session};
 use crate::config::{PoolMode, ResetMode};
+use crate::policy::sql::Leftover;
 use crate::pool::{Cleanup, PoolError, PooledConn};
 use crate::protocol::codec::Frame;
 use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
@@ -211,11 +212,21 @@ impl Session {
         self.server.metrics.context_injections.inc();
     }
 
+    /// The one decision point of the release rule: what the transaction may have left
+    /// (seen by the client's own commands, `dirty`, and by the analysis of every text it
+    /// ran, `leftover`) decides the cleanup. With the guard off every transaction is swept
+    /// at least: isolation must not rest on what the guard reads.
     fn release_cleanup(&self) -> Cleanup {
-        if self.dirty || self.pin.is_some() {
+        let mut leftover = self.leftover;
+        if !self.server.guard_enabled {
+            leftover = leftover.max(Leftover::Sweep);
+        }
+        if self.dirty || self.pin.is_some() || leftover == Leftover::Unseen {
             Cleanup::Full
         } else if self.server.config().context.reset_on_release == ResetMode::Always {
             Cleanup::ResetContext
+        } else if leftover == Leftover::Sweep {
+            Cleanup::Sweep
         } else {
             Cleanup::None
         }
@@ -310,6 +321,7 @@ impl Session {
     fn release_now(&mut self, cleanup: Cleanup) {
         self.unlink_backend();
         self.dirty = false;
+        self.leftover = Leftover::Nothing;
         self.pin = None;
         self.context.reset();
         if let Some(b) = self.backend.take() {

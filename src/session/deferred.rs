@@ -13,7 +13,7 @@ use super::flow::Owner;
 use super::statements::bind_statement;
 use super::{End, Session};
 use crate::config::PoolMode;
-use crate::policy::sql;
+use crate::policy::sql::{self, Leftover};
 use crate::protocol::codec::{Frame, peek_frame, read_cstr};
 use crate::protocol::messages::write_msg;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft};
@@ -49,7 +49,7 @@ impl Session {
                     return false;
                 };
                 if frame.tag == ft::PARSE {
-                    self.statements.define(frame.body(), false);
+                    self.statements.define(frame.body(), false, Leftover::Sweep);
                 }
                 self.cbuf.advance(consumed);
             }

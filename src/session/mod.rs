@@ -111,6 +111,12 @@ pub struct Session {
     began: bool,
     /// The client may have left session state on the attached backend.
     dirty: bool,
+    /// What the texts run since the backend was attached may have left that no statement
+    /// names (the release rule, see [`crate::policy::sql::Leftover`]).
+    leftover: crate::policy::sql::Leftover,
+    /// The release rule's reading of the text of the frame being handled (recorded with
+    /// the statement a Parse defines).
+    frame_leftover: crate::policy::sql::Leftover,
     /// The client keeps session state: its backend stays attached between transactions.
     pin: Option<pin::Pin>,
     /// The backend is in COPY IN: copy messages go through regardless of pending replies.
@@ -173,6 +179,8 @@ impl Session {
             aborted_elsewhere: false,
             began: false,
             dirty: false,
+            leftover: Default::default(),
+            frame_leftover: Default::default(),
             pin: None,
             copy_in: false,
             skip_until_sync: false,

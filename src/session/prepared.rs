@@ -39,7 +39,9 @@ impl Session {
     fn forward_translated(&mut self, frame: &Frame, no_txn_block: bool) -> Option<()> {
         match frame.tag {
             ft::PARSE => {
-                let Defined::Named(def) = self.statements.define(frame.body(), no_txn_block)?
+                let Defined::Named(def) =
+                    self.statements
+                        .define(frame.body(), no_txn_block, self.frame_leftover)?
                 else {
                     return None;
                 };

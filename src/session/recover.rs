@@ -9,6 +9,33 @@ use super::flow::Owner;
 use crate::protocol::messages::{self, ErrorFields, Severity};
 use crate::protocol::{TxStatus, frontend_tag as ft};
 
+/// SQLSTATE serialization_failure: what drivers and pgbench (`--max-tries`) retry.
+const RETRY: &str = "40001";
+
+/// The client's error for a failed proxy request. A statement of the proxy's own missing
+/// on the backend (26000 on a `pgtenant_` name: a DEALLOCATE ALL or DISCARD ALL ran where
+/// the proxy could not see it, in a trigger, a view or a function already in the
+/// database) is the backend's fault, not the request's: nothing the client sent ran
+/// (PostgreSQL skips to the Sync after the failure, and the proxy's requests come first),
+/// the backend is closed, and the client is told to retry (40001), which then runs on
+/// another backend.
+fn retryable(e: &ErrorFields) -> (&str, String) {
+    let own = e.code == "26000" && e.message.contains(crate::protocol::RESERVED_PREFIX);
+    if own {
+        let msg = format!(
+            "pgtenant: the server connection lost pgtenant's prepared statements ({}); \
+             nothing of this request ran and the connection was replaced: retry the transaction",
+            e.message
+        );
+        return (RETRY, msg);
+    }
+    let msg = format!(
+        "pgtenant could not set the tenant context for this transaction: {}",
+        e.message
+    );
+    (&e.code, msg)
+}
+
 /// Opens a transaction and aborts it (division by zero); every reply is swallowed.
 const ABORTED_TRANSACTION: &str = "BEGIN; SELECT pg_catalog.int4div(1, 0)";
 
@@ -32,6 +59,7 @@ impl Session {
         self.unnamed_on_backend = false;
         self.clearing_portal = false;
         self.dirty = false;
+        self.leftover = Default::default();
         self.began = false;
         self.status = if in_transaction {
             TxStatus::Failed
@@ -39,15 +67,8 @@ impl Session {
             TxStatus::Idle
         };
         self.aborted_elsewhere = in_transaction;
-        messages::error_response(
-            &mut self.cout,
-            Severity::Error,
-            &e.code,
-            &format!(
-                "pgtenant could not set the tenant context for this transaction: {}",
-                e.message
-            ),
-        );
+        let (code, message) = retryable(&e);
+        messages::error_response(&mut self.cout, Severity::Error, code, &message);
         if reply_due {
             messages::ready_for_query(&mut self.cout, self.status);
         } else {

@@ -9,6 +9,7 @@ use super::flow::Disposition;
 use super::guard::Judged;
 use super::{End, Session};
 use crate::config::PoolMode;
+use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
@@ -85,10 +86,12 @@ impl Session {
                 return Ok(());
             }
         }
+        let text_leftover = analysis.as_ref().map(|a| a.leftover);
         let judged = match self.judge(&frame, analysis, bound) {
             Ok(judged) => judged,
             Err(r) => return self.refuse(&frame, r.code, &r.message, r.source).await,
         };
+        self.note_leftover(&frame, text_leftover, bound);
         if self.backend.is_none() && self.answer_locally(&frame, judged.no_txn_block) {
             return Ok(());
         }
@@ -298,6 +301,25 @@ impl Session {
         }
     }
 
+    /// The release rule's reading of `frame` (see [`crate::policy::sql::Leftover`]): what
+    /// its text, the statement a Bind names, or a function call may leave; accumulated
+    /// until the backend is released.
+    fn note_leftover(&mut self, frame: &Frame, text: Option<Leftover>, bound: Option<&[u8]>) {
+        self.frame_leftover = text.unwrap_or(Leftover::Sweep);
+        let mut left = text.unwrap_or(Leftover::Nothing);
+        if let Some(name) = bound {
+            left = left.max(self.statements.leftover(name));
+        }
+        if frame.tag == ft::FUNCTION_CALL {
+            // A function by OID: large objects only with the guard on, anything without.
+            left = left.max(match self.server.guard_enabled {
+                true => Leftover::Sweep,
+                false => Leftover::Unseen,
+            });
+        }
+        self.leftover = self.leftover.max(left);
+    }
+
     /// Whether `frame` is a request the proxy answers from its own state while the session
     /// holds no backend: a named Parse or the Close of a named statement (Sync and Flush are
     /// answered earlier). The rule: a client holding no backend never waits for one for a
@@ -332,7 +354,11 @@ impl Session {
             messages::write_msg(&mut self.cout, bt::CLOSE_COMPLETE, |_| {});
             return true;
         }
-        if self.statements.define(frame.body(), no_txn_block).is_none() {
+        if self
+            .statements
+            .define(frame.body(), no_txn_block, self.frame_leftover)
+            .is_none()
+        {
             return false;
         }
         messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});

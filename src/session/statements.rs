@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::backend::statements::StatementDef;
+use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages::write_msg;
@@ -28,6 +29,7 @@ pub struct ClientStatements {
 pub struct Unnamed {
     pub body: Vec<u8>,
     pub no_txn_block: bool,
+    pub leftover: Leftover,
 }
 
 /// What a Parse defined.
@@ -38,18 +40,26 @@ pub enum Defined {
 }
 
 impl ClientStatements {
-    /// Records the statement a Parse defines; `no_txn_block` is what the guard's analysis
-    /// found in its query.
-    pub fn define(&mut self, parse_body: &[u8], no_txn_block: bool) -> Option<Defined> {
+    /// Records the statement a Parse defines; `no_txn_block` and `leftover` are what the
+    /// guard's analysis found in its query.
+    pub fn define(
+        &mut self,
+        parse_body: &[u8],
+        no_txn_block: bool,
+        leftover: Leftover,
+    ) -> Option<Defined> {
         let (name, rest) = read_cstr(parse_body)?;
         if name.is_empty() {
             let u = self.unnamed.get_or_insert_with(Unnamed::default);
             u.body.clear();
             u.body.extend_from_slice(rest);
             u.no_txn_block = no_txn_block;
+            u.leftover = leftover;
             return Some(Defined::Unnamed);
         }
-        let def = Arc::new(StatementDef::new(rest, no_txn_block));
+        let mut def = StatementDef::new(rest, no_txn_block);
+        def.leftover = leftover;
+        let def = Arc::new(def);
         self.by_name.insert(name.to_vec(), def.clone());
         Some(Defined::Named(def))
     }
@@ -81,6 +91,16 @@ impl ClientStatements {
         } else {
             self.by_name.get(name).is_some_and(|d| d.no_txn_block)
         }
+    }
+
+    /// What running the statement a Bind names may leave (the sweep for an unknown name).
+    pub fn leftover(&self, name: &[u8]) -> Leftover {
+        let known = if name.is_empty() {
+            self.unnamed.as_ref().map(|u| u.leftover)
+        } else {
+            self.by_name.get(name).map(|d| d.leftover)
+        };
+        known.unwrap_or(Leftover::Sweep)
     }
 
     /// Forgets a statement (client Close, or a Parse that failed).
@@ -148,7 +168,7 @@ mod tests {
     use super::*;
 
     fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
-        match c.define(parse, false) {
+        match c.define(parse, false, Leftover::Nothing) {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
@@ -169,12 +189,12 @@ mod tests {
     fn unnamed_statement_is_kept_apart_and_replaced() {
         let mut a = ClientStatements::default();
         assert!(matches!(
-            a.define(b"\0vacuum\0\0\0", true),
+            a.define(b"\0vacuum\0\0\0", true, Leftover::Nothing),
             Some(Defined::Unnamed)
         ));
         assert!(a.no_txn_block(b""));
         assert!(matches!(
-            a.define(b"\0select 3\0\0\0", false),
+            a.define(b"\0select 3\0\0\0", false, Leftover::Nothing),
             Some(Defined::Unnamed)
         ));
         assert_eq!(a.unnamed().unwrap().body, b"select 3\0\0\0");
