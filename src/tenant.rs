@@ -19,10 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// definition it was computed for.
 static TENANT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
-/// The proxy's statement-name prefix, for the guard (which refuses it in client SQL); the
-/// names themselves live with the statements, in [`crate::backend::injection`].
-pub use crate::backend::injection::RESERVED_PREFIX;
-
 /// An authenticated tenant.
 #[derive(Debug)]
 pub struct Tenant {

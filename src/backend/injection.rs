@@ -19,7 +19,7 @@ pub const PARAM_STATEMENT: &str = "pgtenant_param";
 pub const PARAM_RESET_STATEMENT: &str = "pgtenant_param_reset";
 /// The proxy's prepared `BEGIN`, which opens a client's deferred transaction.
 pub const BEGIN_STATEMENT: &str = "pgtenant_begin";
-pub use crate::protocol::RESERVED_PREFIX;
+use crate::protocol::RESERVED_PREFIX;
 
 /// A backend connection's verified-context injection for the last tenant that used it (the
 /// proof is bound to the backend's pid, so it cannot be precomputed per tenant).

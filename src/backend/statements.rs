@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use super::injection::RESERVED_PREFIX;
+use crate::protocol::RESERVED_PREFIX;
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages::write_msg;
 
