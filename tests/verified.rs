@@ -1,5 +1,5 @@
 //! Verified tenant context against a real PostgreSQL: the spoofing battery with the SQL
-//! guard off and on, replay of the stamp, fail-closed behaviour without a context, key
+//! guard off and on, replay of a copied context, fail-closed behaviour without a context, key
 //! rotation across a reload, the Rust HMAC against the SQL one, and the install command.
 
 #[path = "verified/battery.rs"]
@@ -15,8 +15,8 @@ use bytes::{BufMut, BytesMut};
 use common::raw::{self, Msg, RawConn};
 use common::{ACME, Failures, GLOBEX, INITECH, Proxy, TestEnv, sqlstate};
 use pgtenant::protocol::messages;
-use pgtenant::verified::ContextKey;
 use pgtenant::verified::install::KeyStep;
+use pgtenant::verified::{self, ContextKey};
 
 /// Rows (DataRow, CopyData, NoticeResponse) that name a tenant other than globex.
 fn foreign_rows(msgs: &[Msg]) -> Vec<String> {
@@ -148,59 +148,105 @@ async fn spoofing_battery_with_the_guard_on() {
     f.finish();
 }
 
-/// One transaction's stamp on a connection (and the backend pid it came from).
-async fn stamp_of(c: &tokio_postgres::Client) -> (String, i32) {
-    let row = c
-        .query_one(
-            "SELECT current_setting('pgtenant.stamp'), pg_backend_pid()",
+/// Every setting client SQL can see in one of `c`'s transactions: the context values and
+/// whatever `pg_settings` lists under the verified schema's or the app's prefix.
+async fn visible_context(c: &tokio_postgres::Client) -> Vec<(String, String)> {
+    let rows = c
+        .query(
+            "SELECT name, setting FROM pg_settings WHERE name LIKE 'pgtenant.%' OR name LIKE 'app.%' \
+             UNION SELECT n, current_setting(n, true) FROM unnest(ARRAY['app.current_tenant', 'app.tenant_plan']) n",
             &[],
         )
         .await
         .unwrap();
-    (row.get(0), row.get(1))
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// `BEGIN`, `set_config` of every copied setting (transaction-locally), the probe, `COMMIT`.
+fn replay_sql(copied: &[(String, String)]) -> String {
+    let sets: Vec<String> = copied
+        .iter()
+        .map(|(n, v)| format!("set_config('{n}', '{v}', true)"))
+        .collect();
+    format!(
+        "BEGIN; SELECT {}; SELECT tenant_id FROM invoices; COMMIT",
+        sets.join(", ")
+    )
 }
 
 #[tokio::test]
-async fn a_stamp_replayed_later_or_elsewhere_is_refused() {
+async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
     let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
     let mut f = Failures::default();
     let a = env.proxy.connect("acme").await;
-    let (stamp, pid) = stamp_of(&a).await;
-    // Later transaction, same connection (and most likely the same backend).
-    let later = a
-        .simple_query(&format!(
-            "BEGIN; SELECT set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
-        ))
-        .await;
+    let copied = visible_context(&a).await;
     f.check(
-        later.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
-        || format!("stamp in a later transaction: {later:?}"),
+        copied
+            .iter()
+            .any(|(n, v)| n == "app.current_tenant" && v == ACME),
+        || format!("acme's transaction shows its context: {copied:?}"),
     );
-    let _ = a.simple_query("ROLLBACK").await;
-    // Another backend: hold a transaction open on `a` so `b` gets a different one.
-    a.batch_execute("BEGIN").await.unwrap();
-    let (_, held) = stamp_of(&a).await;
-    let b = env.proxy.connect("acme").await;
-    let other = b
-        .simple_query(&format!(
-            "BEGIN; SELECT pg_backend_pid(); SELECT set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
-        ))
-        .await;
+    f.check(
+        !copied.iter().any(|(n, _)| n.starts_with("pgtenant.s")),
+        || format!("pg_settings lists a slot setting: {copied:?}"),
+    );
+    // Another tenant's transaction through pgtenant (its own verified copy disagrees).
+    let g = env.proxy.connect("globex").await;
+    let other = g.simple_query(&replay_sql(&copied)).await;
     f.check(
         other.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
-        || format!("stamp from backend {pid} on another backend (held {held}): {other:?}"),
+        || format!("acme's context copied into globex's transaction: {other:?}"),
     );
-    // Straight to PostgreSQL as the app role, with the stamp and matching values.
+    // Straight to PostgreSQL as the app role (no enter() at all in that transaction).
     let direct = env.app_user_direct().await;
-    let replay = direct
-        .simple_query(&format!(
-            "BEGIN; SELECT set_config('app.current_tenant', '{ACME}', true), set_config('app.tenant_plan', 'enterprise', true), \
-             set_config('pgtenant.stamp', '{stamp}', true); SELECT tenant_id FROM invoices; COMMIT"
-        ))
-        .await;
+    let replay = direct.simple_query(&replay_sql(&copied)).await;
     f.check(
         replay.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
-        || format!("stamp replayed straight to PostgreSQL: {replay:?}"),
+        || format!("acme's context replayed straight to PostgreSQL: {replay:?}"),
+    );
+    // The verified copy lives only as long as the transaction: as a superuser who knows the
+    // slot, a later transaction on the same session sees nothing under it.
+    let su = env.superuser().await;
+    let slot: i64 = su
+        .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    su.batch_execute("SET ROLE app_user").await.unwrap();
+    let pid: i32 = su
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key = ContextKey::new(pgtenant::demo::DEMO_CONTEXT_KEY);
+    let proof = verified::proof(&key, pid, &[ACME.as_bytes(), b"enterprise"]);
+    su.batch_execute("BEGIN").await.unwrap();
+    su.execute(
+        "SELECT pgtenant.enter($1, $2, true, $3, $4)",
+        &[&key.id(), &proof, &ACME, &"enterprise"],
+    )
+    .await
+    .unwrap();
+    let inside: Option<String> = su
+        .query_one(
+            &format!("SELECT current_setting('pgtenant.s{slot}_1', true)"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    su.batch_execute("COMMIT").await.unwrap();
+    let after: Option<String> = su
+        .query_one(
+            &format!("SELECT current_setting('pgtenant.s{slot}_1', true)"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    f.check(
+        inside.as_deref() == Some(ACME) && after.as_deref().unwrap_or("").is_empty(),
+        || format!("verified copy inside the transaction {inside:?}, after it {after:?}"),
     );
     f.finish();
 }
@@ -242,29 +288,18 @@ async fn no_context_sees_no_rows() {
         )
         .await;
     f.check(write.is_err(), || "insert with no context succeeded".into());
-    // Through pgtenant, the client clears every value including the stamp.
+    // Through pgtenant, the client clears the visible values: the verified copy still says
+    // globex, so the reader raises rather than run with no context.
     let c = env.proxy.connect("globex").await;
-    let rows = c
+    let cleared = c
         .simple_query(
-            "BEGIN; SELECT set_config('app.current_tenant', '', true), set_config('app.tenant_plan', '', true), \
-             set_config('pgtenant.stamp', '', true); SELECT tenant_id::text FROM invoices; COMMIT",
+            "BEGIN; SELECT set_config('app.current_tenant', '', true), set_config('app.tenant_plan', '', true); \
+             SELECT tenant_id::text FROM invoices; COMMIT",
         )
-        .await
-        .unwrap();
-    let data = rows
-        .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-        .count();
-    f.check(data == 1, || {
-        format!("cleared context: {data} rows (only set_config's own row expected)")
-    });
-    // Only the stamp cleared: the values are there without a stamp, so the reader raises.
-    let no_stamp = c
-        .simple_query("BEGIN; SELECT set_config('pgtenant.stamp', '', true); SELECT tenant_id FROM invoices; COMMIT")
         .await;
     f.check(
-        no_stamp.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
-        || format!("values without a stamp: {no_stamp:?}"),
+        cleared.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
+        || format!("cleared visible context: {cleared:?}"),
     );
     f.finish();
 }
@@ -344,7 +379,8 @@ async fn the_battery_catches_a_forgeable_reader() {
 }
 
 /// A statement that cannot run in a transaction block gets the context for the session
-/// through enter(..., false), which sets no stamp; the next transaction is verified again.
+/// through enter(..., false), which leaves the verified copy empty; the next transaction is
+/// verified again.
 #[tokio::test]
 async fn statements_outside_a_transaction_block_use_the_session_variant() {
     let env = TestEnv::start().await;
@@ -353,13 +389,14 @@ async fn statements_outside_a_transaction_block_use_the_session_variant() {
         .await
         .expect("VACUUM through enter(..., false)");
     assert_eq!(count(&c).await.unwrap(), 3);
-    let stamp: String = c
-        .query_one("SELECT current_setting('pgtenant.stamp')", &[])
+    let verified: Option<String> = c
+        .query_one("SELECT pgtenant.tenant_id()", &[])
         .await
         .unwrap()
         .get(0);
-    assert!(
-        !stamp.is_empty(),
-        "a transaction after it has a stamp again"
+    assert_eq!(
+        verified.as_deref(),
+        Some(ACME),
+        "a transaction after it is verified again"
     );
 }

@@ -63,7 +63,7 @@ impl std::fmt::Debug for ContextCache {
 pub struct InjectionPlan {
     /// The context settings, tenant id first (the order of the injection's parameters).
     pub settings: Vec<String>,
-    /// What a release RESETs: the settings, plus the stamp in verified mode.
+    /// What a release RESETs: the settings (verified mode's copies are transaction-local).
     pub reset_settings: Vec<String>,
     /// Parse messages for the proxy's statements, sent once per backend connection.
     pub prepare: Bytes,
@@ -150,10 +150,7 @@ impl InjectionPlan {
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
         messages::parse(&mut prepare, BEGIN_STATEMENT, "BEGIN");
-        let mut reset_settings = settings.clone();
-        if let Some(schema) = verified_schema {
-            reset_settings.push(crate::verified::sql::stamp_setting(schema));
-        }
+        let reset_settings = settings.clone();
         let mut reset_local = BytesMut::new();
         for (i, name) in reset_settings.iter().enumerate() {
             let statement = format!("{RESET_STATEMENT_PREFIX}{i}");

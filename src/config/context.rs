@@ -21,7 +21,7 @@ pub struct ContextConfig {
     /// How a backend connection is cleaned when a client releases it.
     pub reset_on_release: ResetMode,
     /// `plain` (set_config; isolation rests on the SQL guard) or `verified` (PostgreSQL
-    /// checks a proof and a stamp, see [`crate::verified`]).
+    /// checks a proof and keeps a verified copy, see [`crate::verified`]).
     pub mode: ContextMode,
     /// Schema of the verified-context objects (`pgtenant db install`).
     pub schema: String,
@@ -41,7 +41,7 @@ pub enum ContextMode {
     /// `set_config(...)`: any SQL on the shared role can change it; only the guard stops it.
     #[default]
     Plain,
-    /// `<schema>.enter(...)` with a per-backend proof; readers verify a stamp.
+    /// `<schema>.enter(...)` with a per-backend proof; readers return its verified copy.
     Verified,
 }
 

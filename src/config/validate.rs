@@ -67,7 +67,9 @@ impl Config {
             if name.starts_with(&format!("{}.", self.context.schema)) {
                 bad(
                     key.clone(),
-                    format!("{name:?} is in context.schema's namespace, which holds the stamp"),
+                    format!(
+                        "{name:?} is in context.schema's namespace, which holds the verified copies"
+                    ),
                 );
             }
             if settings[..i].contains(name) {

@@ -54,6 +54,7 @@ async fn run_in_transaction(
 ) -> Result<String, InstallError> {
     let s = &objects.schema;
     client.batch_execute(&objects.install_sql()).await?;
+    let slot_set = set_slot(client, objects, step == KeyStep::FinishRotation).await?;
     let rows = client
         .query(&format!("SELECT id, state FROM {s}.keys FOR UPDATE"), &[])
         .await?;
@@ -64,7 +65,7 @@ async fn run_in_transaction(
     let insert =
         format!("INSERT INTO {s}.keys (id, state, ipad, opad) VALUES ($1, 'current', $2, $3)");
     let id = key.id();
-    match step {
+    let summary = match step {
         KeyStep::Install => match current {
             None => {
                 client
@@ -120,5 +121,43 @@ async fn run_in_transaction(
                 "rotation finished: {n} previous key(s) dropped; key {id} is the only valid key"
             ))
         }
+    }?;
+    Ok(match slot_set {
+        true => format!("{summary}; new slot set"),
+        false => summary,
+    })
+}
+
+/// Sets the secret slot number (a random positive bigint, bound as a parameter) when it is
+/// unset, or always when `replace` (at the end of a rotation: proofs checked and cached under
+/// the old slot stop counting). Returns whether it was set.
+async fn set_slot(
+    client: &tokio_postgres::Client,
+    objects: &Objects,
+    replace: bool,
+) -> Result<bool, InstallError> {
+    let seq = objects.slot_sequence();
+    let current: Option<i64> = client
+        .query_one(
+            &format!("SELECT pg_catalog.pg_sequence_last_value('{seq}'::pg_catalog.regclass)"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if current.is_some() && !replace {
+        return Ok(false);
     }
+    let slot: i64 = loop {
+        let v = rand::random::<i64>() & i64::MAX;
+        if v > 0 && Some(v) != current {
+            break v;
+        }
+    };
+    client
+        .execute(
+            &format!("SELECT pg_catalog.setval('{seq}', $1, true)"),
+            &[&slot],
+        )
+        .await?;
+    Ok(true)
 }

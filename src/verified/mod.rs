@@ -2,12 +2,14 @@
 //! is refused even if the SQL guard misses the statement that set it.
 //!
 //! pgtenant holds a secret key; `pgtenant db install` stores the key's HMAC-SHA256 inner and
-//! outer padded blocks in a table only a NOLOGIN owner role can read, next to three
-//! `SECURITY DEFINER` functions: `<schema>.enter(...)` checks a per-backend proof
-//! (HMAC(key, pid ‖ values), see [`proof`]) and then sets every context setting plus a stamp
-//! (HMAC over key id, pid, transaction start and values); the readers
-//! `<schema>.tenant_id()` and `<schema>.setting(name)` recompute the stamp and raise on any
-//! mismatch. The SQL side is in [`sql`], the install command in [`install`].
+//! outer padded blocks in a table only a NOLOGIN owner role can read, a secret *slot* number
+//! in a sequence only that role can read, and three `SECURITY DEFINER` functions:
+//! `<schema>.enter(...)` checks a per-backend proof (HMAC(key, pid ‖ values), see [`proof`])
+//! and then sets every context setting, plus a transaction-local copy under setting names
+//! that carry the slot number (custom settings are never listed, so client SQL cannot find
+//! them); the readers `<schema>.tenant_id()` and `<schema>.setting(name)` return that copy and
+//! raise when the visible setting differs from it. The SQL side is in [`sql`], the install
+//! command in [`install`].
 
 pub mod install;
 pub mod sql;
@@ -17,12 +19,10 @@ use std::path::PathBuf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// SQLSTATE the SQL side raises for a refused proof or stamp (insufficient_privilege).
+/// SQLSTATE the SQL side raises for a refused proof or context (insufficient_privilege).
 pub const REFUSED_SQLSTATE: &str = "42501";
 /// Shortest key accepted (bytes): HMAC-SHA256 wants at least 32 bytes of key material.
 pub const MIN_KEY_LEN: usize = 32;
-/// Domain byte of the proof message (so a proof can never be read as a stamp).
-const PROOF_TAG: u8 = b'P';
 
 /// The context key: the secret behind every proof. Its bytes never leave this type except
 /// as the HMAC padded blocks `db install` stores; Debug shows the id only.
@@ -91,7 +91,7 @@ impl ContextKey {
         Ok(ContextKey::new(&bytes))
     }
 
-    /// The key's public id (derived from the key; stored next to it and in every stamp).
+    /// The key's public id (derived from the key; stored next to it, passed to `enter()`).
     pub fn id(&self) -> i32 {
         self.id
     }
@@ -118,24 +118,40 @@ impl ContextKey {
     }
 }
 
-/// The values in the unambiguous form both sides hash: per value, its UTF-8 length as a
-/// big-endian u32, then its bytes.
-pub fn encode_values<'a>(out: &mut Vec<u8>, values: impl IntoIterator<Item = &'a [u8]>) {
+/// The message a proof covers, as `<schema>._proof_message` builds it: `P`, the backend pid,
+/// then each value as a quoted literal (PostgreSQL's `quote_literal` form, which is
+/// unambiguous), space-separated, as UTF-8. Text built by `format()` is cheaper for
+/// PostgreSQL to rebuild on every transaction than a binary length-prefixed encoding.
+pub fn proof_message(pid: i32, values: &[&[u8]]) -> Vec<u8> {
+    let mut msg = format!("P {pid}").into_bytes();
     for v in values {
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
+        msg.push(b' ');
+        quote_literal(&mut msg, v);
     }
+    msg
+}
+
+/// PostgreSQL's `quote_literal`: single quotes around, `'` and `\` doubled, and an `E`
+/// prefix when the value holds a backslash.
+fn quote_literal(out: &mut Vec<u8>, v: &[u8]) {
+    if v.contains(&b'\\') {
+        out.push(b'E');
+    }
+    out.push(b'\'');
+    for &b in v {
+        if b == b'\'' || b == b'\\' {
+            out.push(b);
+        }
+        out.push(b);
+    }
+    out.push(b'\'');
 }
 
 /// The proof `enter()` accepts on the backend with this pid for these values, as lowercase
-/// hex: HMAC(key, 'P' ‖ pid ‖ values). Bound to one backend process, so a proof seen on one
+/// hex: HMAC(key, [`proof_message`]). Bound to one backend process, so a proof seen on one
 /// backend is useless on another.
 pub fn proof(key: &ContextKey, pid: i32, values: &[&[u8]]) -> String {
-    let mut msg = Vec::with_capacity(64);
-    msg.push(PROOF_TAG);
-    msg.extend_from_slice(&pid.to_be_bytes());
-    encode_values(&mut msg, values.iter().copied());
-    hex(&key.hmac(&msg))
+    hex(&key.hmac(&proof_message(pid, values)))
 }
 
 /// Lowercase hex, as PostgreSQL's `encode(..., 'hex')` writes it.
@@ -177,6 +193,18 @@ mod tests {
         assert!(key.id() > 0);
         assert!(!format!("{key:?}").contains("0123"));
         assert_eq!(key, ContextKey::new(b"0123456789abcdef0123456789abcdef\n"));
+    }
+
+    #[test]
+    fn proof_message_quotes_like_postgresql() {
+        assert_eq!(proof_message(42, &[b"t1", b"plan"]), b"P 42 't1' 'plan'");
+        assert_eq!(proof_message(7, &[b"a'b", b""]), b"P 7 'a''b' ''");
+        assert_eq!(proof_message(7, &[br"a\b'"]), br"P 7 E'a\\b'''".to_vec());
+        // Values cannot run into each other: a value holding the separator stays one value.
+        assert_ne!(
+            proof_message(1, &[b"a' 'b", b"c"]),
+            proof_message(1, &[b"a", b"b' 'c"])
+        );
     }
 
     #[test]

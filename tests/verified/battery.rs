@@ -166,9 +166,9 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
         ),
     ),
     (
-        "function set clause copies the stamp",
+        "function set clause copies every listed pgtenant setting",
         Attempt::Simple(
-            "CREATE OR REPLACE FUNCTION public.spoof_set2() RETURNS SETOF text LANGUAGE plpgsql SET app.current_tenant = '{A}' AS $f$ BEGIN PERFORM set_config('pgtenant.stamp', current_setting('pgtenant.stamp'), true); RETURN QUERY SELECT 'row:' || tenant_id FROM public.invoices; END $f$; SELECT * FROM public.spoof_set2()",
+            "CREATE OR REPLACE FUNCTION public.spoof_set2() RETURNS SETOF text LANGUAGE plpgsql SET app.current_tenant = '{A}' AS $f$ BEGIN PERFORM set_config(name, '{A}', true) FROM pg_settings WHERE name LIKE 'pgtenant.%'; RETURN QUERY SELECT 'row:' || tenant_id FROM public.invoices; END $f$; SELECT * FROM public.spoof_set2()",
         ),
     ),
     (
@@ -274,9 +274,27 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
         ),
     ),
     (
-        "enter with own stamp as proof",
+        "slot from the sequence",
         Attempt::Simple(
-            "BEGIN; SELECT pgtenant.enter(split_part(current_setting('pgtenant.stamp'), ':', 1)::int, split_part(current_setting('pgtenant.stamp'), ':', 2), true, '{A}', 'enterprise'); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+            "BEGIN; SELECT set_config('pgtenant.s' || pg_sequence_last_value('pgtenant.slot') || '_1', '{A}', true), set_config('app.current_tenant', '{A}', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+        ),
+    ),
+    (
+        "slot from pg_sequences",
+        Attempt::Simple(
+            "BEGIN; SELECT set_config(COALESCE('pgtenant.s' || (SELECT last_value FROM pg_sequences WHERE schemaname = 'pgtenant' AND sequencename = 'slot') || '_1', 'pgtenant.none'), '{A}', true), set_config('app.current_tenant', '{A}', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+        ),
+    ),
+    (
+        "slot from currval",
+        Attempt::Simple(
+            "BEGIN; SELECT set_config('pgtenant.s' || currval('pgtenant.slot') || '_1', '{A}', true), set_config('app.current_tenant', '{A}', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+        ),
+    ),
+    (
+        "slot guessed",
+        Attempt::Simple(
+            "BEGIN; SELECT count(set_config('pgtenant.s' || g || '_1', '{A}', true)) FROM generate_series(1, 2000) g; SELECT set_config('app.current_tenant', '{A}', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
         ),
     ),
     (
@@ -286,15 +304,15 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
         ),
     ),
     (
-        "copy own stamp after switching",
+        "set every listed pgtenant setting",
         Attempt::Simple(
-            "BEGIN; SELECT set_config('pgtenant.stamp', current_setting('pgtenant.stamp'), true), set_config('app.current_tenant', '{A}', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+            "BEGIN; SELECT set_config(name, '{A}', true) FROM pg_settings WHERE name LIKE 'pgtenant.%' OR name LIKE 'app.%'; SELECT 'row:' || tenant_id FROM invoices; COMMIT",
         ),
     ),
     (
-        "forged stamp",
+        "forged slot settings",
         Attempt::Simple(
-            "SET pgtenant.stamp = '1:0000000000000000000000000000000000000000000000000000000000000000'; SET app.current_tenant = '{A}'; SELECT 'row:' || tenant_id FROM invoices",
+            "SET pgtenant.s1_1 = '{A}'; SET pgtenant.stamp = '1:00'; SET app.current_tenant = '{A}'; SELECT 'row:' || tenant_id FROM invoices",
         ),
     ),
     (
@@ -307,7 +325,7 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
     ),
     (
         "call the private verifier",
-        Attempt::Simple("SELECT pgtenant._encode(ARRAY['x'])"),
+        Attempt::Simple("SELECT 'row:' || encode(pgtenant._proof_message(1, ARRAY['x']), 'hex')"),
     ),
     (
         "replace the reader",
@@ -342,7 +360,7 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
     (
         "clear every value",
         Attempt::Simple(
-            "BEGIN; SELECT set_config('app.current_tenant', '', true), set_config('app.tenant_plan', '', true), set_config('pgtenant.stamp', '', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
+            "BEGIN; SELECT set_config('app.current_tenant', '', true), set_config('app.tenant_plan', '', true); SELECT 'row:' || tenant_id FROM invoices; COMMIT",
         ),
     ),
     (

@@ -18,15 +18,20 @@ async fn rust_and_sql_compute_the_same_hmac_and_proof() {
             .get(0);
         assert_eq!(sql, key.hmac(msg), "message {msg:?}");
     }
-    let values = ["ünïcode", "", "a'b\"c"];
-    let mut rust = Vec::new();
-    verified::encode_values(&mut rust, values.iter().map(|v| v.as_bytes()));
+    let values = ["ünïcode", "", "a'b\"c", "back\\slash'", "sp ace' 'x"];
+    let bytes: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
     let sql: Vec<u8> = su
-        .query_one("SELECT pgtenant._encode($1::text[])", &[&&values[..]])
+        .query_one(
+            "SELECT pgtenant._proof_message($1, $2::text[])",
+            &[&12345i32, &&values[..]],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(sql, rust);
+    assert_eq!(
+        String::from_utf8_lossy(&sql),
+        String::from_utf8_lossy(&verified::proof_message(12345, &bytes))
+    );
     // enter() accepts the Rust proof for this backend and refuses it on another value.
     let pid: i32 = su
         .query_one("SELECT pg_backend_pid()", &[])
@@ -45,6 +50,23 @@ async fn rust_and_sql_compute_the_same_hmac_and_proof() {
         refused.as_ref().err().and_then(sqlstate).as_deref(),
         Some("42501")
     );
+    // Within one transaction, a valid proof for another tenant cannot switch the context
+    // (code planted by one tenant running in another's transaction).
+    su.batch_execute("BEGIN").await.unwrap();
+    su.execute(enter, &[&key.id(), &proof, &"t1", &"plan"])
+        .await
+        .unwrap();
+    let t2 = verified::proof(&key, pid, &[b"t2", b"plan"]);
+    let switched = su.execute(enter, &[&key.id(), &t2, &"t2", &"plan"]).await;
+    assert_eq!(
+        switched.as_ref().err().and_then(sqlstate).as_deref(),
+        Some("42501"),
+        "{switched:?}"
+    );
+    su.batch_execute("ROLLBACK").await.unwrap();
+    su.execute(enter, &[&key.id(), &t2, &"t2", &"plan"])
+        .await
+        .expect("the next transaction may have another tenant");
     let other_pid = verified::proof(&key, pid + 1, &[b"t1", b"plan"]);
     let refused = su
         .execute(enter, &[&key.id(), &other_pid, &"t1", &"plan"])
