@@ -133,11 +133,11 @@ GRANT USAGE, SELECT ON SEQUENCE projects_id_seq, invoices_id_seq TO app_user;
 -- PostgreSQL as app_user, and PostgreSQL lets a role read the query text of,
 -- cancel and terminate every backend of its own role: only the DBA needs that.
 -- pg_catalog privileges are per database, so this runs in each database.
--- Kept on purpose, and reported by the doctor with the REVOKEs for deployments
--- that use neither: TEMPORARY on the database (clients stage COPY through
--- ON COMMIT DROP temp tables; pgtenant sweeps temp objects after every
--- transaction) and the large-object functions (libpq's lo_* API works through
--- pgtenant, but a large object is the role's, so any tenant can open another's).
+-- The large-object functions go too: a large object belongs to the role that
+-- created it, so any tenant could open, overwrite or unlink another's by OID.
+-- Kept on purpose, and reported by the doctor (a WARNING) with the REVOKE for
+-- deployments that do not use it: TEMPORARY on the database (clients stage COPY
+-- through ON COMMIT DROP temp tables; pgtenant pins or sweeps temp objects).
 -- ---------------------------------------------------------------------------
 DO $$
 DECLARE
@@ -145,8 +145,9 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = 'pg_catalog'::regnamespace
-               AND p.proname IN ('pg_stat_get_activity', 'pg_stat_get_backend_activity',
-                                 'pg_cancel_backend', 'pg_terminate_backend')
+               AND (p.proname IN ('pg_stat_get_activity', 'pg_stat_get_backend_activity',
+                                  'pg_cancel_backend', 'pg_terminate_backend', 'loread', 'lowrite')
+                    OR p.proname LIKE 'lo\_%')
     LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

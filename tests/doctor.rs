@@ -107,9 +107,9 @@ async fn verified_readers_schema_is_clean_and_each_broken_schema_has_its_finding
 #[tokio::test]
 async fn demo_schema_has_only_the_findings_it_keeps_on_purpose_and_a_dba_sees_the_same() {
     let cluster = common::start_cluster().await;
-    // TEMP (drivers stage COPY through temp tables) and large objects (libpq's lo_* API)
-    // stay in the demo on purpose; its policies read the verified readers.
-    let kept = ["temp-on-database", "large-object-function"];
+    // TEMP (drivers stage COPY through temp tables) stays in the demo on purpose; its
+    // policies read the verified readers.
+    let kept = ["temp-on-database"];
     let report = doctor(&cluster, "app").await;
     let other: Vec<Finding> = report
         .findings
@@ -158,7 +158,7 @@ async fn strict_refuses_to_start_with_findings_and_starts_on_a_clean_database() 
         Ok(_) => panic!("doctor.strict started the proxy on the demo schema"),
         Err(e) => e.to_string(),
     };
-    for part in ["doctor.strict", "large-object-function", "temp-on-database"] {
+    for part in ["doctor.strict", "temp-on-database"] {
         assert!(err.contains(part), "{part:?} not in: {err}");
     }
     clean_database(&cluster, "clean").await;
@@ -199,6 +199,14 @@ fn run_doctor(cluster: &TempCluster, db: &str, args: &[&str]) -> (i32, String) {
 #[tokio::test]
 async fn doctor_command_prints_json_and_table_and_exits_by_findings() {
     let cluster = common::start_cluster().await;
+    // The demo revokes the large-object functions; one granted back is a critical finding.
+    cluster
+        .psql(
+            "app",
+            "GRANT EXECUTE ON FUNCTION pg_catalog.lo_get(oid) TO PUBLIC",
+        )
+        .await
+        .unwrap();
     let (code, out) = run_doctor(&cluster, "app", &["--format", "json"]);
     assert_eq!(code, command::EXIT_FINDINGS as i32, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON output parses");

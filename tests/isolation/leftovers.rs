@@ -92,6 +92,14 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
             pool_of(c, 1);
         })
         .await;
+        // The demo schema revokes the large-object functions; this test calls two of them.
+        env.cluster
+            .psql(
+                "app",
+                "GRANT EXECUTE ON FUNCTION pg_catalog.lo_creat(integer), pg_catalog.lo_unlink(oid) TO app_user",
+            )
+            .await
+            .unwrap();
         let long = async {
             let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
                 .await
