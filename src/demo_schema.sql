@@ -10,10 +10,10 @@
 -- Every row carries a tenant id, and every table has a policy that only lets
 -- app_user see and write rows whose tenant id equals the verified tenant
 -- context, pgtenant.tenant_id(). pgtenant calls pgtenant.enter(...) with a
--- proof at the start of every pooled transaction; tenant_id() checks the
--- transaction's stamp and raises (42501) if any context value was set by
--- anyone else, so a tenant cannot switch to another tenant's id even with SQL
--- pgtenant's guard does not read. (Plain mode would read
+-- proof at the start of every pooled transaction; tenant_id() returns the copy
+-- enter() verified for this transaction and raises (42501) when the visible
+-- setting was changed by anyone else, so a tenant cannot switch to another
+-- tenant's id even with SQL pgtenant's guard does not read. (Plain mode would read
 -- current_setting('app.current_tenant'), which any SQL on app_user can change.)
 --
 -- The reader is written as a scalar subquery, (SELECT pgtenant.tenant_id()),
