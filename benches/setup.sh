@@ -27,7 +27,7 @@ if [ -n "${PGTENANT_BIN:-}" ]; then
   PGT=$PGTENANT_BIN
 else
   cargo build --release -q
-  PGT=$PWD/target/release/pgtenant
+  PGT=${CARGO_TARGET_DIR:-$PWD/target}/release/pgtenant
 fi
 
 WORK=$(mktemp -d /tmp/pgtenant-bench-XXXX); chmod 777 "$WORK"
