@@ -10,10 +10,10 @@
 //!
 //! What agrees with it: the session's last known transaction status is `InTransaction`
 //! while a BEGIN is deferred and `Idle` while detached, but after a failed proxy request
-//! left the client's transaction aborted (`Failed`, re-created on the next backend).
+//! left the client's transaction aborted (`Failed`, re-created on the next backend). That
+//! status is what the proxy answers a Sync with while it holds no backend.
 
 use crate::pool::PooledConn;
-use crate::protocol::TxStatus;
 
 /// Whether, and how, a backend serves the session.
 #[derive(Debug, Default)]
@@ -59,15 +59,6 @@ impl<C> Attachment<C> {
     /// Whether a BEGIN is held back (no backend attached).
     pub fn is_deferred_begin(&self) -> bool {
         matches!(self, Attachment::DeferredBegin)
-    }
-
-    /// The status of the ReadyForQuery the proxy answers a Sync with while it holds no
-    /// backend: in the transaction a deferred BEGIN opened, or idle.
-    pub fn status_without_backend(&self) -> TxStatus {
-        match self {
-            Attachment::DeferredBegin => TxStatus::InTransaction,
-            _ => TxStatus::Idle,
-        }
     }
 
     /// The proxy answered a plain BEGIN itself. Only from `Detached`; false (and nothing
@@ -123,7 +114,6 @@ mod tests {
     fn a_transaction_attaches_and_releases_a_backend() {
         let mut a = A::default();
         assert!(a.is_detached() && !a.is_attached());
-        assert_eq!(a.status_without_backend(), TxStatus::Idle);
         assert!(!a.attach(Conn(1)), "no BEGIN owed");
         assert_eq!(a.conn(), Some(&Conn(1)));
         assert!(!a.begin_deferred(), "a BEGIN on a backend goes to it");
@@ -137,7 +127,6 @@ mod tests {
         let mut a = A::default();
         assert!(a.begin_deferred());
         assert!(a.is_deferred_begin() && !a.is_attached() && !a.is_detached());
-        assert_eq!(a.status_without_backend(), TxStatus::InTransaction);
         assert!(
             !a.begin_deferred(),
             "a second BEGIN is PostgreSQL's to warn about"
@@ -169,7 +158,6 @@ mod tests {
         a.begin_deferred();
         assert!(a.checkout_failed(), "the client's transaction is over");
         assert!(a.is_detached());
-        assert_eq!(a.status_without_backend(), TxStatus::Idle);
         assert!(
             !a.checkout_failed(),
             "no transaction to end between transactions"

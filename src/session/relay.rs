@@ -120,13 +120,12 @@ impl Session {
                 }
                 Ok(true)
             }
-            // Holding no backend, the proxy knows the answer: Idle, or in the transaction a
-            // deferred BEGIN opened. Waiting for a backend here could deadlock the pool (see
-            // `answers_locally`).
+            // Holding no backend, the proxy knows the answer: Idle, in the transaction a
+            // deferred BEGIN opened, or in the one a failed proxy request aborted. Waiting
+            // for a backend here could deadlock the pool (see `answers_locally`).
             ft::SYNC | ft::FLUSH if !self.attachment.is_attached() => {
                 if frame.tag == ft::SYNC {
-                    let status = self.attachment.status_without_backend();
-                    messages::ready_for_query(&mut self.cout, status);
+                    messages::ready_for_query(&mut self.cout, self.status);
                 }
                 Ok(true)
             }
