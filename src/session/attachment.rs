@@ -75,9 +75,15 @@ impl<C> Attachment<C> {
     /// it: the caller sends it ahead of anything of the client's. Attaching over an
     /// attached backend drops (closes) the old one; the session never does.
     pub fn attach(&mut self, conn: C) -> bool {
-        let before = std::mem::replace(self, Attachment::Attached(conn));
-        debug_assert!(!before.is_attached(), "a backend attached twice");
-        before.is_deferred_begin()
+        match std::mem::replace(self, Attachment::Attached(conn)) {
+            Attachment::Detached => false,
+            Attachment::DeferredBegin => true,
+            Attachment::Attached(old) => {
+                debug_assert!(false, "a backend attached twice");
+                drop(old);
+                false
+            }
+        }
     }
 
     /// No backend could be had. True when that ended a deferred transaction (the client

@@ -75,15 +75,17 @@ impl Session {
             frame.tag,
             ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
         ) && !setup;
-        if self.defer_begin(&frame) {
-            return Ok(());
-        }
-        // A deferred BEGIN goes out (attaching a backend) ahead of what needs one.
-        if self.attachment.is_deferred_begin()
-            && !self.answers_locally(&frame)
-            && !self.attach(&frame, setup).await?
-        {
-            return Ok(());
+        if !self.attachment.is_attached() {
+            if self.defer_begin(&frame) {
+                return Ok(());
+            }
+            // A deferred BEGIN goes out (attaching a backend) ahead of what needs one.
+            if self.attachment.is_deferred_begin()
+                && !self.answers_locally(&frame)
+                && !self.attach(&frame, setup).await?
+            {
+                return Ok(());
+            }
         }
         let text_leftover = analysis.as_ref().map(|a| a.leftover);
         let judged = match self.judge(&frame, analysis, bound) {
