@@ -309,3 +309,29 @@ async fn a_refused_prepare_in_a_deferred_transaction_aborts_it() {
     let msgs = a.simple(CTX).await;
     assert_eq!(raw::data_rows(&msgs), [[Some(ACME.to_string())]]);
 }
+
+/// A Parse the proxy cannot read (its statement name has no terminator) in a deferred
+/// transaction goes to PostgreSQL behind the deferred BEGIN, so its error fails the
+/// transaction as PostgreSQL's own would; the BEGIN is not left owed for a later request.
+#[tokio::test]
+async fn an_unreadable_parse_in_a_deferred_transaction_aborts_it() {
+    let env = TestEnv::start_with(one_backend(true)).await;
+    let direct_addr: SocketAddr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+    let mut direct = raw_direct(direct_addr).await;
+    let mut proxied = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut bad = BytesMut::new();
+    messages::write_msg(&mut bad, b'P', |b| b.put_slice(b"s1"));
+    raw::sync(&mut bad);
+    let requests = [
+        query("BEGIN"),
+        bad,
+        query("SELECT 1"),
+        query("ROLLBACK"),
+        query("SELECT 1"),
+    ];
+    let want = replies(&mut direct, &requests).await;
+    assert_eq!(want, ["CZ:T", "EZ:E", "EZ:E", "CZ:I", "TDCZ:I"]);
+    assert_eq!(replies(&mut proxied, &requests).await, want);
+}

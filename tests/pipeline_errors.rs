@@ -290,3 +290,38 @@ async fn a_failed_injection_ends_the_transaction_not_the_session() {
         .await
         .expect("no hang");
 }
+
+/// A client whose transaction a failed injection aborted holds no backend, and is in an
+/// aborted transaction as far as it knows: a Sync on its own is answered as PostgreSQL
+/// would answer it there (ReadyForQuery 'E'), until the client ends the transaction.
+#[tokio::test]
+async fn a_sync_after_a_failed_injection_reports_the_aborted_transaction() {
+    let env = TestEnv::start().await;
+    let su = env.superuser().await;
+    let ctx = "SELECT current_setting('app.current_tenant')";
+    let mut raw = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    su.batch_execute(
+        "REVOKE EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) FROM PUBLIC",
+    )
+    .await
+    .unwrap();
+    let status = |r: &[Msg]| r.last().map(|m| m.1[0] as char);
+    assert_eq!(status(&raw.simple("BEGIN").await), Some('T'));
+    let r = raw.simple(ctx).await;
+    assert_eq!(raw::errors(&r)[0].code, "42501");
+    assert_eq!(status(&r), Some('E'));
+    let mut sync = BytesMut::new();
+    raw::sync(&mut sync);
+    raw.send(&sync).await;
+    assert_eq!(status(&raw.until_ready().await), Some('E'));
+    su.batch_execute(
+        "GRANT EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean) TO PUBLIC",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&raw.simple("ROLLBACK").await), Some('I'));
+    raw.send(&sync).await;
+    assert_eq!(status(&raw.until_ready().await), Some('I'));
+}

@@ -24,14 +24,16 @@ pub(super) fn client_message(e: &PoolError) -> String {
 }
 
 impl Session {
-    /// Makes sure a backend is attached for `frame`. Returns false when none could be had;
-    /// the client has then been sent an error and the request consumed. `setup`: the
+    /// Makes sure a backend is attached for `frame`, with a deferred BEGIN sent first on
+    /// it. Returns false when none could be had; the client has then been sent an error
+    /// and the request consumed (and a deferred transaction is over, as PostgreSQL would
+    /// end it on a lost connection). `setup`: the
     /// transaction opens with BEGIN ... ISOLATION LEVEL or SET TRANSACTION, which PostgreSQL
     /// refuses once a statement took a snapshot; what the proxy sends ahead of it (its own
     /// statements' Parse, the owed sweep, parameter settings) then ends with a Sync of its
     /// own, so it runs in a transaction of its own.
     pub(super) async fn attach(&mut self, frame: &Frame, setup: bool) -> Result<bool, End> {
-        if self.backend.is_some() {
+        if self.attachment.is_attached() {
             return Ok(true);
         }
         self.follow_reload()?;
@@ -44,18 +46,7 @@ impl Session {
         let mut pooled = match checkout {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "no backend connection for the client");
-                let code = match e {
-                    PoolError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
-                    _ => sqlstate::CANNOT_CONNECT_NOW,
-                };
-                self.client_error(code, &client_message(&e));
-                match frame.tag {
-                    ft::QUERY | ft::FUNCTION_CALL | ft::SYNC => {
-                        messages::ready_for_query(&mut self.cout, TxStatus::Idle)
-                    }
-                    _ => self.skip_until_sync = true,
-                }
+                self.no_backend(frame, &e);
                 return Ok(false);
             }
         };
@@ -65,10 +56,10 @@ impl Session {
         self.status = TxStatus::Idle;
         self.context.reset();
         self.unnamed_on_backend = false;
-        self.backend = Some(pooled);
+        let begin_owed = self.attachment.attach(pooled);
         self.ensure_prepared();
         self.pay_pending_reset();
-        if let Some(b) = self.backend.as_mut() {
+        if let Some(b) = self.attachment.conn_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
         }
@@ -79,7 +70,30 @@ impl Session {
             self.flow.sent(ft::SYNC, Owner::Proxy);
         }
         self.recreate_aborted_transaction();
+        if begin_owed {
+            self.send_deferred_begin();
+        }
         Ok(true)
+    }
+
+    /// The client's error for a failed checkout, in place of `frame`'s reply: a ReadyForQuery
+    /// after a simple request, else its frames are dropped up to its Sync.
+    fn no_backend(&mut self, frame: &Frame, e: &PoolError) {
+        tracing::warn!(error = %e, "no backend connection for the client");
+        if self.attachment.checkout_failed() {
+            self.status = TxStatus::Idle;
+        }
+        let code = match e {
+            PoolError::Timeout(_) => sqlstate::TOO_MANY_CONNECTIONS,
+            _ => sqlstate::CANNOT_CONNECT_NOW,
+        };
+        self.client_error(code, &client_message(e));
+        match frame.tag {
+            ft::QUERY | ft::FUNCTION_CALL | ft::SYNC => {
+                messages::ready_for_query(&mut self.cout, TxStatus::Idle)
+            }
+            _ => self.input.error_before_sync(),
+        }
     }
 
     /// A backend for the next transaction: without any await when a slot and an idle
@@ -149,7 +163,7 @@ impl Session {
     /// Re-creates the proxy's statements on the attached backend if the client (or a
     /// cleanup) discarded them; pipelined ahead of whatever uses them.
     fn ensure_prepared(&mut self) {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         let conn = b.conn();
@@ -166,7 +180,7 @@ impl Session {
     /// Sends the context RESET the previous user's release left owed, ahead of anything
     /// this client sends (see [`crate::pool::PooledConn::release`]).
     fn pay_pending_reset(&mut self) {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         let conn = b.conn();
@@ -186,7 +200,7 @@ impl Session {
             return;
         }
         self.ensure_prepared();
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         let conn = b.conn();
@@ -240,10 +254,10 @@ impl Session {
     /// client's backend goes back only once such a check finds nothing kept.
     pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
         if self.pool.mode == PoolMode::Session
-            || self.backend.is_none()
+            || !self.attachment.is_attached()
             || !self.flow.is_settled()
             || self.status != TxStatus::Idle
-            || self.copy_in
+            || self.input.in_copy()
         {
             return Ok(());
         }
@@ -271,7 +285,7 @@ impl Session {
     /// comma-separated; empty when none). One round trip, only after a transaction that may
     /// have changed the session.
     async fn learn_session_state(&mut self) -> Result<String, End> {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return Ok(String::new());
         };
         let sql = format!(
@@ -283,7 +297,7 @@ impl Session {
         let result = conn.simple_query(&sql).await;
         let held = std::mem::take(&mut conn.held_notifications);
         self.deliver_notifications(&held);
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return Ok(String::new());
         };
         let conn = b.conn();
@@ -324,7 +338,7 @@ impl Session {
         self.leftover = Leftover::Nothing;
         self.pin = None;
         self.context.reset();
-        if let Some(b) = self.backend.take() {
+        if let Some(b) = self.attachment.detach() {
             b.release(cleanup);
         }
     }
@@ -334,10 +348,12 @@ impl Session {
     /// connection) is closed: never synced on the client's behalf, never reused.
     pub(super) fn detach_on_end(&mut self, end: &End) {
         self.unlink_backend();
-        let quiet = self.flow.is_settled() && !self.copy_in;
+        let quiet = self.flow.is_settled() && !self.input.in_copy();
         let broken = matches!(end, End::BackendLost(_) | End::Unreadable(_));
         if !quiet || broken {
-            self.backend = None;
+            // Closed, never reused (a COPY IN goes with it).
+            drop(self.attachment.detach());
+            self.input.backend_lost();
             return;
         }
         let cleanup = match self.status {

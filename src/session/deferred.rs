@@ -9,9 +9,9 @@
 
 use bytes::{Buf, BufMut};
 
+use super::Session;
 use super::flow::Owner;
 use super::statements::bind_statement;
-use super::{End, Session};
 use crate::config::PoolMode;
 use crate::policy::sql::{self, Leftover};
 use crate::protocol::codec::{Frame, peek_frame, read_cstr};
@@ -27,8 +27,7 @@ impl Session {
     /// frames of an extended-protocol BEGIN, up to its Sync, are consumed with it. Returns
     /// true when the client has been answered.
     pub(super) fn defer_begin(&mut self, frame: &Frame) -> bool {
-        if self.backend.is_some()
-            || self.deferred_begin
+        if !self.attachment.is_detached()
             || self.status != TxStatus::Idle
             || self.pool.mode != PoolMode::Transaction
             || !self.pool.defers_begin()
@@ -64,7 +63,7 @@ impl Session {
             });
         }
         self.status = TxStatus::InTransaction;
-        self.deferred_begin = true;
+        self.attachment.begin_deferred();
         self.server.metrics.deferred_begins.inc();
         true
     }
@@ -145,27 +144,16 @@ impl Session {
         }
     }
 
-    /// Sends the deferred BEGIN, with the tenant context, ahead of `frame`: attaches a
-    /// backend first. Returns false when none could be had (the client has its error, and
-    /// its transaction is over, as PostgreSQL would end it on a lost connection).
-    pub(super) async fn send_deferred_begin(
-        &mut self,
-        frame: &Frame,
-        setup: bool,
-    ) -> Result<bool, End> {
-        self.deferred_begin = false;
-        self.status = TxStatus::Idle;
-        if !self.attach(frame, setup).await? {
-            return Ok(false);
-        }
-        // BEGIN first: the context goes in front of the first request that runs SQL, after
-        // any SET TRANSACTION (which PostgreSQL refuses once the injection took a snapshot).
+    /// Sends the deferred BEGIN on the backend just attached for the transaction's first
+    /// request (see [`Session::attach`]), ahead of the client's requests. The context goes
+    /// in front of the first request that runs SQL, after any SET TRANSACTION (which
+    /// PostgreSQL refuses once the injection took a snapshot).
+    pub(super) fn send_deferred_begin(&mut self) {
         self.txn_started = Some(std::time::Instant::now());
         self.bout.extend_from_slice(&self.server.plan.begin);
         self.flow.sent(ft::BIND, Owner::Proxy);
         self.flow.sent(ft::EXECUTE, Owner::Proxy);
         self.status = TxStatus::InTransaction;
-        Ok(true)
     }
 }
 

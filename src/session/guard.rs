@@ -118,16 +118,15 @@ impl Session {
         let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
         // A request answered locally did not send the deferred BEGIN; a refusal is raised by
         // the backend inside the transaction, which it aborts, as PostgreSQL would.
-        if self.backend.is_none()
-            && self.deferred_begin
-            && !self.send_deferred_begin(frame, false).await?
-        {
+        if self.attachment.is_deferred_begin() && !self.attach(frame, false).await? {
             return Ok(());
         }
-        if self.backend.is_none() {
+        if !self.attachment.is_attached() {
             self.client_error(code, message);
             if extended {
-                self.skip_until_sync = frame.tag != ft::SYNC;
+                if frame.tag != ft::SYNC {
+                    self.input.error_before_sync();
+                }
             } else {
                 messages::ready_for_query(&mut self.cout, TxStatus::Idle);
             }

@@ -4,6 +4,7 @@
 //! when the backend reports ReadyForQuery(Idle) the connection is released.
 
 mod attach;
+pub mod attachment;
 mod buffers;
 pub mod channels;
 pub mod context;
@@ -11,6 +12,7 @@ mod deferred;
 pub mod flow;
 mod guard;
 pub mod handover;
+pub mod input;
 pub mod lot;
 pub mod params;
 mod pin;
@@ -28,7 +30,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::cancel::CancelRegistration;
-use crate::pool::{Cleanup, Pool, PooledConn};
+use crate::pool::{Cleanup, Pool};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
@@ -36,8 +38,10 @@ use crate::registry::{ClientHandle, TenantStats};
 use crate::shared::Server;
 use crate::stream::ClientStream;
 use crate::tenant::Tenant;
+use attachment::Attachment;
 use flow::Flow;
 use handover::{Fatal, Startup};
+use input::InputMode;
 use params::ClientParams;
 use std::sync::atomic::Ordering;
 
@@ -92,7 +96,8 @@ pub struct Session {
     cout: BytesMut,
     /// Bytes to write to the backend.
     bout: BytesMut,
-    backend: Option<PooledConn>,
+    /// The backend serving the session, or a deferred BEGIN, or neither.
+    attachment: Attachment,
     flow: Flow,
     tenant: Arc<Tenant>,
     pool: Arc<Pool>,
@@ -119,10 +124,8 @@ pub struct Session {
     frame_leftover: crate::policy::sql::Leftover,
     /// The client keeps session state: its backend stays attached between transactions.
     pin: Option<pin::Pin>,
-    /// The backend is in COPY IN: copy messages go through regardless of pending replies.
-    copy_in: bool,
-    /// A request was refused by the proxy itself: drop frames up to the next Sync.
-    skip_until_sync: bool,
+    /// Relaying the client's frames, skipping them to its Sync, or COPY IN.
+    input: InputMode,
     cancel: CancelRegistration,
     max_message: usize,
     /// The client's named and unnamed prepared statements.
@@ -134,8 +137,6 @@ pub struct Session {
     stats: Arc<TenantStats>,
     /// When the current transaction started (its duration metric).
     txn_started: Option<std::time::Instant>,
-    /// The client was told its BEGIN ran; it goes to a backend with the next request.
-    deferred_begin: bool,
     /// The rest of a simple Query split after its transaction setup, sent once the setup
     /// has run (see [`split`]).
     split_rest: Option<split::Rest>,
@@ -168,7 +169,7 @@ impl Session {
             cbuf: s.leftover,
             cout: BytesMut::new(),
             bout: BytesMut::new(),
-            backend: None,
+            attachment: Attachment::Detached,
             flow: Flow::default(),
             tenant: s.tenant,
             pool: s.pool,
@@ -182,11 +183,9 @@ impl Session {
             leftover: Default::default(),
             frame_leftover: Default::default(),
             pin: None,
-            copy_in: false,
-            skip_until_sync: false,
+            input: InputMode::Normal,
             statements: Default::default(),
             unnamed_on_backend: false,
-            deferred_begin: false,
             split_rest: None,
             slot: None,
             server,
@@ -243,7 +242,7 @@ impl Session {
         if self.pool.mode == crate::config::PoolMode::Session {
             self.cancel.slot.attach(conn);
             self.me.entry.backend.store(conn.id, Ordering::Relaxed);
-            self.backend = Some(pooled);
+            self.attachment.attach(pooled);
         } else {
             pooled.release(Cleanup::None);
         }
@@ -263,7 +262,7 @@ impl Session {
     /// Writes pending bytes: requests to the backend first, then replies to the client.
     async fn flush(&mut self) -> Result<(), End> {
         if !self.bout.is_empty() {
-            if let Some(b) = self.backend.as_mut()
+            if let Some(b) = self.attachment.conn_mut()
                 && let Err(e) = b.conn().stream.send(&self.bout).await
             {
                 return Err(End::BackendLost(e.to_string()));
@@ -291,7 +290,7 @@ impl Session {
     /// Between transactions, gives every per-connection buffer back (to the thread's spares
     /// or the allocator), so thousands of idle clients cost little memory.
     fn release_idle_buffers(&mut self) {
-        if self.backend.is_some() || !self.flow.is_settled() {
+        if self.attachment.is_attached() || !self.flow.is_settled() {
             return;
         }
         for buf in [&mut self.cbuf, &mut self.cout, &mut self.bout] {

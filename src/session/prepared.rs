@@ -45,7 +45,7 @@ impl Session {
                 else {
                     return None;
                 };
-                self.backend.as_ref()?;
+                self.attachment.conn()?;
                 // A Parse always parses, as on PostgreSQL: every copy on the backend is
                 // older than this definition (see [`super::statements`]).
                 self.pool.metrics.statement_misses.inc();
@@ -92,7 +92,7 @@ impl Session {
 
     /// Prepares `def` on the attached backend unless it is already there.
     fn ensure_prepared_statement(&mut self, def: &Arc<StatementDef>) {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         if b.conn().statements.touch(def) {
@@ -105,7 +105,7 @@ impl Session {
 
     /// Sends Parse for `def` under its backend name, closing whatever the cache evicts.
     fn prepare_on_backend(&mut self, def: &Arc<StatementDef>, owner: Owner) {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         for victim in b.conn().statements.insert(def) {
@@ -154,7 +154,7 @@ impl Session {
     /// the client's statement defined (the next Bind prepares it again), as on PostgreSQL.
     pub(super) fn forget_failed_statements(&mut self) {
         for failed in self.flow.take_failed_statements() {
-            if let Some(b) = self.backend.as_mut() {
+            if let Some(b) = self.attachment.conn_mut() {
                 b.conn().statements.remove(&failed.statement);
             }
             if failed.by_client {

@@ -48,14 +48,15 @@ impl Session {
         let in_transaction = self.status != TxStatus::Idle || self.began;
         let reply_due = self.flow.awaiting_ready();
         self.unlink_backend();
-        self.backend = None;
+        // Closed, not returned: its state is not known.
+        drop(self.attachment.detach());
         if self.pin.take().is_some() {
             tracing::warn!(tenant = %self.tenant.name, "the session state of a pinned client was lost with its server connection");
         }
         self.flow.clear();
         self.split_rest = None;
         self.context.reset();
-        self.copy_in = false;
+        self.input.backend_lost();
         self.unnamed_on_backend = false;
         self.clearing_portal = false;
         self.dirty = false;
@@ -72,7 +73,7 @@ impl Session {
         if reply_due {
             messages::ready_for_query(&mut self.cout, self.status);
         } else {
-            self.skip_until_sync = true;
+            self.input.error_before_sync();
         }
     }
 

@@ -25,7 +25,7 @@ impl Session {
     }
 
     fn frames_must_wait(&self) -> bool {
-        self.flow.awaiting_ready() && !self.copy_in
+        self.flow.awaiting_ready() && !self.input.in_copy()
     }
 
     /// Processes every client frame that may go on now.
@@ -46,7 +46,7 @@ impl Session {
     /// One client message, step by step: what needs no SQL, the guard's reading, the
     /// deferred BEGIN, the refusals, a backend, the context, then the message itself.
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
-        tracing::trace!(tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, skip = self.skip_until_sync, attached = self.backend.is_some(), "client frame");
+        tracing::trace!(tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, input = ?self.input, attached = self.attachment.is_attached(), "client frame");
         if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
@@ -75,13 +75,14 @@ impl Session {
             frame.tag,
             ft::QUERY | ft::PARSE | ft::BIND | ft::FUNCTION_CALL
         ) && !setup;
-        if self.backend.is_none() {
+        if !self.attachment.is_attached() {
             if self.defer_begin(&frame) {
                 return Ok(());
             }
-            if self.deferred_begin
+            // A deferred BEGIN goes out (attaching a backend) ahead of what needs one.
+            if self.attachment.is_deferred_begin()
                 && !self.answers_locally(&frame)
-                && !self.send_deferred_begin(&frame, setup).await?
+                && !self.attach(&frame, setup).await?
             {
                 return Ok(());
             }
@@ -92,7 +93,7 @@ impl Session {
             Err(r) => return self.refuse(&frame, r.code, &r.message, r.source).await,
         };
         self.note_leftover(&frame, text_leftover, bound);
-        if self.backend.is_none() && self.answer_locally(&frame, judged.no_txn_block) {
+        if !self.attachment.is_attached() && self.answer_locally(&frame, judged.no_txn_block) {
             return Ok(());
         }
         if !self.attach(&frame, setup).await? {
@@ -105,9 +106,9 @@ impl Session {
     /// messages, Sync and Flush with no backend, unknown message types. True when `frame`
     /// is dealt with.
     fn consumed_without_sql(&mut self, frame: &Frame) -> Result<bool, End> {
-        if self.skip_until_sync {
+        if self.input.skips_to_sync() {
             if frame.tag == ft::SYNC {
-                self.skip_until_sync = false;
+                self.input.sync_seen();
                 messages::ready_for_query(&mut self.cout, self.status);
             }
             return Ok(true);
@@ -116,27 +117,21 @@ impl Session {
             ft::TERMINATE => Err(End::ClientTerminated),
             ft::COPY_DATA | ft::COPY_DONE | ft::COPY_FAIL => {
                 // Outside COPY IN, PostgreSQL ignores copy messages; so do we.
-                if self.copy_in {
-                    self.copy_in = frame.tag == ft::COPY_DATA;
+                if self.input.client_copy_message(frame.tag) {
                     self.bout.extend_from_slice(&frame.raw);
                 }
                 Ok(true)
             }
-            // Holding no backend, the proxy knows the answer: Idle, or in the transaction a
-            // deferred BEGIN opened. Waiting for a backend here could deadlock the pool (see
-            // `answers_locally`).
-            ft::SYNC | ft::FLUSH if self.backend.is_none() => {
+            // Holding no backend, the proxy knows the answer: Idle, in the transaction a
+            // deferred BEGIN opened, or in the one a failed proxy request aborted. Waiting
+            // for a backend here could deadlock the pool (see `answers_locally`).
+            ft::SYNC | ft::FLUSH if !self.attachment.is_attached() => {
                 if frame.tag == ft::SYNC {
-                    let status = if self.deferred_begin {
-                        TxStatus::InTransaction
-                    } else {
-                        TxStatus::Idle
-                    };
-                    messages::ready_for_query(&mut self.cout, status);
+                    messages::ready_for_query(&mut self.cout, self.status);
                 }
                 Ok(true)
             }
-            ft::SYNC if self.copy_in => Ok(true),
+            ft::SYNC if self.input.in_copy() => Ok(true),
             // After an extended-protocol error PostgreSQL ignores everything up to Sync;
             // so does the proxy (nothing is translated, refused or counted).
             _ if self.flow.backend_discards() && frame.tag != ft::SYNC => Ok(true),
@@ -210,7 +205,7 @@ impl Session {
     /// and the forwarded ones copied once into the client's output: no per-message split,
     /// reference count or allocation.
     pub(super) fn process_backend(&mut self) -> Result<(), End> {
-        let Some(b) = self.backend.as_mut() else {
+        let Some(b) = self.attachment.conn_mut() else {
             return Ok(());
         };
         let mut rbuf = std::mem::take(&mut b.conn().rbuf);
@@ -224,7 +219,7 @@ impl Session {
                 rbuf.reserve(total - rbuf.len());
             }
         }
-        if let Some(b) = self.backend.as_mut() {
+        if let Some(b) = self.attachment.conn_mut() {
             b.conn().rbuf = rbuf;
         }
         result.map(|_| ())
@@ -248,7 +243,7 @@ impl Session {
                     continue;
                 }
                 bt::PARAMETER_STATUS => {
-                    let conn = self.backend.as_mut().map(|b| b.conn());
+                    let conn = self.attachment.conn_mut().map(|b| b.conn());
                     if let Some((k, v)) = conn.and_then(|c| c.note_parameter(body)) {
                         if self.server.guard_enabled
                             && let Some(why) = crate::policy::unreadable_report(&k, &v)
@@ -260,7 +255,7 @@ impl Session {
                 }
                 bt::COPY_IN_RESPONSE => {
                     self.flow.copy_in_started();
-                    self.copy_in = true;
+                    self.input.copy_in_response();
                 }
                 _ => {}
             }
@@ -268,7 +263,7 @@ impl Session {
             tracing::trace!(tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
             self.forget_failed_statements();
             if tag == bt::ERROR_RESPONSE {
-                self.copy_in = false;
+                self.input.backend_error();
             }
             match disposition {
                 Disposition::Forward => {
@@ -391,7 +386,7 @@ impl Session {
             self.began = true;
         }
         if starts(b"DISCARD") || starts(b"DEALLOCATE") {
-            if let Some(b) = self.backend.as_mut() {
+            if let Some(b) = self.attachment.conn_mut() {
                 let conn = b.conn();
                 conn.prepared = false;
                 conn.statements.clear();

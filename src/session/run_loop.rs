@@ -13,7 +13,7 @@ use crate::stream::ClientStream;
 impl Session {
     /// What the client is doing, for the admin console and the state gauges.
     fn current_state(&self) -> ClientState {
-        match &self.backend {
+        match self.attachment.conn() {
             // A deferred BEGIN: in a transaction as far as the client knows.
             None if self.status != TxStatus::Idle => ClientState::IdleInTransaction,
             None => ClientState::Idle,
@@ -72,7 +72,7 @@ impl Session {
     /// clients are not, since the TLS layer may hold decrypted bytes the socket no longer
     /// signals.
     fn parkable(&self) -> bool {
-        self.backend.is_none()
+        !self.attachment.is_attached()
             && self.status == TxStatus::Idle
             && self.flow.is_settled()
             && self.cbuf.is_empty()
@@ -159,10 +159,11 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             // Never parked: released here instead, between transactions.
             s.release_idle_buffers();
         }
-        // A pinned client between transactions is idle too: it ends with the others.
-        let between = s.backend.is_none()
+        // A pinned client between transactions is idle too: it ends with the others (one
+        // in a deferred transaction is not between transactions).
+        let between = s.attachment.is_detached()
             || (s.pin.is_some() && s.flow.is_settled() && s.status == TxStatus::Idle);
-        if *stopping && between && !s.deferred_begin {
+        if *stopping && between {
             return Some(End::Shutdown);
         }
         if entry.is_killed() {
@@ -181,7 +182,7 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
             }
         };
         let read_client = !s.has_blocked_frame();
-        let backend = &mut s.backend;
+        let backend = s.attachment.conn_mut();
         tokio::select! {
             // Fixed order (no per-iteration random start): the backend's replies first, so
             // a transaction finishes before the client's next request is looked at.
@@ -235,7 +236,7 @@ async fn read_client_bytes(
 }
 
 /// Reads more backend bytes; pending forever when no backend is attached.
-async fn read_backend(backend: &mut Option<PooledConn>) -> Result<(), String> {
+async fn read_backend(backend: Option<&mut PooledConn>) -> Result<(), String> {
     match backend {
         Some(b) => {
             let c = b.conn();

@@ -47,7 +47,7 @@ impl Session {
         if frame.tag != ft::QUERY || !a.setup_prefix {
             return None;
         }
-        let owed = self.backend.is_none() || self.context.must_inject(self.status);
+        let owed = !self.attachment.is_attached() || self.context.must_inject(self.status);
         if !owed {
             return None;
         }
