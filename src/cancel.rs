@@ -134,16 +134,71 @@ async fn forward(target: BackendKey) -> Delivery {
         return Delivery::Unknown;
     }
     let mut sink = [0u8; 64];
+    // Only an orderly close is PostgreSQL's answer. A reset or another error can come from
+    // anything on the way (a proxy, a load balancer, a cut link) while the request still
+    // travels to PostgreSQL, so it confirms nothing (found by the chaos checker's relay
+    // cuts: a late cancel then hit the next client of the backend).
     let closed = async {
         loop {
             match s.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
                 Ok(_) => {}
+                Err(_) => return false,
             }
         }
     };
     match tokio::time::timeout(CONFIRM_WITHIN, closed).await {
-        Ok(()) => Delivery::Confirmed,
-        Err(_) => Delivery::Unknown,
+        Ok(true) => Delivery::Confirmed,
+        Ok(false) | Err(_) => Delivery::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A stand-in for PostgreSQL's cancel port that reads the request and then closes the
+    /// connection in order (`reset` false) or with a reset.
+    async fn endpoint(reset: bool) -> BackendKey {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 16];
+            s.read_exact(&mut request).await.unwrap();
+            if reset {
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(s);
+        });
+        BackendKey {
+            addr,
+            pid: 7,
+            secret: 9,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_an_orderly_close_confirms_a_cancel() {
+        assert!(matches!(
+            forward(endpoint(false).await).await,
+            Delivery::Confirmed
+        ));
+        assert!(matches!(
+            forward(endpoint(true).await).await,
+            Delivery::Unknown
+        ));
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gone.local_addr().unwrap();
+        drop(gone);
+        let key = BackendKey {
+            addr,
+            pid: 7,
+            secret: 9,
+        };
+        assert!(matches!(forward(key).await, Delivery::NotSent));
     }
 }
