@@ -227,23 +227,10 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
     )
     .await
     .unwrap();
-    let inside: Option<String> = su
-        .query_one(
-            &format!("SELECT current_setting('pgtenant.s{slot}_1', true)"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let copy = format!("SELECT current_setting('pgtenant.s{slot}_1', true)");
+    let inside: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     su.batch_execute("COMMIT").await.unwrap();
-    let after: Option<String> = su
-        .query_one(
-            &format!("SELECT current_setting('pgtenant.s{slot}_1', true)"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let after: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     f.check(
         inside.as_deref() == Some(ACME) && after.as_deref().unwrap_or("").is_empty(),
         || format!("verified copy inside the transaction {inside:?}, after it {after:?}"),

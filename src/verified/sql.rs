@@ -182,16 +182,7 @@ DECLARE
     v text := pg_catalog.current_setting({slot} || '_1', true);
     v_seen text := pg_catalog.current_setting('{first}', true);
 BEGIN
-    IF v IS DISTINCT FROM v_seen THEN
-        IF COALESCE(v, '') = '' AND COALESCE(v_seen, '') = '' THEN
-            RETURN NULL;
-        END IF;
-        RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant in this transaction'
-            USING ERRCODE = '42501';
-    END IF;
-    RETURN NULLIF(v, '');
-END
-$f$;
+{judge}
 
 CREATE OR REPLACE FUNCTION {s}.setting(p_name text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
@@ -205,16 +196,7 @@ BEGIN
     END IF;
     v := pg_catalog.current_setting({slot} || v_suffix, true);
     v_seen := pg_catalog.current_setting(p_name, true);
-    IF v IS DISTINCT FROM v_seen THEN
-        IF COALESCE(v, '') = '' AND COALESCE(v_seen, '') = '' THEN
-            RETURN NULL;
-        END IF;
-        RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant in this transaction'
-            USING ERRCODE = '42501';
-    END IF;
-    RETURN NULLIF(v, '');
-END
-$f$;
+{judge}
 
 DO $do$
 DECLARE f text;
@@ -229,6 +211,7 @@ $do$;
 {grants}"#,
             params = params.join(", "),
             args = args.join(", "),
+            judge = READER_JUDGEMENT,
         )
     }
 
@@ -249,6 +232,19 @@ $do$;
         )
     }
 }
+
+/// How both readers end, with the verified copy in `v` and the visible setting in `v_seen`:
+/// NULL when neither holds a value, an error when they differ, else the value.
+const READER_JUDGEMENT: &str = "    IF v IS DISTINCT FROM v_seen THEN
+        IF COALESCE(v, '') = '' AND COALESCE(v_seen, '') = '' THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant in this transaction'
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN NULLIF(v, '');
+END
+$f$;";
 
 /// The slot's setting-name prefix for schema `s`: `<s>.s<slot number>` (NULL when unset).
 fn slot_expr(s: &str) -> String {
