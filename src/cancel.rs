@@ -1,9 +1,10 @@
 //! Cancel routing. Every client gets a proxy-issued (pid, secret) pair; a CancelRequest
 //! carrying it is forwarded to whichever backend serves that client at that moment, and is
 //! ignored when the client is idle or the key is unknown. Keys are random, so one tenant
-//! cannot guess another's. A forwarded cancel counts as in flight on its backend until
-//! PostgreSQL closes the cancel connection (it signals the backend first); the pool does not
-//! hand a backend with a cancel in flight to anyone else (see [`CancelsInFlight`]).
+//! cannot guess another's. A backend that a cancel was sent to is closed when its client
+//! releases it, never handed to anyone else: PostgreSQL never acknowledges a cancel, and the
+//! close of the cancel connection can come from anything on the way before PostgreSQL read
+//! it (see [`CancelsInFlight`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,13 +102,23 @@ impl CancelRegistry {
             return false;
         };
         match forward(target).await {
-            Delivery::Confirmed | Delivery::NotSent => {
+            Delivery::NotSent => {
+                gate.end();
+                false
+            }
+            // PostgreSQL closed the connection after signalling the backend, or seemed to:
+            // either way the backend is closed at its release, never handed on.
+            Delivery::Confirmed => {
+                gate.mark_sent();
                 gate.end();
                 true
             }
             // Sent, perhaps, but not confirmed: it may still arrive, so the count stays
             // and the backend is closed at its release instead of handed on.
-            Delivery::Unknown => false,
+            Delivery::Unknown => {
+                gate.mark_sent();
+                false
+            }
         }
     }
 }

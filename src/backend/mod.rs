@@ -83,6 +83,10 @@ impl MatchedParams {
 pub struct CancelsInFlight {
     count: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
+    /// A cancel reached the wire for this backend: it is closed at release, never handed
+    /// on, because nothing proves PostgreSQL has acted on it (an orderly close of the
+    /// cancel connection can come from a proxy on the way before PostgreSQL read it).
+    sent: std::sync::atomic::AtomicBool,
 }
 
 impl CancelsInFlight {
@@ -97,6 +101,16 @@ impl CancelsInFlight {
         if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             self.done.notify_waiters();
         }
+    }
+
+    /// A cancel left for PostgreSQL (delivered or not): the backend must not be reused.
+    pub fn mark_sent(&self) {
+        self.sent.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a cancel was ever sent to this backend.
+    pub fn sent(&self) -> bool {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether any cancel is still on its way.

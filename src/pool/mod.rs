@@ -428,6 +428,11 @@ impl PooledConn {
                 Cleanup::Full | Cleanup::Rollback => {}
             }
         }
+        if conn.cancels.sent() {
+            tracing::debug!(pool = %pool.name, "a cancel was sent to this backend; closing the connection");
+            pool.metrics.closed.inc();
+            return;
+        }
         if !conn.cancels.any() && pool.cleanup_queries(cleanup, &conn).is_empty() {
             pool.put_idle(conn);
             drop(permit);
@@ -436,7 +441,7 @@ impl PooledConn {
         tokio::spawn(async move {
             // A cancel forwarded for the last client may still be on its way; PostgreSQL
             // drops one that finds the backend idle, so wait for it before handing on.
-            if !conn.cancels.settled(CANCEL_SETTLE).await {
+            if !conn.cancels.settled(CANCEL_SETTLE).await || conn.cancels.sent() {
                 tracing::debug!(pool = %pool.name, "a cancel for this backend is unconfirmed; closing the connection");
                 pool.metrics.closed.inc();
                 return;
