@@ -428,21 +428,19 @@ impl PooledConn {
                 Cleanup::Full | Cleanup::Rollback => {}
             }
         }
-        if conn.cancels.sent() {
-            tracing::debug!(pool = %pool.name, "a cancel was sent to this backend; closing the connection");
-            pool.metrics.closed.inc();
-            return;
-        }
-        if !conn.cancels.any() && pool.cleanup_queries(cleanup, &conn).is_empty() {
+        if !conn.cancels.any()
+            && !conn.cancels.sent()
+            && pool.cleanup_queries(cleanup, &conn).is_empty()
+        {
             pool.put_idle(conn);
             drop(permit);
             return;
         }
         tokio::spawn(async move {
-            // A cancel forwarded for the last client may still be on its way; PostgreSQL
-            // drops one that finds the backend idle, so wait for it before handing on.
+            // A backend a cancel was sent to is never handed on (nothing proves PostgreSQL
+            // acted on it); one still being sent gets up to CANCEL_SETTLE to settle first.
             if !conn.cancels.settled(CANCEL_SETTLE).await || conn.cancels.sent() {
-                tracing::debug!(pool = %pool.name, "a cancel for this backend is unconfirmed; closing the connection");
+                tracing::debug!(pool = %pool.name, "a cancel was sent to this backend; closing the connection");
                 pool.metrics.closed.inc();
                 return;
             }
