@@ -50,9 +50,11 @@ pub fn decode(id: i64) -> Option<(u32, u32, u32)> {
 
 /// Violation kinds of known bugs that have an ignored regression test of their own: counted
 /// and printed with their traces, but they do not fail the run (CHAOS_STRICT=1 makes them).
-/// Empty: stray-cancel (tests/chaos_found.rs a_late_cancel_does_not_hit_the_next_client_of_the_backend)
-/// is fixed.
-pub const KNOWN_BUGS: [&str; 0] = [];
+/// stray-cancel: under relay faults a 57014 the client did not ask for still shows up (1 in
+/// 219,178 transactions, then 8 in 180,464 and 9 in 95,484 in the long runs of 2026-12-06),
+/// although a backend a cancel was sent to is no longer handed on; its source is not found
+/// yet (benches/RESULTS.md, chaos, noon).
+pub const KNOWN_BUGS: [&str; 1] = ["stray-cancel"];
 
 /// Everything that happened in a run.
 #[derive(Default)]
