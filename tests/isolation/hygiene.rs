@@ -118,22 +118,34 @@ async fn globex_sees_nothing(globex: &mut RawConn, sql: &str, code: Option<&str>
     );
 }
 
+/// A proxy with one backend, the guard on or off, and this file's objects created.
+async fn one_backend_with_setup(guard: bool) -> TestEnv {
+    let env = TestEnv::start_with(|c| {
+        c.server.sql_guard = guard;
+        pool_of(c, 1);
+    })
+    .await;
+    env.superuser().await.batch_execute(SETUP).await.unwrap();
+    env
+}
+
+/// Raw connections of acme and globex.
+async fn acme_and_globex(env: &TestEnv) -> (RawConn, RawConn) {
+    let acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    (acme, globex)
+}
+
 #[tokio::test]
 async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
     for guard in [true, false] {
-        let env = TestEnv::start_with(|c| {
-            c.server.sql_guard = guard;
-            pool_of(c, 1);
-        })
-        .await;
-        env.superuser().await.batch_execute(SETUP).await.unwrap();
+        let env = one_backend_with_setup(guard).await;
         let long = async {
-            let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
-                .await
-                .unwrap();
-            let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
-                .await
-                .unwrap();
+            let (mut acme, mut globex) = acme_and_globex(&env).await;
             let mut cases: Vec<(&str, &str, Option<&str>)> = vec![
                 (
                     "INSERT INTO hyg_log (note) VALUES ('acme')",
@@ -223,19 +235,9 @@ async fn globex_runs(globex: &mut RawConn, out: &BytesMut, what: &str) {
 #[tokio::test]
 async fn deallocate_all_in_database_code_does_not_break_the_next_tenant() {
     for guard in [true, false] {
-        let env = TestEnv::start_with(|c| {
-            c.server.sql_guard = guard;
-            pool_of(c, 1);
-        })
-        .await;
-        env.superuser().await.batch_execute(SETUP).await.unwrap();
+        let env = one_backend_with_setup(guard).await;
         let long = async {
-            let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
-                .await
-                .unwrap();
-            let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
-                .await
-                .unwrap();
+            let (mut acme, mut globex) = acme_and_globex(&env).await;
             // A named statement of globex's, prepared on the only backend.
             let mut out = BytesMut::new();
             messages::parse(&mut out, "g1", CTX);
