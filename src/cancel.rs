@@ -20,6 +20,10 @@ use crate::backend::{BackendConn, BackendKey, CancelsInFlight};
 /// given up (closed at its next release instead of reused).
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
+/// The longest one forwarding takes (connect, then wait for the close), after which its
+/// count in [`CancelsInFlight`] is always back down.
+pub const FORWARD_WITHIN: Duration = Duration::from_secs(2 * CONFIRM_WITHIN.as_secs() + 1);
+
 /// Where a client's running query can be cancelled right now.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
@@ -113,10 +117,11 @@ impl CancelRegistry {
                 gate.end();
                 true
             }
-            // Sent, perhaps, but not confirmed: it may still arrive, so the count stays
-            // and the backend is closed at its release instead of handed on.
+            // Sent, perhaps, but not confirmed: it may still arrive, so the backend is
+            // closed at its release instead of handed on. The forwarding itself is over.
             Delivery::Unknown => {
                 gate.mark_sent();
+                gate.end();
                 false
             }
         }

@@ -117,3 +117,38 @@ async fn a_late_cancel_does_not_hit_the_next_client_of_the_backend() {
         r.err().map(|e| sqlstate(&e))
     );
 }
+
+/// Found by the chaos checker's long runs (9 stray 57014 in 95,484 transactions after the
+/// fix above): a client whose backend is pinned to it (here by LISTEN) keeps that backend
+/// after its transaction, so a cancel still on its way when the statement it was meant for
+/// ended hit the client's next statement. pgtenant knows the cancel is in flight: the next
+/// statement waits until PostgreSQL has confirmed it (then an idle backend has dropped it).
+#[tokio::test]
+async fn a_late_cancel_does_not_hit_the_next_statement_on_a_pinned_backend() {
+    let cluster = start_cluster().await;
+    let relay = relay::Relay::start(cluster.port()).await;
+    let mut cfg = test_config(&cluster);
+    for db in cfg.databases.values_mut() {
+        db.port = relay.port;
+        db.pool_size = 2;
+    }
+    let proxy = Proxy::start(cfg).await;
+    let acme = std::sync::Arc::new(proxy.connect("acme").await);
+    acme.batch_execute("LISTEN pinned_by_this").await.unwrap();
+    let token = acme.cancel_token();
+    let a = acme.clone();
+    let sleeper = tokio::spawn(async move { a.batch_execute("SELECT pg_sleep(0.5)").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.hold_new(Duration::from_millis(1500));
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let first = sleeper.await.unwrap();
+    assert!(first.is_ok(), "the held cancel arrived in time: {first:?}");
+    let started = std::time::Instant::now();
+    let r = acme.batch_execute("SELECT pg_sleep(2.5)").await;
+    assert!(
+        r.is_ok(),
+        "the next statement was canceled by the late cancel after {:?}: {:?}",
+        started.elapsed(),
+        r.err().map(|e| sqlstate(&e))
+    );
+}

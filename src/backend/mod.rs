@@ -75,10 +75,11 @@ impl MatchedParams {
     }
 }
 
-/// Cancel requests forwarded to one backend whose delivery PostgreSQL has not confirmed
-/// yet. PostgreSQL drops a cancel that finds its backend idle, but one still on the way
-/// when the backend is handed to another client cancels that client's statement; so a
-/// connection with a cancel in flight is not handed on until the count is back to zero.
+/// Cancel requests being forwarded to one backend, and whether one ever left. PostgreSQL
+/// drops a cancel that finds its backend idle, but one still on the way when the backend
+/// runs another statement cancels that statement; so a backend a cancel was sent to is
+/// never handed to another client, and one its client keeps runs nothing more until the
+/// count is back to zero (every forwarding ends within [`crate::cancel::FORWARD_WITHIN`]).
 #[derive(Debug, Default)]
 pub struct CancelsInFlight {
     count: std::sync::atomic::AtomicUsize,
@@ -95,8 +96,8 @@ impl CancelsInFlight {
         self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// A cancel was delivered (PostgreSQL closed its connection after signalling) or never
-    /// left. One never confirmed is never ended, so the connection is closed, not reused.
+    /// The forwarding of one cancel is over: delivered, never sent, or given up on (then
+    /// [`Self::mark_sent`] keeps the connection from being reused).
     pub fn end(&self) {
         if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             self.done.notify_waiters();

@@ -253,28 +253,49 @@ impl Session {
     /// LISTEN, ...) keeps the backend with the client (see [`super::pin`]). A pinned
     /// client's backend goes back only once such a check finds nothing kept.
     pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
-        if self.pool.mode == PoolMode::Session
-            || !self.attachment.is_attached()
+        if !self.attachment.is_attached()
             || !self.flow.is_settled()
             || self.status != TxStatus::Idle
             || self.input.in_copy()
         {
             return Ok(());
         }
+        if self.pool.mode == PoolMode::Session {
+            self.settle_kept_cancels().await;
+            return Ok(());
+        }
         if !self.dirty {
             if self.pin.is_none() {
                 let cleanup = self.release_cleanup();
                 self.release_now(cleanup);
+            } else {
+                self.settle_kept_cancels().await;
             }
             return Ok(());
         }
         let kept = self.learn_session_state().await?;
         self.dirty = false;
         if self.keep_pinned(&kept) {
+            self.settle_kept_cancels().await;
             return Ok(());
         }
         self.release_now(Cleanup::Full);
         Ok(())
+    }
+
+    /// A backend the client keeps between transactions (pinned, or session pooling) may
+    /// have a cancel on its way that was meant for the statement that just ended: PostgreSQL
+    /// would signal whatever runs when it arrives, the client's next statement. Nothing more
+    /// goes to the backend until PostgreSQL has confirmed it (an idle backend drops it) or
+    /// the forwarding gave up (found by the chaos checker: relay-held cancels).
+    async fn settle_kept_cancels(&mut self) {
+        let Some(b) = self.attachment.conn_mut() else {
+            return;
+        };
+        let cancels = b.conn().cancels.clone();
+        if cancels.any() && !cancels.settled(crate::cancel::FORWARD_WITHIN).await {
+            tracing::debug!("a cancel to the client's kept backend was not confirmed in time");
+        }
     }
 
     /// Asks PostgreSQL what the client's session now has, before the backend is cleaned
