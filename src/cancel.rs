@@ -103,9 +103,21 @@ impl CancelRegistry {
     pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
         let slot = self.keys.get(&(pid, secret)).map(|s| s.value().clone());
         let Some((target, gate)) = slot.and_then(|s| s.begin_cancel()) else {
+            tracing::debug!(
+                client = pid,
+                "cancel request for no running transaction: ignored"
+            );
             return false;
         };
-        match forward(target).await {
+        tracing::debug!(client = pid, backend = target.pid, "cancel begins");
+        let delivery = forward(target).await;
+        tracing::debug!(
+            client = pid,
+            backend = target.pid,
+            ?delivery,
+            "cancel forwarded"
+        );
+        match delivery {
             Delivery::NotSent => {
                 gate.end();
                 false
@@ -129,6 +141,7 @@ impl CancelRegistry {
 }
 
 /// What became of one forwarded cancel.
+#[derive(Debug)]
 enum Delivery {
     /// PostgreSQL read it and closed the connection: the backend has been signalled.
     Confirmed,

@@ -11,6 +11,8 @@
 //! Long mode, e.g.:
 //!   CHAOS_SECONDS=1800 CHAOS_PG_CLIENTS=48 CHAOS_RAW_CLIENTS=16 CHAOS_POOL=20 \
 //!     cargo test --release --test chaos -- --nocapture
+//! CHAOS_TRANSACTIONS=1000000 ends the run at that many transactions (or at CHAOS_SECONDS,
+//! whichever comes first).
 //! Memory: CHAOS_ROUNDS=3 runs the load three times on one pgtenant and prints its RSS
 //! after each round (CHAOS_STRICT_RSS=1 then fails on growth past the first round).
 //! Replay one transaction of a failed run (the failure prints both values):
@@ -58,6 +60,8 @@ struct Settings {
     strict_rss: bool,
     strict: bool,
     rounds: u32,
+    /// Transactions after which the run ends (0: none; the time limit always applies).
+    transactions: u64,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -91,6 +95,7 @@ impl Settings {
             strict_rss: env("CHAOS_STRICT_RSS", false),
             strict: env("CHAOS_STRICT", false),
             rounds: env("CHAOS_ROUNDS", 1).max(1),
+            transactions: env("CHAOS_TRANSACTIONS", 0),
         }
     }
 }
@@ -103,7 +108,9 @@ async fn chaos() {
         s.seed, s.seconds, s.tenants, s.pg_clients, s.raw_clients, s.pool, s.fault_every
     );
     let world = Arc::new(World::start(s.tenants, s.pool).await);
-    let ledger = Arc::new(Ledger::new(s.seed));
+    let mut ledger = Ledger::new(s.seed);
+    ledger.target = s.transactions;
+    let ledger = Arc::new(ledger);
     if let Some((client, k)) = s.replay {
         replay(&world, &ledger, &s, client, k).await;
         return;

@@ -34,6 +34,7 @@ impl Session {
     /// own, so it runs in a transaction of its own.
     pub(super) async fn attach(&mut self, frame: &Frame, setup: bool) -> Result<bool, End> {
         if self.attachment.is_attached() {
+            self.settle_cancels().await;
             return Ok(true);
         }
         self.follow_reload()?;
@@ -51,6 +52,11 @@ impl Session {
             }
         };
         let conn = pooled.conn();
+        tracing::debug!(
+            client = self.cancel.pid,
+            backend = conn.key.pid,
+            "backend attached"
+        );
         self.cancel.slot.attach(conn);
         self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
@@ -253,48 +259,43 @@ impl Session {
     /// LISTEN, ...) keeps the backend with the client (see [`super::pin`]). A pinned
     /// client's backend goes back only once such a check finds nothing kept.
     pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
-        if !self.attachment.is_attached()
+        if self.pool.mode == PoolMode::Session
+            || !self.attachment.is_attached()
             || !self.flow.is_settled()
             || self.status != TxStatus::Idle
             || self.input.in_copy()
         {
             return Ok(());
         }
-        if self.pool.mode == PoolMode::Session {
-            self.settle_kept_cancels().await;
-            return Ok(());
-        }
         if !self.dirty {
             if self.pin.is_none() {
                 let cleanup = self.release_cleanup();
                 self.release_now(cleanup);
-            } else {
-                self.settle_kept_cancels().await;
             }
             return Ok(());
         }
         let kept = self.learn_session_state().await?;
         self.dirty = false;
         if self.keep_pinned(&kept) {
-            self.settle_kept_cancels().await;
             return Ok(());
         }
         self.release_now(Cleanup::Full);
         Ok(())
     }
 
-    /// A backend the client keeps between transactions (pinned, or session pooling) may
-    /// have a cancel on its way that was meant for the statement that just ended: PostgreSQL
-    /// would signal whatever runs when it arrives, the client's next statement. Nothing more
-    /// goes to the backend until PostgreSQL has confirmed it (an idle backend drops it) or
-    /// the forwarding gave up (found by the chaos checker: relay-held cancels).
-    async fn settle_kept_cancels(&mut self) {
+    /// Nothing goes to a backend while a cancel to it is being forwarded: PostgreSQL
+    /// signals whatever runs when the request arrives, and it signals twice (the process,
+    /// then its group), so even a cancel that already stopped the statement it was meant
+    /// for can stop the next one until the cancel connection is closed. Only a backend the
+    /// client keeps (in a transaction, pinned, session pooling) can meet this; a released
+    /// one is closed instead (found by the chaos checker).
+    async fn settle_cancels(&mut self) {
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
         let cancels = b.conn().cancels.clone();
         if cancels.any() && !cancels.settled(crate::cancel::FORWARD_WITHIN).await {
-            tracing::debug!("a cancel to the client's kept backend was not confirmed in time");
+            tracing::debug!("a cancel to the client's backend was not confirmed in time");
         }
     }
 

@@ -274,6 +274,10 @@ impl Session {
                     }
                     if tag == bt::ERROR_RESPONSE {
                         let code = messages::parse_error_fields(body).code;
+                        if code == crate::protocol::sqlstate::QUERY_CANCELED {
+                            let backend = self.attachment.conn_mut().map(|b| b.conn().key.pid);
+                            tracing::debug!(client = self.cancel.pid, ?backend, "query canceled");
+                        }
                         self.server.metrics.server_error(code.as_bytes());
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     }

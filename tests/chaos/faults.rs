@@ -40,7 +40,7 @@ pub async fn run(
         for kind in order {
             let jitter = rng.below(every.as_millis() as u64 + 1);
             tokio::time::sleep(every / 2 + Duration::from_millis(jitter)).await;
-            if Instant::now() >= until {
+            if Instant::now() >= until || ledger.enough() {
                 break 'outer;
             }
             if inject(&world, kind, &mut rng).await {

@@ -21,6 +21,9 @@ pub(crate) struct Conn {
     tenant: usize,
     pub(crate) probe: Option<Statement>,
     pub(crate) insert: Option<Statement>,
+    /// A cancel this connection sent had no visible effect yet (its statement ended first):
+    /// it may still stop one later statement of this client, as it would on PostgreSQL.
+    late_cancel: bool,
 }
 
 impl Drop for Conn {
@@ -84,6 +87,7 @@ async fn connect(
         tenant,
         probe: None,
         insert: None,
+        late_cancel: false,
     })
 }
 
@@ -98,7 +102,7 @@ pub async fn run(
     let seed = ledger.seed;
     let mut conn: Option<Conn> = None;
     let mut k = only.unwrap_or(0);
-    while Instant::now() < until {
+    while Instant::now() < until && !ledger.enough() {
         let tenant = workload::tenant_of(seed, id, k, world.tenants.len());
         if conn.as_ref().is_some_and(|c| c.tenant != tenant) {
             conn = None;
@@ -122,6 +126,7 @@ pub async fn run(
             &world.tenants[tenant].id,
             workload::txn_rng(seed, id, k),
         );
+        tx.late_cancel = c.late_cancel;
         let shape = workload::pick(&mut tx.rng, &workload::PG_SHAPES);
         tx.shape = format!("pg/{shape:?}");
         ledger.shape(tx.shape.clone());
@@ -144,6 +149,9 @@ pub async fn run(
                 false
             }
         };
+        if let Some(c) = conn.as_mut() {
+            c.late_cancel = tx.late_cancel;
+        }
         tx.finish();
         if !keep {
             conn = None;
@@ -167,6 +175,11 @@ fn on_error(tx: &mut Tx<'_>, e: &E) {
     tx.step(format!("  error: {}", describe(e)));
     match e.as_db_error().map(|d| d.code().code().to_owned()) {
         Some(code) if code == "57014" && tx.cancel_expected => tx.ledger.error(code),
+        // The client's own earlier cancel, received by pgtenant after the statement it was
+        // meant for had ended: it stops what the client runs then (one statement at most).
+        Some(code) if code == "57014" && std::mem::take(&mut tx.late_cancel) => tx
+            .ledger
+            .error("57014 from the client's own late cancel".into()),
         // PostgreSQL reports the client's own CopyFail as 57014 too ("COPY from stdin
         // failed"); tokio-postgres may hand it to the request after the abandoned COPY.
         Some(code) if code == "57014" && own_copy_fail(e) => tx.ledger.error(code),

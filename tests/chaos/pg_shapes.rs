@@ -295,9 +295,13 @@ pub(crate) async fn run_shape(c: &mut Conn, tx: &mut Tx<'_>, shape: PgShape) -> 
             };
             let (r, _) = tokio::join!(c.client.batch_execute("SELECT pg_sleep(2)"), canceller);
             match r {
-                Ok(()) => tx.step("  not canceled"),
+                Ok(()) => {
+                    tx.step("  not canceled");
+                    tx.late_cancel = true;
+                }
                 Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "57014") => {
-                    tx.step("  canceled")
+                    let message = e.as_db_error().map(|d| d.message().to_owned());
+                    tx.step(format!("  canceled: {}", message.unwrap_or_default()))
                 }
                 Err(e) => return Err(e),
             }

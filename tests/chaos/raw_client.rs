@@ -195,7 +195,7 @@ pub async fn run(
     let seed = ledger.seed;
     let mut conn: Option<Conn> = None;
     let mut k = only.unwrap_or(0);
-    while Instant::now() < until {
+    while Instant::now() < until && !ledger.enough() {
         let tenant = workload::tenant_of(seed, id, k, world.tenants.len());
         if conn.as_ref().is_some_and(|c| c.tenant != tenant) {
             conn = None;

@@ -51,6 +51,8 @@ pub struct Tx<'a> {
     pub tag: Option<String>,
     /// A cancel was requested, so one 57014 is expected.
     pub cancel_expected: bool,
+    /// The connection's earlier cancel may still stop one statement (see pg_client's Conn).
+    pub late_cancel: bool,
 }
 
 impl<'a> Tx<'a> {
@@ -79,6 +81,7 @@ impl<'a> Tx<'a> {
             outcome: Outcome::Aborted,
             tag: None,
             cancel_expected: false,
+            late_cancel: false,
         }
     }
 
@@ -146,7 +149,7 @@ impl<'a> Tx<'a> {
             kind,
             self.client,
             self.k,
-            format!("{detail}\n{}", self.trace()),
+            format!("{detail} (at {})\n{}", wall_clock(), self.trace()),
         );
     }
 
@@ -245,4 +248,15 @@ fn leak_name(s: &str) -> &'static str {
     let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
     set.insert(n);
     n
+}
+
+/// The time of day (UTC, to the millisecond), to find a violation in pgtenant's log.
+fn wall_clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 86_400_000;
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03} UTC", ms % 1000)
 }

@@ -102,12 +102,18 @@ impl World {
             tenants_toml,
         };
         w.write_config(pool);
-        let log = std::fs::File::create(dir.join("pgtenant.log")).unwrap();
+        let log_path = std::env::var("CHAOS_PGTENANT_LOG_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| dir.join("pgtenant.log"));
+        let log = std::fs::File::create(log_path).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
             .args(["--config", w.cfg_path.to_str().unwrap()])
             .args(["--listen", &w.addr.to_string()])
             .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .env("PGTENANT_LOG", "warn")
+            .env(
+                "PGTENANT_LOG",
+                std::env::var("CHAOS_PGTENANT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env(
                 "PGTENANT_CONTEXT_KEY",
                 std::str::from_utf8(pgtenant::demo::DEMO_CONTEXT_KEY).unwrap(),
