@@ -73,6 +73,11 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// A yes/no setting: `1` or `true` turns it on.
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
 impl Settings {
     fn from_env() -> Settings {
         let now = std::time::SystemTime::now()
@@ -92,8 +97,8 @@ impl Settings {
             fault_every: Duration::from_millis(env("CHAOS_FAULT_EVERY_MS", 1500)),
             seed: env("CHAOS_SEED", now % 1_000_000_007),
             replay,
-            strict_rss: env("CHAOS_STRICT_RSS", false),
-            strict: env("CHAOS_STRICT", false),
+            strict_rss: flag("CHAOS_STRICT_RSS"),
+            strict: flag("CHAOS_STRICT"),
             rounds: env("CHAOS_ROUNDS", 1).max(1),
             transactions: env("CHAOS_TRANSACTIONS", 0),
         }

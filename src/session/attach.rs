@@ -293,8 +293,11 @@ impl Session {
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
+        if !b.conn().cancels.any() {
+            return;
+        }
         let cancels = b.conn().cancels.clone();
-        if cancels.any() && !cancels.settled(crate::cancel::FORWARD_WITHIN).await {
+        if !cancels.settled(crate::cancel::FORWARD_WITHIN).await {
             tracing::debug!("a cancel to the client's backend was not confirmed in time");
         }
     }
