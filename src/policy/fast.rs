@@ -7,6 +7,8 @@
 //! `U&` escape, which could spell any name, is a needle itself.
 
 use super::knowledge::FAST_FIRST_WORDS;
+use super::mentions::Mentions;
+#[cfg(test)]
 use super::sql::contains_ci;
 
 /// Substrings that send a text to the parser. Every entry of `knowledge::FUNCTIONS` and
@@ -28,6 +30,11 @@ pub const NEEDLES: [&[u8]; 12] = [
 
 /// True when `sql` is cleared without the parser.
 pub fn clears(sql: &[u8]) -> bool {
+    clears_mentioning(sql, Mentions::of(sql))
+}
+
+/// [`clears`] for a text whose [`Mentions`] are known (one search serves the analysis too).
+pub(crate) fn clears_mentioning(sql: &[u8], m: Mentions) -> bool {
     let body = sql.trim_ascii();
     let body = body.strip_suffix(b";").unwrap_or(body);
     if memchr::memchr(b';', body).is_some() {
@@ -45,7 +52,7 @@ pub fn clears(sql: &[u8]) -> bool {
     ends && FAST_FIRST_WORDS
         .iter()
         .any(|(w, _)| w.as_bytes().eq_ignore_ascii_case(word))
-        && !NEEDLES.iter().any(|n| contains_ci(body, n))
+        && !m.any_needle()
 }
 
 #[cfg(test)]

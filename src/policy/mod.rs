@@ -8,6 +8,7 @@ pub mod fast;
 pub mod frames;
 pub mod fuzz;
 pub mod knowledge;
+mod mentions;
 pub mod parsed;
 pub mod setup;
 pub mod sql;
@@ -40,9 +41,10 @@ pub fn check(sql: &[u8], protected: &[String]) -> Verdict {
 
 /// Everything the session needs to know about one Query or Parse text.
 pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
-    let mut a = sql::analyze(sql, protected);
+    let m = mentions::Mentions::of(sql);
+    let mut a = sql::analyze_mentioning(sql, m, protected);
     if a.protected_change.is_none() && !protected.is_empty() {
-        a.protected_change = parser_verdict(sql, protected);
+        a.protected_change = parser_verdict_mentioning(sql, m, protected);
     }
     a
 }
@@ -52,7 +54,16 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
 /// not run anyway, and letting it through would trust that the server's grammar is the
 /// parser's.
 fn parser_verdict(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
-    if fast::clears(sql) {
+    parser_verdict_mentioning(sql, mentions::Mentions::of(sql), protected)
+}
+
+/// [`parser_verdict`] for a text whose mentions are known.
+fn parser_verdict_mentioning(
+    sql: &[u8],
+    m: mentions::Mentions,
+    protected: &[String],
+) -> Option<GuardViolation> {
+    if fast::clears_mentioning(sql, m) {
         return None;
     }
     match parsed::check(sql, protected) {

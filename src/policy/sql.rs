@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+use super::mentions::{Mentions, Word};
+
 mod cache;
 mod classify;
 mod leftover;
@@ -530,6 +532,11 @@ pub struct Analysis {
 
 /// Lexes `sql` once and answers every question the relay asks about it.
 pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
+    analyze_mentioning(sql, Mentions::of(sql), protected)
+}
+
+/// [`analyze`] for a text whose [`Mentions`] are known.
+pub(crate) fn analyze_mentioning(sql: &[u8], m: Mentions, protected: &[String]) -> Analysis {
     // Sized for typical SQL (a token per 5 bytes or so): one allocation, no regrowth.
     let mut toks: Vec<Token> = Vec::with_capacity(sql.len() / 4 + 8);
     toks.extend(Lexer::new(sql));
@@ -540,16 +547,16 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
         })
     };
     Analysis {
-        protected_change: protected_change(sql, &toks, protected).or_else(after_end),
+        protected_change: protected_change(sql, m, &toks, protected).or_else(after_end),
         sql_prepared_statements: sql_prepared(&toks),
-        changes_session_state: session_state(sql, &toks),
+        changes_session_state: session_state(m, &toks),
         no_transaction_block: no_transaction_block(&toks),
         clears_context: clears,
         transaction_setup: transaction_setup(&toks),
         setup_prefix: setup_prefix(&toks),
-        keeps_state: kept_state(sql, &toks),
-        names_channel: names_channel(sql),
-        leftover: leftover::leftover(sql, &toks),
+        keeps_state: kept_state(m, &toks),
+        names_channel: names_channel(m),
+        leftover: leftover::leftover(m, &toks),
     }
 }
 
@@ -557,15 +564,20 @@ pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
 /// `protected` holds lowercase setting names like "app.current_tenant", "role", "session_authorization".
 pub fn find_protected_change(sql: &[u8], protected: &[String]) -> Option<GuardViolation> {
     let toks: Vec<Token> = Lexer::new(sql).collect();
-    protected_change(sql, &toks, protected)
+    protected_change(sql, Mentions::of(sql), &toks, protected)
 }
 
-fn protected_change(sql: &[u8], toks: &[Token], protected: &[String]) -> Option<GuardViolation> {
+fn protected_change(
+    sql: &[u8],
+    m: Mentions,
+    toks: &[Token],
+    protected: &[String],
+) -> Option<GuardViolation> {
     if protected.is_empty() {
         return None;
     }
     // Unicode-escaped identifiers (`U&"set\005fconfig"`) could spell any name; refuse them.
-    if contains_ci(sql, b"u&\"") {
+    if m.has(Word::UnicodeIdent) {
         return violation("unicode-escaped identifier");
     }
     let mut work = Vec::new();

@@ -5,7 +5,8 @@
 //! state.
 
 use super::lexer::Lexer;
-use super::{Token, TokenKind, contains_ci, is_kw, is_kw_in, is_op};
+use super::{Token, TokenKind, is_kw, is_kw_in, is_op};
+use crate::policy::mentions::{Mentions, Word};
 
 /// Top-level statements of `sql` (split on `;`, empty ones dropped).
 fn statements<'t>(toks: &'t [Token<'t>]) -> impl Iterator<Item = &'t [Token<'t>]> {
@@ -137,19 +138,19 @@ pub(super) fn sql_prepared(toks: &[Token]) -> bool {
 
 /// True when `sql` may leave session-level state behind on the backend connection.
 pub fn may_change_session_state(sql: &[u8]) -> bool {
-    session_state(sql, &Lexer::new(sql).collect::<Vec<_>>())
+    session_state(Mentions::of(sql), &Lexer::new(sql).collect::<Vec<_>>())
 }
 
-pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
+pub(super) fn session_state(m: Mentions, toks: &[Token]) -> bool {
     // Substring search also covers function bodies and DO blocks (conservative).
     let mentions = [
-        "set_config",
-        "pg_advisory_lock",
-        "pg_try_advisory_lock",
-        "pg_advisory_unlock",
-        "dblink_connect",
+        Word::SetConfig,
+        Word::AdvisoryLock,
+        Word::TryAdvisoryLock,
+        Word::AdvisoryUnlock,
+        Word::DblinkConnect,
     ];
-    if mentions.iter().any(|m| contains_ci(sql, m.as_bytes())) {
+    if m.any(&mentions) {
         return true;
     }
     statements(toks).any(|s| {
@@ -171,8 +172,7 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
             // DO blocks can run SET, create temp tables, ...: assume they do.
             true
         } else if kw(0, "update") {
-            is_kw_in(s.get(1), &["pg_settings", "pg_catalog", "only"])
-                && contains_ci(sql, b"pg_settings")
+            is_kw_in(s.get(1), &["pg_settings", "pg_catalog", "only"]) && m.has(Word::PgSettings)
         } else if kw(0, "create") {
             (1..s.len()).any(temp)
         } else if kw(0, "select") || kw(0, "with") || is_op(s.first(), b'(') {
@@ -192,9 +192,8 @@ pub(super) fn session_state(sql: &[u8], toks: &[Token]) -> bool {
 /// Checked before the statement runs, for `pin_session_state`; what PostgreSQL really keeps
 /// is asked after the transaction (see `session::pin`), so this only needs to see the
 /// usual spellings.
-pub(super) fn kept_state(sql: &[u8], toks: &[Token]) -> Option<&'static str> {
-    let advisory = ["pg_advisory_lock", "pg_try_advisory_lock"];
-    if advisory.iter().any(|m| contains_ci(sql, m.as_bytes())) {
+pub(super) fn kept_state(m: Mentions, toks: &[Token]) -> Option<&'static str> {
+    if m.any(&[Word::AdvisoryLock, Word::TryAdvisoryLock]) {
         return Some("a session advisory lock");
     }
     statements(toks).find_map(|s| {
@@ -225,8 +224,8 @@ pub(super) fn kept_state(sql: &[u8], toks: &[Token]) -> Option<&'static str> {
 }
 
 /// True when `sql` may name a LISTEN/NOTIFY channel (`session::channels` then rewrites it).
-pub(super) fn names_channel(sql: &[u8]) -> bool {
-    contains_ci(sql, b"listen") || contains_ci(sql, b"notify")
+pub(super) fn names_channel(m: Mentions) -> bool {
+    m.any(&[Word::Listen, Word::Notify])
 }
 
 /// True when the statement `s` leaves what follows it without the tenant context: it ends

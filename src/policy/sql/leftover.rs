@@ -23,7 +23,8 @@
 //! pgtenant). The proxy's own prepared statements are re-created if such code drops them
 //! (see `session::recover`).
 
-use super::{Token, TokenKind, contains_ci, is_kw, is_kw_in, is_op};
+use super::{Token, TokenKind, is_kw, is_kw_in, is_op};
+use crate::policy::mentions::{Mentions, Word};
 
 /// What a transaction may have left behind, in increasing order of the cleanup it needs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,9 +141,9 @@ const QUIET_FIRST: [&str; 12] = [
     "release",
 ];
 
-/// What `sql` (lexed as `toks`) may leave in the session.
-pub fn leftover(sql: &[u8], toks: &[Token]) -> Leftover {
-    if contains_ci(sql, b"pg_temp") || contains_ci(sql, b"u&") {
+/// What a text (lexed as `toks`, with the words `m` it mentions) may leave in the session.
+pub(super) fn leftover(m: Mentions, toks: &[Token]) -> Leftover {
+    if m.any(&[Word::PgTemp, Word::UnicodeEscape]) {
         return Leftover::Unseen;
     }
     toks.split(|t| is_op(Some(t), b';'))
@@ -242,7 +243,7 @@ mod tests {
 
     fn of(sql: &str) -> Leftover {
         let toks: Vec<Token> = Lexer::new(sql.as_bytes()).collect();
-        leftover(sql.as_bytes(), &toks)
+        leftover(Mentions::of(sql.as_bytes()), &toks)
     }
 
     #[test]
