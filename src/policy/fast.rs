@@ -9,24 +9,9 @@
 use super::knowledge::FAST_FIRST_WORDS;
 use super::mentions::Mentions;
 #[cfg(test)]
+use super::mentions::NEEDLES;
+#[cfg(test)]
 use super::sql::contains_ci;
-
-/// Substrings that send a text to the parser. Every entry of `knowledge::FUNCTIONS` and
-/// `knowledge::RELATIONS` contains one (`pg_` covers the catalog).
-pub const NEEDLES: [&[u8]; 12] = [
-    b"pg_",
-    b"set_config",
-    b"_to_xml",
-    b"ts_stat",
-    b"ts_rewrite",
-    b"crosstab",
-    b"connectby",
-    b"dblink",
-    b"lo_import",
-    b"lo_export",
-    b"u&",
-    b"regproc",
-];
 
 /// True when `sql` is cleared without the parser.
 pub fn clears(sql: &[u8]) -> bool {

@@ -1,12 +1,29 @@
 //! The words the guard looks for anywhere in a text (strings, comments and function bodies
 //! included: substring search is the conservative reading): the analysis's [`Word`]s and
-//! the fast path's needles ([`super::fast::NEEDLES`]), found in one pass of an ASCII
+//! the fast path's needles ([`NEEDLES`]), found in one pass of an ASCII
 //! case-insensitive automaton instead of one search per word (those searches were a
 //! quarter of pgtenant's instructions on TPC-B-like with the simple protocol).
 
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
+/// Substrings that send a text to the parser (the fast path, `super::fast`). Every entry of `knowledge::FUNCTIONS` and
+/// `knowledge::RELATIONS` contains one (`pg_` covers the catalog).
+pub(crate) const NEEDLES: [&[u8]; 12] = [
+    b"pg_",
+    b"set_config",
+    b"_to_xml",
+    b"ts_stat",
+    b"ts_rewrite",
+    b"crosstab",
+    b"connectby",
+    b"dblink",
+    b"lo_import",
+    b"lo_export",
+    b"u&",
+    b"regproc",
+];
 
 /// One word the analysis searches the whole text for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +66,7 @@ struct Finder {
 static FINDER: LazyLock<Finder> = LazyLock::new(|| {
     let mut patterns: Vec<&[u8]> = WORDS.iter().map(|(_, w)| w.as_bytes()).collect();
     let mut needles = 0u32;
-    for n in super::fast::NEEDLES {
+    for n in NEEDLES {
         let at = match patterns.iter().position(|p| p.eq_ignore_ascii_case(n)) {
             Some(at) => at,
             None => {
@@ -100,7 +117,6 @@ impl Mentions {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fast::NEEDLES;
     use super::super::sql::contains_ci;
     use super::*;
 

@@ -9,9 +9,8 @@
 //! - Known false positive: a literal such as `SELECT 'SET app.current_tenant = 1'` is flagged,
 //!   because literals containing `set `/`reset `/`set_config` are lexed as SQL.
 
-use std::borrow::Cow;
-
 use super::mentions::{Mentions, Word};
+use std::borrow::Cow;
 
 mod cache;
 mod classify;
