@@ -12,6 +12,20 @@ use common::raw::{self, RawConn};
 use common::*;
 use pgtenant::protocol::messages;
 
+/// PostgreSQL, the chaos relay in front of it (it can hold CancelRequests on their way) and
+/// pgtenant with a pool of `pool_size` through the relay.
+async fn behind_relay(pool_size: usize) -> (pgtenant::pgcluster::TempCluster, relay::Relay, Proxy) {
+    let cluster = start_cluster().await;
+    let relay = relay::Relay::start(cluster.port()).await;
+    let mut cfg = test_config(&cluster);
+    for db in cfg.databases.values_mut() {
+        db.port = relay.port;
+        db.pool_size = pool_size;
+    }
+    let proxy = Proxy::start(cfg).await;
+    (cluster, relay, proxy)
+}
+
 /// Runs `sql` until it succeeds (the pool replaces a terminated backend on first use).
 async fn until_ok(c: &mut RawConn, sql: &str) {
     for _ in 0..20 {
@@ -92,14 +106,7 @@ async fn a_parse_skipped_after_an_error_is_not_taken_as_prepared() {
 /// PostgreSQL has confirmed the cancel (or be closed), so globex's statement runs.
 #[tokio::test]
 async fn a_late_cancel_does_not_hit_the_next_client_of_the_backend() {
-    let cluster = start_cluster().await;
-    let relay = relay::Relay::start(cluster.port()).await;
-    let mut cfg = test_config(&cluster);
-    for db in cfg.databases.values_mut() {
-        db.port = relay.port;
-        db.pool_size = 1;
-    }
-    let proxy = Proxy::start(cfg).await;
+    let (_cluster, relay, proxy) = behind_relay(1).await;
     let acme = proxy.connect("acme").await;
     let globex = proxy.connect("globex").await;
     let token = acme.cancel_token();
@@ -125,14 +132,7 @@ async fn a_late_cancel_does_not_hit_the_next_client_of_the_backend() {
 /// statement waits until PostgreSQL has confirmed it (then an idle backend has dropped it).
 #[tokio::test]
 async fn a_late_cancel_does_not_hit_the_next_statement_on_a_pinned_backend() {
-    let cluster = start_cluster().await;
-    let relay = relay::Relay::start(cluster.port()).await;
-    let mut cfg = test_config(&cluster);
-    for db in cfg.databases.values_mut() {
-        db.port = relay.port;
-        db.pool_size = 2;
-    }
-    let proxy = Proxy::start(cfg).await;
+    let (_cluster, relay, proxy) = behind_relay(2).await;
     let acme = std::sync::Arc::new(proxy.connect("acme").await);
     acme.batch_execute("LISTEN pinned_by_this").await.unwrap();
     let token = acme.cancel_token();
