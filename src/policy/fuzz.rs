@@ -3,7 +3,8 @@
 //! through the fast path and the parser path. A text the fast path clears that the parser
 //! path refuses is a finding: the fast path would have let through what the authority
 //! refuses. (A syntax error is not a finding: PostgreSQL rejects the text before running any
-//! of it.) `tests/guard_fuzz.rs` runs a few seconds of it; `examples/guard_fuzz.rs` runs it
+//! of it.) So is a cleared text whose shape (its numbers as `0`, what the verdict cache
+//! looks it up by) does not stand for it (`super::shape`). `tests/guard_fuzz.rs` runs a few seconds of it; `examples/guard_fuzz.rs` runs it
 //! as long as asked.
 
 use rand::rngs::StdRng;
@@ -58,6 +59,12 @@ const PIECES: &[&str] = &[
     "where ",
     "values (",
     "1",
+    "42",
+    "-4711",
+    ".5",
+    "1e-5",
+    "0x1F",
+    "$1",
     "x",
     " ",
     "\t",
@@ -126,7 +133,8 @@ pub struct Report {
     pub tried: u64,
     /// Of those, texts the fast path cleared.
     pub cleared: u64,
-    /// Texts the fast path cleared and the parser refused (must stay empty).
+    /// Texts the fast path cleared and the parser refused, or whose shape does not stand
+    /// for them (must stay empty).
     pub findings: Vec<(String, String)>,
 }
 
@@ -136,6 +144,7 @@ pub fn run(corpus: &[String], seed: u64, mut until: impl FnMut(u64) -> bool) -> 
     let prot = protected();
     let mut report = Report::default();
     let mut current = corpus[0].clone();
+    let mut shaped = Vec::new();
     loop {
         if report.tried % 64 == 0 && until(report.tried) {
             return report;
@@ -154,6 +163,11 @@ pub fn run(corpus: &[String], seed: u64, mut until: impl FnMut(u64) -> bool) -> 
         report.cleared += 1;
         if let Parsed::Refused(v) = parsed::check(current.as_bytes(), &prot) {
             report.findings.push((current.clone(), v.message()));
+        }
+        if super::shape::masked(current.as_bytes(), &mut shaped) == Some(true)
+            && let Some(why) = super::shape::does_not_stand(current.as_bytes(), &shaped, &prot)
+        {
+            report.findings.push((current.clone(), why));
         }
     }
 }

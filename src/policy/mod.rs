@@ -2,8 +2,11 @@
 //! decides. Every SQL text goes through [`analyze`]: the lexical guard (`sql`, which also
 //! answers what the session needs to know: transaction setup, session state, ...), then a
 //! cheap pre-check (`fast`) that clears plain DML, and PostgreSQL's own parser (`parsed`)
-//! for everything it cannot clear. The parser's tables live in `knowledge`.
+//! for everything it cannot clear. The parser's tables live in `knowledge`. Sessions ask
+//! through `cache`, which remembers verdicts by text, or by `shape` for texts the fast path
+//! clears (number literals aside, the same text).
 
+mod cache;
 pub mod fast;
 pub mod frames;
 pub mod fuzz;
@@ -11,9 +14,11 @@ pub mod knowledge;
 mod mentions;
 pub mod parsed;
 pub mod setup;
+mod shape;
 pub mod sql;
 
-pub use sql::{Analysis, AnalysisCache, GuardViolation};
+pub use cache::AnalysisCache;
+pub use sql::{Analysis, GuardViolation};
 
 use crate::protocol::sqlstate;
 use parsed::Parsed;
@@ -41,7 +46,11 @@ pub fn check(sql: &[u8], protected: &[String]) -> Verdict {
 
 /// Everything the session needs to know about one Query or Parse text.
 pub fn analyze(sql: &[u8], protected: &[String]) -> Analysis {
-    let m = mentions::Mentions::of(sql);
+    analyze_mentioning(sql, mentions::Mentions::of(sql), protected)
+}
+
+/// [`analyze`] for a text whose mentions are known.
+fn analyze_mentioning(sql: &[u8], m: mentions::Mentions, protected: &[String]) -> Analysis {
     let mut a = sql::analyze_mentioning(sql, m, protected);
     if a.protected_change.is_none() && !protected.is_empty() {
         a.protected_change = parser_verdict_mentioning(sql, m, protected);

@@ -12,13 +12,11 @@
 use super::mentions::{Mentions, Word};
 use std::borrow::Cow;
 
-mod cache;
 mod classify;
 mod leftover;
 mod lexer;
 mod readable;
 mod runners;
-pub use cache::AnalysisCache;
 pub use classify::{
     clears_context, is_no_transaction_block, is_plain_begin, is_transaction_setup,
     may_change_session_state, uses_sql_prepared_statements,

@@ -19,7 +19,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError, ContextMode};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::policy::sql::AnalysisCache;
+use crate::policy::AnalysisCache;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::tenant::TenantDirectory;

@@ -2,15 +2,18 @@
 //! and over (the unnamed statement is re-parsed for nearly every query), and lexing them
 //! again was the largest part of the proxy's per-statement CPU. The analysis is a pure
 //! function of the text and the protected setting names, both fixed for a cache's life,
-//! so a hit is exactly as strict as a fresh analysis: the whole text is the key.
+//! so a hit on the whole text is exactly as strict as a fresh analysis. A text the fast
+//! path clears is looked up by its shape (its number literals written as `0`, see
+//! `super::shape`), whose analysis stands for it: the simple protocol's texts with inline
+//! numbers then repeat too. Every entry is the analysis of its own key.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-use super::Analysis;
-use crate::policy::analyze;
+use super::mentions::Mentions;
+use super::{Analysis, analyze_mentioning, fast, shape};
 
 /// Longest text worth remembering; longer ones are analyzed every time.
 const MAX_TEXT: usize = 16 * 1024;
@@ -20,12 +23,21 @@ const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Slots of the first-sight filter (a power of two; 32 KiB).
 const SEEN_SLOTS: usize = 4096;
 
+/// One remembered text's analysis.
+#[derive(Clone)]
+struct Entry {
+    analysis: Analysis,
+    /// The fast path clears the text, and so every text whose shape it is (only then may
+    /// the entry answer for them).
+    cleared: bool,
+}
+
 /// The analyses of texts seen before, for one set of protected settings.
 pub struct AnalysisCache {
     protected: Vec<String>,
     /// foldhash (randomly seeded, quality variant): SipHash cost as much as the rest of a
     /// lookup, and a collision only makes a lookup slower, never wrong.
-    verdicts: DashMap<Box<[u8]>, Analysis, foldhash::quality::RandomState>,
+    verdicts: DashMap<Box<[u8]>, Entry, foldhash::quality::RandomState>,
     bytes: AtomicUsize,
     /// Hashes of texts seen once and not kept: a text is remembered on its second sight,
     /// so texts with inline literals (the simple protocol's `WHERE aid = 4711`), which never
@@ -49,21 +61,36 @@ impl AnalysisCache {
         &self.protected
     }
 
-    /// The analysis of `sql`, from the cache when this text was seen before. Refused texts
-    /// are not kept: they are rare, and their message is built afresh each time.
+    /// The analysis of `sql`, from the cache when this text (or, for a text the fast path
+    /// clears, its shape) was seen before. Refused texts are not kept: they are rare, and
+    /// their message is built afresh each time.
     pub fn analyze(&self, sql: &[u8]) -> Analysis {
-        if let Some(hit) = self.verdicts.get(sql) {
-            return hit.clone();
+        let mut shaped = Vec::new();
+        let by_shape = shape::masked(sql, &mut shaped) == Some(true);
+        let key: &[u8] = if by_shape { &shaped } else { sql };
+        if let Some(hit) = self.verdicts.get(key)
+            && (hit.cleared || !by_shape)
+        {
+            return hit.analysis.clone();
         }
-        let a = analyze(sql, &self.protected);
-        if a.protected_change.is_none() && sql.len() <= MAX_TEXT && self.seen_before(sql) {
-            if self.bytes.fetch_add(sql.len(), Ordering::Relaxed) + sql.len() > MAX_BYTES {
+        let m = Mentions::of(sql);
+        let cleared = fast::clears_mentioning(sql, m);
+        // A shape stands for its text only when the fast path clears the text; it then
+        // mentions the same words (`shape::masked`).
+        let key = if by_shape && cleared { key } else { sql };
+        let analysis = analyze_mentioning(key, m, &self.protected);
+        if analysis.protected_change.is_none() && key.len() <= MAX_TEXT && self.seen_before(key) {
+            if self.bytes.fetch_add(key.len(), Ordering::Relaxed) + key.len() > MAX_BYTES {
                 self.verdicts.clear();
-                self.bytes.store(sql.len(), Ordering::Relaxed);
+                self.bytes.store(key.len(), Ordering::Relaxed);
             }
-            self.verdicts.insert(sql.into(), a.clone());
+            let entry = Entry {
+                analysis: analysis.clone(),
+                cleared,
+            };
+            self.verdicts.insert(key.into(), entry);
         }
-        a
+        analysis
     }
 
     /// True when `sql` was analyzed before (probably: slots are shared by hash, and a
@@ -88,6 +115,7 @@ impl AnalysisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::analyze;
 
     fn cache() -> AnalysisCache {
         AnalysisCache::new(vec!["app.current_tenant".into(), "role".into()])
@@ -167,13 +195,54 @@ mod tests {
     fn texts_seen_once_are_not_kept() {
         let c = cache();
         for aid in 0..1000 {
-            let t =
-                format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {aid}");
+            let t = format!("SELECT abalance FROM pgbench_accounts WHERE aid = '{aid}'");
             assert!(c.analyze(t.as_bytes()).protected_change.is_none());
         }
         assert!(c.is_empty(), "{} one-off texts kept", c.len());
         c.analyze(b"SELECT 1");
         c.analyze(b"SELECT 1");
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn texts_with_new_numbers_share_their_shape() {
+        let c = cache();
+        for aid in 0..1000 {
+            let t = format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + -{aid} WHERE aid = {aid}"
+            );
+            let a = c.analyze(t.as_bytes());
+            assert_eq!(a, analyze(t.as_bytes(), c.protected()), "{t}");
+        }
+        assert_eq!(c.len(), 1, "one shape for every aid");
+        // A text that is not plain DML is never looked up by its shape.
+        for n in [1, 2] {
+            let t = format!("SET statement_timeout = {n}");
+            assert_eq!(
+                c.analyze(t.as_bytes()),
+                analyze(t.as_bytes(), c.protected())
+            );
+        }
+        assert!(c.verdicts.get(&b"SET statement_timeout = 0"[..]).is_none());
+        // Nor by an entry for a text that is not plain DML and looks like a shape.
+        for _ in 0..2 {
+            c.analyze(b"SELECT 0; SELECT 0");
+        }
+        let t = b"SELECT 5; SELECT 7";
+        assert_eq!(c.analyze(t), analyze(t, c.protected()));
+    }
+
+    #[test]
+    fn a_shape_hit_is_never_laxer_than_the_text() {
+        let c = cache();
+        let allowed = b"SELECT 1 FROM t WHERE x = then SET standard_conforming_strings = 1";
+        let refused = b"SELECT 1 FROM t WHERE x = then SET standard_conforming_strings = 0";
+        for _ in 0..3 {
+            assert!(
+                c.analyze(allowed).protected_change.is_some(),
+                "the shape's verdict"
+            );
+            assert!(c.analyze(refused).protected_change.is_some());
+        }
     }
 }
