@@ -17,7 +17,8 @@ use pgtenant::backend::injection::InjectionPlan;
 use pgtenant::backend::statements::BackendStatements;
 use pgtenant::config::Config;
 use pgtenant::metrics::Metrics;
-use pgtenant::policy::sql::{self, Leftover};
+use pgtenant::policy::Reading;
+use pgtenant::policy::sql;
 use pgtenant::pool::{Cleanup, Pool};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, write_msg};
@@ -269,11 +270,9 @@ fn statements(c: &mut Criterion) {
         .map(|i| parse_body(&format!("s{i}"), &format!("{SELECT} AND bid = {i}")))
         .collect();
     let mut client = ClientStatements::default();
-    let named = |client: &mut ClientStatements, body: &[u8]| match client.define(
-        body,
-        false,
-        Leftover::Nothing,
-    ) {
+    let named = |client: &mut ClientStatements, body: &[u8]| match client
+        .define(body, Reading::default())
+    {
         Some(Defined::Named(d)) => d,
         other => panic!("{other:?}"),
     };
@@ -282,13 +281,13 @@ fn statements(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            black_box(client.define(&bodies[i], false, Leftover::Nothing))
+            black_box(client.define(&bodies[i], Reading::default()))
         })
     });
     // What drivers do for nearly every query: re-parse the unnamed statement.
     let unnamed = parse_body("", SELECT);
     g.bench_function("client_define_unnamed", |b| {
-        b.iter(|| black_box(client.define(&unnamed, false, Leftover::Nothing).is_some()))
+        b.iter(|| black_box(client.define(&unnamed, Reading::default()).is_some()))
     });
     g.bench_function("client_get", |b| {
         let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();

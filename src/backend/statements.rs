@@ -34,18 +34,15 @@ pub struct StatementDef {
     pub backend_name: String,
     /// The Parse body after the name: query text and parameter types.
     pub body: Bytes,
-    /// The statement cannot run inside a transaction block (VACUUM, DISCARD ALL, ...).
-    pub no_txn_block: bool,
-    /// What running it may leave in the session (the release rule); the sweep unless the
-    /// session says otherwise.
-    pub leftover: crate::policy::sql::Leftover,
+    /// What the guard read in its text (transaction block, leftover, setup, end of context).
+    pub reading: crate::policy::Reading,
     /// When the client's Parse arrived; only backend copies parsed later may serve it.
     defined_at: u64,
 }
 
 impl StatementDef {
     /// Builds the definition from a Parse body after the name (query, types).
-    pub fn new(rest: &[u8], no_txn_block: bool) -> StatementDef {
+    pub fn new(rest: &[u8], reading: crate::policy::Reading) -> StatementDef {
         // A fixed-key hash, so identical SQL from different clients shares one backend
         // statement; a collision is harmless because cache hits compare the whole body.
         let mut h = std::hash::DefaultHasher::new();
@@ -53,8 +50,7 @@ impl StatementDef {
         StatementDef {
             backend_name: format!("{RESERVED_PREFIX}s_{:016x}", h.finish()),
             body: Bytes::copy_from_slice(rest),
-            no_txn_block,
-            leftover: crate::policy::sql::Leftover::Sweep,
+            reading,
             defined_at: tick(),
         }
     }
@@ -178,7 +174,7 @@ mod tests {
     use super::*;
 
     fn def(body: &[u8]) -> StatementDef {
-        StatementDef::new(body, false)
+        StatementDef::new(body, Default::default())
     }
 
     #[test]

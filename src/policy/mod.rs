@@ -23,6 +23,40 @@ pub use sql::{Analysis, GuardViolation};
 use crate::protocol::sqlstate;
 use parsed::Parsed;
 
+/// What the analysis of a Parse's text says that a Bind naming the statement needs again:
+/// kept with the statement, so a Bind is not read a second time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// It cannot run inside a transaction block.
+    pub no_txn_block: bool,
+    /// What running it may leave in the session.
+    pub leftover: sql::Leftover,
+    /// It only sets the transaction up (BEGIN, SET TRANSACTION): it goes before the context.
+    pub transaction_setup: bool,
+    /// It ends the context (COMMIT, ROLLBACK, RESET ALL).
+    pub clears_context: bool,
+}
+
+impl Reading {
+    /// A plain BEGIN (a deferred one: the sweep, as for any statement not read).
+    pub const BEGIN: Reading = Reading {
+        no_txn_block: false,
+        leftover: sql::Leftover::Sweep,
+        transaction_setup: true,
+        clears_context: false,
+    };
+
+    /// The reading of an analyzed text.
+    pub fn of(a: &Analysis) -> Reading {
+        Reading {
+            no_txn_block: a.no_transaction_block,
+            leftover: a.leftover,
+            transaction_setup: a.transaction_setup,
+            clears_context: a.clears_context,
+        }
+    }
+}
+
 /// The guard's verdict on one text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -17,13 +17,12 @@ mod leftover;
 mod lexer;
 mod readable;
 mod runners;
-pub use classify::{
-    clears_context, is_no_transaction_block, is_plain_begin, is_transaction_setup,
-    may_change_session_state, uses_sql_prepared_statements,
-};
 use classify::{
     context_clearing, kept_state, names_channel, no_transaction_block, session_state, setup_prefix,
     sql_prepared, transaction_setup,
+};
+pub use classify::{
+    is_no_transaction_block, is_plain_begin, may_change_session_state, uses_sql_prepared_statements,
 };
 pub use leftover::Leftover;
 pub use lexer::{Lexer, Token, TokenKind};

@@ -13,7 +13,7 @@ use super::Session;
 use super::flow::Owner;
 use super::statements::bind_statement;
 use crate::config::PoolMode;
-use crate::policy::sql::{self, Leftover};
+use crate::policy::sql;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr};
 use crate::protocol::messages::write_msg;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft};
@@ -48,7 +48,8 @@ impl Session {
                     return false;
                 };
                 if frame.tag == ft::PARSE {
-                    self.statements.define(frame.body(), false, Leftover::Sweep);
+                    self.statements
+                        .define(frame.body(), crate::policy::Reading::BEGIN);
                 }
                 self.cbuf.advance(consumed);
             }

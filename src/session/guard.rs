@@ -78,9 +78,9 @@ impl Session {
             judged.no_txn_block = a.no_transaction_block;
         }
         if let Some(name) = bound {
-            judged.no_txn_block = self.statements.no_txn_block(name);
-            let text = self.statements.text(name);
-            self.clearing_portal = text.is_some_and(crate::policy::sql::clears_context);
+            let reading = self.statements.reading(name);
+            judged.no_txn_block = reading.is_some_and(|r| r.no_txn_block);
+            self.clearing_portal = reading.is_some_and(|r| r.clears_context);
         }
         if frame.tag == ft::FUNCTION_CALL
             && guard

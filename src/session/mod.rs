@@ -121,7 +121,7 @@ pub struct Session {
     leftover: crate::policy::sql::Leftover,
     /// The release rule's reading of the text of the frame being handled (recorded with
     /// the statement a Parse defines).
-    frame_leftover: crate::policy::sql::Leftover,
+    frame_reading: crate::policy::Reading,
     /// The client keeps session state: its backend stays attached between transactions.
     pin: Option<pin::Pin>,
     /// Relaying the client's frames, skipping them to its Sync, or COPY IN.
@@ -181,7 +181,7 @@ impl Session {
             began: false,
             dirty: false,
             leftover: Default::default(),
-            frame_leftover: Default::default(),
+            frame_reading: Default::default(),
             pin: None,
             input: InputMode::Normal,
             statements: Default::default(),

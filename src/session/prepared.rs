@@ -20,11 +20,8 @@ use crate::protocol::{backend_tag as bt, frontend_tag as ft};
 
 impl Session {
     /// Forwards one client request to the attached backend, translating statement names.
-    /// `no_txn_block`: the guard's analysis of a Parse's query.
-    pub(super) fn forward_client(&mut self, frame: Frame, no_txn_block: bool) -> Result<(), End> {
-        if self.pool.mode == PoolMode::Transaction
-            && self.forward_translated(&frame, no_txn_block).is_some()
-        {
+    pub(super) fn forward_client(&mut self, frame: Frame) -> Result<(), End> {
+        if self.pool.mode == PoolMode::Transaction && self.forward_translated(&frame).is_some() {
             return Ok(());
         }
         if frame.tag == ft::PARSE && self.pool.mode == PoolMode::Transaction {
@@ -36,12 +33,11 @@ impl Session {
     }
 
     /// Handles the frames that need translation; None means "forward unchanged".
-    fn forward_translated(&mut self, frame: &Frame, no_txn_block: bool) -> Option<()> {
+    fn forward_translated(&mut self, frame: &Frame) -> Option<()> {
         match frame.tag {
             ft::PARSE => {
                 let Defined::Named(def) =
-                    self.statements
-                        .define(frame.body(), no_txn_block, self.frame_leftover)?
+                    self.statements.define(frame.body(), self.frame_reading)?
                 else {
                     return None;
                 };

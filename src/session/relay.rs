@@ -87,13 +87,13 @@ impl Session {
                 return Ok(());
             }
         }
-        let text_leftover = analysis.as_ref().map(|a| a.leftover);
+        let reading = analysis.as_ref().map(crate::policy::Reading::of);
         let judged = match self.judge(&frame, analysis, bound) {
             Ok(judged) => judged,
             Err(r) => return self.refuse(&frame, r.code, &r.message, r.source).await,
         };
-        self.note_leftover(&frame, text_leftover, bound);
-        if !self.attachment.is_attached() && self.answer_locally(&frame, judged.no_txn_block) {
+        self.note_leftover(&frame, reading, bound);
+        if !self.attachment.is_attached() && self.answer_locally(&frame) {
             return Ok(());
         }
         if !self.attach(&frame, setup).await? {
@@ -161,8 +161,8 @@ impl Session {
             (Some(a), _) => a.transaction_setup,
             (None, Some(name)) => self
                 .statements
-                .text(name)
-                .is_some_and(crate::policy::sql::is_transaction_setup),
+                .reading(name)
+                .is_some_and(|r| r.transaction_setup),
             _ => false,
         }
     }
@@ -195,7 +195,7 @@ impl Session {
         }
         match split {
             Some(s) => self.forward_head(&frame, s, judged.clears_context),
-            None => self.forward_client(frame, judged.no_txn_block)?,
+            None => self.forward_client(frame)?,
         }
         self.emit_synthetic();
         Ok(())
@@ -301,11 +301,19 @@ impl Session {
     }
 
     /// The release rule's reading of `frame` (see [`crate::policy::sql::Leftover`]): what
-    /// its text, the statement a Bind names, or a function call may leave; accumulated
-    /// until the backend is released.
-    fn note_leftover(&mut self, frame: &Frame, text: Option<Leftover>, bound: Option<&[u8]>) {
-        self.frame_leftover = text.unwrap_or(Leftover::Sweep);
-        let mut left = text.unwrap_or(Leftover::Nothing);
+    /// its text (`reading`), the statement a Bind names, or a function call may leave;
+    /// accumulated until the backend is released. Keeps `reading` for a Parse to define.
+    fn note_leftover(
+        &mut self,
+        frame: &Frame,
+        reading: Option<crate::policy::Reading>,
+        bound: Option<&[u8]>,
+    ) {
+        self.frame_reading = reading.unwrap_or(crate::policy::Reading {
+            leftover: Leftover::Sweep,
+            ..Default::default()
+        });
+        let mut left = reading.map_or(Leftover::Nothing, |r| r.leftover);
         if let Some(name) = bound {
             left = left.max(self.statements.leftover(name));
         }
@@ -342,7 +350,7 @@ impl Session {
     /// Parse is recorded and prepared on whichever backend first runs it, a Close forgets
     /// the client's name. The cost: a statement PostgreSQL would reject is reported at its
     /// first Bind or Describe instead. Returns false when the request must go to a backend.
-    fn answer_locally(&mut self, frame: &Frame, no_txn_block: bool) -> bool {
+    fn answer_locally(&mut self, frame: &Frame) -> bool {
         if !self.answers_locally(frame) {
             return false;
         }
@@ -355,7 +363,7 @@ impl Session {
         }
         if self
             .statements
-            .define(frame.body(), no_txn_block, self.frame_leftover)
+            .define(frame.body(), self.frame_reading)
             .is_none()
         {
             return false;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::backend::statements::StatementDef;
+use crate::policy::Reading;
 use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::frontend_tag as ft;
@@ -28,8 +29,7 @@ pub struct ClientStatements {
 #[derive(Debug, Default)]
 pub struct Unnamed {
     pub body: Vec<u8>,
-    pub no_txn_block: bool,
-    pub leftover: Leftover,
+    pub reading: Reading,
 }
 
 /// What a Parse defined.
@@ -40,26 +40,17 @@ pub enum Defined {
 }
 
 impl ClientStatements {
-    /// Records the statement a Parse defines; `no_txn_block` and `leftover` are what the
-    /// guard's analysis found in its query.
-    pub fn define(
-        &mut self,
-        parse_body: &[u8],
-        no_txn_block: bool,
-        leftover: Leftover,
-    ) -> Option<Defined> {
+    /// Records the statement a Parse defines, with what the guard read in its query.
+    pub fn define(&mut self, parse_body: &[u8], reading: Reading) -> Option<Defined> {
         let (name, rest) = read_cstr(parse_body)?;
         if name.is_empty() {
             let u = self.unnamed.get_or_insert_with(Unnamed::default);
             u.body.clear();
             u.body.extend_from_slice(rest);
-            u.no_txn_block = no_txn_block;
-            u.leftover = leftover;
+            u.reading = reading;
             return Some(Defined::Unnamed);
         }
-        let mut def = StatementDef::new(rest, no_txn_block);
-        def.leftover = leftover;
-        let def = Arc::new(def);
+        let def = Arc::new(StatementDef::new(rest, reading));
         self.by_name.insert(name.to_vec(), def.clone());
         Some(Defined::Named(def))
     }
@@ -74,33 +65,19 @@ impl ClientStatements {
         self.unnamed.as_ref()
     }
 
-    /// The SQL text of the statement a Bind names (the unnamed one for an empty name).
-    pub fn text(&self, name: &[u8]) -> Option<&[u8]> {
-        let body: &[u8] = if name.is_empty() {
-            &self.unnamed.as_ref()?.body
-        } else {
-            &self.by_name.get(name)?.body
-        };
-        read_cstr(body).map(|(q, _)| q)
-    }
-
-    /// Whether the statement a Bind names cannot run in a transaction block.
-    pub fn no_txn_block(&self, name: &[u8]) -> bool {
+    /// What the guard read in the statement a Bind names (the unnamed one for an empty
+    /// name); None for a name the client never defined.
+    pub fn reading(&self, name: &[u8]) -> Option<Reading> {
         if name.is_empty() {
-            self.unnamed.as_ref().is_some_and(|u| u.no_txn_block)
+            self.unnamed.as_ref().map(|u| u.reading)
         } else {
-            self.by_name.get(name).is_some_and(|d| d.no_txn_block)
+            self.by_name.get(name).map(|d| d.reading)
         }
     }
 
     /// What running the statement a Bind names may leave (the sweep for an unknown name).
     pub fn leftover(&self, name: &[u8]) -> Leftover {
-        let known = if name.is_empty() {
-            self.unnamed.as_ref().map(|u| u.leftover)
-        } else {
-            self.by_name.get(name).map(|d| d.leftover)
-        };
-        known.unwrap_or(Leftover::Sweep)
+        self.reading(name).map_or(Leftover::Sweep, |r| r.leftover)
     }
 
     /// Forgets a statement (client Close, or a Parse that failed).
@@ -168,7 +145,7 @@ mod tests {
     use super::*;
 
     fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
-        match c.define(parse, false, Leftover::Nothing) {
+        match c.define(parse, Reading::default()) {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
@@ -189,16 +166,22 @@ mod tests {
     fn unnamed_statement_is_kept_apart_and_replaced() {
         let mut a = ClientStatements::default();
         assert!(matches!(
-            a.define(b"\0vacuum\0\0\0", true, Leftover::Nothing),
+            a.define(
+                b"\0vacuum\0\0\0",
+                Reading {
+                    no_txn_block: true,
+                    ..Reading::default()
+                }
+            ),
             Some(Defined::Unnamed)
         ));
-        assert!(a.no_txn_block(b""));
+        assert!(a.reading(b"").unwrap().no_txn_block);
         assert!(matches!(
-            a.define(b"\0select 3\0\0\0", false, Leftover::Nothing),
+            a.define(b"\0select 3\0\0\0", Reading::default()),
             Some(Defined::Unnamed)
         ));
         assert_eq!(a.unnamed().unwrap().body, b"select 3\0\0\0");
-        assert!(!a.no_txn_block(b"") && a.get(b"").is_none());
+        assert!(!a.reading(b"").unwrap().no_txn_block && a.get(b"").is_none());
         a.clear();
         assert!(a.unnamed().is_none());
     }

@@ -51,12 +51,8 @@ fn is_setup(s: &[Token]) -> bool {
         || (kw(0, "set") && kw(1, "session") && kw(2, "characteristics"))
 }
 
-/// True when `sql` holds at least one statement and every statement only sets up the
+/// True when `toks` hold at least one statement and every statement only sets up the
 /// transaction (see [`is_setup`]): the context injection waits for the next request.
-pub fn is_transaction_setup(sql: &[u8]) -> bool {
-    transaction_setup(&Lexer::new(sql).collect::<Vec<_>>())
-}
-
 pub(super) fn transaction_setup(toks: &[Token]) -> bool {
     let mut any = false;
     for s in statements(toks) {
@@ -252,10 +248,4 @@ pub(super) fn context_clearing(toks: &[Token]) -> (bool, bool) {
         cleared = clears(s);
     }
     (cleared, false)
-}
-
-/// True when `sql` (one statement, as a Parse carries) clears the context.
-pub fn clears_context(sql: &[u8]) -> bool {
-    let toks: Vec<Token> = Lexer::new(sql).take(3).collect();
-    clears(&toks)
 }
