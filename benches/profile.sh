@@ -7,6 +7,11 @@
 #   bash benches/profile.sh                                # select, extended, 16 clients
 #   SCRIPT=tpcb MODE=simple CLIENTS=64 DURATION=10 bash benches/profile.sh
 #   SCRIPT=tpcb MODE=simple CLIENTS=64 RECORD=0 BUDGET_ROUNDS=3 bash benches/profile.sh
+#   VIEW=plain SCRIPT=tpcb MODE=simple RECORD=0 bash benches/profile.sh   # plain.sh's view
+#
+# VIEW=isolation (the default) is load.sh's equal-isolation view: PgBouncer's arm runs the
+# app's set_config itself, RLS on. VIEW=plain is plain.sh's: RLS off, the same plain
+# pgbench script through both proxies (pgtenant still injects its context).
 #
 # Out, on stdout: a CPU budget of the whole machine per transaction (how busy both cores
 # were; what PostgreSQL, pgbench and the proxy each used; the TPS the run would reach if the
@@ -29,6 +34,16 @@ source benches/setup.sh
 
 case $SCRIPT in select|tpcb) ;; *) echo "SCRIPT=$SCRIPT: select or tpcb" >&2; exit 2 ;; esac
 write_script "$SCRIPT" ctx; write_script "$SCRIPT" plain
+VIEW=${VIEW:-isolation}
+case $VIEW in
+  isolation) BOUNCER_SQL=$WORK/$SCRIPT.ctx.sql ;;
+  plain)
+    BOUNCER_SQL=$WORK/$SCRIPT.plain.sql
+    for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+      echo "ALTER TABLE $t NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;"
+    done | "${PSQL[@]}" -d bench ;;
+  *) echo "VIEW=$VIEW: isolation or plain" >&2; exit 2 ;;
+esac
 
 # Whole-machine busy and idle jiffies, and the CPU ticks of every PostgreSQL process.
 machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
@@ -99,14 +114,14 @@ measure() { # name pid port file [record]
 }
 
 echo
-echo "$SCRIPT, -M $MODE, $CLIENTS clients, ${DURATION}s each"
+echo "$SCRIPT, -M $MODE, $CLIENTS clients, ${DURATION}s each, view: $VIEW"
 echo
 echo "CPU budget of the whole machine ($(nproc) cores), µs per transaction, no profiler attached:"
 echo
 echo "| proxy | TPS | busy | all processes | PostgreSQL | pgbench | proxy | rest | TPS if the proxy cost no CPU |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for _ in $(seq "$BUDGET_ROUNDS"); do # interleaved, so drift on a shared machine hits both
-  budget pgbouncer "$BOUNCER_PID" "$BPORT" "$WORK/$SCRIPT.ctx.sql"
+  budget pgbouncer "$BOUNCER_PID" "$BPORT" "$BOUNCER_SQL"
   budget pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql"
 done
 
@@ -115,7 +130,7 @@ echo "The proxies under perf stat (syscall tracing slows them), per transaction:
 echo
 echo "| proxy | TPS | CPU µs | user / sys µs | context switches | reads | writes | epoll_wait | futex |"
 echo "|---|---|---|---|---|---|---|---|---|"
-measure pgbouncer "$BOUNCER_PID" "$BPORT" "$WORK/$SCRIPT.ctx.sql"
+measure pgbouncer "$BOUNCER_PID" "$BPORT" "$BOUNCER_SQL"
 measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql"
 [ "${RECORD:-1}" = 0 ] || measure pgtenant "$TENANT_PID" "$TPORT" "$WORK/$SCRIPT.plain.sql" record
 perf report -i "$PROFILE_DIR/pgtenant.perf.data" --no-children --sort symbol --stdio 2>/dev/null \

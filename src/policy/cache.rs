@@ -65,11 +65,17 @@ impl AnalysisCache {
     /// clears, its shape) was seen before. Refused texts are not kept: they are rare, and
     /// their message is built afresh each time.
     pub fn analyze(&self, sql: &[u8]) -> Analysis {
+        // The text itself first: with bound parameters (most drivers) it repeats, and the
+        // shape's scan would only find no number.
+        if let Some(hit) = self.verdicts.get(sql) {
+            return hit.analysis.clone();
+        }
         let mut shaped = Vec::new();
         let by_shape = shape::masked(sql, &mut shaped) == Some(true);
         let key: &[u8] = if by_shape { &shaped } else { sql };
-        if let Some(hit) = self.verdicts.get(key)
-            && (hit.cleared || !by_shape)
+        if by_shape
+            && let Some(hit) = self.verdicts.get(key)
+            && hit.cleared
         {
             return hit.analysis.clone();
         }
