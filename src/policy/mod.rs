@@ -126,3 +126,14 @@ pub fn unreadable_report(name: &str, value: &str) -> Option<String> {
     let lower = name.to_ascii_lowercase();
     sql::unreadable(lower.as_bytes(), value.as_bytes()).map(|_| format!("{lower}={value}"))
 }
+
+/// A small deterministic generator (xorshift64) for the policy tests' random texts.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

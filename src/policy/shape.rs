@@ -290,13 +290,7 @@ mod tests {
             "é",
         ];
         let protected = ["app.current_tenant".to_string()];
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = super::super::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         let (mut cleared, mut stricter, mut changed, mut refused) = (0, 0, 0, 0);
         let mut out = Vec::new();
         let first = [

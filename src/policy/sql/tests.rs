@@ -209,13 +209,7 @@ fn session_state() {
 fn random_bytes_never_panic() {
     let p = prot(&["app.current_tenant", "role"]);
     let alphabet = b"$$''\"\"E U&xX/*-\n;()=.:,\\%_aSeEtT0123456789";
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::policy::xorshift(0x9e37_79b9_7f4a_7c15u64);
     for iter in 0..100_000 {
         let len = (next() % 64) as usize;
         let buf: Vec<u8> = (0..len)
