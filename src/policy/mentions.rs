@@ -149,7 +149,7 @@ mod tests {
                 let piece: Vec<u8> = w[..cut]
                     .iter()
                     .map(|b| {
-                        if next() % 2 == 0 {
+                        if next().is_multiple_of(2) {
                             b.to_ascii_uppercase()
                         } else {
                             *b
