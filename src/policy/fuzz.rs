@@ -4,8 +4,8 @@
 //! path refuses is a finding: the fast path would have let through what the authority
 //! refuses. (A syntax error is not a finding: PostgreSQL rejects the text before running any
 //! of it.) So is a cleared text whose shape (its numbers as `0`, what the verdict cache
-//! looks it up by) does not stand for it (`super::shape`). `tests/guard_fuzz.rs` runs a few seconds of it; `examples/guard_fuzz.rs` runs it
-//! as long as asked.
+//! looks it up by) does not stand for it (`super::shape`). `tests/guard_fuzz.rs` runs a
+//! few seconds of it; `examples/guard_fuzz.rs` runs it as long as asked.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -119,8 +119,8 @@ pub struct Session {
     /// What the texts run since the backend was attached may have left that no statement
     /// names (the release rule, see [`crate::policy::sql::Leftover`]).
     leftover: crate::policy::sql::Leftover,
-    /// The release rule's reading of the text of the frame being handled (recorded with
-    /// the statement a Parse defines).
+    /// What the guard read in the text of the frame being handled (recorded with the
+    /// statement a Parse defines).
     frame_reading: crate::policy::Reading,
     /// The client keeps session state: its backend stays attached between transactions.
     pin: Option<pin::Pin>,
