@@ -90,6 +90,11 @@ pub struct ServerConfig {
     pub auth_timeout: Duration,
     /// Upper bound on concurrently connected clients.
     pub max_client_connections: usize,
+    /// At `max_client_connections`, a new connection takes the place of the connection that
+    /// has been in start-up longest, if for at least this long (0: never; the new one is
+    /// refused), so connections that never finish logging in cannot lock clients out.
+    #[serde(with = "humantime_serde")]
+    pub startup_evict_after: Duration,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// Tokio worker threads; 0 means half the cores (at least one), see [`worker_threads`].
@@ -158,6 +163,7 @@ impl Default for ServerConfig {
             max_message_size: 64 * 1024 * 1024,
             auth_timeout: Duration::from_secs(15),
             max_client_connections: 10_000,
+            startup_evict_after: Duration::from_secs(2),
             log_format: LogFormat::Text,
             worker_threads: 0,
             shutdown_grace_period: Duration::from_secs(30),

@@ -213,6 +213,9 @@ pub struct Registry {
     next_id: AtomicU64,
     state_gauges: Vec<IntGauge>,
     names: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Connections in the order they arrived, with when: the front is the oldest one
+    /// still in start-up (those that finished are dropped from the front as it moves).
+    startups: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
 }
 
 impl Registry {
@@ -224,6 +227,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             state_gauges,
             names: Default::default(),
+            startups: Default::default(),
         }
     }
 
@@ -244,6 +248,10 @@ impl Registry {
         });
         self.gauge(ClientState::Authenticating).inc();
         self.clients.insert(id, entry.clone());
+        let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
+        self.oldest_startup(&mut startups);
+        startups.push_back((id, std::time::Instant::now()));
+        drop(startups);
         ClientHandle {
             entry,
             registry: self.clone(),
@@ -311,6 +319,44 @@ impl Registry {
                 c.signal.raise(SessionSignal::PARK);
             }
         }
+    }
+
+    /// Ends the connection that has been in start-up longest, if for at least `min_age`,
+    /// so a new connection can have its place (`server.startup_evict_after`); true when
+    /// one was told to end.
+    pub fn evict_oldest_startup(&self, min_age: std::time::Duration) -> bool {
+        let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
+        match self.oldest_startup(&mut startups) {
+            Some((entry, since)) if since.elapsed() >= min_age => {
+                startups.pop_front();
+                drop(startups);
+                entry.kill();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The front of `startups` once every connection there that is gone or past
+    /// start-up has been dropped: the oldest connection still in start-up. Each
+    /// connection is pushed and dropped once, and one in start-up stays at most
+    /// `server.auth_timeout`, so the queue holds about the connections of that long.
+    fn oldest_startup(
+        &self,
+        startups: &mut std::collections::VecDeque<(u64, std::time::Instant)>,
+    ) -> Option<(Arc<ClientEntry>, std::time::Instant)> {
+        while let Some(&(id, since)) = startups.front() {
+            let entry = self.clients.get(&id).map(|e| e.value().clone());
+            match entry {
+                Some(e) if e.state() == ClientState::Authenticating && !e.is_killed() => {
+                    return Some((e, since));
+                }
+                _ => {
+                    startups.pop_front();
+                }
+            }
+        }
+        None
     }
 
     /// Kills every client of `tenant`; returns how many.

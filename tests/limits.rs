@@ -211,3 +211,83 @@ async fn per_tenant_series_are_capped_with_other() {
     }
     f.finish();
 }
+
+/// Connections that never finish logging in (slow-loris) cannot lock clients out: at
+/// `max_client_connections` a new connection takes the place of the one that has been in
+/// start-up longest, once that one is `startup_evict_after` old; a young start-up or an
+/// authenticated client never gives way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_startups_give_way_to_new_clients() {
+    use tokio::io::AsyncReadExt;
+    const EVICT_AFTER: Duration = Duration::from_secs(3);
+    let env = TestEnv::start_with(|cfg| {
+        cfg.server.max_client_connections = 3;
+        cfg.server.startup_evict_after = EVICT_AFTER;
+        cfg.server.auth_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut f = Failures::default();
+    // Three connections that send nothing, opened a moment apart (oldest first).
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            tokio::net::TcpStream::connect(env.proxy.addr)
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opened = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Too young to give way: the new client is refused, as without eviction.
+    let early = connect(&env.proxy.conn_str("acme")).await;
+    if opened.elapsed() < EVICT_AFTER {
+        f.check(
+            early.as_ref().err().and_then(sqlstate).as_deref() == Some("53300"),
+            || format!("a client while the start-ups are young: {:?}", early.err()),
+        );
+    }
+    tokio::time::sleep(EVICT_AFTER.saturating_sub(opened.elapsed()) + Duration::from_millis(300))
+        .await;
+
+    // Old enough: each new client takes the place of the oldest silent connection.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        match connect(&env.proxy.conn_str("acme")).await {
+            Ok(c) => clients.push(c),
+            Err(e) => f.check(false, || {
+                format!("client {i} after the start-ups aged: {e}")
+            }),
+        }
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent[i].read(&mut byte)).await;
+        f.check(matches!(read, Ok(Ok(0)) | Ok(Err(_))), || {
+            format!("silent connection {i} (the oldest left) still open: {read:?}")
+        });
+        if i + 1 < 3 {
+            let mut next = [0u8; 1];
+            let still =
+                tokio::time::timeout(Duration::from_millis(200), silent[i + 1].read(&mut next))
+                    .await;
+            f.check(still.is_err(), || {
+                format!("silent connection {} closed too early: {still:?}", i + 1)
+            });
+        }
+    }
+    for c in &clients {
+        f.check(c.simple_query("SELECT 1").await.is_ok(), || {
+            "an admitted client cannot query".into()
+        });
+    }
+    // Every place is held by an authenticated client now: the next one is refused.
+    let late = connect(&env.proxy.conn_str("acme")).await;
+    f.check(
+        late.as_ref().err().and_then(sqlstate).as_deref() == Some("53300"),
+        || format!("a client with every place authenticated: {:?}", late.err()),
+    );
+    let m = env.proxy.metrics().await;
+    let series = "pgtenant_client_connections_rejected_total{reason=\"startup_evicted\"}";
+    let evicted = metric(&m, series);
+    f.check(evicted == Some(3.0), || format!("{series} = {evicted:?}"));
+    f.finish();
+}

@@ -367,6 +367,11 @@ fn config(server: &Server) -> Table {
         ),
         ("server.auth_timeout".into(), d(s.auth_timeout), "yes"),
         (
+            "server.startup_evict_after".into(),
+            d(s.startup_evict_after),
+            "yes",
+        ),
+        (
             "server.client_idle_timeout".into(),
             d(s.client_idle_timeout),
             "yes",

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
-use crate::registry::{ClientHandle, Identity};
+use crate::registry::{ClientHandle, Identity, SessionSignal};
 use crate::session::{self, Session};
 use crate::shared::Server;
 use crate::stream::ClientStream;
@@ -42,10 +42,22 @@ pub fn serve(
     let conn_id = me.entry.id;
     let span =
         tracing::info_span!("client", id = conn_id, addr = %peer, tenant = tracing::field::Empty);
+    let entry = me.entry.clone();
     async move {
         // The whole start-up (TLS, SCRAM, refusals) is boxed and freed once it is over, so
-        // the task of a long-lived client carries only the session's small state.
-        let Some((slot, mut session)) = Box::pin(start_up(server, socket, me)).await else {
+        // the task of a long-lived client carries only the session's small state. KILL
+        // ends it at any point: from the console, or to make room for a new connection
+        // (`server.startup_evict_after`).
+        let started = tokio::select! {
+            biased;
+            started = Box::pin(start_up(server, socket, me)) => started,
+            _ = entry.signal.wait(SessionSignal::KILL) => {
+                tracing::info!("connection closed in start-up: killed, or gave way to a new one");
+                None
+            }
+        };
+        drop(entry);
+        let Some((slot, mut session)) = started else {
             return;
         };
         session.hold(slot);
