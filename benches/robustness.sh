@@ -17,6 +17,11 @@
 #          same burst without the idle clients.
 #   copy   one client COPYs COPY_MB MiB into a table through pgtenant while the normal
 #          clients run.
+#   lockout  as loris, but pgtenant's max_client_connections is COUNT (every place held by
+#          an attacker) and the normal clients open a new connection for every transaction
+#          (pgbench -C): they get in only by taking the place of a slow start-up
+#          (server.startup_evict_after). Not in the default set; e.g.
+#            COUNT=2000 SCENARIOS=lockout bash benches/robustness.sh
 # Normal clients' errors: pgbench's aborted clients (each is one error a client saw).
 # Memory: pgtenant's VmRSS before, peak during each scenario (VmHWM, reset per scenario
 # through /proc/<pid>/clear_refs) and after (attackers gone, 5 s later).
@@ -33,6 +38,7 @@ SCENARIOS=${SCENARIOS:-"loris idle copy"}
 POOL=${POOL:-20}
 SCALE=${SCALE:-10}
 MAX_CLIENTS=$(( COUNT + BURST + NORMAL + 500 ))
+case " $SCENARIOS " in *" lockout "*) MAX_CLIENTS=$COUNT ;; esac
 # shellcheck source=benches/setup.sh
 source benches/setup.sh
 if [ "$(ulimit -n)" -le $(( COUNT + BURST + 100 )) ]; then
@@ -50,10 +56,10 @@ SQL
 reset_hwm() { echo 5 > "/proc/$TENANT_PID/clear_refs" 2>/dev/null || true; }
 backends() { "${PSQL[@]}" -d bench -Atc "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_user'"; }
 
-# pgbench CLIENTS [label] -> "tps p99_ms aborted"
+# pgbench CLIENTS [more pgbench options] -> "tps p99_ms aborted"
 bench() {
   local c=$1 logdir="$WORK/log"; rm -rf "$logdir"; mkdir -p "$logdir"
-  PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$TPORT" -U bench -M extended -c "$c" -j 2 \
+  PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$TPORT" -U bench -M extended -c "$c" -j 2 "${@:2}" \
     -T "$DURATION" -f "$WORK/select.plain.sql" -l --log-prefix="$logdir/tx" bench \
     >"$WORK/pgbench.out" 2>"$WORK/pgbench.err" || true
   local tps aborted
@@ -111,6 +117,26 @@ for s in $SCENARIOS; do
     q2=$(bench "$NORMAL"); echo "   quiet again: $q2" >&2
     row "slow-loris $COUNT + $NORMAL normal clients" "$q1" "$at" "$q2" "$peak" "$after" \
       "$(tr ' ' '\n' < "$WORK/loris.out" | grep -E '^(max_open|closed_by_proxy|lifetime_s_median)=' | paste -sd' '); backends $b; $cpu"
+    ;;
+  lockout)
+    echo "== lockout: $COUNT slow-loris connections, max_client_connections $MAX_CLIENTS; normal clients connect per transaction" >&2
+    q1=$(bench "$NORMAL" -C); echo "   quiet: $q1" >&2
+    reset_hwm
+    python3 benches/robustness.py loris --port "$TPORT" --count "$COUNT" >"$WORK/loris.out" &
+    ATT=$!; PIDS+=("$ATT")
+    for _ in $(seq 120); do
+      [ "$(ls "/proc/$TENANT_PID/fd" | wc -l)" -ge "$COUNT" ] && break; sleep 0.5
+    done
+    sleep 3 # the attackers' connections are older than startup_evict_after
+    echo "   pgtenant descriptors: $(ls "/proc/$TENANT_PID/fd" | wc -l), load: $(uptime | sed 's/.*load/load/')" >&2
+    at=$(bench "$NORMAL" -C); echo "   under attack: $at" >&2
+    kill -TERM "$ATT"; wait "$ATT" || true
+    echo "   attacker: $(cat "$WORK/loris.out")" >&2
+    peak=$(hwm_kb "$TENANT_PID"); after=$(settle_rss)
+    q2=$(bench "$NORMAL" -C); echo "   quiet again: $q2" >&2
+    row "lockout: $COUNT slow-loris at max_client_connections $MAX_CLIENTS + $NORMAL clients connecting per transaction" \
+      "$q1" "$at" "$q2" "$peak" "$after" \
+      "$(tr ' ' '\n' < "$WORK/loris.out" | grep -E '^(max_open|closed_by_proxy)=' | paste -sd' ')"
     ;;
   idle)
     echo "== $COUNT idle clients + a burst of $BURST clients (pool $POOL)" >&2

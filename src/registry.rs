@@ -321,13 +321,13 @@ impl Registry {
         }
     }
 
-    /// Ends the connection that has been in start-up longest, if for at least `min_age`,
-    /// so a new connection can have its place (`server.startup_evict_after`); true when
-    /// one was told to end.
-    pub fn evict_oldest_startup(&self, min_age: std::time::Duration) -> bool {
+    /// Ends the connection that has been in start-up longest, if for at least `min_age`
+    /// and it is not `me`, so a new connection can have its place
+    /// (`server.startup_evict_after`); true when one was told to end.
+    pub fn evict_oldest_startup(&self, min_age: std::time::Duration, me: u64) -> bool {
         let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
         match self.oldest_startup(&mut startups) {
-            Some((entry, since)) if since.elapsed() >= min_age => {
+            Some((entry, since)) if entry.id != me && since.elapsed() >= min_age => {
                 startups.pop_front();
                 drop(startups);
                 entry.kill();

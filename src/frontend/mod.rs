@@ -74,7 +74,7 @@ async fn start_up(
     socket: TcpStream,
     me: ClientHandle,
 ) -> Option<(crate::shared::ClientSlot, Box<Session>)> {
-    let Some(slot) = server.admit_client() else {
+    let Some(slot) = server.admit_client(me.entry.id) else {
         refuse(
             &server,
             ClientStream::Plain(socket),

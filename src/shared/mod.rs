@@ -3,7 +3,10 @@
 //! slots, PAUSE and shutdown flags. The stages read it; [`crate::server`] runs the process
 //! around it.
 
+mod admission;
 mod reload;
+
+pub use admission::ClientSlot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -155,30 +158,6 @@ impl Server {
         }
     }
 
-    /// Reserves a client slot; None when `max_client_connections` is reached and no
-    /// connection has been in start-up for `startup_evict_after` to give way. The slot of
-    /// one that gives way is taken at once: the count runs over the limit until it is gone
-    /// (by at most the connections told to end, each of which ends at its next poll).
-    pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
-        let cfg = self.config();
-        let max = cfg.server.max_client_connections;
-        let prev = self.clients.fetch_add(1, Ordering::AcqRel);
-        if prev >= max {
-            let evict_after = cfg.server.startup_evict_after;
-            if !evict_after.is_zero() && self.registry.evict_oldest_startup(evict_after) {
-                self.metrics
-                    .client_rejections
-                    .with_label_values(&["startup_evicted"])
-                    .inc();
-                tracing::info!("a connection in start-up gave way to a new one");
-                return Some(ClientSlot(self.clone()));
-            }
-            self.clients.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ClientSlot(self.clone()))
-    }
-
     /// PAUSE (true) or RESUME (false) new transactions.
     pub fn set_paused(&self, paused: bool) {
         self.paused.send_replace(paused);
@@ -229,15 +208,6 @@ fn build_pool(
         plan.reset_sql.clone(),
         metrics.pool(name),
     ))
-}
-
-/// A reserved client slot, released on drop.
-pub struct ClientSlot(Arc<Server>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Server {
