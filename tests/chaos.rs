@@ -156,7 +156,11 @@ async fn chaos() {
             workload::RAW_SHAPES
                 .iter()
                 .map(|s| format!("raw/{:?}", s.0)),
-        );
+        )
+        .chain([
+            "raw/connect-tls".to_string(),
+            "raw/connect-plain".to_string(),
+        ]);
     for n in names {
         if shapes.get(&n).copied().unwrap_or(0) == 0 {
             missing.push(format!("shape {n}"));

@@ -1,7 +1,8 @@
 //! A raw-protocol client of the chaos run: pipelines with several Syncs in one write, named
 //! statements reused across transactions, simple multi-statement queries, slow reading, and
 //! vanishing at precise protocol points (after Parse, Bind, Execute without Sync, inside
-//! COPY, in the middle of a message, inside a transaction).
+//! COPY, in the middle of a message or of a TLS record, inside a transaction). Every other
+//! raw client connects over TLS.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -203,9 +204,19 @@ pub async fn run(
         if conn.is_none() {
             let t = &world.tenants[tenant];
             let (addr, user, pw) = (world.addr, t.name.clone(), t.password.clone());
-            let r = tokio::spawn(async move { RawConn::connect(addr, &user, &pw).await }).await;
+            // Every other raw client speaks TLS, so every raw shape runs over both.
+            let tls = (id % 2 == 1).then(|| world.tls_client.clone());
+            let over = if tls.is_some() { "tls" } else { "plain" };
+            let r = tokio::spawn(async move {
+                match tls {
+                    Some(tls) => RawConn::connect_tls(addr, &user, &pw, tls).await,
+                    None => RawConn::connect(addr, &user, &pw).await,
+                }
+            })
+            .await;
             match r {
                 Ok(Ok(c)) => {
+                    ledger.shape(format!("raw/connect-{over}"));
                     conn = Some(Conn {
                         c,
                         tenant,

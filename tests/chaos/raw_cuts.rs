@@ -1,11 +1,12 @@
 //! Raw-protocol clients vanishing at precise protocol points: after Parse, after Bind, after
-//! Execute without Sync, inside COPY, in the middle of a message, inside a transaction.
+//! Execute without Sync, inside COPY, in the middle of a message or of a TLS record, inside
+//! a transaction.
 
 use bytes::BytesMut;
 use pgtenant::protocol::messages;
 use tokio::io::AsyncWriteExt;
 
-use super::common::raw::{self, RawConn};
+use super::common::raw::{self, RawConn, RawStream};
 use super::ledger::Outcome;
 use super::raw_client::{ext, insert_sql, send};
 use super::tx::Tx;
@@ -89,6 +90,29 @@ pub(crate) async fn cut(c: &mut RawConn, mut tx: Tx<'_>, shape: RawShape) -> boo
                 out.len()
             ));
             out.truncate(at);
+        }
+        RawShape::CutMidRecord => {
+            let sql = insert_sql(&mut tx);
+            messages::query(&mut out, &format!("BEGIN; {sql}"));
+            if !send(c, &out).await {
+                tx.finish();
+                return false;
+            }
+            out.clear();
+            let _ = c.until_ready().await;
+            messages::query(&mut out, "COMMIT");
+            let at = tx.rng.below(out.len() as u64) as usize;
+            let inside = match c.stream {
+                RawStream::Tls(_) => "its TLS record",
+                RawStream::Plain(_) => "the message",
+            };
+            tx.step(format!(
+                "  BEGIN; INSERT (simple), wait for ReadyForQuery; COMMIT, vanish inside {inside} (at {at})"
+            ));
+            tx.outcome = Outcome::Aborted;
+            tx.finish();
+            c.vanish_mid_record(&out, at).await;
+            return false;
         }
         _ => {
             // CutInTransaction

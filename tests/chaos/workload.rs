@@ -122,12 +122,15 @@ pub enum RawShape {
     CutMidMessage,
     /// Vanish inside an explicit transaction after its Sync.
     CutInTransaction,
+    /// Vanish in the middle of the COMMIT of an open transaction: inside its TLS record
+    /// (TLS clients) or inside the message (plain ones). The write must not commit.
+    CutMidRecord,
     /// Ask for a large result and read nothing for a while.
     SlowConsumer,
 }
 
 /// Every raw shape with its weight.
-pub const RAW_SHAPES: [(RawShape, u64); 10] = [
+pub const RAW_SHAPES: [(RawShape, u64); 11] = [
     (RawShape::PipelineSyncs, 14),
     (RawShape::SimpleMulti, 8),
     (RawShape::NamedPrepared, 8),
@@ -137,6 +140,7 @@ pub const RAW_SHAPES: [(RawShape, u64); 10] = [
     (RawShape::CutInCopy, 2),
     (RawShape::CutMidMessage, 2),
     (RawShape::CutInTransaction, 2),
+    (RawShape::CutMidRecord, 2),
     (RawShape::SlowConsumer, 1),
 ];
 

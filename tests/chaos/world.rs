@@ -31,6 +31,39 @@ pub struct World {
     by_id: HashMap<String, usize>,
     cfg_path: PathBuf,
     tenants_toml: String,
+    /// The `[tls]` section: TLS offered with a certificate made for the run (plaintext too).
+    tls_toml: String,
+    /// What TLS raw clients trust: the run's own CA.
+    pub tls_client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// A CA and a server certificate for `localhost` in `dir`: the `[tls]` lines that offer
+/// TLS with it (plaintext still accepted), and a client configuration that trusts it.
+fn tls_for(dir: &std::path::Path) -> (String, std::sync::Arc<rustls::ClientConfig>) {
+    use super::common::certs::{Ca, dns, ip};
+    let ca = Ca::new("chaos CA");
+    let ca_file = ca.write(dir, "ca.crt");
+    let server = ca.issue(
+        dir,
+        "server",
+        "localhost",
+        vec![dns("localhost"), ip("127.0.0.1")],
+        false,
+        true,
+    );
+    let toml = format!(
+        "mode = \"allow\"\ncert_file = {:?}\nkey_file = {:?}",
+        server.cert.display().to_string(),
+        server.key.display().to_string()
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    pgtenant::tls::server::add_pem_roots(&mut roots, &ca_file).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(pgtenant::tls::server::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (toml, std::sync::Arc::new(client))
 }
 
 fn free_port() -> u16 {
@@ -89,6 +122,7 @@ impl World {
             .enumerate()
             .map(|(i, t)| (t.id.clone(), i))
             .collect();
+        let (tls_toml, tls_client) = tls_for(&dir);
         let port = free_port();
         let mut w = World {
             cluster,
@@ -100,6 +134,8 @@ impl World {
             by_id,
             cfg_path,
             tenants_toml,
+            tls_toml,
+            tls_client,
         };
         w.write_config(pool);
         let log_path = std::env::var("CHAOS_PGTENANT_LOG_FILE")
@@ -142,7 +178,8 @@ impl World {
         let base = include_str!("../../config.toml")
             .replace("port = 5432", &format!("port = {}", self.relay.port))
             .replace("pool_size = 20", &format!("pool_size = {pool}"))
-            .replace("checkout_timeout = \"5s\"", "checkout_timeout = \"10s\"");
+            .replace("checkout_timeout = \"5s\"", "checkout_timeout = \"10s\"")
+            .replace("mode = \"disable\"", &self.tls_toml);
         let tmp = self.cfg_path.with_extension("tmp");
         std::fs::write(&tmp, format!("{base}{}", self.tenants_toml)).unwrap();
         std::fs::rename(&tmp, &self.cfg_path).unwrap();

@@ -5,20 +5,70 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use pgtenant::protocol::codec::split_frame;
 use pgtenant::protocol::messages::{self, ErrorFields, parse_error_fields};
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// One backend message as received.
 pub type Msg = (u8, Bytes);
 
+/// A raw connection's transport: plain TCP, or TLS over it.
+pub enum RawStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for RawStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            RawStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RawStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            RawStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            RawStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            RawStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            RawStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A raw connection to the proxy.
 pub struct RawConn {
-    pub stream: TcpStream,
+    pub stream: RawStream,
     buf: BytesMut,
 }
 
@@ -26,7 +76,7 @@ impl RawConn {
     /// Opens a TCP connection without sending anything.
     pub async fn tcp(addr: SocketAddr) -> RawConn {
         RawConn {
-            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            stream: RawStream::Plain(TcpStream::connect(addr).await.expect("tcp connect")),
             buf: BytesMut::new(),
         }
     }
@@ -46,7 +96,44 @@ impl RawConn {
         params: &[(&str, &str)],
         password: &str,
     ) -> Result<RawConn, ErrorFields> {
-        let mut c = Self::tcp(addr).await;
+        Self::tcp(addr).await.login(params, password).await
+    }
+
+    /// Like [`RawConn::connect`] over TLS (SSLRequest, then a handshake that verifies the
+    /// server's certificate for `localhost` with `tls`).
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<RawConn, ErrorFields> {
+        let mut tcp = TcpStream::connect(addr).await.map_err(|_| closed())?;
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .map_err(|_| closed())?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(|_| closed())?;
+        assert_eq!(answer[0], b'S', "TLS not offered");
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|_| closed())?;
+        let c = RawConn {
+            stream: RawStream::Tls(Box::new(tls)),
+            buf: BytesMut::new(),
+        };
+        c.login(&[("user", user), ("database", "app")], password)
+            .await
+    }
+
+    /// Sends the startup packet and answers SCRAM until ReadyForQuery.
+    async fn login(
+        mut self,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> Result<RawConn, ErrorFields> {
+        let c = &mut self;
         let mut out = BytesMut::new();
         frontend::startup_message(params.iter().copied(), &mut out).unwrap();
         c.send(&out).await;
@@ -83,8 +170,40 @@ impl RawConn {
                         c.send(&out).await;
                     }
                 }
-                b'Z' => return Ok(c),
+                b'Z' => return Ok(self),
                 _ => {}
+            }
+        }
+    }
+
+    /// Sends the first `at` bytes of what `bytes` becomes on the wire and closes the
+    /// connection: over TLS, `bytes` is sealed into records and the cut falls inside the
+    /// last one (the server can never decrypt it); plain, the cut is after `at` bytes.
+    pub async fn vanish_mid_record(&mut self, bytes: &[u8], at: usize) {
+        match &mut self.stream {
+            RawStream::Plain(tcp) => {
+                let _ = tcp.write_all(&bytes[..at.min(bytes.len())]).await;
+                let _ = tcp.shutdown().await;
+            }
+            RawStream::Tls(tls) => {
+                use std::io::Write;
+                let (tcp, conn) = tls.get_mut();
+                conn.writer().write_all(bytes).unwrap();
+                let mut wire = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut wire).unwrap();
+                }
+                // The last record's start: walk the 5-byte headers (type, version, length).
+                let mut start = 0;
+                let mut next = 0;
+                while next + 5 <= wire.len() {
+                    start = next;
+                    next += 5 + u16::from_be_bytes([wire[next + 3], wire[next + 4]]) as usize;
+                }
+                // Strictly inside it: after its first byte, before its last.
+                let cut = start + 1 + at % (next - start - 1);
+                let _ = tcp.write_all(&wire[..cut]).await;
+                let _ = tcp.shutdown().await;
             }
         }
     }
