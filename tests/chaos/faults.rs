@@ -23,7 +23,7 @@ pub const FAULTS: [&str; 11] = [
     "pause-resume",
 ];
 
-/// Injects faults until `until`, one every `every` (jittered).
+/// Injects faults until `until`, one every `every` (jittered; zero: none).
 pub async fn run(
     world: Arc<World>,
     ledger: Arc<Ledger>,
@@ -31,6 +31,9 @@ pub async fn run(
     seed: u64,
     every: Duration,
 ) {
+    if every.is_zero() {
+        return; // CHAOS_FAULT_EVERY_MS=0: faults off
+    }
     let mut rng = Rng::new(seed ^ 0xFA17);
     'outer: loop {
         let mut order: Vec<&str> = FAULTS.to_vec();
@@ -39,7 +42,8 @@ pub async fn run(
         }
         for kind in order {
             let jitter = rng.below(every.as_millis() as u64 + 1);
-            tokio::time::sleep(every / 2 + Duration::from_millis(jitter)).await;
+            let next = Instant::now() + every / 2 + Duration::from_millis(jitter);
+            tokio::time::sleep_until(next.min(until).into()).await;
             if Instant::now() >= until || ledger.enough() {
                 break 'outer;
             }
