@@ -23,6 +23,8 @@ CLIENTS=${CLIENTS:-16}
 WARM=${WARM:-100}
 TX=${TX:-1000}
 ARMS=pgtenant
+# pgtenant's log level (LOG=info: the default in production, where the client span is on).
+LOG=${LOG:-error}
 PROFILE_DIR=${PROFILE_DIR:-target/callgrind}
 MAX_CLIENTS=$(( CLIENTS * 2 + 100 ))
 mkdir -p "$PROFILE_DIR"; PROFILE_DIR=$(cd "$PROFILE_DIR" && pwd)
@@ -48,7 +50,7 @@ measure() {
   local arm=$1 n=$2 out="$WORK/cg.$1.$2" port vg
   port=$TPORT
   valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$PGT" --config "$WORK/pgtenant.toml" --log error 2>"$WORK/vg.$arm.log" &
+    "$PGT" --config "$WORK/pgtenant.toml" --log "$LOG" 2>"$WORK/vg.$arm.log" &
   vg=$!
   for _ in $(seq 300); do pg_isready -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
   bench "$port" "$n"

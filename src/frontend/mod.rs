@@ -47,23 +47,23 @@ pub fn serve(
         // The whole start-up (TLS, SCRAM, refusals) is boxed and freed once it is over, so
         // the task of a long-lived client carries only the session's small state. KILL
         // ends it at any point: from the console, or to make room for a new connection
-        // (`server.startup_evict_after`).
+        // (`server.startup_evict_after`). Only the start-up runs in the client's span: the
+        // session makes one for each event it logs (see `Session::span`).
         let started = tokio::select! {
             biased;
-            started = Box::pin(start_up(server, socket, me)) => started,
+            started = Box::pin(start_up(server, socket, me).instrument(span.clone())) => started,
             _ = entry.signal.wait(SessionSignal::KILL) => {
-                tracing::info!("connection closed in start-up: killed, or gave way to a new one");
+                tracing::info!(parent: &span, "connection closed in start-up: killed, or gave way to a new one");
                 None
             }
         };
-        drop(entry);
+        drop((entry, span));
         let Some((slot, mut session)) = started else {
             return;
         };
         session.hold(slot);
         session::drive(session, session::lot::Wake::Ready).await;
     }
-    .instrument(span)
 }
 
 /// Admission, negotiation, authentication and the session's start; None when the

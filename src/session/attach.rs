@@ -53,6 +53,7 @@ impl Session {
         };
         let conn = pooled.conn();
         tracing::debug!(
+            parent: &self.span(),
             client = self.cancel.pid,
             backend = conn.key.pid,
             "backend attached"
@@ -85,7 +86,7 @@ impl Session {
     /// The client's error for a failed checkout, in place of `frame`'s reply: a ReadyForQuery
     /// after a simple request, else its frames are dropped up to its Sync.
     fn no_backend(&mut self, frame: &Frame, e: &PoolError) {
-        tracing::warn!(error = %e, "no backend connection for the client");
+        tracing::warn!(parent: &self.span(), error = %e, "no backend connection for the client");
         if self.attachment.checkout_failed() {
             self.status = TxStatus::Idle;
         }
@@ -151,7 +152,7 @@ impl Session {
         if self.tenant.is_retired() {
             match self.server.tenants().by_name(&self.tenant.name) {
                 Some(t) => {
-                    tracing::info!("tenant definition reloaded");
+                    tracing::info!(parent: &self.span(), "tenant definition reloaded");
                     self.tenant = t;
                 }
                 None => return Err(End::Removed("tenant")),
@@ -298,7 +299,7 @@ impl Session {
         }
         let cancels = b.conn().cancels.clone();
         if !cancels.settled(crate::cancel::FORWARD_WITHIN).await {
-            tracing::debug!("a cancel to the client's backend was not confirmed in time");
+            tracing::debug!(parent: &self.span(), "a cancel to the client's backend was not confirmed in time");
         }
     }
 
@@ -344,7 +345,7 @@ impl Session {
                 Ok(kept)
             }
             Err(crate::backend::BackendError::Server(e)) => {
-                tracing::warn!(code = %e.code, message = %e.message, "could not read the client's session state");
+                tracing::warn!(parent: &self.span(), code = %e.code, message = %e.message, "could not read the client's session state");
                 Ok(String::new())
             }
             Err(e) => Err(End::BackendLost(e.to_string())),

@@ -114,7 +114,7 @@ impl Session {
             .context_rejections
             .with_label_values(&[source])
             .inc();
-        tracing::warn!(tenant = %self.tenant.name, "refused: {message}");
+        tracing::warn!(parent: &self.span(), "refused: {message}");
         let extended = !matches!(frame.tag, ft::QUERY | ft::FUNCTION_CALL);
         // A request answered locally did not send the deferred BEGIN; a refusal is raised by
         // the backend inside the transaction, which it aborts, as PostgreSQL would.

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use tracing::Instrument;
 
 use super::Session;
 use crate::signal::SessionSignal;
@@ -151,7 +150,7 @@ pub fn park(mut s: Box<Session>, idle_limit: Option<Duration>) -> Result<(), Box
         .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
     {
         drop(parked);
-        tracing::debug!(error = %e, "could not park the client");
+        tracing::debug!(parent: &s.span(), error = %e, "could not park the client");
         // Failing here too, the session's next read fails and ends it.
         let _ = s.client.unpark();
         return Err(s);
@@ -235,17 +234,10 @@ pub async fn sweep(registry: Arc<crate::registry::Registry>) {
 
 /// A resumed session's task: back into the runtime, then relayed as before.
 async fn resume(mut s: Box<Session>, wake: Wake) {
-    let entry = &s.me.entry;
-    let span =
-        tracing::info_span!("client", id = entry.id, addr = %entry.addr, tenant = %s.tenant.name);
-    async move {
-        if let Err(e) = s.client.unpark() {
-            let end = super::End::ClientIo(e);
-            tracing::info!(reason = %end, "client disconnected");
-            return;
-        }
-        super::drive(s, wake).await;
+    if let Err(e) = s.client.unpark() {
+        let end = super::End::ClientIo(e);
+        tracing::info!(parent: &s.span(), reason = %end, "client disconnected");
+        return;
     }
-    .instrument(span)
-    .await
+    super::drive(s, wake).await;
 }

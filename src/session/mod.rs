@@ -305,6 +305,17 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The client's span (id, address, tenant) for one log event, made only when the event
+    /// is logged. A span held for the session's life would be entered and left on every
+    /// wake-up: 7 % of pgtenant's instructions per TPC-B-like transaction at the default
+    /// `info` level (benches/RESULTS.md), and memory per idle client.
+    pub(super) fn span(&self) -> tracing::Span {
+        let e = &self.me.entry;
+        tracing::info_span!("client", id = e.id, addr = %e.addr, tenant = self.tenant.name.as_str())
+    }
+}
+
 /// Frees a large buffer once it is empty, so idle clients hold little memory.
 fn trim(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 64 * 1024 {
@@ -321,7 +332,7 @@ pub async fn drive(mut s: Box<Session>, mut wake: lot::Wake) {
             lot::Wake::Ready => run(&mut s).await,
         };
         let End::Parked(idle_left) = end else {
-            tracing::info!(reason = %end, "client disconnected");
+            tracing::info!(parent: &s.span(), reason = %end, "client disconnected");
             return;
         };
         match lot::park(s, idle_left) {

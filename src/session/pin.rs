@@ -141,7 +141,7 @@ impl Session {
         match self.take_pin() {
             Ok(()) => {
                 if newly {
-                    tracing::info!(tenant = %self.tenant.name, kept, "client pinned to its server connection");
+                    tracing::info!(parent: &self.span(), kept, "client pinned to its server connection");
                 }
                 true
             }
@@ -156,7 +156,7 @@ impl Session {
     /// Tells the client (an asynchronous WARNING) that the session state it left was
     /// discarded at the end of its transaction.
     fn warn_discarded(&mut self, kept: &str, why: &str) {
-        tracing::warn!(tenant = %self.tenant.name, kept, "session state discarded: {why}");
+        tracing::warn!(parent: &self.span(), kept, "session state discarded: {why}");
         messages::error_response(
             &mut self.cout,
             Severity::Warning,

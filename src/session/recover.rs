@@ -43,7 +43,7 @@ impl Session {
     /// The proxy's own request failed on the attached backend: closes it and answers the
     /// client's outstanding request with the error.
     pub(super) fn proxy_request_failed(&mut self, e: ErrorFields) {
-        tracing::error!(tenant = %self.tenant.name, code = %e.code, message = %e.message,
+        tracing::error!(parent: &self.span(), code = %e.code, message = %e.message,
             "a request of pgtenant's failed on the backend (context injection or cleanup); closing that backend");
         let in_transaction = self.status != TxStatus::Idle || self.began;
         let reply_due = self.flow.awaiting_ready();
@@ -51,7 +51,7 @@ impl Session {
         // Closed, not returned: its state is not known.
         drop(self.attachment.detach());
         if self.pin.take().is_some() {
-            tracing::warn!(tenant = %self.tenant.name, "the session state of a pinned client was lost with its server connection");
+            tracing::warn!(parent: &self.span(), "the session state of a pinned client was lost with its server connection");
         }
         self.flow.clear();
         self.split_rest = None;

@@ -46,7 +46,7 @@ impl Session {
     /// One client message, step by step: what needs no SQL, the guard's reading, the
     /// deferred BEGIN, the refusals, a backend, the context, then the message itself.
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
-        tracing::trace!(tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, input = ?self.input, attached = self.attachment.is_attached(), "client frame");
+        tracing::trace!(parent: &self.span(), tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, input = ?self.input, attached = self.attachment.is_attached(), "client frame");
         if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
@@ -260,7 +260,7 @@ impl Session {
                 _ => {}
             }
             let disposition = self.flow.on_backend(tag);
-            tracing::trace!(tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
+            tracing::trace!(parent: &self.span(), tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
             self.forget_failed_statements();
             if tag == bt::ERROR_RESPONSE {
                 self.input.backend_error();
@@ -276,7 +276,7 @@ impl Session {
                         let code = messages::parse_error_fields(body).code;
                         if code == crate::protocol::sqlstate::QUERY_CANCELED {
                             let backend = self.attachment.conn_mut().map(|b| b.conn().key.pid);
-                            tracing::debug!(client = self.cancel.pid, ?backend, "query canceled");
+                            tracing::debug!(parent: &self.span(), client = self.cancel.pid, ?backend, "query canceled");
                         }
                         self.server.metrics.server_error(code.as_bytes());
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
