@@ -337,6 +337,18 @@ impl Registry {
         }
     }
 
+    /// Drops what is past start-up from the front of the start-up queue and gives back its
+    /// spare room, so a burst of logins leaves no queue behind once it is over (the queue is
+    /// otherwise trimmed only when the next connection comes).
+    pub fn trim_startups(&self) {
+        let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
+        self.oldest_startup(&mut startups);
+        if startups.capacity() > 64 && startups.len() < startups.capacity() / 4 {
+            let keep = (startups.len() * 2).max(64);
+            startups.shrink_to(keep);
+        }
+    }
+
     /// The front of `startups` once every connection there that is gone or past
     /// start-up has been dropped: the oldest connection still in start-up. Each
     /// connection is pushed and dropped once, and one in start-up stays at most
@@ -456,6 +468,44 @@ mod tests {
             application_name: String::new(),
             stats: Arc::default(),
         }
+    }
+
+    #[test]
+    fn only_connections_in_start_up_give_way_oldest_first() {
+        let r = registry();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = r.connect(addr);
+        let b = r.connect(addr);
+        let c = r.connect(addr);
+        // Too young, or the asking connection itself: nobody gives way.
+        assert!(!r.evict_oldest_startup(std::time::Duration::from_secs(60), c.entry.id));
+        assert!(!r.evict_oldest_startup(std::time::Duration::ZERO, a.entry.id));
+        // a authenticates: b is now the oldest in start-up, and gives way.
+        a.authenticate(identity("t"), 0).unwrap();
+        assert!(r.evict_oldest_startup(std::time::Duration::ZERO, c.entry.id));
+        assert!(b.entry.is_killed() && !a.entry.is_killed());
+        // c is the only one left in start-up, and never evicts itself.
+        assert!(!r.evict_oldest_startup(std::time::Duration::ZERO, c.entry.id));
+        drop((a, b, c));
+    }
+
+    #[test]
+    fn a_burst_of_logins_leaves_no_start_up_queue() {
+        let r = registry();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let first = r.connect(addr);
+        let rest: Vec<_> = (0..1000).map(|_| r.connect(addr)).collect();
+        // The first is still in start-up, so the queue behind it grows.
+        assert_eq!(r.startups.lock().unwrap().len(), 1001);
+        drop((first, rest));
+        r.trim_startups();
+        let q = r.startups.lock().unwrap();
+        assert!(
+            q.is_empty() && q.capacity() <= 64,
+            "{} / {}",
+            q.len(),
+            q.capacity()
+        );
     }
 
     #[test]

@@ -148,6 +148,7 @@ async fn maintain(server: Arc<Server>) {
         for pool in server.pools() {
             pool.reap_idle();
         }
+        server.registry.trim_startups();
         if !server.readiness.backend_reachable.load(Ordering::Relaxed) {
             check_backends(&server).await;
         }
