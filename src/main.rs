@@ -16,6 +16,9 @@ use pgtenant::verified::install::KeyStep;
 
 /// mimalloc: returns freed memory to the system, so thousands of clients that connected
 /// (TLS, SCRAM) and went idle leave no fragmented heap behind; also faster than glibc malloc.
+/// The `system-alloc` feature leaves the system's malloc in place, for heap profilers
+/// (valgrind massif, heaptrack) that see only malloc.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -62,10 +62,10 @@ impl Session {
         let (head, rest) = (&text[..s.head], &text[s.rest..]);
         self.bout.extend_from_slice(&query_message(head));
         self.flow.sent(ft::QUERY, Owner::ClientHead);
-        self.split_rest = Some(Rest {
+        self.split_rest = Some(Box::new(Rest {
             message: query_message(rest),
             clears,
-        });
+        }));
     }
 
     /// The head ran without error: the tenant context, then the rest of the Query.
