@@ -439,6 +439,9 @@ mod size {
     #[test]
     fn an_idle_session_fits_mimallocs_512_byte_class() {
         let size = std::mem::size_of::<super::Session>();
-        assert!(size <= 512, "Session is {size} bytes: box what idle clients rarely use");
+        assert!(
+            size <= 512,
+            "Session is {size} bytes: box what idle clients rarely use"
+        );
     }
 }
