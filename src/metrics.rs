@@ -24,6 +24,10 @@ pub struct Metrics {
     pub client_timeouts: IntCounterVec,
     pub client_received_bytes: IntCounter,
     pub client_sent_bytes: IntCounter,
+    /// The guard's verdict cache: texts remembered, and their bytes (bounded, see
+    /// `policy::cache`): what makes pgtenant's memory grow after warm-up.
+    pub sql_cache_entries: IntGauge,
+    pub sql_cache_bytes: IntGauge,
     server_errors: IntCounterVec,
     /// One counter per SQLSTATE class, resolved lazily ("other" for malformed codes).
     error_classes: dashmap::DashMap<[u8; 2], IntCounter>,
@@ -122,6 +126,22 @@ impl Metrics {
                 "pgtenant_client_timeouts_total",
                 "Clients disconnected by a timeout, by kind.",
                 &["kind"],
+            ),
+            sql_cache_entries: reg(
+                &r,
+                IntGauge::new(
+                    "pgtenant_sql_verdict_cache_entries",
+                    "SQL texts whose guard verdict is remembered.",
+                )
+                .expect("valid metric"),
+            ),
+            sql_cache_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "pgtenant_sql_verdict_cache_bytes",
+                    "Bytes of SQL text in the guard's verdict cache (bounded at 4 MiB).",
+                )
+                .expect("valid metric"),
             ),
             client_received_bytes: reg(
                 &r,

@@ -291,3 +291,30 @@ async fn slow_startups_give_way_to_new_clients() {
     f.check(evicted == Some(3.0), || format!("{series} = {evicted:?}"));
     f.finish();
 }
+
+/// The guard's verdict cache shows in /metrics: texts and bytes remembered (bounded), which
+/// is what makes pgtenant's memory grow after its warm-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_cache_is_reported() {
+    let env = TestEnv::start().await;
+    let c = env.proxy.connect("acme").await;
+    let text = "SELECT 'verdict cache probe'";
+    // Remembered on its second sight.
+    for _ in 0..3 {
+        c.simple_query(text).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = env.proxy.metrics().await;
+        let entries = metric(&m, "pgtenant_sql_verdict_cache_entries").unwrap_or(0.0);
+        let bytes = metric(&m, "pgtenant_sql_verdict_cache_bytes").unwrap_or(0.0);
+        if entries >= 1.0 && bytes >= text.len() as f64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache gauges: {entries} entries, {bytes} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

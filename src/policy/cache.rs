@@ -107,6 +107,11 @@ impl AnalysisCache {
         slot.swap(h, Ordering::Relaxed) == h
     }
 
+    /// Bytes of text currently remembered (at most 4 MiB).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Texts currently remembered.
     pub fn len(&self) -> usize {
         self.verdicts.len()
