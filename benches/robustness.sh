@@ -85,6 +85,21 @@ row() {
 
 settle_rss() { sleep 5; rss_kb "$TENANT_PID"; }
 
+# The slow-loris attacker: COUNT connections, until pgtenant holds them all (at most 60 s;
+# it keeps a descriptor for each). Sets ATT.
+start_loris() {
+  python3 benches/robustness.py loris --port "$TPORT" --count "$COUNT" >"$WORK/loris.out" &
+  ATT=$!; PIDS+=("$ATT")
+  for _ in $(seq 120); do
+    [ "$(ls "/proc/$TENANT_PID/fd" | wc -l)" -ge "$COUNT" ] && break; sleep 0.5
+  done
+  echo "   pgtenant descriptors: $(ls "/proc/$TENANT_PID/fd" | wc -l), load: $(uptime | sed 's/.*load/load/')" >&2
+}
+stop_loris() {
+  kill -TERM "$ATT"; wait "$ATT" || true
+  echo "   attacker: $(cat "$WORK/loris.out")" >&2
+}
+
 RSS0=$(rss_kb "$TENANT_PID")
 echo "== load before: $(uptime)" >&2
 echo "== pgtenant RSS at start: $RSS0 KiB" >&2
@@ -97,13 +112,7 @@ for s in $SCENARIOS; do
     echo "== slow-loris: $COUNT connections, one byte per second" >&2
     q1=$(bench "$NORMAL"); echo "   quiet: $q1" >&2
     reset_hwm
-    python3 benches/robustness.py loris --port "$TPORT" --count "$COUNT" >"$WORK/loris.out" &
-    ATT=$!; PIDS+=("$ATT")
-    # Until COUNT are open (the proxy holds a descriptor for each), at most 60 s.
-    for _ in $(seq 120); do
-      [ "$(ls "/proc/$TENANT_PID/fd" | wc -l)" -ge "$COUNT" ] && break; sleep 0.5
-    done
-    echo "   pgtenant descriptors: $(ls "/proc/$TENANT_PID/fd" | wc -l), load: $(uptime | sed 's/.*load/load/')" >&2
+    start_loris
     c0=$(cpu_ticks "$TENANT_PID"); a0=$(cpu_ticks "$ATT")
     at=$(bench "$NORMAL"); echo "   under attack: $at" >&2
     cpu=$(awk -v t=$(( $(cpu_ticks "$TENANT_PID") - c0 )) -v a=$(( $(cpu_ticks "$ATT") - a0 )) \
@@ -111,8 +120,7 @@ for s in $SCENARIOS; do
     echo "   $cpu of one core" >&2
     b=$(backends)
     echo "   app_user backends during the attack: $b (pool $POOL)" >&2
-    kill -TERM "$ATT"; wait "$ATT" || true
-    echo "   attacker: $(cat "$WORK/loris.out")" >&2
+    stop_loris
     peak=$(hwm_kb "$TENANT_PID"); after=$(settle_rss)
     q2=$(bench "$NORMAL"); echo "   quiet again: $q2" >&2
     row "slow-loris $COUNT + $NORMAL normal clients" "$q1" "$at" "$q2" "$peak" "$after" \
@@ -122,16 +130,10 @@ for s in $SCENARIOS; do
     echo "== lockout: $COUNT slow-loris connections, max_client_connections $MAX_CLIENTS; normal clients connect per transaction" >&2
     q1=$(bench "$NORMAL" -C); echo "   quiet: $q1" >&2
     reset_hwm
-    python3 benches/robustness.py loris --port "$TPORT" --count "$COUNT" >"$WORK/loris.out" &
-    ATT=$!; PIDS+=("$ATT")
-    for _ in $(seq 120); do
-      [ "$(ls "/proc/$TENANT_PID/fd" | wc -l)" -ge "$COUNT" ] && break; sleep 0.5
-    done
+    start_loris
     sleep 3 # the attackers' connections are older than startup_evict_after
-    echo "   pgtenant descriptors: $(ls "/proc/$TENANT_PID/fd" | wc -l), load: $(uptime | sed 's/.*load/load/')" >&2
     at=$(bench "$NORMAL" -C); echo "   under attack: $at" >&2
-    kill -TERM "$ATT"; wait "$ATT" || true
-    echo "   attacker: $(cat "$WORK/loris.out")" >&2
+    stop_loris
     peak=$(hwm_kb "$TENANT_PID"); after=$(settle_rss)
     q2=$(bench "$NORMAL" -C); echo "   quiet again: $q2" >&2
     row "lockout: $COUNT slow-loris at max_client_connections $MAX_CLIENTS + $NORMAL clients connecting per transaction" \
