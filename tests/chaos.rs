@@ -127,6 +127,7 @@ async fn chaos() {
     // After each round (clients gone, backends idle, 2 s later): pgtenant's RSS. Rounds
     // after the first tell growth from warm-up (pool, caches, allocator pages), see README.
     let mut rss_rounds = Vec::new();
+    let mut caches = Vec::new();
     let mut su = None;
     for round in 0..s.rounds {
         load_round(&world, &ledger, &s, round).await;
@@ -134,6 +135,7 @@ async fn chaos() {
         check_idle(&admin, &ledger).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         rss_rounds.push(world.rss_kb());
+        caches.push(world.verdict_cache().await);
         su = Some(admin);
     }
     let elapsed = started.elapsed();
@@ -141,6 +143,7 @@ async fn chaos() {
     let rss_end = *rss_rounds.last().unwrap();
     let checked = final_read(&world, &su, &ledger).await;
     report(&s, &ledger, elapsed, checked, rss_start, &rss_rounds);
+    println!("guard's verdict cache after each round (entries, bytes of text): {caches:?}");
 
     let mut missing: Vec<String> = Vec::new();
     let faults = ledger.faults();

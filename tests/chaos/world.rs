@@ -27,6 +27,8 @@ pub struct World {
     pub child: std::sync::Mutex<tokio::process::Child>,
     pub pid: u32,
     pub addr: SocketAddr,
+    /// Where pgtenant serves /metrics (the verdict cache's gauges are read from it).
+    pub metrics: SocketAddr,
     pub tenants: Vec<Tenant>,
     by_id: HashMap<String, usize>,
     cfg_path: PathBuf,
@@ -130,6 +132,7 @@ impl World {
             child: std::sync::Mutex::new(tokio::process::Command::new("true").spawn().unwrap()),
             pid: 0,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            metrics: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             tenants,
             by_id,
             cfg_path,
@@ -145,7 +148,7 @@ impl World {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
             .args(["--config", w.cfg_path.to_str().unwrap()])
             .args(["--listen", &w.addr.to_string()])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-listen", &w.metrics.to_string()])
             .env(
                 "PGTENANT_LOG",
                 std::env::var("CHAOS_PGTENANT_LOG").unwrap_or_else(|_| "warn".into()),
@@ -207,6 +210,30 @@ impl World {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The guard's verdict cache as /metrics reports it (entries, bytes of text): the one
+    /// structure meant to grow over a run, so memory figures are read beside it.
+    pub async fn verdict_cache(&self) -> (u64, u64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut body = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(self.metrics).await {
+            let req = "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n";
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let _ = s.read_to_string(&mut body).await;
+            }
+        }
+        let gauge = |name: &str| {
+            body.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        (
+            gauge("pgtenant_sql_verdict_cache_entries"),
+            gauge("pgtenant_sql_verdict_cache_bytes"),
+        )
     }
 
     /// The connection string of tenant `i` through pgtenant.
