@@ -1,5 +1,5 @@
-//! Cancel routing. Every client gets a proxy-issued (pid, secret) pair; a CancelRequest
-//! carrying it is forwarded to whichever backend serves that client at that moment, and is
+//! Cancel routing. Every client gets a proxy-issued (pid, secret) pair (issued with its
+//! registry entry, which also finds it by that pid); a CancelRequest carrying it is forwarded to whichever backend serves that client at that moment, and is
 //! ignored when the client is idle or the key is unknown. Keys are random, so one tenant
 //! cannot guess another's. A backend that a cancel was sent to is closed when its client
 //! releases it, never handed to anyone else: PostgreSQL never acknowledges a cancel, and the
@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use dashmap::DashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,17 +23,29 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 /// count in [`CancelsInFlight`] is always back down.
 pub const FORWARD_WITHIN: Duration = Duration::from_secs(2 * CONFIRM_WITHIN.as_secs() + 1);
 
-/// Where a client's running query can be cancelled right now.
+/// The secret half of a client's cancel key; never shown (its Debug is redacted).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CancelSecret(pub i32);
+
+impl std::fmt::Debug for CancelSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelSecret(..)")
+    }
+}
+
+/// Where a client's running query can be cancelled right now. Part of the client's registry
+/// entry (one allocation per client, not two), so it holds only a pointer: the backend's
+/// key lives in its [`CancelsInFlight`].
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<(BackendKey, Arc<CancelsInFlight>)>>,
+    current: Mutex<Option<Arc<CancelsInFlight>>>,
 }
 
 impl CancelSlot {
     /// Records the backend now serving the client.
     pub fn attach(&self, conn: &BackendConn) {
         if let Ok(mut cur) = self.current.lock() {
-            *cur = Some((conn.key, conn.cancels.clone()));
+            *cur = Some(conn.cancels.clone());
         }
     }
 
@@ -48,67 +59,25 @@ impl CancelSlot {
 
     /// The backend to cancel, counted in flight on it under the same lock that
     /// [`Self::detach`] takes, so a release after detach always sees the count.
-    fn begin_cancel(&self) -> Option<(BackendKey, Arc<CancelsInFlight>)> {
+    fn begin_cancel(&self) -> Option<Arc<CancelsInFlight>> {
         let cur = self.current.lock().ok()?;
-        let (key, gate) = cur.as_ref()?;
+        let gate = cur.as_ref()?;
         gate.begin();
-        Some((*key, gate.clone()))
-    }
-}
-
-/// All live client cancel keys.
-#[derive(Debug, Default)]
-pub struct CancelRegistry {
-    keys: DashMap<(i32, i32), Arc<CancelSlot>>,
-}
-
-/// Removes the key when the client session ends.
-pub struct CancelRegistration {
-    registry: Arc<CancelRegistry>,
-    pub pid: i32,
-    pub secret: i32,
-    pub slot: Arc<CancelSlot>,
-}
-
-impl Drop for CancelRegistration {
-    fn drop(&mut self) {
-        self.registry.keys.remove(&(self.pid, self.secret));
-    }
-}
-
-impl CancelRegistry {
-    /// Issues a fresh unpredictable key for a new client.
-    pub fn register(self: &Arc<Self>) -> CancelRegistration {
-        loop {
-            let pid = rand::random::<i32>() & 0x7fff_ffff;
-            let secret = rand::random::<i32>();
-            if pid == 0 {
-                continue;
-            }
-            let slot = Arc::new(CancelSlot::default());
-            if let dashmap::Entry::Vacant(v) = self.keys.entry((pid, secret)) {
-                v.insert(slot.clone());
-                return CancelRegistration {
-                    registry: self.clone(),
-                    pid,
-                    secret,
-                    slot,
-                };
-            }
-        }
+        Some(gate.clone())
     }
 
-    /// Forwards a cancel for the client owning (pid, secret); returns whether PostgreSQL
-    /// confirmed it (closed the cancel connection after signalling the backend).
-    pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
-        let slot = self.keys.get(&(pid, secret)).map(|s| s.value().clone());
-        let Some((target, gate)) = slot.and_then(|s| s.begin_cancel()) else {
+    /// Forwards a cancel to the backend serving the client of this slot (`pid`: the
+    /// client's cancel key, for the log); returns whether PostgreSQL confirmed it (closed
+    /// the cancel connection after signalling the backend).
+    pub async fn cancel(&self, pid: i32) -> bool {
+        let Some(gate) = self.begin_cancel() else {
             tracing::debug!(
                 client = pid,
                 "cancel request for no running transaction: ignored"
             );
             return false;
         };
+        let target = gate.key;
         tracing::debug!(client = pid, backend = target.pid, "cancel begins");
         let delivery = forward(target).await;
         tracing::debug!(

@@ -13,6 +13,8 @@ use dashmap::DashMap;
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
+use crate::cancel::{CancelSecret, CancelSlot};
+
 mod tenant_metrics;
 
 /// What a client is doing right now, as PgBouncer and pg_stat_activity would say it.
@@ -152,6 +154,10 @@ impl Drop for BackendSlot {
 #[derive(Debug)]
 pub struct ClientEntry {
     pub id: u64,
+    /// The cancel key the client is given (BackendKeyData), random so that one tenant
+    /// cannot guess another's; the pid is the entry's key in the registry.
+    pub cancel_pid: i32,
+    cancel_secret: CancelSecret,
     pub addr: SocketAddr,
     pub connected_at: SystemTime,
     state: AtomicU8,
@@ -164,21 +170,34 @@ pub struct ClientEntry {
     pub backend: AtomicU64,
     /// The client keeps session state, so its backend stays with it (SHOW CLIENTS).
     pub pinned: std::sync::atomic::AtomicBool,
+    /// The backend a cancel request for this client goes to.
+    pub cancel: CancelSlot,
 }
 
-/// What a client authenticated as.
+/// What a client authenticated as (small: one per connected client).
 #[derive(Debug)]
 pub struct Identity {
-    /// Tenant, user and database names are shared by every client that uses them
-    /// ([`Registry::intern`]): one copy per name, not per client.
-    pub tenant: Arc<str>,
-    pub user: Arc<str>,
-    pub database: Arc<str>,
-    pub application_name: String,
+    /// Tenant, user and database, shared by every client that has the same three
+    /// ([`Registry::names`]): one copy per combination, not per client.
+    pub names: Arc<Names>,
+    pub application_name: Box<str>,
     pub stats: Arc<TenantStats>,
 }
 
+/// The names a client authenticated with; one shared copy per combination.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Names {
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+}
+
 impl ClientEntry {
+    /// The secret half of the client's cancel key (sent to the client only).
+    pub fn cancel_secret(&self) -> i32 {
+        self.cancel_secret.0
+    }
+
     /// The client's state now.
     pub fn state(&self) -> ClientState {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
@@ -208,14 +227,18 @@ impl ClientEntry {
 
 /// Every connected client and every tenant's counters.
 pub struct Registry {
-    clients: DashMap<u64, Arc<ClientEntry>>,
+    /// By cancel pid (one map serves SHOW CLIENTS, KILL and cancel requests).
+    clients: DashMap<i32, Arc<ClientEntry>>,
     tenants: Arc<DashMap<String, Arc<TenantStats>>>,
     next_id: AtomicU64,
     state_gauges: Vec<IntGauge>,
     names: Mutex<std::collections::HashSet<Arc<str>>>,
+    combinations: Mutex<std::collections::HashSet<Arc<Names>>>,
     /// Connections in the order they arrived, with when: the front is the oldest one
     /// still in start-up (those that finished are dropped from the front as it moves).
-    startups: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    /// (cancel pid, id, when): the pid finds the entry, the id tells it from a later
+    /// connection given the same pid.
+    startups: Mutex<std::collections::VecDeque<(i32, u64, std::time::Instant)>>,
 }
 
 impl Registry {
@@ -227,6 +250,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             state_gauges,
             names: Default::default(),
+            combinations: Default::default(),
             startups: Default::default(),
         }
     }
@@ -235,22 +259,34 @@ impl Registry {
     /// handle is dropped.
     pub fn connect(self: &Arc<Self>, addr: SocketAddr) -> ClientHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(ClientEntry {
-            id,
-            addr,
-            connected_at: SystemTime::now(),
-            state: AtomicU8::new(ClientState::Authenticating as u8),
-            state_since_ms: AtomicU64::new(now_ms()),
-            identity: std::sync::OnceLock::new(),
-            signal: SessionSignal::default(),
-            backend: AtomicU64::new(0),
-            pinned: Default::default(),
-        });
+        let entry = loop {
+            let pid = rand::random::<i32>() & 0x7fff_ffff;
+            if pid == 0 {
+                continue;
+            }
+            if let dashmap::Entry::Vacant(v) = self.clients.entry(pid) {
+                let entry = Arc::new(ClientEntry {
+                    id,
+                    cancel_pid: pid,
+                    cancel_secret: CancelSecret(rand::random()),
+                    addr,
+                    connected_at: SystemTime::now(),
+                    state: AtomicU8::new(ClientState::Authenticating as u8),
+                    state_since_ms: AtomicU64::new(now_ms()),
+                    identity: std::sync::OnceLock::new(),
+                    signal: SessionSignal::default(),
+                    backend: AtomicU64::new(0),
+                    pinned: Default::default(),
+                    cancel: CancelSlot::default(),
+                });
+                v.insert(entry.clone());
+                break entry;
+            }
+        };
         self.gauge(ClientState::Authenticating).inc();
-        self.clients.insert(id, entry.clone());
         let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
         self.oldest_startup(&mut startups);
-        startups.push_back((id, std::time::Instant::now()));
+        startups.push_back((entry.cancel_pid, id, std::time::Instant::now()));
         drop(startups);
         ClientHandle {
             entry,
@@ -264,13 +300,30 @@ impl Registry {
 
     /// One shared copy of a configured name (tenant, user, database). Only names that
     /// passed authentication get here, so the set is bounded by the configuration.
-    pub fn intern(&self, name: &str) -> Arc<str> {
+    fn intern(&self, name: &str) -> Arc<str> {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = names.get(name) {
             return n.clone();
         }
         let n: Arc<str> = name.into();
         names.insert(n.clone());
+        n
+    }
+
+    /// One shared copy of a configured combination of tenant, user and database (bounded
+    /// by the configuration like [`Self::intern`]).
+    pub fn names(&self, tenant: &str, user: &str, database: &str) -> Arc<Names> {
+        let wanted = Names {
+            tenant: self.intern(tenant),
+            user: self.intern(user),
+            database: self.intern(database),
+        };
+        let mut all = self.combinations.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = all.get(&wanted) {
+            return n.clone();
+        }
+        let n = Arc::new(wanted);
+        all.insert(n.clone());
         n
     }
 
@@ -355,12 +408,14 @@ impl Registry {
     /// `server.auth_timeout`, so the queue holds about the connections of that long.
     fn oldest_startup(
         &self,
-        startups: &mut std::collections::VecDeque<(u64, std::time::Instant)>,
+        startups: &mut std::collections::VecDeque<(i32, u64, std::time::Instant)>,
     ) -> Option<(Arc<ClientEntry>, std::time::Instant)> {
-        while let Some(&(id, since)) = startups.front() {
-            let entry = self.clients.get(&id).map(|e| e.value().clone());
+        while let Some(&(pid, id, since)) = startups.front() {
+            let entry = self.clients.get(&pid).map(|e| e.value().clone());
             match entry {
-                Some(e) if e.state() == ClientState::Authenticating && !e.is_killed() => {
+                Some(e)
+                    if e.id == id && e.state() == ClientState::Authenticating && !e.is_killed() =>
+                {
                     return Some((e, since));
                 }
                 _ => {
@@ -371,11 +426,17 @@ impl Registry {
         None
     }
 
+    /// The client a CancelRequest carrying (pid, secret) is for, if any.
+    pub fn cancel_target(&self, pid: i32, secret: i32) -> Option<Arc<ClientEntry>> {
+        let entry = self.clients.get(&pid)?;
+        (entry.cancel_secret == CancelSecret(secret)).then(|| entry.value().clone())
+    }
+
     /// Kills every client of `tenant`; returns how many.
     pub fn kill_tenant(&self, tenant: &str) -> usize {
         let mut n = 0;
         for c in self.clients.iter() {
-            if c.identity().is_some_and(|i| *i.tenant == *tenant) {
+            if c.identity().is_some_and(|i| *i.names.tenant == *tenant) {
                 c.kill();
                 n += 1;
             }
@@ -409,7 +470,7 @@ impl ClientHandle {
     /// Records who the client authenticated as and counts it against its tenant; None when
     /// the tenant already has `limit` clients (0: no limit).
     pub fn authenticate(&self, mut identity: Identity, limit: usize) -> Option<Arc<TenantStats>> {
-        let stats = self.registry.tenant(&identity.tenant);
+        let stats = self.registry.tenant(&identity.names.tenant);
         let prev = stats.connections.fetch_add(1, Ordering::AcqRel);
         if limit > 0 && prev >= limit {
             stats.connections.fetch_sub(1, Ordering::AcqRel);
@@ -436,7 +497,7 @@ impl Drop for ClientHandle {
         if let Some(i) = self.entry.identity() {
             i.stats.connections.fetch_sub(1, Ordering::AcqRel);
         }
-        self.registry.clients.remove(&self.entry.id);
+        self.registry.clients.remove(&self.entry.cancel_pid);
     }
 }
 
@@ -462,10 +523,12 @@ mod tests {
 
     fn identity(tenant: &str) -> Identity {
         Identity {
-            tenant: tenant.into(),
-            user: tenant.into(),
-            database: "app".into(),
-            application_name: String::new(),
+            names: Arc::new(Names {
+                tenant: tenant.into(),
+                user: tenant.into(),
+                database: "app".into(),
+            }),
+            application_name: "".into(),
             stats: Arc::default(),
         }
     }
@@ -572,5 +635,13 @@ mod tests {
                 ("other".into(), 30.0)
             ]
         );
+    }
+
+    /// Every connected client has one entry behind an Arc: past 176 bytes (192 with the
+    /// Arc's counts) mimalloc puts it in the 224-byte size class (benches/idle.sh).
+    #[test]
+    fn a_client_entry_fits_mimallocs_192_byte_class() {
+        let size = std::mem::size_of::<ClientEntry>();
+        assert!(size <= 176, "ClientEntry is {size} bytes");
     }
 }

@@ -75,7 +75,7 @@ impl Tenant {
         };
         if conn.context_cache.as_ref().map(ContextCache::serial) != Some(self.serial) {
             let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
-            let proof = crate::verified::proof(key, conn.key.pid, &values);
+            let proof = crate::verified::proof(key, conn.key().pid, &values);
             let id = key.id().to_string();
             let mut params: Vec<&[u8]> = vec![id.as_bytes(), proof.as_bytes()];
             params.extend(values);

@@ -81,9 +81,11 @@ fn pools(server: &Server) -> Table {
     for c in server.registry.clients() {
         let Some(id) = c.identity() else { continue };
         let state = c.state();
-        *counts.entry((id.database.to_string(), state)).or_default() += 1;
+        *counts
+            .entry((id.names.database.to_string(), state))
+            .or_default() += 1;
         if state == ClientState::Waiting {
-            let w = maxwait.entry(id.database.to_string()).or_default();
+            let w = maxwait.entry(id.names.database.to_string()).or_default();
             *w = (*w).max(since(c.state_since()));
         }
     }
@@ -155,9 +157,9 @@ fn clients(server: &Server) -> Table {
             vec![
                 "C".to_string(),
                 c.id.to_string(),
-                field(|i| &i.tenant),
-                field(|i| &i.user),
-                field(|i| &i.database),
+                field(|i| &i.names.tenant),
+                field(|i| &i.names.user),
+                field(|i| &i.names.database),
                 state.label().to_string(),
                 c.addr.ip().to_string(),
                 c.addr.port().to_string(),
@@ -209,20 +211,20 @@ fn servers(server: &Server) -> Table {
             continue;
         };
         let user = server
-            .pool(&id.database)
+            .pool(&id.names.database)
             .map(|p| p.target().user.clone())
             .unwrap_or_default();
         rows.push(vec![
             "S".to_string(),
             link.to_string(),
-            id.database.to_string(),
+            id.names.database.to_string(),
             user,
             if c.pinned.load(Ordering::Relaxed) {
                 "pinned".to_string()
             } else {
                 "active".to_string()
             },
-            id.tenant.to_string(),
+            id.names.tenant.to_string(),
             c.id.to_string(),
             String::new(),
         ]);

@@ -115,18 +115,17 @@ impl BackendTarget {
             unreported: Vec::new(),
             defaults: HashMap::new(),
             params_match: None,
-            key: BackendKey {
-                addr,
-                pid: 0,
-                secret: 0,
-            },
             prepared: false,
             session_context: false,
             context_cache: None,
             owed: Default::default(),
             statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),
-            cancels: Default::default(),
+            cancels: std::sync::Arc::new(super::CancelsInFlight::new(BackendKey {
+                addr,
+                pid: 0,
+                secret: 0,
+            })),
             created: now,
             last_used: now,
             id,
@@ -298,8 +297,12 @@ impl BackendTarget {
                     }
                 }
                 bt::BACKEND_KEY_DATA if body.len() >= 8 => {
-                    conn.key.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    conn.key.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    // Not shared yet: the connection is still starting.
+                    conn.cancels = std::sync::Arc::new(super::CancelsInFlight::new(BackendKey {
+                        addr: conn.cancels.key.addr,
+                        pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                        secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    }));
                 }
                 bt::ERROR_RESPONSE => {
                     return Err(BackendError::Server(messages::parse_error_fields(body)));

@@ -80,8 +80,10 @@ impl MatchedParams {
 /// runs another statement cancels that statement; so a backend a cancel was sent to is
 /// never handed to another client, and one its client keeps runs nothing more until the
 /// count is back to zero (every forwarding ends within [`crate::cancel::FORWARD_WITHIN`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CancelsInFlight {
+    /// The backend these count for (what a cancel request for it carries).
+    pub key: BackendKey,
     count: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
     /// A cancel reached the wire for this backend: it is closed at release, never handed
@@ -91,6 +93,16 @@ pub struct CancelsInFlight {
 }
 
 impl CancelsInFlight {
+    /// No cancel yet for the backend with `key`.
+    pub fn new(key: BackendKey) -> CancelsInFlight {
+        CancelsInFlight {
+            key,
+            count: Default::default(),
+            done: Default::default(),
+            sent: Default::default(),
+        }
+    }
+
     /// A cancel is about to be sent.
     pub fn begin(&self) {
         self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -152,7 +164,6 @@ pub struct BackendConn {
     /// The client parameter set `params` last matched exactly (nothing to apply for it);
     /// dropped whenever `params` or `unreported` change.
     pub params_match: Option<MatchedParams>,
-    pub key: BackendKey,
     /// Whether the proxy's prepared statements exist on this connection.
     pub prepared: bool,
     /// Session-level context was set (for a statement that cannot run in a transaction
@@ -192,6 +203,12 @@ pub enum Owed {
 }
 
 impl BackendConn {
+    /// The backend's cancel key (kept with its cancel count, which a client's slot points
+    /// at).
+    pub fn key(&self) -> BackendKey {
+        self.cancels.key
+    }
+
     /// Reads the next complete message. Cancel safe only if the caller keeps `self`.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {

@@ -136,7 +136,12 @@ async fn settle(
         }
         Ok(Negotiated::Closed) => None,
         Ok(Negotiated::Cancel { pid, secret }) => {
-            Box::pin(server.cancels.cancel(pid, secret)).await;
+            match server.registry.cancel_target(pid, secret) {
+                Some(client) => {
+                    Box::pin(client.cancel.cancel(pid)).await;
+                }
+                None => tracing::debug!(client = pid, "cancel request with an unknown key"),
+            }
             None
         }
         Ok(startup) => Some(startup),
@@ -183,11 +188,10 @@ async fn tenant_login(
 
 /// What the registry shows of an authenticated client (SHOW CLIENTS, per-tenant limits).
 fn identity(me: &ClientHandle, startup: &Startup) -> Identity {
-    let names = me.registry();
     Identity {
-        tenant: names.intern(&startup.tenant.name),
-        user: names.intern(&startup.user),
-        database: names.intern(&startup.pool.name),
+        names: me
+            .registry()
+            .names(&startup.tenant.name, &startup.user, &startup.pool.name),
         application_name: startup
             .settings
             .iter()

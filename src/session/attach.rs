@@ -41,7 +41,7 @@ impl Session {
         self.me.set_state(ClientState::Waiting);
         let started = Instant::now();
         let checkout = self.checkout().await;
-        self.stats
+        self.stats()
             .wait_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut pooled = match checkout {
@@ -54,11 +54,11 @@ impl Session {
         let conn = pooled.conn();
         tracing::debug!(
             parent: &self.span(),
-            client = self.cancel.pid,
-            backend = conn.key.pid,
+            client = self.me.entry.cancel_pid,
+            backend = conn.key().pid,
             "backend attached"
         );
-        self.cancel.slot.attach(conn);
+        self.me.entry.cancel.attach(conn);
         self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
         self.context.reset();
@@ -108,7 +108,7 @@ impl Session {
     /// boxed so that an idle client's task does not carry the waiting machinery.
     async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
         if !self.server.is_paused()
-            && let Some(slot) = self.stats.try_acquire_backend(self.tenant.backend_limit)
+            && let Some(slot) = self.stats().try_acquire_backend(self.tenant.backend_limit)
             && let Some(mut pooled) = self.pool.try_checkout()
         {
             pooled.hold(slot);
@@ -130,7 +130,7 @@ impl Session {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(slot) = self
-            .stats
+            .stats()
             .acquire_backend(self.tenant.backend_limit, left)
             .await
         else {
@@ -354,7 +354,7 @@ impl Session {
 
     /// Forgets the attached backend for cancel routing and the admin console's `link`.
     pub(super) fn unlink_backend(&mut self) {
-        self.cancel.slot.detach();
+        self.me.entry.cancel.detach();
         self.me.entry.backend.store(0, Ordering::Relaxed);
     }
 

@@ -37,23 +37,26 @@ pub enum Wake {
     IdleTimeout,
 }
 
-/// A session waiting in the lot (small: there may be tens of thousands).
+/// The sessions waiting in the lot. The table holds only the box (there may be tens of
+/// thousands); the few with a client idle timeout have their deadline in a table of its own.
+#[derive(Default)]
 struct Parked {
-    session: Box<Session>,
-    /// When the client idle timeout ends the session (None: never).
-    deadline: Option<Instant>,
+    /// By key: the session's address, unique while it is parked.
+    sessions: HashMap<usize, Box<Session>>,
+    /// When the client idle timeout ends a parked session, for those that have one.
+    deadlines: HashMap<usize, Instant>,
 }
 
 /// The poller thread's shared state. One per process: it holds sessions of every server.
 struct Lot {
     registry: Registry,
     bell: mio::Waker,
-    /// By key: the session's address, unique while it is parked.
-    parked: Mutex<HashMap<usize, Parked>>,
+    parked: Mutex<Parked>,
     /// The waker every parked session's signal holds: it rings the bell, and the poller
     /// then looks for raised signals (rare: KILL, shutdown), so no session needs its own.
     signal_bell: Waker,
-    /// Parked sessions with a deadline (the poller then wakes up to check them).
+    /// Parked sessions with a deadline (the poller then wakes up to check them); read
+    /// without the lock.
     deadlines: AtomicUsize,
 }
 
@@ -78,7 +81,7 @@ pub fn available() -> bool {
 
 /// Parked sessions (all servers in the process).
 pub fn parked() -> usize {
-    lot().map_or(0, |l| lock(&l.parked).len())
+    lot().map_or(0, |l| lock(&l.parked).sessions.len())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,19 +105,19 @@ impl Lot {
     }
 
     /// Takes a session out of the lot and resumes it on its runtime.
-    fn resume(&self, parked: &mut HashMap<usize, Parked>, key: usize, wake: Wake) {
-        let Some(p) = parked.remove(&key) else {
+    fn resume(&self, parked: &mut Parked, key: usize, wake: Wake) {
+        let Some(session) = parked.sessions.remove(&key) else {
             return;
         };
-        if p.deadline.is_some() {
+        if parked.deadlines.remove(&key).is_some() {
             self.deadlines.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(fd) = p.session.client.parked_fd() {
+        if let Some(fd) = session.client.parked_fd() {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
         }
         // On a runtime that has shut down the task is dropped, and the session with it.
-        if let Some(runtime) = p.session.server.runtime.clone() {
-            runtime.spawn(resume(p.session, wake));
+        if let Some(runtime) = session.server.runtime.clone() {
+            runtime.spawn(resume(session, wake));
         }
     }
 }
@@ -155,18 +158,13 @@ pub fn park(mut s: Box<Session>, idle_limit: Option<Duration>) -> Result<(), Box
         let _ = s.client.unpark();
         return Err(s);
     }
-    if deadline.is_some() {
+    if let Some(deadline) = deadline {
+        parked.deadlines.insert(key, deadline);
         l.deadlines.fetch_add(1, Ordering::Relaxed);
         // A poller asleep without a timeout must learn that it now has one.
         let _ = l.bell.wake();
     }
-    parked.insert(
-        key,
-        Parked {
-            session: s,
-            deadline,
-        },
-    );
+    parked.sessions.insert(key, s);
     entry.signal.set_waker(l.signal_bell.clone());
     if entry.signal.raised() & SessionSignal::ENDING != 0 {
         let _ = l.bell.wake();
@@ -192,10 +190,9 @@ fn poll_forever(mut poll: Poll) {
         for ev in events.iter() {
             if ev.token() == BELL {
                 let signalled: Vec<usize> = parked
+                    .sessions
                     .iter()
-                    .filter(|(_, p)| {
-                        p.session.me.entry.signal.raised() & SessionSignal::ENDING != 0
-                    })
+                    .filter(|(_, s)| s.me.entry.signal.raised() & SessionSignal::ENDING != 0)
                     .map(|(k, _)| *k)
                     .collect();
                 for key in signalled {
@@ -208,8 +205,9 @@ fn poll_forever(mut poll: Poll) {
         if l.deadlines.load(Ordering::Relaxed) > 0 {
             let now = Instant::now();
             let due: Vec<usize> = parked
+                .deadlines
                 .iter()
-                .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+                .filter(|(_, d)| **d <= now)
                 .map(|(k, _)| *k)
                 .collect();
             for key in due {

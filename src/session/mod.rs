@@ -29,7 +29,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::cancel::CancelRegistration;
 use crate::pool::{Cleanup, Pool};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
@@ -123,10 +122,11 @@ pub struct Session {
     /// statement a Parse defines).
     frame_reading: crate::policy::Reading,
     /// The client keeps session state: its backend stays attached between transactions.
-    pin: Option<pin::Pin>,
+    /// Boxed: most clients never pin, and an idle client's session must stay within
+    /// mimalloc's 384-byte size class.
+    pin: Option<Box<pin::Pin>>,
     /// Relaying the client's frames, skipping them to its Sync, or COPY IN.
     input: InputMode,
-    cancel: CancelRegistration,
     max_message: usize,
     /// The client's named and unnamed prepared statements.
     statements: statements::ClientStatements,
@@ -134,13 +134,12 @@ pub struct Session {
     unnamed_on_backend: bool,
     /// This client's registration (state, kill signal, tenant counters).
     me: ClientHandle,
-    stats: Arc<TenantStats>,
     /// When the current transaction started (its duration metric).
     txn_started: Option<std::time::Instant>,
     /// The rest of a simple Query split after its transaction setup, sent once the setup
     /// has run (see [`split`]).
-    /// Boxed: rare, and an idle client's session must stay within mimalloc's 512-byte size
-    /// class (528 bytes took the 640 one: 128 bytes more per idle client).
+    /// Boxed: rare, and an idle client's session must stay within mimalloc's 384-byte size
+    /// class (see the `size` test).
     split_rest: Option<Box<split::Rest>>,
     /// The client's place under `max_client_connections`, freed with the session.
     slot: Option<crate::shared::ClientSlot>,
@@ -155,17 +154,10 @@ impl Session {
         s: Startup,
         me: ClientHandle,
     ) -> Result<Box<Session>, (ClientStream, Fatal)> {
-        let stats = me
-            .entry
-            .identity()
-            .map(|i| i.stats.clone())
-            .unwrap_or_default();
         // Boxed: a session outlives every await of its task, and idle clients are many.
         let mut session = Box::new(Session {
             me,
-            stats,
             txn_started: None,
-            cancel: server.cancels.register(),
             max_message: server.config().server.max_message_size,
             client,
             cbuf: s.leftover,
@@ -238,11 +230,11 @@ impl Session {
         handover::startup_response(
             &mut self.cout,
             reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            self.cancel.pid,
-            self.cancel.secret,
+            self.me.entry.cancel_pid,
+            self.me.entry.cancel_secret(),
         );
         if self.pool.mode == crate::config::PoolMode::Session {
-            self.cancel.slot.attach(conn);
+            self.me.entry.cancel.attach(conn);
             self.me.entry.backend.store(conn.id, Ordering::Relaxed);
             self.attachment.attach(pooled);
         } else {
@@ -299,6 +291,14 @@ impl Session {
             buffers::recycle(buf);
         }
         self.flow.shrink();
+    }
+
+    /// The tenant's counters (kept with the client's identity, not copied into every
+    /// session).
+    fn stats(&self) -> &Arc<TenantStats> {
+        static UNCOUNTED: std::sync::LazyLock<Arc<TenantStats>> =
+            std::sync::LazyLock::new(Arc::default);
+        self.me.entry.identity().map_or(&UNCOUNTED, |i| &i.stats)
     }
 
     /// Keeps the client's admission slot until the session ends.
@@ -434,13 +434,13 @@ const PINNED_IDLE: &str = "pinned_idle";
 const CLIENT_IDLE: &str = "client_idle";
 #[cfg(test)]
 mod size {
-    /// A parked client's memory is mostly its boxed Session: past 512 bytes, mimalloc puts
-    /// it in the 640-byte size class, 128 bytes more per idle client (benches/idle.sh).
+    /// A parked client's memory is mostly its boxed Session: past 384 bytes, mimalloc puts
+    /// it in the 448-byte size class, 64 bytes more per idle client (benches/idle.sh).
     #[test]
-    fn an_idle_session_fits_mimallocs_512_byte_class() {
+    fn an_idle_session_fits_mimallocs_384_byte_class() {
         let size = std::mem::size_of::<super::Session>();
         assert!(
-            size <= 512,
+            size <= 384,
             "Session is {size} bytes: box what idle clients rarely use"
         );
     }

@@ -75,20 +75,20 @@ impl Session {
         if self.pin.is_some() {
             return Ok(());
         }
-        if !self.stats.try_pin(self.tenant.pinned_limit) {
+        if !self.stats().try_pin(self.tenant.pinned_limit) {
             self.pool.metrics.pins_refused.inc();
             return Err(CapReached::Tenant);
         }
         if !self.pool.try_pin() {
-            self.stats.unpin();
+            self.stats().unpin();
             return Err(CapReached::Pool);
         }
         self.me.entry.pinned.store(true, Ordering::Relaxed);
-        self.pin = Some(Pin {
+        self.pin = Some(Box::new(Pin {
             pool: self.pool.clone(),
-            stats: self.stats.clone(),
+            stats: self.stats().clone(),
             entry: self.me.entry.clone(),
-        });
+        }));
         Ok(())
     }
 
@@ -108,7 +108,7 @@ impl Session {
             )),
             PinMode::Pin => {
                 let tenant_full = self.tenant.pinned_limit > 0
-                    && self.stats.pinned.load(Ordering::Relaxed) >= self.tenant.pinned_limit;
+                    && self.stats().pinned.load(Ordering::Relaxed) >= self.tenant.pinned_limit;
                 let cap = if tenant_full {
                     Some(CapReached::Tenant)
                 } else if !self.pool.may_pin() {

@@ -191,7 +191,7 @@ impl Session {
         }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
-            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            self.stats().queries.fetch_add(1, Ordering::Relaxed);
         }
         match split {
             Some(s) => self.forward_head(&frame, s, judged.clears_context),
@@ -275,11 +275,11 @@ impl Session {
                     if tag == bt::ERROR_RESPONSE {
                         let code = messages::parse_error_fields(body).code;
                         if code == crate::protocol::sqlstate::QUERY_CANCELED {
-                            let backend = self.attachment.conn_mut().map(|b| b.conn().key.pid);
-                            tracing::debug!(parent: &self.span(), client = self.cancel.pid, ?backend, "query canceled");
+                            let backend = self.attachment.conn_mut().map(|b| b.conn().key().pid);
+                            tracing::debug!(parent: &self.span(), client = self.me.entry.cancel_pid, ?backend, "query canceled");
                         }
                         self.server.metrics.server_error(code.as_bytes());
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats().errors.fetch_add(1, Ordering::Relaxed);
                     }
                     self.cout.extend_from_slice(raw);
                     if tag == bt::READY_FOR_QUERY {
@@ -380,7 +380,7 @@ impl Session {
         self.began = false;
         if self.status == TxStatus::Idle && self.flow.is_idle() {
             self.pool.metrics.transactions.inc();
-            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            self.stats().transactions.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = self.txn_started.take() {
                 self.pool
                     .metrics

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 
 use crate::backend::BackendTarget;
 use crate::backend::injection::InjectionPlan;
-use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError, ContextMode};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
@@ -42,8 +41,6 @@ pub struct Server {
     pub plan: InjectionPlan,
     /// Every metric family (registered into the caller's registry).
     pub metrics: Arc<Metrics>,
-    /// Proxy-issued cancel keys to the backend serving each client.
-    pub cancels: Arc<CancelRegistry>,
     /// What `/readyz` reports.
     pub readiness: Arc<Readiness>,
     /// Every connected client and per-tenant counters.
@@ -104,7 +101,6 @@ impl Server {
             pools: ArcSwap::from_pointee(pools),
             plan,
             metrics,
-            cancels: Arc::new(CancelRegistry::default()),
             readiness: Arc::new(Readiness::default()),
             registry,
             sql_guard: AnalysisCache::new(protected),
