@@ -139,7 +139,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "pgtenant_sql_verdict_cache_bytes",
-                    "Bytes of SQL text in the guard's verdict cache (bounded at 4 MiB).",
+                    "Memory held by the guard's verdict cache: its texts (at most 4 MiB) and its table.",
                 )
                 .expect("valid metric"),
             ),

@@ -151,7 +151,7 @@ async fn maintain(server: Arc<Server>) {
         server.registry.trim_startups();
         let m = &server.metrics;
         m.sql_cache_entries.set(server.sql_guard.len() as i64);
-        m.sql_cache_bytes.set(server.sql_guard.bytes() as i64);
+        m.sql_cache_bytes.set(server.sql_guard.footprint() as i64);
         if !server.readiness.backend_reachable.load(Ordering::Relaxed) {
             check_backends(&server).await;
         }

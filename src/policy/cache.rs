@@ -112,6 +112,13 @@ impl AnalysisCache {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Memory the cache holds, near enough for a gauge: its texts plus its table's slots
+    /// (the table keeps its largest size when the cache starts over).
+    pub fn footprint(&self) -> usize {
+        let slot = std::mem::size_of::<(Box<[u8]>, Entry)>() + 1;
+        self.bytes() + self.verdicts.capacity() * slot
+    }
+
     /// Texts currently remembered.
     pub fn len(&self) -> usize {
         self.verdicts.len()
