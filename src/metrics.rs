@@ -3,6 +3,8 @@
 //! Labels are bounded: pool names from the config, fixed reason strings; never SQL, client
 //! addresses or secrets.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -11,7 +13,8 @@ use prometheus::{
 /// All process-wide metric families.
 pub struct Metrics {
     pub registry: Registry,
-    pub client_connections: IntGaugeVec,
+    /// `pgtenant_client_connections{state}`, counted from the registries at scrape time.
+    pub client_states: Arc<crate::registry::StateCollector>,
     pub auth_attempts: IntCounterVec,
     pub context_injections: IntCounter,
     pub deferred_begins: IntCounter,
@@ -112,11 +115,12 @@ impl Metrics {
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Metrics {
-            client_connections: gauge(
-                "pgtenant_client_connections",
-                "Client connections by state.",
-                &["state"],
-            ),
+            client_states: {
+                let c = Arc::new(crate::registry::StateCollector::default());
+                r.register(Box::new(SharedCollector(c.clone())))
+                    .expect("valid metric");
+                c
+            },
             client_rejections: counter(
                 "pgtenant_client_connections_rejected_total",
                 "Client connections refused by a limit, by reason.",
@@ -365,14 +369,6 @@ impl Metrics {
         self.error_classes.insert(class, c);
     }
 
-    /// The client-state gauges, in [`crate::registry::ClientState::ALL`] order.
-    pub fn client_state_gauges(&self) -> Vec<IntGauge> {
-        crate::registry::ClientState::ALL
-            .iter()
-            .map(|s| self.client_connections.with_label_values(&[s.label()]))
-            .collect()
-    }
-
     /// Counts one authentication attempt.
     pub fn auth(&self, method: &str, ok: bool, reason: &str) {
         let result = if ok { "success" } else { "failure" };
@@ -392,5 +388,18 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// A collector shared with its owner (the registry takes its collectors boxed).
+struct SharedCollector<C>(Arc<C>);
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedCollector<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }

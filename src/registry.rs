@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use crate::signal::SessionSignal;
+pub use state_metrics::StateCollector;
 use std::time::SystemTime;
 pub use tenant_metrics::TenantCollector;
 
 use dashmap::DashMap;
-use prometheus::IntGauge;
 use tokio::sync::Notify;
 
 use crate::cancel::{CancelSecret, CancelSlot};
 
+mod state_metrics;
 mod tenant_metrics;
 
 /// What a client is doing right now, as PgBouncer and pg_stat_activity would say it.
@@ -231,7 +232,6 @@ pub struct Registry {
     clients: DashMap<i32, Arc<ClientEntry>>,
     tenants: Arc<DashMap<String, Arc<TenantStats>>>,
     next_id: AtomicU64,
-    state_gauges: Vec<IntGauge>,
     names: Mutex<std::collections::HashSet<Arc<str>>>,
     combinations: Mutex<std::collections::HashSet<Arc<Names>>>,
     /// Connections in the order they arrived, with when: the front is the oldest one
@@ -241,14 +241,20 @@ pub struct Registry {
     startups: Mutex<std::collections::VecDeque<(i32, u64, std::time::Instant)>>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
 impl Registry {
-    /// An empty registry that keeps `state_gauges` (one per [`ClientState::ALL`]) current.
-    pub fn new(state_gauges: Vec<IntGauge>) -> Registry {
+    /// An empty registry (its clients are counted by state at scrape time:
+    /// [`StateCollector`]).
+    pub fn new() -> Registry {
         Registry {
             clients: DashMap::new(),
             tenants: Arc::new(DashMap::new()),
             next_id: AtomicU64::new(1),
-            state_gauges,
             names: Default::default(),
             combinations: Default::default(),
             startups: Default::default(),
@@ -283,7 +289,6 @@ impl Registry {
                 break entry;
             }
         };
-        self.gauge(ClientState::Authenticating).inc();
         let mut startups = self.startups.lock().unwrap_or_else(|e| e.into_inner());
         self.oldest_startup(&mut startups);
         startups.push_back((entry.cancel_pid, id, std::time::Instant::now()));
@@ -292,10 +297,6 @@ impl Registry {
             entry,
             registry: self.clone(),
         }
-    }
-
-    fn gauge(&self, s: ClientState) -> &IntGauge {
-        &self.state_gauges[s as usize]
     }
 
     /// One shared copy of a configured name (tenant, user, database). Only names that
@@ -457,13 +458,16 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    /// Moves the client to `state`, keeping the state gauges exact.
+    /// Moves the client to `state`. Its time is taken when it starts waiting, goes idle or
+    /// makes a request after either, not when it goes between active and idle in
+    /// transaction (twice per statement inside a transaction; SHOW CLIENTS' request_time is
+    /// then when the transaction's first request came).
     pub fn set_state(&self, state: ClientState) {
-        let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
-        if old != state as u8 {
+        use ClientState::{Active, IdleInTransaction};
+        let old = ClientState::from_u8(self.entry.state.swap(state as u8, Ordering::Relaxed));
+        let in_transaction = |s| matches!(s, Active | IdleInTransaction);
+        if old != state && !(in_transaction(old) && in_transaction(state)) {
             self.entry.state_since_ms.store(now_ms(), Ordering::Relaxed);
-            self.registry.gauge(ClientState::from_u8(old)).dec();
-            self.registry.gauge(state).inc();
         }
     }
 
@@ -493,7 +497,6 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
-        self.registry.gauge(self.entry.state()).dec();
         if let Some(i) = self.entry.identity() {
             i.stats.connections.fetch_sub(1, Ordering::AcqRel);
         }
@@ -514,11 +517,7 @@ mod tests {
     use prometheus::core::Collector;
 
     fn registry() -> Arc<Registry> {
-        let gauges = ClientState::ALL
-            .iter()
-            .map(|s| IntGauge::new(format!("g_{}", s.label()), "x").unwrap())
-            .collect();
-        Arc::new(Registry::new(gauges))
+        Arc::new(Registry::new())
     }
 
     fn identity(tenant: &str) -> Identity {
@@ -572,20 +571,29 @@ mod tests {
     }
 
     #[test]
-    fn state_gauges_follow_clients_and_drop() {
+    fn state_counts_follow_clients_and_drop() {
         let r = registry();
+        let states = StateCollector::default();
+        states.add(&r);
+        let other = registry();
+        states.add(&other);
         let addr = "127.0.0.1:1".parse().unwrap();
         let a = r.connect(addr);
         let b = r.connect(addr);
-        assert_eq!(r.gauge(ClientState::Authenticating).get(), 2);
+        let c = other.connect(addr);
+        let count = |s: ClientState| states.counts()[s as usize];
+        assert_eq!(count(ClientState::Authenticating), 3);
         a.authenticate(identity("acme"), 0).unwrap();
         a.set_state(ClientState::Active);
-        assert_eq!(r.gauge(ClientState::Authenticating).get(), 1);
-        assert_eq!(r.gauge(ClientState::Active).get(), 1);
-        drop(a);
-        drop(b);
+        assert_eq!(count(ClientState::Authenticating), 2);
+        assert_eq!(count(ClientState::Active), 1);
+        let family = states.collect();
+        assert_eq!(family[0].get_metric().len(), ClientState::ALL.len());
+        drop((a, b));
+        drop(other);
+        drop(c);
         for s in ClientState::ALL {
-            assert_eq!(r.gauge(s).get(), 0, "{s:?}");
+            assert_eq!(count(s), 0, "{s:?}");
         }
         assert!(r.clients().is_empty());
         assert_eq!(r.tenant("acme").connections.load(Ordering::Relaxed), 0);

@@ -88,7 +88,8 @@ impl Server {
         }
         let mut protected = plan.settings.clone();
         protected.extend(["role".to_string(), "session_authorization".to_string()]);
-        let registry = Arc::new(Registry::new(metrics.client_state_gauges()));
+        let registry = Arc::new(Registry::new());
+        metrics.client_states.add(&registry);
         let tenant_top = Arc::new(AtomicUsize::new(config.server.metrics_top_tenants));
         // A second server on the same metrics registry (tests) keeps the first collector.
         let _ = metrics
