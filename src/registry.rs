@@ -9,14 +9,15 @@ pub use crate::signal::SessionSignal;
 pub use state_metrics::StateCollector;
 use std::time::SystemTime;
 pub use tenant_metrics::TenantCollector;
+pub use tenant_stats::{BackendSlot, TenantStats};
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
 use crate::cancel::{CancelSecret, CancelSlot};
 
 mod state_metrics;
 mod tenant_metrics;
+mod tenant_stats;
 
 /// What a client is doing right now, as PgBouncer and pg_stat_activity would say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,94 +61,6 @@ impl ClientState {
             .get(v as usize)
             .copied()
             .unwrap_or(ClientState::Idle)
-    }
-}
-
-/// Activity of one tenant since start-up (all clients, all pools).
-#[derive(Debug, Default)]
-pub struct TenantStats {
-    pub connections: AtomicUsize,
-    /// Backend connections the tenant holds right now.
-    pub backends: AtomicUsize,
-    pub transactions: AtomicU64,
-    pub queries: AtomicU64,
-    /// Microseconds spent waiting for a backend connection.
-    pub wait_us: AtomicU64,
-    /// ErrorResponses the tenant's clients received.
-    pub errors: AtomicU64,
-    /// Wakes clients waiting for the tenant's backend cap.
-    pub backend_freed: Notify,
-    /// Server connections the tenant keeps pinned right now.
-    pub pinned: AtomicUsize,
-}
-
-impl TenantStats {
-    /// Takes one of the tenant's backend slots, waiting up to `timeout` while it holds
-    /// `limit` (0: no limit; the slot still counts for metrics). None on timeout.
-    pub async fn acquire_backend(
-        self: &Arc<Self>,
-        limit: usize,
-        timeout: std::time::Duration,
-    ) -> Option<BackendSlot> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let freed = self.backend_freed.notified();
-            if let Some(slot) = self.try_acquire_backend(limit) {
-                return Some(slot);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return None;
-            }
-        }
-    }
-
-    /// Takes a backend slot if one is free now (always, when `limit` is 0).
-    pub fn try_acquire_backend(self: &Arc<Self>, limit: usize) -> Option<BackendSlot> {
-        let mut held = self.backends.load(Ordering::Acquire);
-        loop {
-            if limit > 0 && held >= limit {
-                return None;
-            }
-            match self.backends.compare_exchange_weak(
-                held,
-                held + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some(BackendSlot(self.clone())),
-                Err(now) => held = now,
-            }
-        }
-    }
-
-    /// Counts one more pinned connection unless the tenant holds `limit` (0: no limit).
-    pub fn try_pin(&self, limit: usize) -> bool {
-        self.pinned
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (limit == 0 || n < limit).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Gives back a pin taken with [`TenantStats::try_pin`].
-    pub fn unpin(&self) {
-        self.pinned.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Activity used to rank tenants for their own metric label.
-    fn activity(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed) + self.connections.load(Ordering::Relaxed) as u64
-    }
-}
-
-/// One backend connection counted against a tenant; given back on drop.
-#[derive(Debug)]
-pub struct BackendSlot(Arc<TenantStats>);
-
-impl Drop for BackendSlot {
-    fn drop(&mut self) {
-        self.0.backends.fetch_sub(1, Ordering::AcqRel);
-        self.0.backend_freed.notify_one();
     }
 }
 
