@@ -1,6 +1,7 @@
 //! Cancel routing. Every client gets a proxy-issued (pid, secret) pair (issued with its
-//! registry entry, which also finds it by that pid); a CancelRequest carrying it is forwarded to whichever backend serves that client at that moment, and is
-//! ignored when the client is idle or the key is unknown. Keys are random, so one tenant
+//! registry entry, which also finds it by that pid); a CancelRequest carrying it is
+//! forwarded to whichever backend serves that client at that moment, and is ignored when
+//! the client is idle or the key is unknown. Keys are random, so one tenant
 //! cannot guess another's. A backend that a cancel was sent to is closed when its client
 //! releases it, never handed to anyone else: PostgreSQL never acknowledges a cancel, and the
 //! close of the cancel connection can come from anything on the way before PostgreSQL read

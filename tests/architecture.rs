@@ -52,7 +52,12 @@ const LAYERS: Layers = &[
 
 /// Imports that run up the layers on purpose: (from, to, why). Keep it short; each entry
 /// must still be needed, or the test fails so the list stays honest.
-const ALLOWED_UPWARD: &[(&str, &str, &str)] = &[];
+const ALLOWED_UPWARD: &[(&str, &str, &str)] = &[(
+    "registry",
+    "cancel",
+    "a client's cancel slot lives in its registry entry (one allocation per idle client, \
+     not two); to go when the backend's cancel gate moves below the registry",
+)];
 
 /// Non-test files allowed over [`sizes::MAX_FILE_LINES`], with why.
 const LARGE_FILES: &[(&str, &str)] = &[("src/policy/sql.rs", "being split by the guard move")];
