@@ -10,13 +10,6 @@ use common::raw::{self, RawConn};
 use common::*;
 use pgtenant::protocol::messages;
 
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_connection_and_backend_caps() {
     let env = TestEnv::start_with(|cfg| {

@@ -215,21 +215,9 @@ impl World {
     /// The guard's verdict cache as /metrics reports it (entries, bytes of text): the one
     /// structure meant to grow over a run, so memory figures are read beside it.
     pub async fn verdict_cache(&self) -> (u64, u64) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut body = String::new();
-        if let Ok(mut s) = tokio::net::TcpStream::connect(self.metrics).await {
-            let req = "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n";
-            if s.write_all(req.as_bytes()).await.is_ok() {
-                let _ = s.read_to_string(&mut body).await;
-            }
-        }
-        let gauge = |name: &str| {
-            body.lines()
-                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as u64
-        };
+        let body = crate::common::http_get(self.metrics, "/metrics").await;
+        let gauge =
+            |name: &str| crate::common::metric(&body, &format!("{name} ")).unwrap_or(0.0) as u64;
         (
             gauge("pgtenant_sql_verdict_cache_entries"),
             gauge("pgtenant_sql_verdict_cache_bytes"),

@@ -123,6 +123,14 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client, tokio_pos
 }
 
 /// A minimal HTTP GET (no client library needed).
+/// The value of the first line of a Prometheus text page that starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
