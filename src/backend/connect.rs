@@ -11,7 +11,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{BackendConn, BackendError, BackendKey};
+use super::{BackendConn, BackendError};
+use crate::cancel::{BackendKey, CancelsInFlight};
 use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt};
 use crate::stream::BackendStream;
@@ -121,7 +122,7 @@ impl BackendTarget {
             owed: Default::default(),
             statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),
-            cancels: std::sync::Arc::new(super::CancelsInFlight::new(BackendKey {
+            cancels: std::sync::Arc::new(CancelsInFlight::new(BackendKey {
                 addr,
                 pid: 0,
                 secret: 0,
@@ -298,7 +299,7 @@ impl BackendTarget {
                 }
                 bt::BACKEND_KEY_DATA if body.len() >= 8 => {
                     // Not shared yet: the connection is still starting.
-                    conn.cancels = std::sync::Arc::new(super::CancelsInFlight::new(BackendKey {
+                    conn.cancels = std::sync::Arc::new(CancelsInFlight::new(BackendKey {
                         addr: conn.cancels.key.addr,
                         pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
                         secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),

@@ -6,7 +6,6 @@ pub mod injection;
 pub mod statements;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -14,6 +13,7 @@ use tokio::io::AsyncReadExt;
 
 pub use connect::BackendTarget;
 
+use crate::cancel::{BackendKey, CancelsInFlight};
 use crate::protocol::codec::{Frame, FrameError, split_frame};
 use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{TxStatus, backend_tag as bt};
@@ -48,14 +48,6 @@ pub enum BackendError {
     Server(ErrorFields),
 }
 
-/// Backend (pid, secret) for cancelling its running query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendKey {
-    pub addr: SocketAddr,
-    pub pid: i32,
-    pub secret: i32,
-}
-
 /// A client parameter set a connection already matches, opaque here: the session defines
 /// the set and compares it by identity. Holding it keeps the set alive, so its address is
 /// not reused for another set while the match stands.
@@ -72,79 +64,6 @@ impl MatchedParams {
     /// Whether this match is for the set `set` points at.
     pub fn is<T>(&self, set: &std::sync::Arc<T>) -> bool {
         std::ptr::addr_eq(std::sync::Arc::as_ptr(&self.0), std::sync::Arc::as_ptr(set))
-    }
-}
-
-/// Cancel requests being forwarded to one backend, and whether one ever left. PostgreSQL
-/// drops a cancel that finds its backend idle, but one still on the way when the backend
-/// runs another statement cancels that statement; so a backend a cancel was sent to is
-/// never handed to another client, and one its client keeps runs nothing more until the
-/// count is back to zero (every forwarding ends within [`crate::cancel::FORWARD_WITHIN`]).
-#[derive(Debug)]
-pub struct CancelsInFlight {
-    /// The backend these count for (what a cancel request for it carries).
-    pub key: BackendKey,
-    count: std::sync::atomic::AtomicUsize,
-    done: tokio::sync::Notify,
-    /// A cancel reached the wire for this backend: it is closed at release, never handed
-    /// on, because nothing proves PostgreSQL has acted on it (an orderly close of the
-    /// cancel connection can come from a proxy on the way before PostgreSQL read it).
-    sent: std::sync::atomic::AtomicBool,
-}
-
-impl CancelsInFlight {
-    /// No cancel yet for the backend with `key`.
-    pub fn new(key: BackendKey) -> CancelsInFlight {
-        CancelsInFlight {
-            key,
-            count: Default::default(),
-            done: Default::default(),
-            sent: Default::default(),
-        }
-    }
-
-    /// A cancel is about to be sent.
-    pub fn begin(&self) {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The forwarding of one cancel is over: delivered, never sent, or given up on (then
-    /// [`Self::mark_sent`] keeps the connection from being reused).
-    pub fn end(&self) {
-        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.done.notify_waiters();
-        }
-    }
-
-    /// A cancel left for PostgreSQL (delivered or not): the backend must not be reused.
-    pub fn mark_sent(&self) {
-        self.sent.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether a cancel was ever sent to this backend.
-    pub fn sent(&self) -> bool {
-        self.sent.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Whether any cancel is still on its way.
-    pub fn any(&self) -> bool {
-        self.count.load(std::sync::atomic::Ordering::SeqCst) > 0
-    }
-
-    /// Waits up to `within` for every cancel in flight to be confirmed; true if they were.
-    pub async fn settled(&self, within: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.any() {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return !self.any();
-            }
-        }
     }
 }
 

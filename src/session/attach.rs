@@ -58,7 +58,7 @@ impl Session {
             backend = conn.key().pid,
             "backend attached"
         );
-        self.me.entry.cancel.attach(conn);
+        self.me.entry.cancel.attach(&conn.cancels);
         self.me.entry.backend.store(conn.id, Ordering::Relaxed);
         self.status = TxStatus::Idle;
         self.context.reset();

@@ -234,7 +234,7 @@ impl Session {
             self.me.entry.cancel_secret(),
         );
         if self.pool.mode == crate::config::PoolMode::Session {
-            self.me.entry.cancel.attach(conn);
+            self.me.entry.cancel.attach(&conn.cancels);
             self.me.entry.backend.store(conn.id, Ordering::Relaxed);
             self.attachment.attach(pooled);
         } else {

@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backend::{BackendConn, BackendKey, CancelsInFlight};
+mod gate;
+
+pub use gate::{BackendKey, CancelsInFlight};
 
 /// How long a forwarded cancel may take to be confirmed before the backend it targets is
 /// given up (closed at its next release instead of reused).
@@ -43,10 +45,10 @@ pub struct CancelSlot {
 }
 
 impl CancelSlot {
-    /// Records the backend now serving the client.
-    pub fn attach(&self, conn: &BackendConn) {
+    /// Records the backend now serving the client (its cancel gate).
+    pub fn attach(&self, gate: &Arc<CancelsInFlight>) {
         if let Ok(mut cur) = self.current.lock() {
-            *cur = Some(conn.cancels.clone());
+            *cur = Some(gate.clone());
         }
     }
 
