@@ -1,7 +1,8 @@
 //! A statement prepared again after DDL must be parsed again, as PostgreSQL does for a new
 //! Parse: the proxy shares backend statements by content and caches them per backend, and
 //! used to reuse one parsed before the DDL ("cached plan must not change result type", or
-//! the old parameter types).
+//! the old parameter types). Nor may a copy parsed under another client's DateStyle or
+//! TimeZone serve: PostgreSQL fixes a literal's value when it parses the text.
 
 mod common;
 
@@ -191,4 +192,78 @@ async fn raw_parse_between_transactions_after_ddl() {
     let errs = errors(&msgs);
     assert!(errs.is_empty(), "prepared again after ALTER: {errs:?}");
     assert_eq!(data_rows(&msgs), vec![vec![Some("t".to_string())]]);
+}
+
+/// The value (one text column) statement `s` gives `c`.
+async fn value(c: &tokio_postgres::Client, s: &tokio_postgres::Statement) -> String {
+    c.query_one(s, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn a_copy_parsed_under_another_clients_datestyle_or_timezone_never_serves() {
+    // One backend, so every client's statement meets the copy another client left there.
+    let (env, _su) = env_with_table(1, "rp_unused").await;
+    let dmy = env.proxy.connect("acme").await;
+    let mdy = env.proxy.connect("globex").await;
+    dmy.batch_execute("SET DateStyle = 'ISO, DMY'; SET TimeZone = 'Pacific/Kiritimati'")
+        .await
+        .unwrap();
+    let date = "SELECT '03/04/2026'::date::text";
+    let instant = "SELECT ('2026-03-04 12:00'::timestamptz AT TIME ZONE 'UTC')::text";
+    let mut f = Failures::default();
+    // Each client prepares once and keeps its statements; the other client's Parse of the
+    // same text in between leaves a newer copy on the backend, parsed under its values.
+    let mut kept = Vec::new();
+    for (c, who, want_date, want_instant) in [
+        (&mdy, "MDY/UTC", "2026-03-04", "2026-03-04 12:00:00"),
+        (&dmy, "DMY/Kiritimati", "2026-04-03", "2026-03-03 22:00:00"),
+    ] {
+        let d = c.prepare(date).await.unwrap();
+        let i = c.prepare(instant).await.unwrap();
+        kept.push((c, who, d, want_date, i, want_instant));
+    }
+    for round in 0..3 {
+        for (c, who, d, want_date, i, want_instant) in &kept {
+            let got = value(c, d).await;
+            f.check(got == *want_date, || {
+                format!("round {round}, {who}: {date} gave {got}, not {want_date}")
+            });
+            let got = value(c, i).await;
+            f.check(got == *want_instant, || {
+                format!("round {round}, {who}: {instant} gave {got}, not {want_instant}")
+            });
+        }
+    }
+    // A third client, with the second one's values, changes its DateStyle in the same
+    // pipeline as a Parse of the text: the backend parses it under the new value before
+    // the proxy hears of the change, so the copy is recorded under the old values, which
+    // are the second client's. It must not serve the second client's statement.
+    let mut flip = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    for (name, sql) in [("", "SET DateStyle = 'ISO, DMY'"), ("flip", date)] {
+        pgtenant::protocol::messages::parse(&mut out, name, sql);
+        pgtenant::protocol::messages::bind(&mut out, name, std::iter::empty::<&[u8]>());
+        pgtenant::protocol::messages::execute(&mut out);
+    }
+    sync(&mut out);
+    flip.send(&out).await;
+    let msgs = flip.until_ready().await;
+    f.check(
+        data_rows(&msgs) == vec![vec![Some("2026-04-03".to_string())]],
+        || {
+            format!(
+                "the flipping client: {:?} {:?}",
+                data_rows(&msgs),
+                errors(&msgs)
+            )
+        },
+    );
+    let (_, who, d, want, _, _) = &kept[0];
+    let got = value(&mdy, d).await;
+    f.check(got == *want, || {
+        format!("{who} after the other's flip: {got}")
+    });
+    f.finish();
 }

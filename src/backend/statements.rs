@@ -88,8 +88,12 @@ struct Prepared {
     body: Bytes,
     /// Last use, for the LRU.
     used: u64,
-    /// When the proxy sent its Parse (a [`tick`]).
+    /// When the proxy sent its Parse (a [`tick`]); 0 once the copy may have been parsed
+    /// under other settings than its `parse_env` says (see [`BackendStatements::distrust`]).
     parsed_at: u64,
+    /// The digest of the parse-deciding settings it was parsed under (the client's, which
+    /// the proxy brought the backend to before the Parse).
+    parse_env: u64,
 }
 
 impl BackendStatements {
@@ -110,10 +114,18 @@ impl BackendStatements {
     /// kept, as PostgreSQL keeps the statement: clients that prepared before it was parsed
     /// get that error, as they would on their own connection, and a client that prepares
     /// again is newer than the copy, so it gets a fresh one.
-    pub fn touch(&mut self, def: &StatementDef) -> bool {
+    ///
+    /// `parse_env`: the client's digest of the settings that decide what a text means
+    /// (DateStyle, TimeZone, ...): a copy parsed under other values fixed other literal
+    /// values, so it does not serve (it is parsed again under the client's).
+    pub fn touch(&mut self, def: &StatementDef, parse_env: u64) -> bool {
         self.tick += 1;
         match self.entries.get_mut(&def.backend_name) {
-            Some(p) if p.parsed_at > def.defined_at && p.body == def.body => {
+            Some(p)
+                if p.parsed_at > def.defined_at
+                    && p.parse_env == parse_env
+                    && p.body == def.body =>
+            {
                 p.used = self.tick;
                 true
             }
@@ -124,7 +136,7 @@ impl BackendStatements {
     /// Records `def` as prepared (the caller sends its Parse now); returns a statement name
     /// to close first when an older copy or a different body held the name, or the cache
     /// was full.
-    pub fn insert(&mut self, def: &StatementDef) -> Vec<String> {
+    pub fn insert(&mut self, def: &StatementDef, parse_env: u64) -> Vec<String> {
         let mut close = Vec::new();
         if self.entries.contains_key(&def.backend_name) {
             close.push(def.backend_name.clone());
@@ -143,9 +155,20 @@ impl BackendStatements {
             body: def.body.clone(),
             used: self.tick,
             parsed_at: tick(),
+            parse_env,
         };
         self.entries.insert(def.backend_name.clone(), prepared);
         close
+    }
+
+    /// No copy serves again until parsed anew: a client changed a parse-deciding setting
+    /// itself (`SET DateStyle` in its SQL), and a Parse the proxy sent since may have run
+    /// under the new value while recorded under the old. Copies stay known by name, so the
+    /// next use closes and parses them again.
+    pub fn distrust(&mut self) {
+        for p in self.entries.values_mut() {
+            p.parsed_at = 0;
+        }
     }
 
     /// Forgets a statement (its Parse failed).
@@ -181,29 +204,48 @@ mod tests {
     fn backend_cache_evicts_least_recently_used() {
         let mut cache = BackendStatements::new(2);
         let (a, b, c) = (def(b"a\0\0\0"), def(b"b\0\0\0"), def(b"c\0\0\0"));
-        assert!(cache.insert(&a).is_empty());
-        assert!(cache.insert(&b).is_empty());
-        assert!(cache.touch(&a));
-        assert_eq!(cache.insert(&c), vec![b.backend_name.clone()]);
-        assert!(cache.touch(&a) && cache.touch(&c) && !cache.touch(&b));
+        assert!(cache.insert(&a, 0).is_empty());
+        assert!(cache.insert(&b, 0).is_empty());
+        assert!(cache.touch(&a, 0));
+        assert_eq!(cache.insert(&c, 0), vec![b.backend_name.clone()]);
+        assert!(cache.touch(&a, 0) && cache.touch(&c, 0) && !cache.touch(&b, 0));
     }
 
     #[test]
     fn a_copy_parsed_before_the_clients_parse_is_replaced() {
         let mut cache = BackendStatements::new(4);
         let first = def(b"select * from t\0\0\0");
-        assert!(!cache.touch(&first));
-        assert!(cache.insert(&first).is_empty());
-        assert!(cache.touch(&first));
+        assert!(!cache.touch(&first, 0));
+        assert!(cache.insert(&first, 0).is_empty());
+        assert!(cache.touch(&first, 0));
         // The same SQL parsed again by a client (after DDL, say): the backend's copy is
         // older, so it is closed and parsed again under the same name.
         let again = def(b"select * from t\0\0\0");
         assert_eq!(again.backend_name, first.backend_name);
-        assert!(!cache.touch(&again));
-        assert_eq!(cache.insert(&again), vec![again.backend_name.clone()]);
-        assert!(cache.touch(&again));
+        assert!(!cache.touch(&again, 0));
+        assert_eq!(cache.insert(&again, 0), vec![again.backend_name.clone()]);
+        assert!(cache.touch(&again, 0));
         // The new copy serves the earlier definition too: it was parsed after it.
-        assert!(cache.touch(&first));
+        assert!(cache.touch(&first, 0));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_parsed_under_other_parse_settings_does_not_serve() {
+        let mut cache = BackendStatements::new(4);
+        let (mdy, dmy) = (1, 2);
+        let s = def(b"select '03/04/2026'::date\0\0\0");
+        assert!(cache.insert(&s, dmy).is_empty());
+        assert!(cache.touch(&s, dmy));
+        // A client under other DateStyle/TimeZone values: parsed again, under its own.
+        assert!(!cache.touch(&s, mdy));
+        assert_eq!(cache.insert(&s, mdy), vec![s.backend_name.clone()]);
+        assert!(cache.touch(&s, mdy));
+        assert!(!cache.touch(&s, dmy));
+        // A client changed a parse setting itself: nothing serves until parsed again.
+        cache.distrust();
+        assert!(!cache.touch(&s, mdy));
+        assert_eq!(cache.insert(&s, mdy), vec![s.backend_name.clone()]);
+        assert!(cache.touch(&s, mdy));
     }
 }

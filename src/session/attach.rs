@@ -341,7 +341,13 @@ impl Session {
                         _ => None,
                     })
                     .collect();
+                let parse_env = self.params.parse_env();
                 self.params.adopt_session(conn, &listed);
+                if self.params.parse_env() != parse_env {
+                    // A parse-deciding setting changed by the client's SQL (see
+                    // `BackendStatements::distrust`).
+                    conn.statements.distrust();
+                }
                 Ok(kept)
             }
             Err(crate::backend::BackendError::Server(e)) => {

@@ -45,6 +45,28 @@ const FOLLOWED: &[&str] = &[
     "TimeZone",
 ];
 
+/// Settings that decide what PostgreSQL makes of a statement's text when it parses it: a
+/// literal's value is fixed at Parse (`'03/04/2026'` under DateStyle, a `timestamptz`
+/// under TimeZone, `x = NULL` under transform_null_equals), so a prepared statement
+/// parsed under one client's values must not serve a client with others. `search_path`
+/// and `row_security` are not here: PostgreSQL re-plans a statement when they change.
+const PARSE_SETTINGS: &[&str] = &[
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "timezone_abbreviations",
+    "transform_null_equals",
+    "array_nulls",
+    "xmloption",
+    "lc_monetary",
+    "backslash_quote",
+];
+
+/// True for settings that decide how PostgreSQL parses a statement ([`PARSE_SETTINGS`]).
+pub fn decides_parsing(name: &str) -> bool {
+    PARSE_SETTINGS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// True for settings PostgreSQL reports with ParameterStatus.
 pub fn is_reported(name: &str) -> bool {
     REPORTED.iter().any(|r| r.eq_ignore_ascii_case(name))
@@ -73,6 +95,31 @@ struct ParamSet {
     values: Vec<(Cow<'static, str>, String)>,
     /// Settings the client chose itself (startup parameters and options).
     explicit: Vec<Cow<'static, str>>,
+    /// A digest of the values of [`PARSE_SETTINGS`] (see [`ClientParams::parse_env`]),
+    /// kept up to date with `values`.
+    parse_env: u64,
+}
+
+impl ParamSet {
+    /// Recomputes `parse_env` from `values`.
+    fn refresh_parse_env(&mut self) {
+        let mut h = std::hash::DefaultHasher::new();
+        let mut any = false;
+        for name in PARSE_SETTINGS {
+            let v = self
+                .values
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name));
+            any |= v.is_some();
+            std::hash::Hash::hash(&v.map(|(_, v)| v.as_str()), &mut h);
+        }
+        // 0 for a set without any (as a new, empty set has).
+        self.parse_env = if any {
+            std::hash::Hasher::finish(&h)
+        } else {
+            0
+        };
+    }
 }
 
 /// Distinct parameter sets kept for sharing; beyond this many, new sets are not interned.
@@ -107,13 +154,33 @@ impl ClientParams {
     /// Records a value (from startup or from a ParameterStatus while attached).
     pub fn set(&mut self, name: &str, value: &str) {
         let name = canonical(name);
+        let parses = decides_parsing(&name);
         match self.set.values.iter().position(|(k, _)| *k == name) {
-            Some(i) if self.set.values[i].1 == value => {}
+            Some(i) if self.set.values[i].1 == value => return,
             Some(i) => Arc::make_mut(&mut self.set).values[i].1 = value.to_string(),
             None => Arc::make_mut(&mut self.set)
                 .values
                 .push((name, value.to_string())),
         }
+        if parses {
+            Arc::make_mut(&mut self.set).refresh_parse_env();
+        }
+    }
+
+    /// A digest of the client's values of the settings that decide how PostgreSQL parses
+    /// a statement: a backend's prepared copy serves the client only if it was parsed
+    /// under the same digest ([`crate::backend::statements::BackendStatements::touch`]).
+    pub fn parse_env(&self) -> u64 {
+        self.set.parse_env
+    }
+
+    /// The client's value of `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.set
+            .values
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Learns a ParameterStatus the backend sent while serving this client.
@@ -138,7 +205,9 @@ impl ClientParams {
         }
         let kept = |k: &str| reported(k) || listed.iter().any(|(n, _)| n == k);
         if self.set.values.iter().any(|(k, _)| !kept(k)) {
-            Arc::make_mut(&mut self.set).values.retain(|(k, _)| kept(k));
+            let set = Arc::make_mut(&mut self.set);
+            set.values.retain(|(k, _)| kept(k));
+            set.refresh_parse_env();
         }
     }
 

@@ -91,7 +91,7 @@ impl Session {
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
-        if b.conn().statements.touch(def) {
+        if b.conn().statements.touch(def, self.params.parse_env()) {
             self.pool.metrics.statement_hits.inc();
         } else {
             self.pool.metrics.statement_misses.inc();
@@ -104,7 +104,7 @@ impl Session {
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
-        for victim in b.conn().statements.insert(def) {
+        for victim in b.conn().statements.insert(def, self.params.parse_env()) {
             StatementDef::close_message(&victim, &mut self.bout);
             self.flow.sent(ft::CLOSE, Owner::Proxy);
             self.pool.metrics_statement_evictions();

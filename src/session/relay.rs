@@ -243,12 +243,21 @@ impl Session {
                     continue;
                 }
                 bt::PARAMETER_STATUS => {
-                    let conn = self.attachment.conn_mut().map(|b| b.conn());
-                    if let Some((k, v)) = conn.and_then(|c| c.note_parameter(body)) {
+                    let mut conn = self.attachment.conn_mut().map(|b| b.conn());
+                    if let Some((k, v)) = conn.as_mut().and_then(|c| c.note_parameter(body)) {
                         if self.server.guard_enabled
                             && let Some(why) = crate::policy::unreadable_report(&k, &v)
                         {
                             return Err(End::Unreadable(why));
+                        }
+                        // Not the value the proxy brought the backend to: the client's own
+                        // SQL changed how texts parse, perhaps ahead of a Parse the proxy
+                        // already recorded under the old value.
+                        if super::params::decides_parsing(&k)
+                            && self.params.get(&k) != Some(v.as_str())
+                            && let Some(c) = conn
+                        {
+                            c.statements.distrust();
                         }
                         self.params.observe(&k, &v);
                     }
