@@ -166,6 +166,7 @@ pub enum Func {
 const OTHER_SESSIONS: &str = "reaches other tenants' sessions";
 const SERVER_FILES: &str = "reads or writes the server's files";
 const OTHER_CONNECTIONS: &str = "runs SQL on another connection the guard cannot read";
+const UNCLEANABLE: &str = "seeds random() for every later user of the connection, and no cleanup (not even DISCARD ALL) undoes it";
 
 /// Functions by name (unquoted names compare case-insensitively, quoted exactly; the
 /// schema, if any, is ignored: `pg_catalog.set_config` is `set_config`).
@@ -217,6 +218,7 @@ pub const FUNCTIONS: &[(&str, Func)] = &[
     ("dblink_connect_u", Func::Refused(OTHER_CONNECTIONS)),
     ("dblink_send_query", Func::Refused(OTHER_CONNECTIONS)),
     ("dblink_open", Func::Refused(OTHER_CONNECTIONS)),
+    ("setseed", Func::Refused(UNCLEANABLE)),
 ];
 
 /// Relations that show other sessions' SQL, read anywhere; and views whose writes change

@@ -10,7 +10,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind};
 
 /// Substrings that send a text to the parser (the fast path, `super::fast`). Every entry of `knowledge::FUNCTIONS` and
 /// `knowledge::RELATIONS` contains one (`pg_` covers the catalog).
-pub(crate) const NEEDLES: [&[u8]; 12] = [
+pub(crate) const NEEDLES: [&[u8]; 13] = [
     b"pg_",
     b"set_config",
     b"_to_xml",
@@ -23,6 +23,7 @@ pub(crate) const NEEDLES: [&[u8]; 12] = [
     b"lo_export",
     b"u&",
     b"regproc",
+    b"setseed",
 ];
 
 /// One word the analysis searches the whole text for.

@@ -100,7 +100,22 @@ async fn parser_path_refuses_what_the_lexer_missed() {
         assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
     }
 
-    // 5. Statement kinds the allow-list does not know, and text the grammar rejects.
+    // 5. State no cleanup removes: a seed set by one client decides the next client's
+    //    random() on that connection, and DISCARD ALL does not reset it.
+    direct.batch_execute("SELECT setseed(0.5)").await.unwrap();
+    let seeded = one(&direct, "SELECT random()::text").await;
+    direct.batch_execute("SELECT setseed(0.5)").await.unwrap();
+    direct.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(one(&direct, "SELECT random()::text").await, seeded);
+    for sql in [
+        "SELECT setseed(0.5)",
+        "SELECT pg_catalog.setseed(0.5)",
+        "DO $$ BEGIN PERFORM setseed(0.5); END $$",
+    ] {
+        assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
+    }
+
+    // 6. Statement kinds the allow-list does not know, and text the grammar rejects.
     assert_eq!(refused_code(&mut c, "LOAD 'plpgsql'").await, "0A000");
     assert_eq!(refused_code(&mut c, "SELEC 1; SELECT 1").await, "42601");
 

@@ -111,6 +111,12 @@ fn refuses_each_class() {
         "SELECT * FROM dblink('dbname=x', 'SELECT 1') AS t(a int)",
         "SELECT pg_read_file('/etc/passwd')",
         "SELECT lo_import('/etc/passwd')",
+        // State no cleanup removes: the next tenant's random() would follow this seed.
+        "SELECT setseed(0.5)",
+        "SELECT pg_catalog.setseed(0.5)",
+        "SELECT \"setseed\"(0.5)",
+        "DO $$BEGIN PERFORM setseed(0.5); END$$",
+        "SELECT 'setseed'::regproc",
     ] {
         let v = refused(sql);
         assert!(!v.message().is_empty(), "{sql}");
