@@ -137,6 +137,16 @@ pub struct ServerConfig {
     /// The SQL guard (false: tenant SQL goes through unread). For tests and audits of the
     /// verified context only; needs a restart.
     pub sql_guard: bool,
+    /// File holding the key of the tenants' LISTEN/NOTIFY channel prefixes (a secret, at
+    /// least 32 bytes; never in config.toml). Every pgtenant in front of one database must
+    /// share it for NOTIFY to reach listeners behind another; without one each process
+    /// draws its own. Read at start-up only.
+    pub channel_key_file: Option<std::path::PathBuf>,
+    /// Environment variable holding the channel key (instead of `channel_key_file`).
+    pub channel_key_env: Option<String>,
+    /// The key read from `channel_key_file`/`channel_key_env` by [`Config::load`].
+    #[serde(skip)]
+    pub channel_key: Option<std::sync::Arc<crate::verified::ContextKey>>,
 }
 
 impl ServerConfig {
@@ -173,6 +183,9 @@ impl Default for ServerConfig {
             idle_in_transaction_timeout: Duration::ZERO,
             pinned_idle_timeout: Duration::ZERO,
             max_pinned_per_tenant: 0,
+            channel_key_file: None,
+            channel_key_env: None,
+            channel_key: None,
             tcp_keepalives_idle: Duration::from_secs(60),
             tcp_keepalives_interval: Duration::from_secs(10),
             tcp_keepalives_count: 6,
@@ -467,7 +480,56 @@ impl Config {
         })?;
         let mut cfg = cfg;
         cfg.load_key()?;
+        cfg.load_channel_key()?;
         Ok(cfg)
+    }
+
+    /// Reads the channel key named by `server.channel_key_file`/`server.channel_key_env`,
+    /// if either is set (at least [`crate::verified::MIN_KEY_LEN`] bytes).
+    pub fn load_channel_key(&mut self) -> Result<(), ConfigError> {
+        let s = &mut self.server;
+        let problem = |key: &str, message: String| {
+            ConfigError::Invalid(vec![ConfigProblem {
+                key: key.into(),
+                message,
+            }])
+        };
+        let (bytes, key) = match (&s.channel_key_file, &s.channel_key_env) {
+            (Some(path), _) => (
+                std::fs::read(path).map_err(|e| {
+                    problem(
+                        "server.channel_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+                "server.channel_key_file",
+            ),
+            (None, Some(name)) => (
+                std::env::var(name)
+                    .map_err(|_| {
+                        problem(
+                            "server.channel_key_env",
+                            format!("environment variable {name} is not set or not valid UTF-8"),
+                        )
+                    })?
+                    .into_bytes(),
+                "server.channel_key_env",
+            ),
+            (None, None) => return Ok(()),
+        };
+        if bytes.trim_ascii().len() < crate::verified::MIN_KEY_LEN {
+            return Err(problem(
+                key,
+                format!(
+                    "the key must be at least {} bytes (e.g. `openssl rand -hex 32`)",
+                    crate::verified::MIN_KEY_LEN
+                ),
+            ));
+        }
+        s.channel_key = Some(std::sync::Arc::new(crate::verified::ContextKey::new(
+            &bytes,
+        )));
+        Ok(())
     }
 
     /// Parses and validates config text.

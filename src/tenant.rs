@@ -208,11 +208,29 @@ impl TenantDirectory {
     }
 }
 
-/// The LISTEN/NOTIFY channel prefix of the tenant with id `tenant_id`: fixed length (so stripping it is
-/// unambiguous), the same in every pgtenant process, and free of characters SQL would quote.
+/// The key behind every channel prefix, fixed for the process's life: a LISTEN made under
+/// one prefix must keep hearing NOTIFYs made later.
+static CHANNEL_KEY: std::sync::OnceLock<crate::verified::ContextKey> = std::sync::OnceLock::new();
+
+/// Makes `key` (from `server.channel_key_file`/`_env`) the channel key, or draws a random
+/// one when there is none; call before the first tenant is built. False when a different
+/// key is already in use (a reload: the key changes only at a restart).
+pub fn use_channel_key(key: Option<&crate::verified::ContextKey>) -> bool {
+    let in_use = CHANNEL_KEY.get_or_init(|| {
+        key.cloned()
+            .unwrap_or_else(crate::verified::ContextKey::generate)
+    });
+    key.is_none_or(|k| k == in_use)
+}
+
+/// The LISTEN/NOTIFY channel prefix of the tenant with id `tenant_id`: fixed length (so
+/// stripping it is unambiguous), free of characters SQL would quote, and keyed, so that no
+/// tenant can compute another's: then even SQL the proxy never reads (a rule, an operator
+/// or a function already in the database calling `pg_notify`) cannot name another
+/// tenant's channel. The same in every pgtenant process that shares the channel key.
 pub fn channel_prefix(tenant_id: &str) -> String {
-    let digest =
-        <sha2::Sha256 as sha2::Digest>::digest(format!("pgtenant channel\0{tenant_id}").as_bytes());
+    let key = CHANNEL_KEY.get_or_init(crate::verified::ContextKey::generate);
+    let digest = key.hmac(format!("pgtenant channel\0{tenant_id}").as_bytes());
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("pgt_{hex}.")
 }

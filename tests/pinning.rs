@@ -523,3 +523,61 @@ async fn a_pinned_client_ends_by_kill_and_by_its_idle_timeout() {
         .await
         .expect("no hang");
 }
+
+/// The prefix a tenant could compute for another when prefixes were a plain hash of the
+/// tenant id (before they were keyed).
+fn unkeyed_prefix(tenant_id: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("pgtenant channel\0{tenant_id}").as_bytes());
+    let hex: String = d[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("pgt_{hex}.")
+}
+
+#[tokio::test]
+async fn no_path_the_proxy_does_not_read_reaches_another_tenants_channel() {
+    let env = TestEnv::start_with(|c| pool(c, 4, None, PinMode::Pin)).await;
+    let long = async {
+        let (globex, mut heard) = listener(&env, "globex").await;
+        globex.batch_execute("LISTEN jobs").await.unwrap();
+        let acme = env.proxy.connect("acme").await;
+        // Paths the channel rewrite never sees: an operator and a rule that call pg_notify,
+        // with the channel name a tenant can compute for another tenant.
+        let forged = format!("{}jobs", unkeyed_prefix(GLOBEX));
+        for sql in [
+            format!(
+                "CREATE OPERATOR pg_temp.### (function = pg_notify, leftarg = text, rightarg = text);
+                 SELECT '{forged}' OPERATOR(pg_temp.###) 'via operator'"
+            ),
+            format!(
+                "CREATE TEMP TABLE t (x int);
+                 CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY \"{forged}\", 'via rule';
+                 INSERT INTO t VALUES (1)"
+            ),
+        ] {
+            // Refused or run: either way globex must hear nothing.
+            let _ = acme.batch_execute(&sql).await;
+        }
+        // globex's own NOTIFY, sent after the forgeries, is the first thing it hears.
+        let globex2 = env.proxy.connect("globex").await;
+        globex2.batch_execute("NOTIFY jobs, 'own'").await.unwrap();
+        assert_eq!(
+            next_note(&mut heard).await,
+            Some(("jobs".into(), "own".into()))
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_millis(300), heard.recv())
+                .await
+                .ok()
+                .flatten(),
+            None
+        );
+        // The prefix in use is keyed: not the one computable from the tenant id.
+        assert_ne!(
+            pgtenant::session::channels::channel_prefix(GLOBEX),
+            unkeyed_prefix(GLOBEX)
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(90), long)
+        .await
+        .expect("no hang");
+}

@@ -112,3 +112,31 @@ fn the_key_is_read_from_its_file_and_named_when_missing() {
     assert!(!format!("{cfg:?}").contains(&"k".repeat(40)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_channel_key_is_read_from_its_file_and_named_when_bad() {
+    let dir = std::env::temp_dir().join(format!("pgtenant-chkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let key = dir.join("channel-key");
+    let text = format!(
+        "[server]\nchannel_key_file = {:?}\n[databases.app]\nhost = \"h\"\nuser = \"u\"\n",
+        key.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("server.channel_key_file"), "{err}");
+    std::fs::write(&key, "short").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("server.channel_key_file") && !err.contains("short"),
+        "{err}"
+    );
+    std::fs::write(&key, "c".repeat(40)).unwrap();
+    let cfg = Config::load(&path).expect("valid with the key");
+    assert!(cfg.server.channel_key.is_some());
+    let both = "[server]\nchannel_key_file = \"/k\"\nchannel_key_env = \"K\"\n[databases.app]\nhost = \"h\"\nuser = \"u\"\n";
+    let err = Config::parse(both).unwrap_err().to_string();
+    assert!(err.contains("server.channel_key_env"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -76,6 +76,12 @@ impl Config {
                 bad(key, format!("{name:?} is listed twice"));
             }
         }
+        if self.server.channel_key_file.is_some() && self.server.channel_key_env.is_some() {
+            bad(
+                "server.channel_key_env".into(),
+                "set server.channel_key_file or server.channel_key_env, not both".into(),
+            );
+        }
         let c = &self.context;
         if c.mode == super::ContextMode::Verified {
             match (&c.key_file, &c.key_env) {

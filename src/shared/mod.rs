@@ -81,6 +81,18 @@ impl Server {
             .then_some(config.context.schema.as_str());
         let plan = InjectionPlan::new(config.context.settings(), verified);
         let guard_enabled = config.server.sql_guard;
+        if !crate::tenant::use_channel_key(config.server.channel_key.as_deref()) {
+            tracing::warn!(
+                key = "server.channel_key_file",
+                "this process already uses another channel key; the configured one is ignored"
+            );
+        } else if config.server.channel_key.is_none() {
+            tracing::info!(
+                "LISTEN/NOTIFY channel prefixes use a key of this process only: set \
+                 server.channel_key_file (or _env) on every pgtenant of a database for NOTIFY \
+                 to cross between them"
+            );
+        }
         let tenants = TenantDirectory::from_config(&config, &plan);
         let mut pools = HashMap::new();
         for name in config.databases.keys() {

@@ -146,6 +146,13 @@ impl Server {
         cfg.server.metrics_listen = old.server.metrics_listen;
         cfg.server.worker_threads = old.server.worker_threads;
 
+        if !crate::tenant::use_channel_key(cfg.server.channel_key.as_deref()) {
+            tracing::warn!(
+                key = "server.channel_key_file",
+                "the channel key changed: it takes effect at the next restart (LISTENs made \
+                 under the key in use must keep hearing NOTIFYs)"
+            );
+        }
         let (pools, pools_kept, pools_new) = self.next_pools(&cfg)?;
         let mut tenants = TenantDirectory::from_config(&cfg, &self.plan);
         let old_tenants = self.tenants.load_full();
