@@ -10,7 +10,7 @@ use serde_json::Value;
 mod tree;
 use tree::{
     body_options, collect_exprs, constant, expression, is_kind, last_name, name_in_text, node,
-    parse_mode, tagged, trigger_wrap, typed_kind, wrap_do,
+    parse_mode, record_with_default, tagged, trigger_wrap, typed_kind, wrap_do,
 };
 
 use super::GuardViolation;
@@ -269,14 +269,14 @@ impl Checker<'_> {
     ) -> Result<(), Stop> {
         match lang {
             "sql" => self.text(body, scope, depth + 1),
-            "plpgsql" => self.plpgsql(whole, scope, depth + 1),
+            "plpgsql" => self.plpgsql(whole, body, scope, depth + 1),
             _ => refuse("a function language other than sql or plpgsql"),
         }
     }
 
     /// Checks a PL/pgSQL function (a whole CREATE FUNCTION text): every SQL statement and
     /// expression in it, and EXECUTE only of a constant string.
-    fn plpgsql(&mut self, whole: &str, scope: Scope, depth: usize) -> Result<(), Stop> {
+    fn plpgsql(&mut self, whole: &str, body: &str, scope: Scope, depth: usize) -> Result<(), Stop> {
         if depth > MAX_DEPTH {
             return refuse("SQL nested too deep to verify");
         }
@@ -286,6 +286,11 @@ impl Checker<'_> {
                 return refuse(format!("a PL/pgSQL body the guard could not read ({e})"));
             }
         };
+        if let Some(name) = record_with_default(&tree, body) {
+            return refuse(format!(
+                "a default value of record variable {name:?}, which the guard cannot read"
+            ));
+        }
         let mut exprs = Vec::new();
         collect_exprs(&tree, false, &mut exprs);
         for (query, mode, dynamic) in exprs {

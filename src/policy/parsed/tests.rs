@@ -35,6 +35,7 @@ fn allows_what_privileges_govern() {
         "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t VALUES (1); COMMIT; END $$",
         "CREATE FUNCTION g(n int) RETURNS SETOF int LANGUAGE plpgsql AS $$ DECLARE r record; c CURSOR FOR SELECT 1; BEGIN FOR r IN SELECT generate_series(1, n) AS v LOOP RETURN NEXT r.v; END LOOP; RAISE NOTICE 'n %', n; RETURN QUERY SELECT 1; END $$",
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM t) THEN CREATE TABLE t2 (a int); END IF; END $$",
+        "DO $$ DECLARE r record; x int := 1; BEGIN r := ROW(x); SELECT 1 AS a INTO r; END $$",
         "DO $$ BEGIN PERFORM 1; SET search_path = x; END $$",
         "DO $$ BEGIN SET LOCAL work_mem = '1MB'; END $$",
         "SELECT c.oid::pg_catalog.regclass FROM pg_catalog.pg_class c",
@@ -117,6 +118,11 @@ fn refuses_each_class() {
         "SELECT \"setseed\"(0.5)",
         "DO $$BEGIN PERFORM setseed(0.5); END$$",
         "SELECT 'setseed'::regproc",
+        // A record variable's default, which the PL/pgSQL tree leaves out.
+        "DO $$DECLARE r record := ROW(pg_stat_file('PG_VERSION')); BEGIN NULL; END$$",
+        "DO $$DECLARE x int; r record DEFAULT ROW(pg_advisory_lock(7)); BEGIN NULL; END$$",
+        "DO $$DECLARE \"R\" record = ROW(1); BEGIN NULL; END$$",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$DECLARE r record := ROW(1); BEGIN END$$",
     ] {
         let v = refused(sql);
         assert!(!v.message().is_empty(), "{sql}");

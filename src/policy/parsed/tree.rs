@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::policy::sql::{Lexer, Token, TokenKind};
+
 /// PostgreSQL's grammar in `mode` (a PL/pgSQL expression's `parseMode`: 0 a statement,
 /// 2 an expression, 3 to 5 an assignment to a name of 1 to 3 parts).
 pub(super) fn parse_mode(sql: &str, mode: i64) -> pg_query::Result<pg_query::ParseResult> {
@@ -189,6 +191,64 @@ pub(super) fn collect_exprs(v: &Value, dynamic: bool, out: &mut Vec<(String, i64
             }
         }
         Value::Array(a) => a.iter().for_each(|c| collect_exprs(c, dynamic, out)),
+        _ => {}
+    }
+}
+
+/// The name of a record variable declared with a default value in `body`, if any.
+/// libpg_query's PL/pgSQL tree leaves a record variable's default out (it dumps only the
+/// name of a `PLpgSQL_rec`), so an expression there (`r record := ROW(f())`) would run
+/// unread. Found in the text instead: a declaration is a `;`-separated piece that starts
+/// with the variable's name followed by a type (an assignment `r := ...` has an operator
+/// there), with `=`, `:=` or DEFAULT in it.
+pub(super) fn record_with_default(tree: &Value, body: &str) -> Option<String> {
+    let mut names = Vec::new();
+    record_names(tree, &mut names);
+    if names.is_empty() {
+        return None;
+    }
+    let toks: Vec<Token> = Lexer::new(body.as_bytes()).collect();
+    for piece in toks.split(|t| t.kind == TokenKind::Op && t.text == b";") {
+        let piece = match piece.first() {
+            Some(t) if t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(b"declare") => {
+                &piece[1..]
+            }
+            _ => piece,
+        };
+        let (Some(name), Some(next)) = (piece.first(), piece.get(1)) else {
+            continue;
+        };
+        let named = match name.kind {
+            TokenKind::Ident => String::from_utf8_lossy(name.text).to_ascii_lowercase(),
+            TokenKind::QuotedIdent => String::from_utf8_lossy(name.text).replace("\"\"", "\""),
+            _ => continue,
+        };
+        let declared = matches!(next.kind, TokenKind::Ident | TokenKind::QuotedIdent);
+        let has_default = piece.iter().any(|t| {
+            (t.kind == TokenKind::Op && t.text == b"=")
+                || (t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(b"default"))
+        });
+        if declared && has_default && names.contains(&named) {
+            return Some(named);
+        }
+    }
+    None
+}
+
+/// The names of every record variable (`PLpgSQL_rec`) in a PL/pgSQL tree.
+fn record_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(name) = o
+                .get("PLpgSQL_rec")
+                .and_then(|r| r.get("refname"))
+                .and_then(Value::as_str)
+            {
+                out.push(name.to_string());
+            }
+            o.values().for_each(|c| record_names(c, out));
+        }
+        Value::Array(a) => a.iter().for_each(|c| record_names(c, out)),
         _ => {}
     }
 }
