@@ -237,6 +237,38 @@ BYPASSRLS: one SET ROLE ends row level security for it', g.rolname),
         fix: |r, _| r[2].clone(),
     },
     Check {
+        id: "rls-bypassing-privilege",
+        severity: Severity::Critical,
+        query: concat!(
+            "WITH ",
+            tenant_tables!(),
+            ", risky AS (SELECT t.tbl, p.priv, c.relacl, c.relowner
+               FROM tenant_tables t JOIN pg_catalog.pg_class c ON c.oid = t.oid
+               CROSS JOIN (VALUES ('TRIGGER'), ('TRUNCATE')) p(priv)
+               WHERE has_table_privilege($ROLE, t.oid, p.priv))
+             SELECT r.tbl, string_agg(r.priv, ', ' ORDER BY r.priv),
+               string_agg(format('REVOKE %s ON %s FROM %s;', r.priv, r.tbl,
+                 coalesce((SELECT string_agg(CASE WHEN x.grantee = 0 THEN 'PUBLIC'
+                             ELSE quote_ident(pg_get_userbyid(x.grantee)) END, ', ')
+                           FROM aclexplode(coalesce(r.relacl, acldefault('r', r.relowner))) x
+                           WHERE x.privilege_type = r.priv
+                             AND (x.grantee = 0 OR pg_has_role($ROLE, x.grantee, 'USAGE'))),
+                          'PUBLIC')), chr(10) ORDER BY r.priv)
+             FROM risky r WHERE ",
+            not_super!(),
+            " GROUP BY r.tbl ORDER BY 1"
+        ),
+        message: |r| {
+            format!(
+                "the app role has {} on tenant table {}: TRUNCATE ignores row level security \
+                 and empties every tenant's rows; a trigger it creates runs inside every \
+                 tenant's transactions, sees their rows and can copy them where it reads",
+                r[1], r[0]
+            )
+        },
+        fix: |r, _| r[2].clone(),
+    },
+    Check {
         id: "create-on-schema",
         severity: Severity::Critical,
         query: concat!(

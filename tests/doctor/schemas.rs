@@ -152,6 +152,20 @@ pub const CASES: &[Case] = &[
         fix: "ALTER TABLE public.notes OWNER TO postgres;",
         cleanup: "",
     },
+    Case {
+        breakage: "GRANT TRUNCATE, TRIGGER ON notes TO app_user",
+        check: "rls-bypassing-privilege",
+        object: "public.notes",
+        fix: "REVOKE TRIGGER ON public.notes FROM app_user;\nREVOKE TRUNCATE ON public.notes FROM app_user;",
+        cleanup: "",
+    },
+    Case {
+        breakage: "GRANT TRUNCATE ON notes TO PUBLIC",
+        check: "rls-bypassing-privilege",
+        object: "public.notes",
+        fix: "REVOKE TRUNCATE ON public.notes FROM PUBLIC;",
+        cleanup: "",
+    },
     // 5. CREATE on a schema (directly or via PUBLIC) or the database, TEMP on the database.
     Case {
         breakage: "GRANT CREATE ON SCHEMA public TO app_user",
