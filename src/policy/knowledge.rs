@@ -19,6 +19,20 @@ pub enum Kind {
 const PRIV: &str = sqlstate::INSUFFICIENT_PRIVILEGE;
 const UNSUPPORTED: &str = sqlstate::FEATURE_NOT_SUPPORTED;
 
+/// The strongest LOCK TABLE mode that passes without widening: ROW EXCLUSIVE (PostgreSQL's
+/// `RowExclusiveLock`, 3), which every INSERT, UPDATE and DELETE takes anyway. Stronger
+/// modes (SHARE UPDATE EXCLUSIVE and up, the default ACCESS EXCLUSIVE among them) block
+/// other tenants' writes or reads of a shared table for as long as the transaction lasts.
+pub const WEAKEST_REFUSED_LOCK: i64 = 4;
+
+/// True for a `LockStmt` whose mode other tenants' statements never wait for.
+pub fn weak_lock(lock_stmt: &serde_json::Value) -> bool {
+    lock_stmt
+        .get("mode")
+        .and_then(serde_json::Value::as_i64)
+        .is_some_and(|m| m < WEAKEST_REFUSED_LOCK)
+}
+
 /// Statement kinds by their parse-node name. A kind not listed is refused with 0A000.
 pub const STATEMENTS: &[(&str, Kind)] = &[
     ("SelectStmt", Kind::Allow),
@@ -44,7 +58,15 @@ pub const STATEMENTS: &[(&str, Kind)] = &[
     ("ListenStmt", Kind::Allow),
     ("UnlistenStmt", Kind::Allow),
     ("NotifyStmt", Kind::Allow),
-    ("LockStmt", Kind::Allow),
+    // Only in a mode stronger than ROW EXCLUSIVE (what writes take anyway): see
+    // [`weak_lock`].
+    (
+        "LockStmt",
+        Kind::Refuse(
+            PRIV,
+            "LOCK TABLE in a mode stronger than ROW EXCLUSIVE (it holds a table every tenant shares: their reads or writes wait)",
+        ),
+    ),
     ("DiscardStmt", Kind::Allow),
     ("ConstraintsSetStmt", Kind::Allow),
     ("CheckPointStmt", Kind::Allow),

@@ -117,7 +117,9 @@ impl Checker<'_> {
             let Some((kind, body)) = node(stmt) else {
                 continue;
             };
-            if let Kind::Refuse(..) = knowledge::statement(kind) {
+            if let Kind::Refuse(..) = knowledge::statement(kind)
+                && !(kind == "LockStmt" && knowledge::weak_lock(body))
+            {
                 self.widenable.push(kind.to_string());
             }
             let start = raw

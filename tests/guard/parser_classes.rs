@@ -115,7 +115,35 @@ async fn parser_path_refuses_what_the_lexer_missed() {
         assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
     }
 
-    // 6. Statement kinds the allow-list does not know, and text the grammar rejects.
+    // 6. A strong explicit lock on a table every tenant shares makes the others wait.
+    su.batch_execute(
+        "CREATE TABLE guard_lock (a int); GRANT SELECT, UPDATE ON guard_lock TO app_user",
+    )
+    .await
+    .unwrap();
+    direct
+        .batch_execute("BEGIN; LOCK TABLE guard_lock")
+        .await
+        .unwrap();
+    let other = env.app_user_direct().await;
+    let waited = other
+        .batch_execute("SET lock_timeout = '200ms'; SELECT * FROM guard_lock")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&waited).as_deref(), Some("55P03"), "{waited}");
+    direct.batch_execute("ROLLBACK").await.unwrap();
+    for sql in [
+        "LOCK TABLE guard_lock",
+        "LOCK guard_lock IN SHARE MODE NOWAIT",
+    ] {
+        assert_eq!(refused_code(&mut c, sql).await, "42501", "{sql}");
+    }
+    let m = c
+        .simple("BEGIN; LOCK TABLE guard_lock IN ROW EXCLUSIVE MODE; COMMIT")
+        .await;
+    assert!(raw::errors(&m).is_empty(), "{m:?}");
+
+    // 7. Statement kinds the allow-list does not know, and text the grammar rejects.
     assert_eq!(refused_code(&mut c, "LOAD 'plpgsql'").await, "0A000");
     assert_eq!(refused_code(&mut c, "SELEC 1; SELECT 1").await, "42601");
 

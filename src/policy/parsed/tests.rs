@@ -36,6 +36,8 @@ fn allows_what_privileges_govern() {
         "CREATE FUNCTION g(n int) RETURNS SETOF int LANGUAGE plpgsql AS $$ DECLARE r record; c CURSOR FOR SELECT 1; BEGIN FOR r IN SELECT generate_series(1, n) AS v LOOP RETURN NEXT r.v; END LOOP; RAISE NOTICE 'n %', n; RETURN QUERY SELECT 1; END $$",
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM t) THEN CREATE TABLE t2 (a int); END IF; END $$",
         "DO $$ DECLARE r record; x int := 1; BEGIN r := ROW(x); SELECT 1 AS a INTO r; END $$",
+        "LOCK TABLE t IN ROW EXCLUSIVE MODE",
+        "LOCK TABLE t IN ACCESS SHARE MODE NOWAIT",
         "DO $$ BEGIN PERFORM 1; SET search_path = x; END $$",
         "DO $$ BEGIN SET LOCAL work_mem = '1MB'; END $$",
         "SELECT c.oid::pg_catalog.regclass FROM pg_catalog.pg_class c",
@@ -135,6 +137,16 @@ fn kind_refusals_are_widenable_and_nothing_else_is() {
     assert_eq!(v.code, "42501");
     assert!(v.widened_by(&["AlterRoleStmt".into()]));
     assert!(!v.widened_by(&["AlterDatabaseStmt".into()]));
+    for sql in [
+        "LOCK TABLE t",
+        "LOCK t IN SHARE UPDATE EXCLUSIVE MODE",
+        "LOCK TABLE t IN SHARE MODE",
+        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; COMMIT",
+    ] {
+        let v = refused(sql);
+        assert_eq!(v.code, "42501", "{sql}");
+        assert!(v.widened_by(&["LockStmt".into()]), "{sql}");
+    }
     let v = refused("LOAD 'x'");
     assert_eq!(v.code, "0A000");
     let v = refused("ALTER ROLE app SET app.current_tenant = 'b'");
