@@ -300,12 +300,12 @@ fn statements(c: &mut Criterion) {
     g.bench_function("backend_touch_hit", |b| {
         let mut cache = BackendStatements::new(256);
         for d in &defs {
-            cache.insert(d);
+            cache.insert(d, 0);
         }
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % defs.len();
-            black_box(cache.touch(&defs[i]))
+            black_box(cache.touch(&defs[i], 0))
         })
     });
     // A full cache (the default 256) that must evict on every insert: the worst case.
@@ -320,13 +320,13 @@ fn statements(c: &mut Criterion) {
     g.bench_function("backend_insert_evicting_256", |b| {
         let mut cache = BackendStatements::new(256);
         for d in &many[..256] {
-            cache.insert(d);
+            cache.insert(d, 0);
         }
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % many.len();
-            if !cache.touch(&many[i]) {
-                black_box(cache.insert(&many[i]));
+            if !cache.touch(&many[i], 0) {
+                black_box(cache.insert(&many[i], 0));
             }
         })
     });
