@@ -434,36 +434,6 @@ impl TenantConfig {
             .unwrap_or(server.max_backend_connections_per_tenant)
     }
 }
-
-/// A configuration problem, naming the key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid configuration:\n  {0}")]
-    Key(#[from] crate::verified::KeyError),
-    #[error("invalid configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
-    Invalid(Vec<ConfigProblem>),
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -484,54 +454,6 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads the channel key named by `server.channel_key_file`/`server.channel_key_env`,
-    /// if either is set (at least [`crate::verified::MIN_KEY_LEN`] bytes).
-    pub fn load_channel_key(&mut self) -> Result<(), ConfigError> {
-        let s = &mut self.server;
-        let problem = |key: &str, message: String| {
-            ConfigError::Invalid(vec![ConfigProblem {
-                key: key.into(),
-                message,
-            }])
-        };
-        let (bytes, key) = match (&s.channel_key_file, &s.channel_key_env) {
-            (Some(path), _) => (
-                std::fs::read(path).map_err(|e| {
-                    problem(
-                        "server.channel_key_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?,
-                "server.channel_key_file",
-            ),
-            (None, Some(name)) => (
-                std::env::var(name)
-                    .map_err(|_| {
-                        problem(
-                            "server.channel_key_env",
-                            format!("environment variable {name} is not set or not valid UTF-8"),
-                        )
-                    })?
-                    .into_bytes(),
-                "server.channel_key_env",
-            ),
-            (None, None) => return Ok(()),
-        };
-        if bytes.trim_ascii().len() < crate::verified::MIN_KEY_LEN {
-            return Err(problem(
-                key,
-                format!(
-                    "the key must be at least {} bytes (e.g. `openssl rand -hex 32`)",
-                    crate::verified::MIN_KEY_LEN
-                ),
-            ));
-        }
-        s.channel_key = Some(std::sync::Arc::new(crate::verified::ContextKey::new(
-            &bytes,
-        )));
-        Ok(())
-    }
-
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -547,6 +469,9 @@ impl Config {
     }
 }
 
+mod channel;
+mod error;
+pub use error::{ConfigError, ConfigProblem};
 pub mod context;
 pub mod tls;
 mod validate;
