@@ -581,3 +581,87 @@ async fn no_path_the_proxy_does_not_read_reaches_another_tenants_channel() {
         .await
         .expect("no hang");
 }
+
+#[tokio::test]
+async fn a_notification_reaches_an_idle_listener_at_once_and_never_a_later_client() {
+    let env = TestEnv::start_with(|c| pool(c, 4, Some(3), PinMode::Pin)).await;
+    let long = async {
+        let sender = env.proxy.connect("acme").await;
+        let mut f = Failures::default();
+        for run in 0..20 {
+            // The listener sends nothing more: the notification must come without a
+            // request of its own to carry it (it used to wait in the proxy's buffers).
+            let (listener_client, mut heard) = listener(&env, "acme").await;
+            listener_client.batch_execute("LISTEN boom").await.unwrap();
+            sender
+                .batch_execute(&format!("NOTIFY boom, 'run{run}'"))
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(2), heard.recv())
+                .await
+                .ok()
+                .flatten();
+            f.check(got == Some(("boom".into(), format!("run{run}"))), || {
+                format!("run {run}: the idle listener got {got:?} within 2 s")
+            });
+            // A listener that leaves as its notification arrives: what was meant for it is
+            // never given to the next client of its backend.
+            sender
+                .batch_execute(&format!("NOTIFY boom, 'late{run}'"))
+                .await
+                .unwrap();
+            drop(listener_client);
+            let (next, mut next_heard) = listener(&env, "acme").await;
+            next.batch_execute("LISTEN other").await.unwrap();
+            next.batch_execute("SELECT 1").await.unwrap();
+            let leaked = tokio::time::timeout(Duration::from_millis(200), next_heard.recv())
+                .await
+                .ok()
+                .flatten();
+            f.check(leaked.is_none(), || {
+                format!("run {run}: a later client got {leaked:?}")
+            });
+            next.batch_execute("UNLISTEN *").await.unwrap();
+        }
+        f.finish();
+    };
+    tokio::time::timeout(Duration::from_secs(120), long)
+        .await
+        .expect("no hang");
+}
+
+#[tokio::test]
+async fn a_clients_own_notification_carries_the_pid_it_was_given() {
+    let env = TestEnv::start_with(|c| pool(c, 3, None, PinMode::Pin)).await;
+    let mut c = common::raw::RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    assert_ne!(c.pid, 0, "BackendKeyData");
+    let m = c.simple("LISTEN mine").await;
+    assert!(common::raw::errors(&m).is_empty(), "{m:?}");
+    let m = c.simple("NOTIFY mine, 'self'").await;
+    let mut notes: Vec<(u8, bytes::Bytes)> =
+        m.iter().filter(|(tag, _)| *tag == b'A').cloned().collect();
+    if notes.is_empty() {
+        // Delivered after the ReadyForQuery: read it.
+        let late = tokio::time::timeout(Duration::from_secs(2), c.recv())
+            .await
+            .expect("the notification")
+            .expect("the connection is open");
+        notes.push(late);
+    }
+    let (tag, body) = &notes[0];
+    assert_eq!(*tag, b'A');
+    let pid = i32::from_be_bytes(body[..4].try_into().unwrap());
+    // Drivers skip their own notifications by comparing this with BackendKeyData's pid.
+    assert_eq!(pid, c.pid);
+    // Another client's NOTIFY keeps the sender's pid (never this client's).
+    let other = env.proxy.connect("acme").await;
+    other.batch_execute("NOTIFY mine, 'other'").await.unwrap();
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(2), c.recv())
+        .await
+        .expect("the other notification")
+        .expect("open");
+    assert_eq!(tag, b'A');
+    assert_ne!(i32::from_be_bytes(body[..4].try_into().unwrap()), c.pid);
+}

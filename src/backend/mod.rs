@@ -140,6 +140,37 @@ impl BackendConn {
         }
     }
 
+    /// Makes the connection fit for its next client: forgets notifications (the LISTEN
+    /// they answer was the last client's) and notices left in its buffers, applies the
+    /// settings it reported, and returns false when anything else, or part of a message,
+    /// is left (the connection must then be closed, not handed on).
+    pub fn settle_async(&mut self) -> bool {
+        self.held_notifications.clear();
+        loop {
+            match split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(f)) => match f.tag {
+                    bt::NOTIFICATION_RESPONSE | bt::NOTICE_RESPONSE => {}
+                    bt::PARAMETER_STATUS => {
+                        self.note_parameter(f.body());
+                    }
+                    _ => return false,
+                },
+                Ok(None) => return self.rbuf.is_empty(),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// After DISCARD ALL: the backend reported every changed reported parameter; the
+    /// unreported ones the proxy had set are back to their defaults, which the proxy does
+    /// not know.
+    pub fn forget_unreported(&mut self) {
+        self.params_match = None;
+        for k in self.unreported.drain(..) {
+            self.params.remove(&k);
+        }
+    }
+
     /// Records a ParameterStatus the backend sent.
     pub fn note_parameter(&mut self, body: &[u8]) -> Option<(String, String)> {
         let (name, value) = messages::parse_parameter_status(body)?;

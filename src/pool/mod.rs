@@ -336,6 +336,11 @@ impl Pool {
 
     fn put_idle(&self, mut conn: Box<BackendConn>) {
         conn.last_used = Instant::now();
+        if !conn.settle_async() {
+            tracing::debug!(pool = %self.name, "a released backend had unread messages; closing it");
+            self.metrics.closed.inc();
+            return;
+        }
         if conn.created.elapsed() >= self.limits.load().max_lifetime || self.is_retired() {
             self.metrics.closed.inc();
             return;
@@ -463,7 +468,7 @@ impl PooledConn {
                     if full {
                         conn.prepared = false;
                         conn.statements.clear();
-                        forget_unreported(&mut conn);
+                        conn.forget_unreported();
                     }
                     pool.put_idle(conn);
                 }
@@ -480,15 +485,6 @@ impl PooledConn {
 /// How long a released backend waits for a cancel in flight to be confirmed before it is
 /// closed instead of handed on.
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
-
-/// After DISCARD ALL the backend reported every changed reported parameter; the unreported
-/// ones the proxy had set are back to their defaults, which the proxy does not know.
-fn forget_unreported(conn: &mut BackendConn) {
-    conn.params_match = None;
-    for k in conn.unreported.drain(..) {
-        conn.params.remove(&k);
-    }
-}
 
 impl Drop for PooledConn {
     fn drop(&mut self) {

@@ -206,15 +206,24 @@ fn with_sql(frame: &Frame, sql: &[u8]) -> Option<Frame> {
 
 /// A NotificationResponse for the client, its channel's prefix stripped; None when the
 /// channel does not carry `prefix` (another tenant's, or an unscoped one).
-pub fn deliverable(body: &[u8], prefix: &str) -> Option<BytesMut> {
-    let pid = body.get(..4)?;
+///
+/// `own`: (the backend's pid, the client's proxy-issued pid): a notification sent by the
+/// client's own backend (its own NOTIFY: a listener is pinned, so it sends on the backend
+/// it listens on) carries the pid the client was given, as on PostgreSQL, where drivers
+/// compare it with their connection's to skip their own notifications.
+pub fn deliverable(body: &[u8], prefix: &str, own: Option<(i32, i32)>) -> Option<BytesMut> {
+    let sender = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let pid = match own {
+        Some((backend, client)) if backend == sender => client,
+        _ => sender,
+    };
     let (channel, rest) = read_cstr(&body[4..])?;
     let (payload, _) = read_cstr(rest)?;
-    let own = channel.strip_prefix(prefix.as_bytes())?;
+    let channel_own = channel.strip_prefix(prefix.as_bytes())?;
     let mut out = BytesMut::new();
     messages::write_msg(&mut out, bt::NOTIFICATION_RESPONSE, |b| {
-        b.put_slice(pid);
-        b.put_slice(own);
+        b.put_i32(pid);
+        b.put_slice(channel_own);
         b.put_u8(0);
         b.put_slice(payload);
         b.put_u8(0);
@@ -242,6 +251,8 @@ impl Session {
     /// Forwards the NotificationResponses in `frames` (whole messages) that belong to the
     /// client's tenant, prefixes stripped.
     pub(super) fn deliver_notifications(&mut self, frames: &[u8]) {
+        let backend = self.attachment.conn_mut().map(|b| b.conn().key().pid);
+        let own = backend.map(|b| (b, self.me.entry.cancel_pid));
         let mut at = 0;
         while at + 5 <= frames.len() {
             let len = u32::from_be_bytes([
@@ -253,7 +264,7 @@ impl Session {
             let Some(body) = frames.get(at + 5..at + 1 + len) else {
                 return;
             };
-            if let Some(out) = deliverable(body, &self.tenant.channel_prefix) {
+            if let Some(out) = deliverable(body, &self.tenant.channel_prefix, own) {
                 self.cout.extend_from_slice(&out);
             }
             at += 1 + len;
@@ -333,10 +344,15 @@ mod tests {
             b.extend_from_slice(b"payload\0");
             b
         };
-        let out = deliverable(&frame("pgt_0123456789ab.jobs"), P).unwrap();
+        let out = deliverable(&frame("pgt_0123456789ab.jobs"), P, None).unwrap();
         assert_eq!(&out[5..], &frame("jobs")[..]);
-        assert!(deliverable(&frame("pgt_ffffffffffff.jobs"), P).is_none());
-        assert!(deliverable(&frame("jobs"), P).is_none());
+        assert!(deliverable(&frame("pgt_ffffffffffff.jobs"), P, None).is_none());
+        assert!(deliverable(&frame("jobs"), P, None).is_none());
+        // Sent by the client's own backend (pid 42): the client's pid; another: as sent.
+        let out = deliverable(&frame("pgt_0123456789ab.jobs"), P, Some((42, 7))).unwrap();
+        assert_eq!(&out[5..9], &7i32.to_be_bytes());
+        let out = deliverable(&frame("pgt_0123456789ab.jobs"), P, Some((41, 7))).unwrap();
+        assert_eq!(&out[5..9], &42i32.to_be_bytes());
     }
 
     #[test]

@@ -155,6 +155,13 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         if let Err(end) = s.maybe_release().await {
             return Some(end);
         }
+        // What the release's own exchange with the backend brought (a notification that
+        // arrived meanwhile) goes out now, not at the client's next wake-up.
+        if !s.cout.is_empty()
+            && let Err(end) = s.flush().await
+        {
+            return Some(end);
+        }
         if s.client.is_tls() {
             // Never parked: released here instead, between transactions.
             s.release_idle_buffers();
@@ -235,11 +242,27 @@ async fn read_client_bytes(
     client.read_buf(cbuf).await
 }
 
+/// True when `rbuf` starts with a complete message (or bytes that cannot start one, which
+/// the frame handling then reports).
+fn holds_frame(rbuf: &[u8]) -> bool {
+    match crate::protocol::codec::peek_frame(rbuf, crate::backend::MAX_BACKEND_MESSAGE) {
+        Ok(Some((_, total))) => total <= rbuf.len(),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
 /// Reads more backend bytes; pending forever when no backend is attached.
 async fn read_backend(backend: Option<&mut PooledConn>) -> Result<(), String> {
     match backend {
         Some(b) => {
             let c = b.conn();
+            // Frames already read (after the proxy's own exchange stopped at its
+            // ReadyForQuery, say) are handled before waiting for more: a notification there
+            // must not wait for the next byte from PostgreSQL.
+            if holds_frame(&c.rbuf) {
+                return Ok(());
+            }
             match c.stream.read_buf(&mut c.rbuf).await {
                 Ok(0) => Err("backend closed the connection".into()),
                 Ok(_) => Ok(()),

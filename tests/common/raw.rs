@@ -70,6 +70,8 @@ impl AsyncWrite for RawStream {
 pub struct RawConn {
     pub stream: RawStream,
     buf: BytesMut,
+    /// The process id of BackendKeyData (the proxy-issued one through pgtenant).
+    pub pid: i32,
 }
 
 impl RawConn {
@@ -78,6 +80,7 @@ impl RawConn {
         RawConn {
             stream: RawStream::Plain(TcpStream::connect(addr).await.expect("tcp connect")),
             buf: BytesMut::new(),
+            pid: 0,
         }
     }
 
@@ -122,6 +125,7 @@ impl RawConn {
         let c = RawConn {
             stream: RawStream::Tls(Box::new(tls)),
             buf: BytesMut::new(),
+            pid: 0,
         };
         c.login(&[("user", user), ("database", "app")], password)
             .await
@@ -170,6 +174,7 @@ impl RawConn {
                         c.send(&out).await;
                     }
                 }
+                b'K' => c.pid = i32::from_be_bytes(body[..4].try_into().unwrap()),
                 b'Z' => return Ok(self),
                 _ => {}
             }
