@@ -267,3 +267,70 @@ async fn a_copy_parsed_under_another_clients_datestyle_or_timezone_never_serves(
     });
     f.finish();
 }
+
+#[tokio::test]
+async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
+    // psycopg with libpq before 17 drops the statements its cache evicts with SQL
+    // DEALLOCATE; the backend knows them only under the proxy's names.
+    let (env, _su) = env_with_table(1, "rp_dealloc").await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let prepare = async |c: &mut RawConn, name: &str| {
+        let mut out = bytes::BytesMut::new();
+        pgtenant::protocol::messages::parse(&mut out, name, "SELECT a FROM rp_dealloc");
+        sync(&mut out);
+        c.send(&out).await;
+        c.until_ready().await
+    };
+    let run = async |c: &mut RawConn, name: &str| {
+        let mut out = bytes::BytesMut::new();
+        pgtenant::protocol::messages::bind(&mut out, name, std::iter::empty::<&[u8]>());
+        pgtenant::protocol::messages::execute(&mut out);
+        sync(&mut out);
+        c.send(&out).await;
+        c.until_ready().await
+    };
+    for (round, (name, sql)) in [
+        ("_pg3_0", "DEALLOCATE _pg3_0"),
+        ("S1", "deallocate prepare \"S1\";"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(errors(&prepare(&mut c, name).await).is_empty());
+        assert_eq!(data_rows(&run(&mut c, name).await).len(), 1);
+        // Between transactions and inside one alike.
+        let in_tx = round == 1;
+        if in_tx {
+            assert!(errors(&c.simple("BEGIN").await).is_empty());
+        }
+        let m = c.simple(sql).await;
+        assert!(errors(&m).is_empty(), "{sql}: {:?}", errors(&m));
+        assert_eq!(common::raw::tags(&m), "CZ", "{m:?}");
+        let status = m.last().map(|(_, b)| b[0]);
+        assert_eq!(status, Some(if in_tx { b'T' } else { b'I' }), "{sql}");
+        if in_tx {
+            assert!(errors(&c.simple("COMMIT").await).is_empty());
+        }
+        // Gone, as on PostgreSQL: binding it fails; the name can be prepared again.
+        let errs = errors(&run(&mut c, name).await);
+        assert_eq!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("26000"),
+            "{errs:?}"
+        );
+        assert!(errors(&prepare(&mut c, name).await).is_empty());
+        assert_eq!(data_rows(&run(&mut c, name).await).len(), 1);
+    }
+    // A name the client never prepared is not answered by the proxy: an error (PostgreSQL's
+    // 26000, or the guard's refusal of SQL-level DEALLOCATE where it is refused).
+    let errs = errors(&c.simple("DEALLOCATE nothing_here").await);
+    assert!(
+        matches!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("26000" | "0A000")
+        ),
+        "{errs:?}"
+    );
+}

@@ -14,7 +14,7 @@ use super::statements::{
 use super::{End, Session};
 use crate::backend::statements::StatementDef;
 use crate::config::PoolMode;
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::messages::write_msg;
 use crate::protocol::{backend_tag as bt, frontend_tag as ft};
 
@@ -144,6 +144,36 @@ impl Session {
         }
     }
 
+    /// Answers SQL `DEALLOCATE [PREPARE] name` of one of the client's protocol-level
+    /// statements, which the backend knows only under the proxy's name (psycopg with libpq
+    /// before 17 drops statements it evicts this way): the name is forgotten, as a Close
+    /// would, and the client gets PostgreSQL's reply. Only where nothing is in flight (no
+    /// earlier reply to wait for); returns false when the Query must go on as it is.
+    pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> bool {
+        // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
+        if frame.tag != ft::QUERY
+            || !self.flow.is_settled()
+            || self.status == crate::protocol::TxStatus::Failed
+        {
+            return false;
+        }
+        let Some(name) = read_cstr(frame.body())
+            .map(|(q, _)| q)
+            .and_then(deallocated_name)
+        else {
+            return false;
+        };
+        if self.statements.get(&name).is_none() {
+            return false;
+        }
+        self.statements.remove(&name);
+        write_msg(&mut self.cout, bt::COMMAND_COMPLETE, |b| {
+            b.extend_from_slice(b"DEALLOCATE\0");
+        });
+        crate::protocol::messages::ready_for_query(&mut self.cout, self.status);
+        true
+    }
+
     /// Forgets proxy-named statements whose Parse failed or was skipped on the backend: the
     /// backend does not have them. The client's definition goes only with its own failed
     /// Parse; a re-prepare the proxy added for a Bind that an earlier error skipped leaves
@@ -156,6 +186,65 @@ impl Session {
             if failed.by_client {
                 self.statements.forget_backend_name(&failed.statement);
             }
+        }
+    }
+}
+
+/// The statement name of a text that is exactly `DEALLOCATE [PREPARE] name` (an optional
+/// `;` after): unquoted names folded to lower case, as PostgreSQL does.
+fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
+    use crate::policy::sql::{Lexer, TokenKind};
+    let toks: Vec<_> = Lexer::new(sql).collect();
+    let word = |i: usize, w: &str| {
+        toks.get(i).is_some_and(|t| {
+            t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(w.as_bytes())
+        })
+    };
+    if !word(0, "deallocate") {
+        return None;
+    }
+    let at = if word(1, "prepare") { 2 } else { 1 };
+    let name = toks.get(at)?;
+    let rest = &toks[at + 1..];
+    let ends = match rest {
+        [] => true,
+        [t] => t.kind == TokenKind::Op && t.text == b";",
+        _ => false,
+    };
+    if !ends {
+        return None;
+    }
+    match name.kind {
+        TokenKind::Ident if !name.text.eq_ignore_ascii_case(b"all") => {
+            Some(name.text.to_ascii_lowercase())
+        }
+        TokenKind::QuotedIdent => Some(
+            String::from_utf8_lossy(name.text)
+                .replace("\"\"", "\"")
+                .into_bytes(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deallocated_name;
+
+    #[test]
+    fn only_a_lone_deallocate_of_one_name_is_read() {
+        let name = |s: &str| deallocated_name(s.as_bytes()).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(name("DEALLOCATE _pg3_0").as_deref(), Some("_pg3_0"));
+        assert_eq!(name("deallocate prepare S1;").as_deref(), Some("s1"));
+        assert_eq!(name("DEALLOCATE \"S\"\"1\"").as_deref(), Some("S\"1"));
+        for other in [
+            "DEALLOCATE ALL",
+            "DEALLOCATE PREPARE ALL",
+            "DEALLOCATE a; SELECT 1",
+            "SELECT 1",
+            "DEALLOCATE",
+        ] {
+            assert_eq!(name(other), None, "{other}");
         }
     }
 }

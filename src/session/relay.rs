@@ -47,7 +47,7 @@ impl Session {
     /// deferred BEGIN, the refusals, a backend, the context, then the message itself.
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
         tracing::trace!(parent: &self.span(), tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, input = ?self.input, attached = self.attachment.is_attached(), "client frame");
-        if self.consumed_without_sql(&frame)? {
+        if self.consumed_without_sql(&frame)? || self.deallocate_locally(&frame) {
             return Ok(());
         }
         let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
