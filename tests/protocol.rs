@@ -282,6 +282,21 @@ async fn malformed_startup_packets_are_refused() {
     });
     bystander_ok(&mut f, &bystander, "full 200 KB startup").await;
 
+    // A Terminate before the startup packet (node-postgres's connect() then end()): closed
+    // without a reply, as PostgreSQL does, then the startup packet is never read.
+    let mut c = RawConn::tcp(addr).await;
+    let mut out = bytes::BytesMut::from(&b"X\0\0\0\x04"[..]);
+    out.extend_from_slice(&startup_packet(
+        PROTOCOL_3,
+        b"user\0acme\0database\0app\0\0",
+    ));
+    c.send(&out).await;
+    let (msgs, _) = drain(&mut c).await;
+    f.check(msgs.is_empty(), || {
+        format!("Terminate before startup: {msgs:?}")
+    });
+    bystander_ok(&mut f, &bystander, "Terminate before startup").await;
+
     // A client that connects and leaves at once, or after part of a packet.
     for bytes in [&[][..], &[0, 0][..], &[0, 0, 0, 40, 0, 3, 0][..]] {
         let mut c = RawConn::tcp(addr).await;

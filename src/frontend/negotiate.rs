@@ -93,6 +93,12 @@ pub async fn negotiate(
             match parse_startup(&mut buf, max) {
                 Ok(Some(p)) => break p,
                 Ok(None) => {}
+                // A Terminate where the startup packet belongs: a client that hung up
+                // before it began (node-postgres's connect() then end()). PostgreSQL closes
+                // without a word; an error would reach a client that already left.
+                Err(_) if buf.starts_with(b"X\0\0\0\x04") => {
+                    return (Some(stream), Ok(Negotiated::Closed));
+                }
                 Err(e) => {
                     server
                         .metrics
