@@ -194,6 +194,15 @@ impl Session {
 /// `;` after): unquoted names folded to lower case, as PostgreSQL does.
 fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
     use crate::policy::sql::{Lexer, TokenKind};
+    // Every simple Query passes here: only a text that starts with the word is lexed (one
+    // behind a comment goes on to PostgreSQL as before).
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !sql[start..]
+        .get(..10)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"deallocate"))
+    {
+        return None;
+    }
     let toks: Vec<_> = Lexer::new(sql).collect();
     let word = |i: usize, w: &str| {
         toks.get(i).is_some_and(|t| {
