@@ -270,8 +270,9 @@ async fn a_copy_parsed_under_another_clients_datestyle_or_timezone_never_serves(
 
 #[tokio::test]
 async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
-    // psycopg with libpq before 17 drops the statements its cache evicts with SQL
-    // DEALLOCATE; the backend knows them only under the proxy's names.
+    // A client may drop a protocol-level statement with SQL DEALLOCATE (a simple Query here;
+    // psycopg with libpq before 17 sends it with the extended protocol, not yet handled);
+    // the backend knows the statement only under the proxy's name.
     let (env, _su) = env_with_table(1, "rp_dealloc").await;
     let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
         .await

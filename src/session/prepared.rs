@@ -144,11 +144,12 @@ impl Session {
         }
     }
 
-    /// Answers SQL `DEALLOCATE [PREPARE] name` of one of the client's protocol-level
-    /// statements, which the backend knows only under the proxy's name (psycopg with libpq
-    /// before 17 drops statements it evicts this way): the name is forgotten, as a Close
-    /// would, and the client gets PostgreSQL's reply. Only where nothing is in flight (no
-    /// earlier reply to wait for); returns false when the Query must go on as it is.
+    /// Answers a simple-Query SQL `DEALLOCATE [PREPARE] name` of one of the client's
+    /// protocol-level statements, which the backend knows only under the proxy's name: the
+    /// name is forgotten, as a Close would, and the client gets PostgreSQL's reply. Only
+    /// where nothing is in flight (no earlier reply to wait for); returns false when the
+    /// Query must go on as it is. Not yet the same text sent with the extended protocol
+    /// (psycopg with libpq before 17 evicts that way): it still reaches PostgreSQL (26000).
     pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> bool {
         // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
         if frame.tag != ft::QUERY
