@@ -270,9 +270,9 @@ async fn a_copy_parsed_under_another_clients_datestyle_or_timezone_never_serves(
 
 #[tokio::test]
 async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
-    // A client may drop a protocol-level statement with SQL DEALLOCATE (a simple Query here;
-    // psycopg with libpq before 17 sends it with the extended protocol, not yet handled);
-    // the backend knows the statement only under the proxy's name.
+    // A client may drop a protocol-level statement with SQL DEALLOCATE, as a simple Query
+    // or, as psycopg with libpq before 17 does, with the extended protocol; the backend
+    // knows the statement only under the proxy's name.
     let (env, _su) = env_with_table(1, "rp_dealloc").await;
     let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
         .await
@@ -323,6 +323,42 @@ async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
         );
         assert!(errors(&prepare(&mut c, name).await).is_empty());
         assert_eq!(data_rows(&run(&mut c, name).await).len(), 1);
+    }
+    // The extended protocol (libpq's PQsendQueryParams): Parse of the unnamed statement,
+    // Bind, Describe of the portal, Execute, Sync; between transactions and inside one.
+    for (round, name) in ["_pg3_7", "_pg3_8"].into_iter().enumerate() {
+        assert!(errors(&prepare(&mut c, name).await).is_empty());
+        if round == 1 {
+            assert!(errors(&c.simple("BEGIN").await).is_empty());
+        }
+        let mut out = bytes::BytesMut::new();
+        pgtenant::protocol::messages::parse(&mut out, "", &format!("DEALLOCATE {name}"));
+        pgtenant::protocol::messages::bind(&mut out, "", std::iter::empty::<&[u8]>());
+        out.extend_from_slice(b"D\0\0\0\x06P\0");
+        pgtenant::protocol::messages::execute(&mut out);
+        sync(&mut out);
+        c.send(&out).await;
+        let m = c.until_ready().await;
+        assert!(errors(&m).is_empty(), "{name}: {:?}", errors(&m));
+        assert_eq!(common::raw::tags(&m), "12nCZ", "{m:?}");
+        let complete = m.iter().find(|(t, _)| *t == b'C').map(|(_, b)| b.clone());
+        assert_eq!(complete.as_deref(), Some(&b"DEALLOCATE\0"[..]));
+        assert_eq!(
+            m.last().map(|(_, b)| b[0]),
+            Some(if round == 1 { b'T' } else { b'I' })
+        );
+        if round == 1 {
+            assert!(errors(&c.simple("COMMIT").await).is_empty());
+        }
+        let errs = errors(&run(&mut c, name).await);
+        assert_eq!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("26000"),
+            "{errs:?}"
+        );
+        // The unnamed statement works again after it.
+        let rows = data_rows(&c.simple("SELECT 1").await);
+        assert_eq!(rows.len(), 1);
     }
     // A name the client never prepared is not answered by the proxy: an error (PostgreSQL's
     // 26000, or the guard's refusal of SQL-level DEALLOCATE where it is refused).

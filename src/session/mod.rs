@@ -132,6 +132,10 @@ pub struct Session {
     statements: statements::ClientStatements,
     /// The client's unnamed statement exists on the attached backend.
     unnamed_on_backend: bool,
+    /// The client's unnamed statement is an SQL DEALLOCATE of one of its own statements,
+    /// answered by the proxy (see `Session::deallocate_locally`): its Bind, Describe and
+    /// Execute are answered too.
+    local_dealloc: bool,
     /// This client's registration (state, kill signal, tenant counters).
     me: ClientHandle,
     /// When the current transaction started (its duration metric).
@@ -180,6 +184,7 @@ impl Session {
             input: InputMode::Normal,
             statements: Default::default(),
             unnamed_on_backend: false,
+            local_dealloc: false,
             split_rest: None,
             slot: None,
             server,

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::flow::Owner;
 use super::statements::{
-    Defined, bind_statement, rewrite_bind, rewrite_describe, statement_target,
+    Defined, bind_statement, parse_is_unnamed, rewrite_bind, rewrite_describe, statement_target,
 };
 use super::{End, Session};
 use crate::backend::statements::StatementDef;
@@ -140,22 +140,69 @@ impl Session {
     /// Emits replies the proxy owes for requests it answered itself, once they are due.
     pub(super) fn emit_synthetic(&mut self) {
         while let Some(tag) = self.flow.take_synthetic() {
-            write_msg(&mut self.cout, tag, |_| {});
+            write_msg(&mut self.cout, tag, |b| {
+                // The one synthetic command: a locally answered DEALLOCATE.
+                if tag == bt::COMMAND_COMPLETE {
+                    b.extend_from_slice(LOCAL_DEALLOCATE_TAG);
+                }
+            });
         }
     }
 
-    /// Answers a simple-Query SQL `DEALLOCATE [PREPARE] name` of one of the client's
-    /// protocol-level statements, which the backend knows only under the proxy's name: the
-    /// name is forgotten, as a Close would, and the client gets PostgreSQL's reply. Only
-    /// where nothing is in flight (no earlier reply to wait for); returns false when the
-    /// Query must go on as it is. Not yet the same text sent with the extended protocol
-    /// (psycopg with libpq before 17 evicts that way): it still reaches PostgreSQL (26000).
+    /// Answers SQL `DEALLOCATE [PREPARE] name` of one of the client's protocol-level
+    /// statements, which the backend knows only under the proxy's name: the name is
+    /// forgotten, as a Close would, and the client gets PostgreSQL's replies. A simple
+    /// Query is answered where nothing is in flight; with the extended protocol (psycopg on
+    /// libpq before 17 evicts its statements this way) the Parse of the unnamed statement
+    /// and the Bind, Describe and Execute of it that follow get their replies in order
+    /// through the flow, and the Sync goes on as usual. Returns false when the message
+    /// must go on as it is.
     pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> bool {
+        // A Parse of the unnamed statement or a simple Query replaces the unnamed statement.
+        let was_local = self.local_dealloc;
+        if matches!(frame.tag, ft::PARSE | ft::QUERY) {
+            self.local_dealloc = false;
+        }
+        match frame.tag {
+            ft::QUERY => self.deallocate_query(frame),
+            // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
+            ft::PARSE
+                if parse_is_unnamed(frame) && self.status != crate::protocol::TxStatus::Failed =>
+            {
+                let Some(name) = read_cstr(frame.body())
+                    .and_then(|(_, rest)| read_cstr(rest))
+                    .and_then(|(q, _)| deallocated_name(q))
+                else {
+                    return false;
+                };
+                if self.statements.get(&name).is_none() {
+                    return false;
+                }
+                self.statements.remove(&name);
+                self.local_dealloc = true;
+                self.answer_in_order(ft::PARSE, bt::PARSE_COMPLETE);
+                true
+            }
+            ft::BIND if was_local && unnamed_bind(frame.body()) => {
+                self.answer_in_order(ft::BIND, bt::BIND_COMPLETE);
+                true
+            }
+            ft::DESCRIBE if was_local && frame.body() == b"P\0" => {
+                self.answer_in_order(ft::DESCRIBE, bt::NO_DATA);
+                true
+            }
+            ft::EXECUTE if was_local && frame.body().first() == Some(&0) => {
+                self.answer_in_order(ft::EXECUTE, bt::COMMAND_COMPLETE);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The simple-Query form of [`Self::deallocate_locally`].
+    fn deallocate_query(&mut self, frame: &Frame) -> bool {
         // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
-        if frame.tag != ft::QUERY
-            || !self.flow.is_settled()
-            || self.status == crate::protocol::TxStatus::Failed
-        {
+        if !self.flow.is_settled() || self.status == crate::protocol::TxStatus::Failed {
             return false;
         }
         let Some(name) = read_cstr(frame.body())
@@ -169,10 +216,16 @@ impl Session {
         }
         self.statements.remove(&name);
         write_msg(&mut self.cout, bt::COMMAND_COMPLETE, |b| {
-            b.extend_from_slice(b"DEALLOCATE\0");
+            b.extend_from_slice(LOCAL_DEALLOCATE_TAG);
         });
         crate::protocol::messages::ready_for_query(&mut self.cout, self.status);
         true
+    }
+
+    /// Answers request `tag` with `reply` once every earlier request is answered.
+    fn answer_in_order(&mut self, tag: u8, reply: u8) {
+        self.flow.sent(tag, Owner::Synthetic(reply));
+        self.emit_synthetic();
     }
 
     /// Forgets proxy-named statements whose Parse failed or was skipped on the backend: the
@@ -189,6 +242,14 @@ impl Session {
             }
         }
     }
+}
+
+/// The CommandComplete body of a locally answered DEALLOCATE.
+const LOCAL_DEALLOCATE_TAG: &[u8] = b"DEALLOCATE\0";
+
+/// True for a Bind of the unnamed statement to the unnamed portal.
+fn unnamed_bind(body: &[u8]) -> bool {
+    body.first() == Some(&0) && body.get(1) == Some(&0)
 }
 
 /// The statement name of a text that is exactly `DEALLOCATE [PREPARE] name` (an optional
