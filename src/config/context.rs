@@ -82,7 +82,11 @@ impl Config {
     pub fn load_key(&mut self) -> Result<(), ConfigError> {
         let c = &mut self.context;
         if c.mode == ContextMode::Verified {
-            let key = ContextKey::load(c.key_file.as_ref(), c.key_env.as_deref())?;
+            let key = ContextKey::load(
+                c.key_file.as_ref(),
+                c.key_env.as_deref(),
+                crate::verified::CONTEXT_KEY_NAMES,
+            )?;
             c.key = Some(Arc::new(key));
         }
         Ok(())

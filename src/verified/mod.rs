@@ -41,16 +41,23 @@ impl std::fmt::Debug for ContextKey {
 /// Why the key could not be read, naming the config key that points at it.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("context.key_file: cannot read {path}: {source}")]
+    #[error("{key}: cannot read {path}: {source}")]
     File {
+        key: &'static str,
         path: String,
         source: std::io::Error,
     },
-    #[error("context.key_env: environment variable {0} is not set or not valid UTF-8")]
-    Env(String),
+    #[error("{0}: environment variable {1} is not set or not valid UTF-8")]
+    Env(&'static str, String),
     #[error("{0}: the key must be at least {MIN_KEY_LEN} bytes (e.g. `openssl rand -hex 32`)")]
     TooShort(&'static str),
 }
+
+/// The config keys that name a secret key's file and environment variable (for errors).
+pub type KeyNames = (&'static str, &'static str);
+
+/// The verified-context key's config keys.
+pub const CONTEXT_KEY_NAMES: KeyNames = ("context.key_file", "context.key_env");
 
 impl ContextKey {
     /// A key from its secret bytes (surrounding whitespace is not part of the key).
@@ -72,18 +79,24 @@ impl ContextKey {
         ContextKey::new(hex.as_bytes())
     }
 
-    /// Reads the key from `context.key_file` or `context.key_env` (whichever is set).
-    pub fn load(file: Option<&PathBuf>, env: Option<&str>) -> Result<ContextKey, KeyError> {
+    /// Reads the key from `file` or else the environment variable `env`; errors name the
+    /// config keys `names` (the file's, the variable's).
+    pub fn load(
+        file: Option<&PathBuf>,
+        env: Option<&str>,
+        names: KeyNames,
+    ) -> Result<ContextKey, KeyError> {
         let (bytes, key) = if let Some(path) = file {
             let b = std::fs::read(path).map_err(|source| KeyError::File {
+                key: names.0,
                 path: path.display().to_string(),
                 source,
             })?;
-            (b, "context.key_file")
+            (b, names.0)
         } else {
             let name = env.unwrap_or_default();
-            let v = std::env::var(name).map_err(|_| KeyError::Env(name.to_string()))?;
-            (v.into_bytes(), "context.key_env")
+            let v = std::env::var(name).map_err(|_| KeyError::Env(names.1, name.to_string()))?;
+            (v.into_bytes(), names.1)
         };
         if bytes.trim_ascii().len() < MIN_KEY_LEN {
             return Err(KeyError::TooShort(key));
