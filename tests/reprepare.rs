@@ -160,6 +160,25 @@ async fn parameter_type_change_and_recreated_table() {
     f.finish();
 }
 
+/// Parse of `sql` as statement `name`, then Sync: the replies.
+async fn parse_sync(c: &mut RawConn, name: &str, sql: &str) -> Vec<common::raw::Msg> {
+    let mut out = bytes::BytesMut::new();
+    pgtenant::protocol::messages::parse(&mut out, name, sql);
+    sync(&mut out);
+    c.send(&out).await;
+    c.until_ready().await
+}
+
+/// Bind of statement `name` with `params`, Execute, Sync: the replies.
+async fn bind_run(c: &mut RawConn, name: &str, params: &[&[u8]]) -> Vec<common::raw::Msg> {
+    let mut out = bytes::BytesMut::new();
+    pgtenant::protocol::messages::bind(&mut out, name, params.iter().copied());
+    pgtenant::protocol::messages::execute(&mut out);
+    sync(&mut out);
+    c.send(&out).await;
+    c.until_ready().await
+}
+
 /// The exact messages of a driver that prepares between transactions (the proxy answers the
 /// Parse itself and parses at first use) and prepares the same name again after DDL.
 #[tokio::test]
@@ -169,18 +188,8 @@ async fn raw_parse_between_transactions_after_ddl() {
         .await
         .unwrap();
     let run = async |c: &mut RawConn, name: &str, value: &str| {
-        let mut out = bytes::BytesMut::new();
-        pgtenant::protocol::messages::parse(&mut out, name, "SELECT a = $1 FROM rp_raw");
-        sync(&mut out);
-        c.send(&out).await;
-        let parsed = c.until_ready().await;
-        let mut out = bytes::BytesMut::new();
-        pgtenant::protocol::messages::bind(&mut out, name, [value.as_bytes()].into_iter());
-        pgtenant::protocol::messages::execute(&mut out);
-        sync(&mut out);
-        c.send(&out).await;
-        let mut msgs = parsed;
-        msgs.extend(c.until_ready().await);
+        let mut msgs = parse_sync(c, name, "SELECT a = $1 FROM rp_raw").await;
+        msgs.extend(bind_run(c, name, &[value.as_bytes()]).await);
         msgs
     };
     let msgs = run(&mut c, "s1", "1").await;
@@ -277,21 +286,9 @@ async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
     let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
         .await
         .unwrap();
-    let prepare = async |c: &mut RawConn, name: &str| {
-        let mut out = bytes::BytesMut::new();
-        pgtenant::protocol::messages::parse(&mut out, name, "SELECT a FROM rp_dealloc");
-        sync(&mut out);
-        c.send(&out).await;
-        c.until_ready().await
-    };
-    let run = async |c: &mut RawConn, name: &str| {
-        let mut out = bytes::BytesMut::new();
-        pgtenant::protocol::messages::bind(&mut out, name, std::iter::empty::<&[u8]>());
-        pgtenant::protocol::messages::execute(&mut out);
-        sync(&mut out);
-        c.send(&out).await;
-        c.until_ready().await
-    };
+    let prepare =
+        async |c: &mut RawConn, name: &str| parse_sync(c, name, "SELECT a FROM rp_dealloc").await;
+    let run = async |c: &mut RawConn, name: &str| bind_run(c, name, &[]).await;
     for (round, (name, sql)) in [
         ("_pg3_0", "DEALLOCATE _pg3_0"),
         ("S1", "deallocate prepare \"S1\";"),
