@@ -362,7 +362,7 @@ impl PoolEnv {
         let pool = server.pool("app").expect("pool app");
         // Open the one connection up front, so every measured checkout reuses it.
         rt.block_on(async {
-            pool.checkout()
+            pool.checkout(None)
                 .await
                 .expect("backend connection")
                 .release(Cleanup::None)
@@ -404,7 +404,7 @@ fn pool(c: &mut Criterion) {
                 env.rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let c = pool.checkout().await.expect("checkout");
+                        let c = pool.checkout(None).await.expect("checkout");
                         c.release(cleanup);
                     }
                     start.elapsed()

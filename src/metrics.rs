@@ -17,6 +17,10 @@ pub struct Metrics {
     pub client_states: Arc<crate::registry::StateCollector>,
     pub auth_attempts: IntCounterVec,
     pub context_injections: IntCounter,
+    /// Verified mode: transactions whose backend already held the tenant's context.
+    pub context_carried: IntCounter,
+    /// Verified mode: `leave()` calls, emptying a backend of another tenant's context.
+    pub context_leaves: IntCounter,
     pub deferred_begins: IntCounter,
     pub context_rejections: IntCounterVec,
     pub protocol_errors: IntCounterVec,
@@ -213,6 +217,22 @@ impl Metrics {
                 IntCounter::new(
                     "pgtenant_context_injections_total",
                     "Transactions given the tenant context.",
+                )
+                .expect("valid metric"),
+            ),
+            context_carried: reg(
+                &r,
+                IntCounter::new(
+                    "pgtenant_context_carried_total",
+                    "Transactions whose backend already held the tenant's verified context (no enter() sent).",
+                )
+                .expect("valid metric"),
+            ),
+            context_leaves: reg(
+                &r,
+                IntCounter::new(
+                    "pgtenant_context_leaves_total",
+                    "leave() calls: a backend emptied of one tenant's verified context before another tenant's transaction.",
                 )
                 .expect("valid metric"),
             ),

@@ -62,6 +62,12 @@ impl Tenant {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Verified mode: the serial a backend's [`crate::backend::carry::Carry`] names this
+    /// tenant's context by (None in plain mode, whose context is transaction-local).
+    pub fn carry_serial(&self) -> Option<u64> {
+        self.verified.as_ref().map(|_| self.serial)
+    }
+
     /// The Bind + Execute that puts this tenant's context on `conn` (transaction-local, or
     /// for the session when `session`). Verified mode binds a proof made for the backend's
     /// pid: computed once per (tenant definition, backend) and cached on the connection.

@@ -4,6 +4,8 @@
 
 #[path = "verified/battery.rs"]
 mod battery;
+#[path = "verified/carry.rs"]
+mod carry;
 mod common;
 #[path = "verified/install.rs"]
 mod install;
@@ -204,8 +206,8 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
         replay.as_ref().err().and_then(sqlstate).as_deref() == Some("42501"),
         || format!("acme's context replayed straight to PostgreSQL: {replay:?}"),
     );
-    // The verified copy lives only as long as the transaction: as a superuser who knows the
-    // slot, a later transaction on the same session sees nothing under it.
+    // The verified copy is the session's (the backend carries it into the tenant's next
+    // transaction) until leave(): as a superuser who knows the slot.
     let su = env.superuser().await;
     let slot: i64 = su
         .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
@@ -231,9 +233,13 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
     let inside: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     su.batch_execute("COMMIT").await.unwrap();
     let after: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
+    su.batch_execute("SELECT pgtenant.leave()").await.unwrap();
+    let left: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     f.check(
-        inside.as_deref() == Some(ACME) && after.as_deref().unwrap_or("").is_empty(),
-        || format!("verified copy inside the transaction {inside:?}, after it {after:?}"),
+        inside.as_deref() == Some(ACME)
+            && after.as_deref() == Some(ACME)
+            && left.as_deref().unwrap_or("").is_empty(),
+        || format!("verified copy inside the transaction {inside:?}, after it {after:?}, after leave() {left:?}"),
     );
     f.finish();
 }
@@ -330,9 +336,14 @@ async fn rotation_keeps_connections_working_and_retires_the_old_key() {
         .await
         .unwrap();
     assert_eq!(count(&c).await.unwrap(), 3, "new key after finishing");
-    // enter() refuses the old key's proof; the proxy ends the client (it cannot run a
-    // transaction without its context).
-    let refused = count(&old_client).await;
+    let fresh = env.proxy.connect("globex").await;
+    assert_eq!(count(&fresh).await.unwrap(), 3, "new key, a new client");
+    // enter() refuses the old key's proof; the proxy ends the client's transaction (it
+    // cannot run one without its context). (The old proxy's backend that carries acme's
+    // context keeps serving acme's transactions until it must enter again: a context
+    // verified while its key was valid stays verified.)
+    let old_other = old_proxy.connect("initech").await;
+    let refused = count(&old_other).await;
     let message = refused
         .as_ref()
         .err()

@@ -119,6 +119,7 @@ impl BackendTarget {
             prepared: false,
             session_context: false,
             context_cache: None,
+            carry: Default::default(),
             owed: Default::default(),
             statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),

@@ -1,6 +1,7 @@
 //! One connection from the proxy to PostgreSQL: its socket, read buffer, the session
 //! parameters it currently has, and helpers for the proxy's own request/response exchanges.
 
+pub mod carry;
 mod connect;
 pub mod injection;
 pub mod statements;
@@ -91,6 +92,9 @@ pub struct BackendConn {
     /// Verified mode: the last tenant's injection on this connection (its proof is bound
     /// to this backend's pid).
     pub context_cache: Option<injection::ContextCache>,
+    /// Verified mode with `context.carry`: which tenant's context the session holds
+    /// between transactions.
+    pub carry: carry::Carry,
     /// What the last release left owed: the next user pipelines it ahead of everything it
     /// sends (see [`crate::pool::PooledConn::release`]).
     pub owed: Owed,

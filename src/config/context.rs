@@ -25,6 +25,10 @@ pub struct ContextConfig {
     pub mode: ContextMode,
     /// Schema of the verified-context objects (`pgtenant db install`).
     pub schema: String,
+    /// Verified mode: keep a tenant's verified context on the backend after its transaction,
+    /// so the tenant's next transaction there needs no `enter()` (default true; see
+    /// [`crate::backend::carry`]). Plain mode's context is always transaction-local.
+    pub carry: Option<bool>,
     /// File holding the verified-context key (a secret; never in config.toml).
     pub key_file: Option<std::path::PathBuf>,
     /// Environment variable holding the verified-context key (instead of `key_file`).
@@ -53,6 +57,7 @@ impl Default for ContextConfig {
             reset_on_release: ResetMode::Always,
             mode: ContextMode::Plain,
             schema: "pgtenant".into(),
+            carry: None,
             key_file: None,
             key_env: None,
             key: None,
@@ -65,6 +70,11 @@ impl ContextConfig {
     /// The single place that knows the default until `context.schema` is configurable.
     pub fn verified_schema(&self) -> String {
         self.schema.clone()
+    }
+
+    /// Whether backends carry a tenant's verified context between its transactions.
+    pub fn carries(&self) -> bool {
+        self.mode == ContextMode::Verified && self.carry != Some(false)
     }
 
     /// All injected settings, tenant id first: the order of the injection statement's parameters.

@@ -82,6 +82,11 @@ fn verified_mode_problems_name_their_keys() {
     );
     assert_eq!(keys("schema = \"Bad-Name\""), ["context.schema"]);
     assert_eq!(
+        keys("carry = true"),
+        ["context.carry"],
+        "plain mode cannot carry"
+    );
+    assert_eq!(
         keys("extra_settings = [\"pgtenant.stamp\"]"),
         ["context.extra_settings[0]"]
     );

@@ -95,6 +95,13 @@ impl Config {
                 ),
                 _ => {}
             }
+        } else if c.carry == Some(true) {
+            bad(
+                "context.carry".into(),
+                "only verified mode carries the context between transactions (plain mode's \
+                 context is transaction-local)"
+                    .into(),
+            );
         }
         if !is_plain_identifier(&c.schema) {
             bad(

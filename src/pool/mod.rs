@@ -259,9 +259,11 @@ impl Pool {
 
     /// The common case without waiting: a free slot and a healthy idle connection. None
     /// when the caller must wait or a connection must be opened ([`Pool::checkout`]).
-    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+    /// `carry`: the tenant serial whose verified context the caller would rather find on
+    /// the backend (see [`crate::backend::carry`]).
+    pub fn try_checkout(self: &Arc<Self>, carry: Option<u64>) -> Option<PooledConn> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let conn = self.take_idle()?;
+        let conn = self.take_idle(carry)?;
         Some(self.lend(conn, permit, Duration::ZERO))
     }
 
@@ -284,7 +286,7 @@ impl Pool {
 
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
     /// connection or opens a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+    pub async fn checkout(self: &Arc<Self>, carry: Option<u64>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
         let timeout = self.checkout_timeout();
         self.metrics.waiting.inc();
@@ -298,7 +300,7 @@ impl Pool {
                 return Err(PoolError::Timeout(timeout));
             }
         };
-        let conn = match self.take_idle() {
+        let conn = match self.take_idle(carry) {
             Some(c) => c,
             // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
             None => Box::new(Box::pin(self.open()).await?),
@@ -323,9 +325,17 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<Box<BackendConn>> {
+    /// The most recently used idle connection, or the most recent one that holds tenant
+    /// `carry`'s verified context (its next transaction then needs no `enter()`).
+    fn take_idle(&self, carry: Option<u64>) -> Option<Box<BackendConn>> {
         loop {
-            let conn = self.idle.lock().ok()?.pop()?;
+            let conn = {
+                let mut idle = self.idle.lock().ok()?;
+                let at = carry
+                    .and_then(|serial| idle.iter().rposition(|c| c.carry.holds(serial)))
+                    .unwrap_or(idle.len().checked_sub(1)?);
+                idle.remove(at)
+            };
             self.metrics.idle.dec();
             if conn.created.elapsed() < self.limits.load().max_lifetime && conn.is_healthy_idle() {
                 return Some(conn);

@@ -3,6 +3,7 @@
 
 use super::flow::Owner;
 use super::{End, Session};
+use crate::backend::carry::{Carry, Step};
 use crate::config::{PoolMode, ResetMode};
 use crate::policy::sql::Leftover;
 use crate::pool::{Cleanup, PoolError, PooledConn};
@@ -66,6 +67,7 @@ impl Session {
         let begin_owed = self.attachment.attach(pooled);
         self.ensure_prepared();
         self.pay_pending_reset();
+        self.leave_other_tenant();
         if let Some(b) = self.attachment.conn_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
@@ -109,7 +111,7 @@ impl Session {
     async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
         if !self.server.is_paused()
             && let Some(slot) = self.stats().try_acquire_backend(self.tenant.backend_limit)
-            && let Some(mut pooled) = self.pool.try_checkout()
+            && let Some(mut pooled) = self.pool.try_checkout(self.tenant.carry_serial())
         {
             pooled.hold(slot);
             return Ok(pooled);
@@ -141,7 +143,7 @@ impl Session {
                 .inc();
             return Err(PoolError::Timeout(timeout));
         };
-        let mut pooled = self.pool.checkout().await?;
+        let mut pooled = self.pool.checkout(self.tenant.carry_serial()).await?;
         pooled.hold(slot);
         Ok(pooled)
     }
@@ -199,6 +201,34 @@ impl Session {
         }
     }
 
+    /// Verified mode: a backend whose session may hold another tenant's context (or, with
+    /// `context.carry = false`, any context) is emptied by `leave()` in a transaction of its
+    /// own before anything of this client's goes out (see [`crate::backend::carry`]). If it
+    /// fails the backend is closed, so from here on the session holds no context.
+    fn leave_other_tenant(&mut self) {
+        let Some(serial) = self.tenant.carry_serial() else {
+            return;
+        };
+        let carries = self.server.config().context.carries();
+        let Some(b) = self.attachment.conn_mut() else {
+            return;
+        };
+        let conn = b.conn();
+        let leave = match carries {
+            true => conn.carry.must_leave(serial),
+            false => conn.carry != Carry::Empty,
+        };
+        let Some(bytes) = self.server.plan.leave.as_ref().filter(|_| leave) else {
+            return;
+        };
+        self.bout.extend_from_slice(bytes);
+        for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
+            self.flow.sent(tag, Owner::Proxy);
+        }
+        conn.carry.left();
+        self.server.metrics.context_leaves.inc();
+    }
+
     /// Puts the tenant context in front of a client request that runs SQL when the
     /// transaction does not carry it yet (see [`super::context`]). Statements that cannot
     /// run in a transaction block get the context at session level, reset on release.
@@ -215,6 +245,7 @@ impl Session {
             self.txn_started = Some(Instant::now());
         }
         let ended = self.context == super::context::Context::EndSent;
+        let carry = self.tenant.carry_serial();
         if no_txn_block && self.status == TxStatus::Idle && !ended {
             self.bout
                 .extend_from_slice(self.tenant.injection(conn, true));
@@ -223,11 +254,24 @@ impl Session {
                 self.flow.sent(tag, Owner::Proxy);
             }
             conn.session_context = true;
+            // enter(..., false) leaves the verified copy empty.
+            conn.carry.left();
+        } else if let Some(serial) = carry
+            && self.server.config().context.carries()
+            && conn.carry.step(serial) == Step::Skip
+        {
+            // The session holds this tenant's verified context already.
+            self.context.injected();
+            self.server.metrics.context_carried.inc();
+            return;
         } else {
             self.bout
                 .extend_from_slice(self.tenant.injection(conn, false));
             self.flow.sent(ft::BIND, Owner::Proxy);
             self.flow.sent(ft::EXECUTE, Owner::Proxy);
+            if let Some(serial) = carry {
+                conn.carry.entered(serial);
+            }
         }
         self.context.injected();
         self.server.metrics.context_injections.inc();
@@ -244,7 +288,10 @@ impl Session {
         }
         if self.dirty || self.pin.is_some() || leftover == Leftover::Unseen {
             Cleanup::Full
-        } else if self.server.config().context.reset_on_release == ResetMode::Always {
+        } else if self.server.config().context.reset_on_release == ResetMode::Always
+            && !self.server.config().context.carries()
+        {
+            // A carried verified context stays on purpose (see `crate::backend::carry`).
             Cleanup::ResetContext
         } else if leftover == Leftover::Sweep {
             Cleanup::Sweep
@@ -370,7 +417,12 @@ impl Session {
         self.leftover = Leftover::Nothing;
         self.pin = None;
         self.context.reset();
-        if let Some(b) = self.attachment.detach() {
+        if let Some(mut b) = self.attachment.detach() {
+            let carry = &mut b.conn().carry;
+            carry.on_release();
+            if !matches!(cleanup, Cleanup::None | Cleanup::Sweep) {
+                carry.unsure();
+            }
             b.release(cleanup);
         }
     }

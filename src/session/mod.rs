@@ -196,10 +196,14 @@ impl Session {
     }
 
     async fn initial_parameters(&mut self) -> Result<(), Fatal> {
-        let mut pooled = self.pool.checkout().await.map_err(|e| {
-            tracing::warn!(error = %e, "no backend for a new client");
-            Fatal::new(sqlstate::CONNECTION_FAILURE, attach::client_message(&e))
-        })?;
+        let mut pooled = self
+            .pool
+            .checkout(self.tenant.carry_serial())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "no backend for a new client");
+                Fatal::new(sqlstate::CONNECTION_FAILURE, attach::client_message(&e))
+            })?;
         let conn = pooled.conn();
         let mut out = BytesMut::new();
         if !conn.prepared {

@@ -282,6 +282,9 @@ impl Session {
                         self.note_command(body);
                     }
                     if tag == bt::ERROR_RESPONSE {
+                        if let Some(b) = self.attachment.conn_mut() {
+                            b.conn().carry.on_error();
+                        }
                         let code = messages::parse_error_fields(body).code;
                         if code == crate::protocol::sqlstate::QUERY_CANCELED {
                             let backend = self.attachment.conn_mut().map(|b| b.conn().key().pid);
@@ -386,6 +389,9 @@ impl Session {
             .and_then(TxStatus::from_byte)
             .unwrap_or(TxStatus::Idle);
         self.context.on_ready(self.status);
+        if let Some(b) = self.attachment.conn_mut() {
+            b.conn().carry.on_ready(self.status);
+        }
         self.began = false;
         if self.status == TxStatus::Idle && self.flow.is_idle() {
             self.pool.metrics.transactions.inc();
@@ -403,6 +409,11 @@ impl Session {
     fn note_command(&mut self, body: &[u8]) {
         let tag = messages::command_tag(body);
         let starts = |p: &[u8]| tag.starts_with(p);
+        if crate::backend::carry::Carry::tag_unsettles(tag)
+            && let Some(b) = self.attachment.conn_mut()
+        {
+            b.conn().carry.unsure();
+        }
         if tag == b"BEGIN" || tag == b"START TRANSACTION" {
             self.began = true;
         }

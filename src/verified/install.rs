@@ -54,7 +54,7 @@ async fn run_in_transaction(
 ) -> Result<String, InstallError> {
     let s = &objects.schema;
     client.batch_execute(&objects.install_sql()).await?;
-    let slot_set = set_slot(client, objects, step == KeyStep::FinishRotation).await?;
+    let mut slot_set = set_slot(client, objects, false).await?;
     let rows = client
         .query(&format!("SELECT id, state FROM {s}.keys FOR UPDATE"), &[])
         .await?;
@@ -97,6 +97,7 @@ async fn run_in_transaction(
                 )
                 .await?;
             client.execute(&insert, &[&id, &ipad, &opad]).await?;
+            slot_set |= set_slot(client, objects, true).await?;
             Ok(match current {
                 Some(c) => format!(
                     "rotation started: key {id} is current, key {c} stays valid as previous; \
@@ -117,6 +118,7 @@ async fn run_in_transaction(
                     &[],
                 )
                 .await?;
+            slot_set |= set_slot(client, objects, true).await?;
             Ok(format!(
                 "rotation finished: {n} previous key(s) dropped; key {id} is the only valid key"
             ))
@@ -129,8 +131,10 @@ async fn run_in_transaction(
 }
 
 /// Sets the secret slot number (a random positive bigint, bound as a parameter) when it is
-/// unset, or always when `replace` (at the end of a rotation: proofs checked and cached under
-/// the old slot stop counting). Returns whether it was set.
+/// unset, or always when `replace` (--rotate and --finish-rotation: proofs checked and
+/// remembered under the old slot stop counting). A replaced slot becomes the previous one,
+/// whose carried copies the readers still accept, so no backend has to re-enter at once;
+/// the one before it is dropped. Returns whether it was set.
 async fn set_slot(
     client: &tokio_postgres::Client,
     objects: &Objects,
@@ -146,6 +150,15 @@ async fn set_slot(
         .get(0);
     if current.is_some() && !replace {
         return Ok(false);
+    }
+    if let Some(old) = current {
+        let previous = objects.previous_slot_sequence();
+        client
+            .execute(
+                &format!("SELECT pg_catalog.setval('{previous}', $1, true)"),
+                &[&old],
+            )
+            .await?;
     }
     let slot: i64 = loop {
         let v = rand::random::<i64>() & i64::MAX;

@@ -7,11 +7,17 @@
 //! object can shadow a catalog one) and schema-qualifies every function and table it names.
 //!
 //! How a value is verified: `enter()` checks pgtenant's proof and then stores the values a
-//! second time, transaction-locally, in custom settings whose names carry a secret number
-//! (the *slot*, kept in a sequence only the owner role can read). PostgreSQL lists no custom
-//! placeholder in `SHOW ALL` or `pg_settings`, so client SQL can neither find nor write them;
-//! they vanish at the end of the transaction, so nothing carries over to a later one. The
-//! readers return the slot's value and raise when the visible setting differs from it.
+//! second time in custom settings whose names carry a secret number (the *slot*, kept in a
+//! sequence only the owner role can read). PostgreSQL lists no custom placeholder in `SHOW
+//! ALL` or `pg_settings`, so client SQL can neither find nor write them. The readers return
+//! the slot's value and raise when the visible setting differs from it.
+//!
+//! The values are set for the session, so the backend *carries* the tenant's context into
+//! that tenant's next transaction and pgtenant need not call `enter()` again (see
+//! `crate::backend::carry`). A session that carries one tenant refuses `enter()` for another
+//! until `leave()` has emptied it, and pgtenant runs `leave()` in a transaction of its own,
+//! committed before the next tenant's statements: a rollback of that tenant's transaction
+//! (a procedure's own ROLLBACK included) can then only return the session to no context.
 
 /// What the generated SQL is about: the schema, the app roles and the context settings.
 #[derive(Debug, Clone)]
@@ -35,12 +41,19 @@ impl Objects {
         format!("{}.slot", self.schema)
     }
 
+    /// The sequence holding the slot a rotation replaced (unset outside a rotation's
+    /// aftermath): copies carried under it still count, so backends need not re-enter.
+    pub fn previous_slot_sequence(&self) -> String {
+        format!("{}.slot_previous", self.schema)
+    }
+
     /// The idempotent DDL: role, schema, key table, slot sequence, functions, grants. Run
     /// as a DBA role; `db install` then sets the key and the slot with bound parameters.
     pub fn install_sql(&self) -> String {
         [
             self.storage_sql(),
             self.enter_sql(),
+            self.leave_sql(),
             self.readers_sql(),
             self.ownership_sql(),
         ]
@@ -91,6 +104,13 @@ REVOKE ALL ON TABLE {s}.keys FROM PUBLIC;
 CREATE SEQUENCE IF NOT EXISTS {s}.slot AS bigint MINVALUE 1 NO CYCLE;
 ALTER SEQUENCE {s}.slot OWNER TO "{owner}";
 REVOKE ALL ON SEQUENCE {s}.slot FROM PUBLIC;
+-- The slot a rotation replaced: verified copies a backend carries under it still count (the
+-- readers look there when the current slot holds nothing), enter() refuses another tenant
+-- while one is held there too, and leave() empties both. --rotate and --finish-rotation
+-- each move the current slot here and draw a new one.
+CREATE SEQUENCE IF NOT EXISTS {s}.slot_previous AS bigint MINVALUE 1 NO CYCLE;
+ALTER SEQUENCE {s}.slot_previous OWNER TO "{owner}";
+REVOKE ALL ON SEQUENCE {s}.slot_previous FROM PUBLIC;
 
 -- Earlier versions (a stamp over the values) had an encoding helper.
 DROP FUNCTION IF EXISTS {s}._encode(text[]);
@@ -130,28 +150,34 @@ $f$;
             .map(|(i, name)| {
                 let p = i + 1;
                 format!(
-                    "\n        || pg_catalog.set_config('{name}', p{p}, p_local)\
-                     \n        || pg_catalog.set_config(v_slot || '_{p}', CASE WHEN p_local THEN p{p} ELSE '' END, p_local)"
+                    "\n        || pg_catalog.set_config('{name}', p{p}, false)\
+                     \n        || pg_catalog.set_config(v_slot || '_{p}', CASE WHEN p_local THEN p{p} ELSE '' END, false)"
                 )
             })
             .collect();
         let slot = slot_expr(s);
+        let previous = previous_slot_expr(s);
+        let clear_previous = clear_copies(n, "v_prev");
         let proof = hmac_expr(&format!(
             "pg_catalog.format('P %s {quoted}', pg_catalog.pg_backend_pid(), {})",
             args.join(", ")
         ));
         format!(
-            r#"-- Called by pgtenant (bound parameters only) at the start of each transaction. Checks the
--- per-backend proof (skipped when this backend already checked the same proof for the same
--- values: the last one is kept in a session setting under the secret slot name, which only
--- a new slot invalidates), then sets every context setting and, under the slot's names, the
--- verified copy the readers trust.
--- With p_local = false (statements that cannot run in a transaction block) the settings are
--- set for the session and the verified copy is left empty, so the readers refuse there.
+            r#"-- Called by pgtenant (bound parameters only) at the start of a transaction whose backend
+-- does not carry the tenant's context yet. Checks the per-backend proof (skipped when this
+-- backend already checked the same proof for the same values: the last one is kept in a
+-- session setting under the secret slot name, which only a new slot invalidates), then sets
+-- every context setting and, under the slot's names, the verified copy the readers trust,
+-- for the session: the backend carries them into the tenant's next transactions, and a
+-- rollback of this one returns them to what the session had before (nothing, or the same
+-- tenant's, since another tenant's context is refused below until leave() emptied it).
+-- With p_local = false (statements that cannot run in a transaction block) the verified
+-- copy is left empty, so the readers refuse there.
 CREATE OR REPLACE FUNCTION {s}.enter(p_key integer, p_proof text, p_local boolean, {params}) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_slot text := {slot};
+    v_prev text := {previous};
     v_seen text := pg_catalog.format('%s %s %L {quoted}', p_key, p_local, p_proof, {args});
     v_ipad bytea;
     v_opad bytea;
@@ -161,11 +187,13 @@ BEGIN
             RAISE EXCEPTION 'pgtenant: the verified context is not installed completely (no slot); run pgtenant db install'
                 USING ERRCODE = '42501';
         END IF;
-        -- Once a transaction has a verified tenant, enter() cannot switch it to another one
+        -- Once a session carries a verified tenant, enter() cannot switch it to another one
         -- (code a tenant planted, e.g. a trigger, running in another tenant's transaction,
-        -- with a proof that leaked). Only needed here: within a transaction the remembered
-        -- proof is the one pgtenant sent at its start, so a call that matches it is no switch.
-        IF pg_catalog.current_setting(v_slot || '_1', true) NOT IN ('', p1) THEN
+        -- with a proof that leaked): only leave(), which pgtenant commits on its own before
+        -- another tenant's transaction, empties it. A call that matches the remembered proof
+        -- sets the values that proof was checked for, so it is no switch.
+        IF pg_catalog.current_setting(v_slot || '_1', true) NOT IN ('', p1)
+            OR pg_catalog.current_setting(v_prev || '_1', true) NOT IN ('', p1) THEN
             RAISE EXCEPTION 'pgtenant: this transaction already has another tenant context'
                 USING ERRCODE = '42501';
         END IF;
@@ -176,6 +204,9 @@ BEGIN
         PERFORM pg_catalog.set_config(v_slot || '_proof', v_seen, false);
     END IF;
     PERFORM ''{sets};
+    IF v_prev IS NOT NULL THEN
+        PERFORM ''{clear_previous};
+    END IF;
 END
 $f$;
 
@@ -185,10 +216,47 @@ $f$;
         )
     }
 
+    /// `leave()`: empties every context setting and verified copy of the session.
+    fn leave_sql(&self) -> String {
+        let s = &self.schema;
+        let slot = slot_expr(s);
+        let previous = previous_slot_expr(s);
+        let visible: String = self
+            .settings
+            .iter()
+            .map(|name| format!("\n        || pg_catalog.set_config('{name}', '', false)"))
+            .collect();
+        let n = self.settings.len();
+        let (current, before) = (clear_copies(n, "v_slot"), clear_copies(n, "v_prev"));
+        format!(
+            r#"-- Called by pgtenant, in a transaction of its own, before a backend that carries one tenant's
+-- context serves another tenant: empties the context settings and their verified copies.
+-- Anyone may call it; all it can do is leave the session with no context (fail closed).
+CREATE OR REPLACE FUNCTION {s}.leave() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_slot text := {slot};
+    v_prev text := {previous};
+BEGIN
+    PERFORM ''{visible};
+    IF v_slot IS NOT NULL THEN
+        PERFORM ''{current};
+    END IF;
+    IF v_prev IS NOT NULL THEN
+        PERFORM ''{before};
+    END IF;
+END
+$f$;
+
+"#
+        )
+    }
+
     /// The readers `tenant_id()` and `setting(name)`.
     fn readers_sql(&self) -> String {
         let s = &self.schema;
         let slot = slot_expr(s);
+        let previous = previous_slot_expr(s);
         let first = &self.settings[0];
         let cases: String = self
             .settings
@@ -206,6 +274,9 @@ DECLARE
     v text := pg_catalog.current_setting({slot} || '_1', true);
     v_seen text := pg_catalog.current_setting('{first}', true);
 BEGIN
+    IF COALESCE(v, '') = '' THEN
+        v := pg_catalog.current_setting({previous} || '_1', true);
+    END IF;
 {judge}
 
 CREATE OR REPLACE FUNCTION {s}.setting(p_name text) RETURNS text
@@ -219,6 +290,9 @@ BEGIN
         RETURN NULL;
     END IF;
     v := pg_catalog.current_setting({slot} || v_suffix, true);
+    IF COALESCE(v, '') = '' THEN
+        v := pg_catalog.current_setting({previous} || v_suffix, true);
+    END IF;
     v_seen := pg_catalog.current_setting(p_name, true);
 {judge}
 
@@ -239,7 +313,7 @@ BEGIN
             .map(|r| {
                 format!(
                     "GRANT USAGE ON SCHEMA {s} TO \"{r}\";\n\
-                     GRANT EXECUTE ON FUNCTION {s}.enter({enter_sig}), {s}.tenant_id(), {s}.setting(text) TO \"{r}\";\n"
+                     GRANT EXECUTE ON FUNCTION {s}.enter({enter_sig}), {s}.leave(), {s}.tenant_id(), {s}.setting(text) TO \"{r}\";\n"
                 )
             })
             .collect();
@@ -248,7 +322,7 @@ BEGIN
 DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['{s}._hmac(integer, bytea)', '{s}._proof_message(integer, text[])',
-        '{s}.enter({enter_sig})', '{s}.tenant_id()', '{s}.setting(text)'] LOOP
+        '{s}.enter({enter_sig})', '{s}.leave()', '{s}.tenant_id()', '{s}.setting(text)'] LOOP
         EXECUTE 'ALTER FUNCTION ' || f || ' OWNER TO "{owner}"';
         EXECUTE 'REVOKE ALL ON FUNCTION ' || f || ' FROM PUBLIC';
     END LOOP;
@@ -270,8 +344,10 @@ $do$;
              --                     UPDATE {s}.keys SET state = 'previous' WHERE state = 'current';\n\
              --                     INSERT INTO {s}.keys (id, state, ipad, opad) VALUES ($1, 'current', $2, $3)\n\
              --   --finish-rotation: DELETE FROM {s}.keys WHERE state = 'previous'\n\
-             --   slot (install when unset, and --finish-rotation): SELECT pg_catalog.setval('{s}.slot', $1, true)\n\
-             --                     ($1 a random positive bigint)\n"
+             --   slot (install when unset): SELECT pg_catalog.setval('{s}.slot', $1, true)\n\
+             --                     ($1 a random positive bigint)\n\
+             --   slot (--rotate and --finish-rotation): the current slot moves to {s}.slot_previous\n\
+             --                     (setval), then a new one as above\n"
         )
     }
 }
@@ -292,6 +368,21 @@ $f$;";
 /// The slot's setting-name prefix for schema `s`: `<s>.s<slot number>` (NULL when unset).
 fn slot_expr(s: &str) -> String {
     format!("'{s}.s' || pg_catalog.pg_sequence_last_value('{s}.slot'::pg_catalog.regclass)")
+}
+
+/// The previous slot's setting-name prefix (NULL when there is none).
+fn previous_slot_expr(s: &str) -> String {
+    format!(
+        "'{s}.s' || pg_catalog.pg_sequence_last_value('{s}.slot_previous'::pg_catalog.regclass)"
+    )
+}
+
+/// `|| set_config(<prefix>_<i>, '', false)` for every copy under the slot prefix in
+/// variable `prefix` (a PERFORM's tail).
+fn clear_copies(n: usize, prefix: &str) -> String {
+    (1..=n)
+        .map(|p| format!("\n        || pg_catalog.set_config({prefix} || '_{p}', '', false)"))
+        .collect()
 }
 
 /// HMAC-SHA256 as lowercase hex of the text `message` (as UTF-8), with `v_ipad`/`v_opad`
