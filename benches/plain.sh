@@ -8,6 +8,7 @@
 #   bash benches/plain.sh                        # the full matrix (about 50 minutes)
 #   QUICK=1 bash benches/plain.sh                # select-only, 16/64 clients, 2 threads, 1 round
 #   CLIENTS="64" SCRIPTS=tpcb MODES=prepared THREADS=2 bash benches/plain.sh
+#   VERIFIED_CARRY=false bash benches/plain.sh  # verified mode without the carried context
 #
 # Cells are (script, protocol mode, pgbench threads, clients). Scripts: select (BEGIN; one
 # SELECT by primary key; END) and tpcb (pgbench's TPC-B-like transaction in BEGIN/END).
@@ -46,7 +47,7 @@ done | "${PSQL[@]}" -d bench
 VPORT=$(free_port)
 head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$WORK/context.key"; chmod 644 "$WORK/context.key"
 sed -e "s/127.0.0.1:$TPORT/127.0.0.1:$VPORT/" \
-    -e "s|^\[context\]|[context]\nmode = \"verified\"\nkey_file = \"$WORK/context.key\"|" \
+    -e "s|^\[context\]|[context]\nmode = \"verified\"\ncarry = ${VERIFIED_CARRY:-true}\nkey_file = \"$WORK/context.key\"|" \
     "$WORK/pgtenant.toml" > "$WORK/verified.toml"
 $PGT db install --config "$WORK/verified.toml" \
   --dba-url "postgresql://postgres@127.0.0.1:$PGPORT/bench" >/dev/null
@@ -135,7 +136,7 @@ for script in $SCRIPTS; do for mode in $MODES; do for threads in $THREADS; do fo
 done; done; done; done
 echo
 echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); medians of $ROUNDS interleaved rounds of ${DURATION}s; pool $POOL; scale $SCALE; $(( $(date +%s) - START ))s total; load average $LOAD0 at start, $(cut -d' ' -f1-3 /proc/loadavg) at end ($(nproc) CPUs)."
-echo "No RLS, no app-side context; pgtenant injects its context (plain: set_config, verified: the signed stamp). CPU in µs per transaction."
+echo "No RLS, no app-side context; pgtenant injects its context (plain: set_config; verified: enter(), or nothing where the backend carries the tenant's context, context.carry = ${VERIFIED_CARRY:-true}). CPU in µs per transaction."
 echo
 echo "| script | mode | threads | clients | direct TPS | PgBouncer TPS | pgtenant plain TPS | pgtenant verified TPS | plain/pgb | verified/pgb | verified/plain | proxy CPU µs/tx pgb / plain / verified | PostgreSQL CPU µs/tx direct / pgb / plain / verified |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -13,6 +13,9 @@ use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
 use crate::config::{DatabaseConfig, PinMode, PoolMode};
 use crate::metrics::PoolMetrics;
 
+mod limits;
+use limits::{Limits, backend_identity};
+
 /// Why a client could not get a backend connection.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -39,49 +42,6 @@ pub enum Cleanup {
     Full,
     /// The client left mid-transaction: ROLLBACK, then DISCARD ALL.
     Rollback,
-}
-
-/// The limits of a pool that a reload may change in place.
-#[derive(Debug, Clone)]
-struct Limits {
-    size: usize,
-    checkout_timeout: Duration,
-    idle_timeout: Duration,
-    max_lifetime: Duration,
-    defer_begin: bool,
-    pin_mode: PinMode,
-    max_pinned: usize,
-}
-
-impl Limits {
-    fn of(cfg: &DatabaseConfig) -> Limits {
-        Limits {
-            size: cfg.pool_size,
-            checkout_timeout: cfg.checkout_timeout,
-            idle_timeout: cfg.idle_timeout,
-            max_lifetime: cfg.max_lifetime,
-            defer_begin: cfg.defer_begin,
-            pin_mode: cfg.pin_session_state,
-            max_pinned: cfg.pinned_limit(),
-        }
-    }
-}
-
-/// The settings that decide which server a pool talks to, and how; a reload that changes
-/// any of them builds a new pool.
-fn backend_identity(cfg: &DatabaseConfig) -> impl PartialEq + use<> {
-    (
-        (
-            cfg.host.clone(),
-            cfg.port,
-            cfg.dbname.clone(),
-            cfg.user.clone(),
-        ),
-        (cfg.resolve_password(), cfg.pool_mode, cfg.connect_timeout),
-        (cfg.sslmode, cfg.sslrootcert.clone(), cfg.sslcert.clone()),
-        (cfg.sslkey.clone(), cfg.server_name.clone()),
-        cfg.prepared_statement_cache_size,
-    )
 }
 
 /// The pool for one `[databases.<name>]` entry.

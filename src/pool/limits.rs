@@ -1,0 +1,49 @@
+//! What a reload may change in a pool in place (its limits), and what identifies the
+//! server it talks to (a change there builds a new pool).
+
+use std::time::Duration;
+
+use crate::config::{DatabaseConfig, PinMode};
+
+/// The limits of a pool that a reload may change in place.
+#[derive(Debug, Clone)]
+pub(super) struct Limits {
+    pub(super) size: usize,
+    pub(super) checkout_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_lifetime: Duration,
+    pub(super) defer_begin: bool,
+    pub(super) pin_mode: PinMode,
+    pub(super) max_pinned: usize,
+}
+
+impl Limits {
+    pub(super) fn of(cfg: &DatabaseConfig) -> Limits {
+        Limits {
+            size: cfg.pool_size,
+            checkout_timeout: cfg.checkout_timeout,
+            idle_timeout: cfg.idle_timeout,
+            max_lifetime: cfg.max_lifetime,
+            defer_begin: cfg.defer_begin,
+            pin_mode: cfg.pin_session_state,
+            max_pinned: cfg.pinned_limit(),
+        }
+    }
+}
+
+/// The settings that decide which server a pool talks to, and how; a reload that changes
+/// any of them builds a new pool.
+pub(super) fn backend_identity(cfg: &DatabaseConfig) -> impl PartialEq + use<> {
+    (
+        (
+            cfg.host.clone(),
+            cfg.port,
+            cfg.dbname.clone(),
+            cfg.user.clone(),
+        ),
+        (cfg.resolve_password(), cfg.pool_mode, cfg.connect_timeout),
+        (cfg.sslmode, cfg.sslrootcert.clone(), cfg.sslcert.clone()),
+        (cfg.sslkey.clone(), cfg.server_name.clone()),
+        cfg.prepared_statement_cache_size,
+    )
+}
