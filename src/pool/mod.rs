@@ -391,6 +391,12 @@ impl PooledConn {
         };
         let pool = self.pool.clone();
         pool.metrics.active.dec();
+        // A cleanup beyond the sweep may clear a carried verified context (DISCARD ALL,
+        // ROLLBACK, the RESET): the next transaction enters it again.
+        conn.carry.on_release();
+        if !matches!(cleanup, Cleanup::None | Cleanup::Sweep) {
+            conn.carry.unsure();
+        }
         if !conn.session_context {
             // The context was transaction-local and is gone; the belt-and-braces RESET and
             // the sweep of unnamed session state ride ahead of the next user's first

@@ -417,12 +417,7 @@ impl Session {
         self.leftover = Leftover::Nothing;
         self.pin = None;
         self.context.reset();
-        if let Some(mut b) = self.attachment.detach() {
-            let carry = &mut b.conn().carry;
-            carry.on_release();
-            if !matches!(cleanup, Cleanup::None | Cleanup::Sweep) {
-                carry.unsure();
-            }
+        if let Some(b) = self.attachment.detach() {
             b.release(cleanup);
         }
     }
