@@ -19,8 +19,8 @@ pub struct Metrics {
     pub context_injections: IntCounter,
     /// Verified mode: transactions whose backend already held the tenant's context.
     pub context_carried: IntCounter,
-    /// Verified mode: `leave()` calls, emptying a backend of another tenant's context.
-    pub context_leaves: IntCounter,
+    /// Verified mode: backends cleaned with DISCARD ALL because another tenant used them last.
+    pub context_switches: IntCounter,
     pub deferred_begins: IntCounter,
     pub context_rejections: IntCounterVec,
     pub protocol_errors: IntCounterVec,
@@ -228,11 +228,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            context_leaves: reg(
+            context_switches: reg(
                 &r,
                 IntCounter::new(
-                    "pgtenant_context_leaves_total",
-                    "leave() calls: a backend emptied of one tenant's verified context before another tenant's transaction.",
+                    "pgtenant_context_switches_total",
+                    "Verified mode: backends cleaned with DISCARD ALL before a tenant other than the one that used them last.",
                 )
                 .expect("valid metric"),
             ),

@@ -226,8 +226,8 @@ async fn a_failed_injection_ends_the_transaction_not_the_session() {
         for db in c.databases.values_mut() {
             db.pool_size = 2;
         }
-        // Every transaction sends the proxy's requests (leave() on a backend that held a
-        // context, then enter()), so every one meets the revoked set_config.
+        // Every transaction sends the proxy's enter(), so every one meets the revoked
+        // set_config.
         c.context.carry = Some(false);
     })
     .await;

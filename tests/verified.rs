@@ -9,6 +9,8 @@ mod carry;
 mod common;
 #[path = "verified/install.rs"]
 mod install;
+#[path = "verified/planted.rs"]
+mod planted;
 
 use std::sync::Arc;
 
@@ -207,7 +209,7 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
         || format!("acme's context replayed straight to PostgreSQL: {replay:?}"),
     );
     // The verified copy is the session's (the backend carries it into the tenant's next
-    // transaction) until leave(): as a superuser who knows the slot.
+    // transaction) until the session is emptied: as a superuser who knows the slot.
     let su = env.superuser().await;
     let slot: i64 = su
         .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
@@ -233,13 +235,14 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
     let inside: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     su.batch_execute("COMMIT").await.unwrap();
     let after: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
-    su.batch_execute("SELECT pgtenant.leave()").await.unwrap();
+    su.batch_execute("DISCARD ALL").await.unwrap();
+    su.batch_execute("SET ROLE app_user").await.unwrap();
     let left: Option<String> = su.query_one(&copy, &[]).await.unwrap().get(0);
     f.check(
         inside.as_deref() == Some(ACME)
             && after.as_deref() == Some(ACME)
             && left.as_deref().unwrap_or("").is_empty(),
-        || format!("verified copy inside the transaction {inside:?}, after it {after:?}, after leave() {left:?}"),
+        || format!("verified copy inside the transaction {inside:?}, after it {after:?}, after DISCARD ALL {left:?}"),
     );
     f.finish();
 }

@@ -4,21 +4,23 @@
 //! `enter()` sets the context for the session, so a backend keeps it after the transaction
 //! that entered it commits, and the tenant's next transaction on that backend needs no
 //! `enter()` at all. The invariant that makes this safe: while a tenant's client uses a
-//! backend, the session holds that tenant's context or none. PostgreSQL enforces half of it
-//! (`enter()` refuses another tenant while one is held); the proxy the other half: a backend
-//! holding another tenant's context is emptied by `leave()` in a transaction of its own,
-//! committed before the next tenant's statements, so no rollback (not even a procedure's
-//! own ROLLBACK) can bring the earlier tenant back under them. The skip is taken only when
-//! PostgreSQL confirmed the transaction that entered the context committed (its
-//! ReadyForQuery, no error, no ROLLBACK); whatever may have cleared or rolled the context
-//! back since (RESET, DISCARD, a procedure or DO block, PREPARE TRANSACTION, a cleanup)
-//! makes the next transaction enter again. A wrong guess in that direction can only leave a
-//! tenant's own transaction without context, which the readers refuse (fail closed).
+//! backend, the session holds that tenant's context or none. A backend another tenant used
+//! last is cleaned with DISCARD ALL, in a round trip of its own, before the client gets it
+//! ([`crate::pool::PooledConn::serve_tenant`]): no rollback can bring the earlier tenant's
+//! context back under this tenant's statements, and nothing that tenant's SQL left in the
+//! session (prepared statements under the proxy's own names included) runs for this one.
+//! PostgreSQL enforces the rest: `enter()` refuses a second tenant on a session that holds
+//! one. The skip is taken only when PostgreSQL confirmed the transaction that entered the
+//! context committed (its ReadyForQuery, no error, no ROLLBACK); whatever may have cleared
+//! or rolled the context back since (an error, RESET, DISCARD, a procedure or DO block,
+//! PREPARE TRANSACTION, a cleanup) makes the next transaction enter again. A wrong guess in
+//! that direction can only leave a tenant's own transaction without context, which the
+//! readers refuse (fail closed).
 
 /// The session's context, identified by the tenant definition's serial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Carry {
-    /// No verified context: a new connection, or after `leave()` or a session-level
+    /// No verified context: a new connection, or after DISCARD ALL or a session-level
     /// `enter(..., false)` (which leaves the verified copy empty).
     #[default]
     Empty,
@@ -38,8 +40,6 @@ pub enum Step {
     Skip,
     /// Call `enter()`.
     Enter,
-    /// Another tenant's context may be held: `leave()` and a Sync first, then `enter()`.
-    LeaveThenEnter,
 }
 
 impl Carry {
@@ -47,15 +47,8 @@ impl Carry {
     pub fn step(self, serial: u64) -> Step {
         match self {
             Carry::Holds(s) if s == serial => Step::Skip,
-            Carry::Empty => Step::Enter,
-            Carry::Entering(s) | Carry::HoldsOrEmpty(s) if s == serial => Step::Enter,
-            _ => Step::LeaveThenEnter,
+            _ => Step::Enter,
         }
-    }
-
-    /// Whether `leave()` must run before tenant `serial` may use this backend.
-    pub fn must_leave(self, serial: u64) -> bool {
-        self.step(serial) == Step::LeaveThenEnter
     }
 
     /// Whether the session holds tenant `serial`'s context for sure (the pool prefers such
@@ -64,8 +57,8 @@ impl Carry {
         self == Carry::Holds(serial)
     }
 
-    /// `leave()` (or a session-level `enter(..., false)`) was sent in a transaction of its
-    /// own; if it fails the backend is closed, so the session is empty from here on.
+    /// A session-level `enter(..., false)` was sent in a transaction of its own (it leaves
+    /// the verified copy empty); if it fails the backend is closed.
     pub fn left(&mut self) {
         *self = Carry::Empty;
     }
@@ -152,14 +145,16 @@ mod tests {
     }
 
     #[test]
-    fn another_tenant_leaves_first_whatever_is_known() {
-        for held in [Carry::Holds(1), Carry::HoldsOrEmpty(1), Carry::Entering(1)] {
-            assert_eq!(held.step(2), Step::LeaveThenEnter, "{held:?}");
-            assert!(held.must_leave(2));
+    fn another_tenant_never_skips() {
+        for held in [
+            Carry::Holds(1),
+            Carry::HoldsOrEmpty(1),
+            Carry::Entering(1),
+            Carry::Empty,
+        ] {
+            assert_eq!(held.step(2), Step::Enter, "{held:?}");
+            assert!(!held.holds(2));
         }
-        let mut c = Carry::Holds(1);
-        c.left();
-        assert_eq!(c.step(2), Step::Enter);
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl BackendTarget {
             session_context: false,
             context_cache: None,
             carry: Default::default(),
+            tenant: None,
             owed: Default::default(),
             statements: super::statements::BackendStatements::new(self.statement_cache_size),
             held_notifications: BytesMut::new(),

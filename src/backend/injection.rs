@@ -19,9 +19,6 @@ pub const PARAM_STATEMENT: &str = "pgtenant_param";
 pub const PARAM_RESET_STATEMENT: &str = "pgtenant_param_reset";
 /// The proxy's prepared `BEGIN`, which opens a client's deferred transaction.
 pub const BEGIN_STATEMENT: &str = "pgtenant_begin";
-/// Verified mode: the prepared `leave()`, which empties a session that carries another
-/// tenant's context.
-pub const LEAVE_STATEMENT: &str = "pgtenant_leave";
 use crate::protocol::RESERVED_PREFIX;
 
 /// A backend connection's verified-context injection for the last tenant that used it (the
@@ -87,9 +84,6 @@ pub struct InjectionPlan {
     /// Bind + Execute of the prepared BEGIN: a deferred BEGIN needs no Sync of its own,
     /// so the client's first statement follows it in the same write.
     pub begin: Bytes,
-    /// Verified mode: Bind + Execute + Sync of the prepared `leave()` (a transaction of its
-    /// own, see [`super::carry`]).
-    pub leave: Option<Bytes>,
 }
 
 /// Session settings that never follow a client: its identity, what changes how PostgreSQL
@@ -156,18 +150,6 @@ impl InjectionPlan {
             "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
         );
         messages::parse(&mut prepare, BEGIN_STATEMENT, "BEGIN");
-        let leave = verified_schema.map(|schema| {
-            messages::parse(
-                &mut prepare,
-                LEAVE_STATEMENT,
-                &format!("SELECT {schema}.leave()"),
-            );
-            let mut out = BytesMut::new();
-            messages::bind(&mut out, LEAVE_STATEMENT, std::iter::empty());
-            messages::execute(&mut out);
-            messages::sync(&mut out);
-            out.freeze()
-        });
         let reset_settings = settings.clone();
         let mut reset_local = BytesMut::new();
         for (i, name) in reset_settings.iter().enumerate() {
@@ -202,7 +184,7 @@ impl InjectionPlan {
         );
         InjectionPlan {
             session_settings_sql,
-            prepare_count: 5 + usize::from(leave.is_some()) + reset_settings.len() + SWEEP.len(),
+            prepare_count: 5 + reset_settings.len() + SWEEP.len(),
             settings,
             reset_settings,
             prepare: prepare.freeze(),
@@ -210,7 +192,6 @@ impl InjectionPlan {
             reset_local: reset_local.freeze(),
             sweep_local: sweep_local.freeze(),
             begin: Self::bind_execute(BEGIN_STATEMENT, &[]),
-            leave,
         }
     }
 

@@ -95,6 +95,9 @@ pub struct BackendConn {
     /// Verified mode with `context.carry`: which tenant's context the session holds
     /// between transactions.
     pub carry: carry::Carry,
+    /// Verified mode: the tenant (definition serial) whose client used this backend last;
+    /// another tenant gets it only after DISCARD ALL (see [`crate::pool::PooledConn::serve_tenant`]).
+    pub tenant: Option<u64>,
     /// What the last release left owed: the next user pipelines it ahead of everything it
     /// sends (see [`crate::pool::PooledConn::release`]).
     pub owed: Owed,
@@ -173,6 +176,18 @@ impl BackendConn {
         for k in self.unreported.drain(..) {
             self.params.remove(&k);
         }
+    }
+
+    /// DISCARD ALL ran: the session holds nothing of its earlier users (prepared
+    /// statements, settings, temp objects, notifications, the carried context).
+    pub fn discarded(&mut self) {
+        self.prepared = false;
+        self.statements.clear();
+        self.forget_unreported();
+        self.owed = Owed::Nothing;
+        self.session_context = false;
+        self.carry = carry::Carry::Empty;
+        self.held_notifications.clear();
     }
 
     /// Records a ParameterStatus the backend sent.

@@ -285,14 +285,16 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection, or the most recent one that holds tenant
-    /// `carry`'s verified context (its next transaction then needs no `enter()`).
+    /// The most recently used idle connection that tenant `carry` used last (verified mode:
+    /// it may hold that tenant's context, and needs no DISCARD ALL), else the most recent
+    /// one no tenant used yet, else the most recent.
     fn take_idle(&self, carry: Option<u64>) -> Option<Box<BackendConn>> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().ok()?;
                 let at = carry
-                    .and_then(|serial| idle.iter().rposition(|c| c.carry.holds(serial)))
+                    .and_then(|serial| idle.iter().rposition(|c| c.tenant == Some(serial)))
+                    .or_else(|| carry.and_then(|_| idle.iter().rposition(|c| c.tenant.is_none())))
                     .unwrap_or(idle.len().checked_sub(1)?);
                 idle.remove(at)
             };
@@ -378,6 +380,24 @@ impl PooledConn {
         self.conn.as_mut().expect("PooledConn used after release")
     }
 
+    /// Verified mode: makes the connection fit for a client of tenant `serial`. One that
+    /// another tenant used last is cleaned with DISCARD ALL first (a round trip, only when
+    /// the tenant changes): whatever that tenant's SQL left in the session, seen by the
+    /// guard or not (prepared statements under the proxy's own names, which the proxy
+    /// executes, settings, temp objects, its carried context), never reaches this tenant.
+    /// Returns whether it was cleaned; an error leaves the connection to be dropped.
+    pub async fn serve_tenant(&mut self, serial: u64) -> Result<bool, BackendError> {
+        let conn = self.conn();
+        let other = conn.tenant.is_some_and(|t| t != serial);
+        conn.tenant = Some(serial);
+        if !other {
+            return Ok(false);
+        }
+        conn.simple_query("DISCARD ALL").await?;
+        conn.discarded();
+        Ok(true)
+    }
+
     /// Keeps the tenant's backend-cap slot until the connection is given back.
     pub fn hold(&mut self, slot: crate::registry::BackendSlot) {
         self.tenant_slot = Some(slot);
@@ -442,9 +462,7 @@ impl PooledConn {
                         conn.owed = Owed::Nothing;
                     }
                     if full {
-                        conn.prepared = false;
-                        conn.statements.clear();
-                        conn.forget_unreported();
+                        conn.discarded();
                     }
                     pool.put_idle(conn);
                 }

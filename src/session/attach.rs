@@ -3,7 +3,7 @@
 
 use super::flow::Owner;
 use super::{End, Session};
-use crate::backend::carry::{Carry, Step};
+use crate::backend::carry::Step;
 use crate::config::{PoolMode, ResetMode};
 use crate::policy::sql::Leftover;
 use crate::pool::{Cleanup, PoolError, PooledConn};
@@ -52,6 +52,11 @@ impl Session {
                 return Ok(false);
             }
         };
+        if let Err(e) = self.serve_tenant(&mut pooled).await {
+            drop(pooled);
+            self.no_backend(frame, &PoolError::Connect(e));
+            return Ok(false);
+        }
         let conn = pooled.conn();
         tracing::debug!(
             parent: &self.span(),
@@ -67,7 +72,6 @@ impl Session {
         let begin_owed = self.attachment.attach(pooled);
         self.ensure_prepared();
         self.pay_pending_reset();
-        self.leave_other_tenant();
         if let Some(b) = self.attachment.conn_mut() {
             self.params
                 .sync_backend(b.conn(), &mut self.bout, &mut self.flow);
@@ -201,32 +205,18 @@ impl Session {
         }
     }
 
-    /// Verified mode: a backend whose session may hold another tenant's context (or, with
-    /// `context.carry = false`, any context) is emptied by `leave()` in a transaction of its
-    /// own before anything of this client's goes out (see [`crate::backend::carry`]). If it
-    /// fails the backend is closed, so from here on the session holds no context.
-    fn leave_other_tenant(&mut self) {
-        let Some(serial) = self.tenant.carry_serial() else {
-            return;
-        };
-        let carries = self.server.config().context.carries();
-        let Some(b) = self.attachment.conn_mut() else {
-            return;
-        };
-        let conn = b.conn();
-        let leave = match carries {
-            true => conn.carry.must_leave(serial),
-            false => conn.carry != Carry::Empty,
-        };
-        let Some(bytes) = self.server.plan.leave.as_ref().filter(|_| leave) else {
-            return;
-        };
-        self.bout.extend_from_slice(bytes);
-        for tag in [ft::BIND, ft::EXECUTE, ft::SYNC] {
-            self.flow.sent(tag, Owner::Proxy);
+    /// Verified mode: a backend another tenant used last is cleaned first (see
+    /// [`PooledConn::serve_tenant`]).
+    pub(super) async fn serve_tenant(
+        &self,
+        pooled: &mut PooledConn,
+    ) -> Result<(), crate::backend::BackendError> {
+        if let Some(serial) = self.tenant.carry_serial()
+            && pooled.serve_tenant(serial).await?
+        {
+            self.server.metrics.context_switches.inc();
         }
-        conn.carry.left();
-        self.server.metrics.context_leaves.inc();
+        Ok(())
     }
 
     /// Puts the tenant context in front of a client request that runs SQL when the

@@ -204,6 +204,9 @@ impl Session {
                 tracing::warn!(error = %e, "no backend for a new client");
                 Fatal::new(sqlstate::CONNECTION_FAILURE, attach::client_message(&e))
             })?;
+        if let Err(e) = self.serve_tenant(&mut pooled).await {
+            return Err(Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()));
+        }
         let conn = pooled.conn();
         let mut out = BytesMut::new();
         if !conn.prepared {

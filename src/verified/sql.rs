@@ -15,9 +15,9 @@
 //! The values are set for the session, so the backend *carries* the tenant's context into
 //! that tenant's next transaction and pgtenant need not call `enter()` again (see
 //! `crate::backend::carry`). A session that carries one tenant refuses `enter()` for another
-//! until `leave()` has emptied it, and pgtenant runs `leave()` in a transaction of its own,
-//! committed before the next tenant's statements: a rollback of that tenant's transaction
-//! (a procedure's own ROLLBACK included) can then only return the session to no context.
+//! until something emptied it; pgtenant cleans a backend with DISCARD ALL, in a round trip
+//! of its own, before another tenant uses it, so a rollback of that tenant's transaction (a
+//! procedure's own ROLLBACK included) can only return the session to no context.
 
 /// What the generated SQL is about: the schema, the app roles and the context settings.
 #[derive(Debug, Clone)]
@@ -53,7 +53,6 @@ impl Objects {
         [
             self.storage_sql(),
             self.enter_sql(),
-            self.leave_sql(),
             self.readers_sql(),
             self.ownership_sql(),
         ]
@@ -106,14 +105,15 @@ ALTER SEQUENCE {s}.slot OWNER TO "{owner}";
 REVOKE ALL ON SEQUENCE {s}.slot FROM PUBLIC;
 -- The slot a rotation replaced: verified copies a backend carries under it still count (the
 -- readers look there when the current slot holds nothing), enter() refuses another tenant
--- while one is held there too, and leave() empties both. --rotate and --finish-rotation
+-- while one is held there too and empties it when it sets the current one. --rotate and --finish-rotation
 -- each move the current slot here and draw a new one.
 CREATE SEQUENCE IF NOT EXISTS {s}.slot_previous AS bigint MINVALUE 1 NO CYCLE;
 ALTER SEQUENCE {s}.slot_previous OWNER TO "{owner}";
 REVOKE ALL ON SEQUENCE {s}.slot_previous FROM PUBLIC;
 
--- Earlier versions (a stamp over the values) had an encoding helper.
+-- Earlier versions (a stamp over the values) had an encoding helper, and one had leave().
 DROP FUNCTION IF EXISTS {s}._encode(text[]);
+DROP FUNCTION IF EXISTS {s}.leave();
 
 -- HMAC-SHA256 from the built-in sha256() and the stored padded key blocks; NULL for an
 -- unknown key id (tests compare it with pgtenant's).
@@ -170,7 +170,8 @@ $f$;
 -- every context setting and, under the slot's names, the verified copy the readers trust,
 -- for the session: the backend carries them into the tenant's next transactions, and a
 -- rollback of this one returns them to what the session had before (nothing, or the same
--- tenant's, since another tenant's context is refused below until leave() emptied it).
+-- tenant's: another tenant's context is refused below until the session was emptied, which
+-- pgtenant does with DISCARD ALL before another tenant uses a backend).
 -- With p_local = false (statements that cannot run in a transaction block) the verified
 -- copy is left empty, so the readers refuse there.
 CREATE OR REPLACE FUNCTION {s}.enter(p_key integer, p_proof text, p_local boolean, {params}) RETURNS void
@@ -189,9 +190,9 @@ BEGIN
         END IF;
         -- Once a session carries a verified tenant, enter() cannot switch it to another one
         -- (code a tenant planted, e.g. a trigger, running in another tenant's transaction,
-        -- with a proof that leaked): only leave(), which pgtenant commits on its own before
-        -- another tenant's transaction, empties it. A call that matches the remembered proof
-        -- sets the values that proof was checked for, so it is no switch.
+        -- with a proof that leaked): only an emptied session (pgtenant's DISCARD ALL before
+        -- another tenant uses the backend) takes another. A call that matches the remembered
+        -- proof sets the values that proof was checked for, so it is no switch.
         IF pg_catalog.current_setting(v_slot || '_1', true) NOT IN ('', p1)
             OR pg_catalog.current_setting(v_prev || '_1', true) NOT IN ('', p1) THEN
             RAISE EXCEPTION 'pgtenant: this transaction already has another tenant context'
@@ -213,42 +214,6 @@ $f$;
 "#,
             params = params.join(", "),
             args = args.join(", "),
-        )
-    }
-
-    /// `leave()`: empties every context setting and verified copy of the session.
-    fn leave_sql(&self) -> String {
-        let s = &self.schema;
-        let slot = slot_expr(s);
-        let previous = previous_slot_expr(s);
-        let visible: String = self
-            .settings
-            .iter()
-            .map(|name| format!("\n        || pg_catalog.set_config('{name}', '', false)"))
-            .collect();
-        let n = self.settings.len();
-        let (current, before) = (clear_copies(n, "v_slot"), clear_copies(n, "v_prev"));
-        format!(
-            r#"-- Called by pgtenant, in a transaction of its own, before a backend that carries one tenant's
--- context serves another tenant: empties the context settings and their verified copies.
--- Anyone may call it; all it can do is leave the session with no context (fail closed).
-CREATE OR REPLACE FUNCTION {s}.leave() RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-    v_slot text := {slot};
-    v_prev text := {previous};
-BEGIN
-    PERFORM ''{visible};
-    IF v_slot IS NOT NULL THEN
-        PERFORM ''{current};
-    END IF;
-    IF v_prev IS NOT NULL THEN
-        PERFORM ''{before};
-    END IF;
-END
-$f$;
-
-"#
         )
     }
 
@@ -313,7 +278,7 @@ BEGIN
             .map(|r| {
                 format!(
                     "GRANT USAGE ON SCHEMA {s} TO \"{r}\";\n\
-                     GRANT EXECUTE ON FUNCTION {s}.enter({enter_sig}), {s}.leave(), {s}.tenant_id(), {s}.setting(text) TO \"{r}\";\n"
+                     GRANT EXECUTE ON FUNCTION {s}.enter({enter_sig}), {s}.tenant_id(), {s}.setting(text) TO \"{r}\";\n"
                 )
             })
             .collect();
@@ -322,7 +287,7 @@ BEGIN
 DECLARE f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY['{s}._hmac(integer, bytea)', '{s}._proof_message(integer, text[])',
-        '{s}.enter({enter_sig})', '{s}.leave()', '{s}.tenant_id()', '{s}.setting(text)'] LOOP
+        '{s}.enter({enter_sig})', '{s}.tenant_id()', '{s}.setting(text)'] LOOP
         EXECUTE 'ALTER FUNCTION ' || f || ' OWNER TO "{owner}"';
         EXECUTE 'REVOKE ALL ON FUNCTION ' || f || ' FROM PUBLIC';
     END LOOP;

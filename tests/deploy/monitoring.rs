@@ -59,7 +59,7 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     ("pgtenant_server_errors_total", "counter", &["class"]),
     ("pgtenant_context_injections_total", "counter", &[]),
     ("pgtenant_context_carried_total", "counter", &[]),
-    ("pgtenant_context_leaves_total", "counter", &[]),
+    ("pgtenant_context_switches_total", "counter", &[]),
     (
         "pgtenant_context_change_rejections_total",
         "counter",

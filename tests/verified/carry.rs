@@ -53,7 +53,7 @@ async fn seen(c: &tokio_postgres::Client) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_carried_context_serves_its_tenant_and_is_left_before_another() {
+async fn a_carried_context_serves_its_tenant_and_is_cleaned_before_another() {
     let env = one_backend().await;
     let mut f = Failures::default();
     let a = env.proxy.connect("acme").await;
@@ -74,14 +74,14 @@ async fn a_carried_context_serves_its_tenant_and_is_left_before_another() {
     });
     let m = env.proxy.metrics().await;
     let carried = metric(&m, "pgtenant_context_carried_total").unwrap_or(0.0);
-    let leaves = metric(&m, "pgtenant_context_leaves_total").unwrap_or(0.0);
+    let switches = metric(&m, "pgtenant_context_switches_total").unwrap_or(0.0);
     f.check(carried >= 6.0, || {
         format!(
             "the second transaction of each tenant in a row needs no enter(): {carried} carried"
         )
     });
-    f.check(leaves >= 5.0, || {
-        format!("every change of tenant on the backend leaves first: {leaves} leaves")
+    f.check(switches >= 5.0, || {
+        format!("every change of tenant on the backend cleans it first: {switches} switches")
     });
     f.finish();
 }
@@ -119,11 +119,13 @@ async fn a_procedure_that_ends_its_transaction_never_runs_as_the_previous_tenant
     f.finish();
 }
 
-/// The probe above can fail: with `leave()` doing nothing and `enter()` letting a session
-/// switch tenants, a ROLLBACK inside the procedure brings acme's context back under globex.
+/// The probe above can fail, and what stops it is the emptied session: straight to
+/// PostgreSQL, with `enter()` weakened to let a session switch tenants, a session that
+/// carries acme's context and enters globex's in the transaction that calls the procedure
+/// is back to acme's after the procedure's ROLLBACK.
 #[tokio::test]
 async fn the_procedure_probe_catches_a_session_left_with_another_tenant() {
-    let env = one_backend().await;
+    let env = TestEnv::start().await;
     let su = env.superuser().await;
     let weakened = env
         .config()
@@ -131,21 +133,31 @@ async fn the_procedure_probe_catches_a_session_left_with_another_tenant() {
         .install_sql()
         .replace("NOT IN ('', p1)", "NOT IN ('', p1) AND false");
     su.batch_execute(&weakened).await.unwrap();
-    su.batch_execute(
-        "CREATE OR REPLACE FUNCTION pgtenant.leave() RETURNS void LANGUAGE plpgsql AS $$BEGIN END$$",
-    )
-    .await
-    .unwrap();
     su.batch_execute(PEEK).await.unwrap();
-    let a = env.proxy.connect("acme").await;
-    a.query_one("SELECT count(*) FROM invoices", &[])
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.cluster.port()));
+    let mut c = RawConn::connect(addr, "app_user", "app_password")
         .await
-        .unwrap();
-    drop(a);
-    let mut g = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
-        .await
-        .expect("globex connects");
-    let text = texts(&g.simple("CALL public.peek_after(false)").await);
+        .expect("app_user connects");
+    let key = ContextKey::new(pgtenant::demo::DEMO_CONTEXT_KEY);
+    let pid = c.pid;
+    let enter = |out: &mut bytes::BytesMut, id: &str, plan: &str| {
+        let proof = verified::proof(&key, pid, &[id.as_bytes(), plan.as_bytes()]);
+        let key_id = key.id().to_string();
+        super::common::raw::extended(
+            out,
+            "SELECT pgtenant.enter($1::int, $2, true, $3, $4)",
+            &[&key_id, &proof, id, plan],
+        );
+    };
+    let mut out = bytes::BytesMut::new();
+    enter(&mut out, ACME, "enterprise");
+    super::common::raw::sync(&mut out);
+    enter(&mut out, GLOBEX, "free");
+    pgtenant::protocol::messages::query(&mut out, "CALL public.peek_after(false)");
+    c.send(&out).await;
+    let mut msgs = c.until_ready().await;
+    msgs.extend(c.until_ready().await);
+    let text = texts(&msgs);
     assert!(
         text.contains(ACME),
         "the weakened session should have shown acme's rows: {text}"
@@ -190,10 +202,10 @@ async fn the_next_transaction_enters_again_when_the_carried_context_may_be_gone(
 }
 
 /// Straight to PostgreSQL: enter() sets the context for the session; a session that holds
-/// one tenant refuses another tenant's valid proof until leave(); a rolled-back enter()
-/// returns the session to what it held before.
+/// one tenant refuses another tenant's valid proof until it is emptied; a rolled-back
+/// enter() returns the session to what it held before.
 #[tokio::test]
-async fn postgresql_keeps_one_tenant_per_session_until_leave() {
+async fn postgresql_keeps_one_tenant_per_session_until_it_is_emptied() {
     let env = TestEnv::start().await;
     let su = env.superuser().await;
     let slot: i64 = su
@@ -234,9 +246,10 @@ async fn postgresql_keeps_one_tenant_per_session_until_leave() {
         || format!("another tenant's valid proof on a session holding acme: {switch:?}"),
     );
     f.check(held().await == ACME, || "still acme".into());
-    su.batch_execute("SELECT pgtenant.leave()").await.unwrap();
+    su.batch_execute("DISCARD ALL").await.unwrap();
+    su.batch_execute("SET ROLE app_user").await.unwrap();
     f.check(held().await.is_empty(), || {
-        "leave() empties the session".into()
+        "DISCARD ALL empties the session".into()
     });
 
     su.batch_execute("BEGIN").await.unwrap();

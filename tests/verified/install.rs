@@ -64,17 +64,17 @@ async fn rust_and_sql_compute_the_same_hmac_and_proof() {
         "{switched:?}"
     );
     su.batch_execute("ROLLBACK").await.unwrap();
-    // The session carries t1 (the first enter() committed): t2 only after leave().
+    // The session carries t1 (the first enter() committed): t2 only once it is emptied.
     let carried = su.execute(enter, &[&key.id(), &t2, &"t2", &"plan"]).await;
     assert_eq!(
         carried.as_ref().err().and_then(sqlstate).as_deref(),
         Some("42501"),
         "{carried:?}"
     );
-    su.batch_execute("SELECT pgtenant.leave()").await.unwrap();
+    su.batch_execute("DISCARD ALL").await.unwrap();
     su.execute(enter, &[&key.id(), &t2, &"t2", &"plan"])
         .await
-        .expect("after leave() another tenant may enter");
+        .expect("after DISCARD ALL another tenant may enter");
     let other_pid = verified::proof(&key, pid + 1, &[b"t1", b"plan"]);
     let refused = su
         .execute(enter, &[&key.id(), &other_pid, &"t1", &"plan"])
