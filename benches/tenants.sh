@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Many tenants over one pool: TENANTS pgbench processes at once, each logged in as its own
+# tenant with PER clients, through pgtenant plain, verified with the carried context, and
+# verified without it (context.carry = false). With more tenants than pooled backends most
+# transactions land on a backend another tenant used last: verified mode then pays a switch
+# (DISCARD ALL, the proxy's statements prepared again, enter() with its HMAC), so this is
+# where the carried context costs instead of saving. Plain view: no RLS, no app-side context.
+#
+#   bash benches/tenants.sh
+#   TENANTS=64 PER=1 SCRIPT=tpcb MODE=extended ROUNDS=3 bash benches/tenants.sh
+#
+# Per arm: median total TPS over ROUNDS interleaved rounds, proxy and PostgreSQL CPU per
+# transaction, and (verified arms) how many transactions found their context carried and how
+# many backends were switched to another tenant, from /metrics.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TENANTS=${TENANTS:-32}
+PER=${PER:-2}
+SCRIPT=${SCRIPT:-select}
+MODE=${MODE:-simple}
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-6}
+MAX_CLIENTS=$(( TENANTS * PER * 2 + 100 ))
+# shellcheck source=benches/setup.sh
+source benches/setup.sh
+write_script "$SCRIPT" plain
+for t in pgbench_accounts pgbench_branches pgbench_tellers pgbench_history; do
+  echo "ALTER TABLE $t NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;"
+done | "${PSQL[@]}" -d bench
+
+# --- the tenants, and one pgtenant per arm ---------------------------------------------
+: > "$WORK/tenants.toml"
+for i in $(seq "$TENANTS"); do
+  printf '[tenants.t%d]\nid = "%s"\npassword = %s\n' "$i" "$(cat /proc/sys/kernel/random/uuid)" "'$VERIFIER'" >> "$WORK/tenants.toml"
+done
+head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$WORK/context.key"; chmod 644 "$WORK/context.key"
+declare -A PORT PID METRICS
+for arm in plain carried uncarried; do
+  PORT[$arm]=$(free_port); METRICS[$arm]=$(free_port)
+  case $arm in
+    plain) ctx="" ;;
+    carried) ctx="mode = \"verified\"\ncarry = true\nkey_file = \"$WORK/context.key\"" ;;
+    uncarried) ctx="mode = \"verified\"\ncarry = false\nkey_file = \"$WORK/context.key\"" ;;
+  esac
+  sed -e "s/127.0.0.1:$TPORT/127.0.0.1:${PORT[$arm]}/" \
+      -e "s/^metrics_listen = .*/metrics_listen = \"127.0.0.1:${METRICS[$arm]}\"/" \
+      -e "s|^\[context\]|[context]\n$ctx|" "$WORK/pgtenant.toml" > "$WORK/$arm.toml"
+  cat "$WORK/tenants.toml" >> "$WORK/$arm.toml"
+  if [ "$arm" = carried ]; then
+    $PGT db install --config "$WORK/$arm.toml" \
+      --dba-url "postgresql://postgres@127.0.0.1:$PGPORT/bench" >/dev/null
+  fi
+  $PGT --config "$WORK/$arm.toml" --log warn & PID[$arm]=$!; PIDS+=("${PID[$arm]}")
+  for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "${PORT[$arm]}" && break; sleep 0.1; done
+done
+
+POSTMASTER=$(head -n1 "$WORK/data/postmaster.pid")
+pg_ticks() {
+  local sum p
+  sum=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat")
+  for p in $(pgrep -P "$POSTMASTER"); do
+    sum=$(( sum + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$sum"
+}
+metric() { # arm name -> value (0 when absent)
+  curl -s "http://127.0.0.1:${METRICS[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
+}
+
+# arm -> "tps proxy_cpu_us_tx pg_cpu_us_tx carried switches"
+run() {
+  local arm=$1 c0 c1 g0 g1 m0 m1 s0 s1 i tx=0 tps=0 pids=()
+  c0=$(cpu_ticks "${PID[$arm]}"); g0=$(pg_ticks)
+  m0=$(metric "$arm" pgtenant_context_carried_total); s0=$(metric "$arm" pgtenant_context_switches_total)
+  for i in $(seq "$TENANTS"); do
+    PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "${PORT[$arm]}" -U "t$i" -M "$MODE" \
+      -c "$PER" -j 1 -T "$DURATION" -f "$WORK/$SCRIPT.plain.sql" bench \
+      >"$WORK/out.$i" 2>"$WORK/err.$i" & pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  sleep 0.5
+  c1=$(cpu_ticks "${PID[$arm]}"); g1=$(pg_ticks)
+  m1=$(metric "$arm" pgtenant_context_carried_total); s1=$(metric "$arm" pgtenant_context_switches_total)
+  for i in $(seq "$TENANTS"); do
+    tx=$(( tx + $(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/out.$i" | cut -d/ -f1 || echo 0) ))
+    tps=$(awk -v a="$tps" -v b="$(awk '/^tps/ {print $3; exit}' "$WORK/out.$i")" 'BEGIN {print a + b}')
+  done
+  awk -v tps="$tps" -v tx="$tx" -v pc=$(( c1 - c0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
+      -v m=$(( ${m1%.*} - ${m0%.*} )) -v s=$(( ${s1%.*} - ${s0%.*} )) \
+      'BEGIN { printf "%.0f %.1f %.1f %.2f %.2f\n", tps, pc / hz * 1e6 / tx, gc / hz * 1e6 / tx, m / tx, s / tx }'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+declare -A R
+for r in $(seq "$ROUNDS"); do
+  for arm in plain carried uncarried; do
+    R[$arm.$r]=$(run "$arm")
+    echo "   round $r $arm: ${R[$arm.$r]}" >&2
+  done
+done
+echo
+echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $TENANTS tenants x $PER clients ($SCRIPT, $MODE, one pgbench per tenant, -j 1), pool $POOL, scale $SCALE; medians of $ROUNDS interleaved rounds of ${DURATION}s; load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+echo
+echo "| arm | TPS | vs plain | proxy CPU µs/tx | PostgreSQL CPU µs/tx | carried per tx | switches per tx |"
+echo "|---|---|---|---|---|---|---|"
+for arm in plain carried uncarried; do
+  declare -a col=()
+  for k in 1 2 3 4 5; do
+    vals=(); for r in $(seq "$ROUNDS"); do vals+=("$(awk -v k=$k '{print $k}' <<<"${R[$arm.$r]}")"); done
+    col[$k]=$(median "${vals[@]}")
+  done
+  [ "$arm" = plain ] && base=${col[1]}
+  awk -v a="$arm" -v t="${col[1]}" -v b="$base" -v p="${col[2]}" -v g="${col[3]}" -v m="${col[4]}" -v s="${col[5]}" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %s | %s | %s | %s |\n", a, t, t / b, p, g, m, s }'
+done
