@@ -54,17 +54,6 @@ $PGT db install --config "$WORK/verified.toml" \
 $PGT --config "$WORK/verified.toml" --log warn & VERIFIED_PID=$!; PIDS+=("$VERIFIED_PID")
 for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$VPORT" && break; sleep 0.1; done
 
-POSTMASTER=$(head -n1 "$WORK/data/postmaster.pid")
-# CPU ticks of this cluster so far: the postmaster's own and its reaped children's, plus
-# every live child's (a backend that exits moves from the second sum into the first).
-pg_ticks() {
-  local sum p
-  sum=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat")
-  for p in $(pgrep -P "$POSTMASTER"); do
-    sum=$(( sum + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$sum"
-}
 
 # arm script clients mode threads -> "tps proxy_cpu_us_tx pg_cpu_us_tx" (n/a when it failed)
 run() {

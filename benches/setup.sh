@@ -4,7 +4,7 @@
 #
 # In: SCALE, POOL, MAX_CLIENTS, PGTENANT_BIN, RESET_ON_RELEASE and PGTENANT_WORKERS (optional).
 # Out: PGPORT BPORT TPORT, BOUNCER_PID TENANT_PID, TID, WORK, PGT (the pgtenant binary),
-# and the helpers cpu_ticks, rss_kb, hwm_kb.
+# and the helpers cpu_ticks, pg_ticks (this cluster's CPU), rss_kb, hwm_kb.
 # Every arm reaches PostgreSQL as app_user (NOSUPERUSER NOBYPASSRLS); both proxies
 # authenticate their clients with SCRAM-SHA-256 against the same verifier
 # (user bench, password bench-secret).
@@ -116,6 +116,18 @@ for _ in $(seq 50); do
 done
 BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
 echo "== fd limits: bench $(ulimit -n), pgbouncer $(awk '/open files/ {print $4}' "/proc/$BOUNCER_PID/limits"), pgtenant $(awk '/open files/ {print $4}' "/proc/$TENANT_PID/limits")" >&2
+
+# CPU ticks of this cluster so far: the postmaster's own and its reaped children's, plus
+# every live child's (a backend that exits moves from the second sum into the first).
+POSTMASTER=$(head -n1 "$WORK/data/postmaster.pid")
+pg_ticks() {
+  local sum p
+  sum=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat")
+  for p in $(pgrep -P "$POSTMASTER"); do
+    sum=$(( sum + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$sum"
+}
 
 # --- pgbench scripts (load.sh, profile.sh) ---------------------------------------------
 write_script() { # name with_ctx

@@ -54,15 +54,6 @@ for arm in plain carried uncarried; do
   for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "${PORT[$arm]}" && break; sleep 0.1; done
 done
 
-POSTMASTER=$(head -n1 "$WORK/data/postmaster.pid")
-pg_ticks() {
-  local sum p
-  sum=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat")
-  for p in $(pgrep -P "$POSTMASTER"); do
-    sum=$(( sum + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$sum"
-}
 metric() { # arm name -> value (0 when absent)
   curl -s "http://127.0.0.1:${METRICS[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
 }

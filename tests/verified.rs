@@ -120,6 +120,24 @@ async fn battery(env: &TestEnv, f: &mut Failures, label: &str) {
     .unwrap();
 }
 
+/// A superuser session acting as the app role (`SET ROLE app_user`), the secret slot number
+/// only a superuser may read, and the session's backend pid (what a proof is bound to).
+async fn app_role_knowing_the_slot(env: &TestEnv) -> (tokio_postgres::Client, i64, i32) {
+    let su = env.superuser().await;
+    let slot: i64 = su
+        .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    su.batch_execute("SET ROLE app_user").await.unwrap();
+    let pid: i32 = su
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (su, slot, pid)
+}
+
 /// CREATE on public for app_user, so function-body attempts reach PostgreSQL.
 async fn grant_create(env: &TestEnv) {
     env.superuser()
@@ -210,18 +228,7 @@ async fn a_context_copied_into_a_later_transaction_or_elsewhere_is_refused() {
     );
     // The verified copy is the session's (the backend carries it into the tenant's next
     // transaction) until the session is emptied: as a superuser who knows the slot.
-    let su = env.superuser().await;
-    let slot: i64 = su
-        .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    su.batch_execute("SET ROLE app_user").await.unwrap();
-    let pid: i32 = su
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (su, slot, pid) = app_role_knowing_the_slot(&env).await;
     let key = ContextKey::new(pgtenant::demo::DEMO_CONTEXT_KEY);
     let proof = verified::proof(&key, pid, &[ACME.as_bytes(), b"enterprise"]);
     su.batch_execute("BEGIN").await.unwrap();

@@ -207,18 +207,7 @@ async fn the_next_transaction_enters_again_when_the_carried_context_may_be_gone(
 #[tokio::test]
 async fn postgresql_keeps_one_tenant_per_session_until_it_is_emptied() {
     let env = TestEnv::start().await;
-    let su = env.superuser().await;
-    let slot: i64 = su
-        .query_one("SELECT pg_sequence_last_value('pgtenant.slot')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    su.batch_execute("SET ROLE app_user").await.unwrap();
-    let pid: i32 = su
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (su, slot, pid) = super::app_role_knowing_the_slot(&env).await;
     let key = ContextKey::new(pgtenant::demo::DEMO_CONTEXT_KEY);
     let enter = |id: &'static str, plan: &'static str| {
         let proof = verified::proof(&key, pid, &[id.as_bytes(), plan.as_bytes()]);
