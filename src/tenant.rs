@@ -62,9 +62,9 @@ impl Tenant {
         self.retired.store(true, Ordering::Release);
     }
 
-    /// Verified mode: the serial a backend's [`crate::backend::carry::Carry`] names this
-    /// tenant's context by (None in plain mode, whose context is transaction-local).
-    pub fn carry_serial(&self) -> Option<u64> {
+    /// Verified mode: the serial backends know this tenant by (the context a backend
+    /// carries, the tenant that used it last); None in plain mode.
+    pub fn verified_serial(&self) -> Option<u64> {
         self.verified.as_ref().map(|_| self.serial)
     }
 

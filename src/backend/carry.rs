@@ -51,12 +51,6 @@ impl Carry {
         }
     }
 
-    /// Whether the session holds tenant `serial`'s context for sure (the pool prefers such
-    /// a backend for that tenant).
-    pub fn holds(self, serial: u64) -> bool {
-        self == Carry::Holds(serial)
-    }
-
     /// A session-level `enter(..., false)` was sent in a transaction of its own (it leaves
     /// the verified copy empty); if it fails the backend is closed.
     pub fn left(&mut self) {
@@ -133,7 +127,6 @@ mod tests {
         assert_eq!(c, Carry::Entering(1), "not committed yet");
         c.on_ready(Idle);
         assert_eq!(c.step(1), Step::Skip);
-        assert!(c.holds(1));
         c.on_ready(InTransaction);
         c.on_ready(Idle);
         assert_eq!(c.step(1), Step::Skip, "later transactions of the tenant");
@@ -153,7 +146,6 @@ mod tests {
             Carry::Empty,
         ] {
             assert_eq!(held.step(2), Step::Enter, "{held:?}");
-            assert!(!held.holds(2));
         }
     }
 

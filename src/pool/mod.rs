@@ -219,11 +219,11 @@ impl Pool {
 
     /// The common case without waiting: a free slot and a healthy idle connection. None
     /// when the caller must wait or a connection must be opened ([`Pool::checkout`]).
-    /// `carry`: the tenant serial whose verified context the caller would rather find on
-    /// the backend (see [`crate::backend::carry`]).
-    pub fn try_checkout(self: &Arc<Self>, carry: Option<u64>) -> Option<PooledConn> {
+    /// `tenant`: verified mode's serial of the caller's tenant, whose last backends it
+    /// would rather get (see [`Pool::take_idle`]).
+    pub fn try_checkout(self: &Arc<Self>, tenant: Option<u64>) -> Option<PooledConn> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let conn = self.take_idle(carry)?;
+        let conn = self.take_idle(tenant)?;
         Some(self.lend(conn, permit, Duration::ZERO))
     }
 
@@ -246,7 +246,7 @@ impl Pool {
 
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
     /// connection or opens a new one.
-    pub async fn checkout(self: &Arc<Self>, carry: Option<u64>) -> Result<PooledConn, PoolError> {
+    pub async fn checkout(self: &Arc<Self>, tenant: Option<u64>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
         let timeout = self.checkout_timeout();
         self.metrics.waiting.inc();
@@ -260,7 +260,7 @@ impl Pool {
                 return Err(PoolError::Timeout(timeout));
             }
         };
-        let conn = match self.take_idle(carry) {
+        let conn = match self.take_idle(tenant) {
             Some(c) => c,
             // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
             None => Box::new(Box::pin(self.open()).await?),
@@ -285,16 +285,16 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that tenant `carry` used last (verified mode:
+    /// The most recently used idle connection that tenant `tenant` used last (verified mode:
     /// it may hold that tenant's context, and needs no DISCARD ALL), else the most recent
     /// one no tenant used yet, else the most recent.
-    fn take_idle(&self, carry: Option<u64>) -> Option<Box<BackendConn>> {
+    fn take_idle(&self, tenant: Option<u64>) -> Option<Box<BackendConn>> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().ok()?;
-                let at = carry
+                let at = tenant
                     .and_then(|serial| idle.iter().rposition(|c| c.tenant == Some(serial)))
-                    .or_else(|| carry.and_then(|_| idle.iter().rposition(|c| c.tenant.is_none())))
+                    .or_else(|| tenant.and_then(|_| idle.iter().rposition(|c| c.tenant.is_none())))
                     .unwrap_or(idle.len().checked_sub(1)?);
                 idle.remove(at)
             };

@@ -115,7 +115,7 @@ impl Session {
     async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
         if !self.server.is_paused()
             && let Some(slot) = self.stats().try_acquire_backend(self.tenant.backend_limit)
-            && let Some(mut pooled) = self.pool.try_checkout(self.tenant.carry_serial())
+            && let Some(mut pooled) = self.pool.try_checkout(self.tenant.verified_serial())
         {
             pooled.hold(slot);
             return Ok(pooled);
@@ -147,7 +147,7 @@ impl Session {
                 .inc();
             return Err(PoolError::Timeout(timeout));
         };
-        let mut pooled = self.pool.checkout(self.tenant.carry_serial()).await?;
+        let mut pooled = self.pool.checkout(self.tenant.verified_serial()).await?;
         pooled.hold(slot);
         Ok(pooled)
     }
@@ -211,7 +211,7 @@ impl Session {
         &self,
         pooled: &mut PooledConn,
     ) -> Result<(), crate::backend::BackendError> {
-        if let Some(serial) = self.tenant.carry_serial()
+        if let Some(serial) = self.tenant.verified_serial()
             && pooled.serve_tenant(serial).await?
         {
             self.server.metrics.context_switches.inc();
@@ -235,7 +235,7 @@ impl Session {
             self.txn_started = Some(Instant::now());
         }
         let ended = self.context == super::context::Context::EndSent;
-        let carry = self.tenant.carry_serial();
+        let carry = self.tenant.verified_serial();
         if no_txn_block && self.status == TxStatus::Idle && !ended {
             self.bout
                 .extend_from_slice(self.tenant.injection(conn, true));

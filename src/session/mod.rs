@@ -198,7 +198,7 @@ impl Session {
     async fn initial_parameters(&mut self) -> Result<(), Fatal> {
         let mut pooled = self
             .pool
-            .checkout(self.tenant.carry_serial())
+            .checkout(self.tenant.verified_serial())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "no backend for a new client");
