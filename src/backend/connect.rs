@@ -11,6 +11,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::injection::Own;
 use super::{BackendConn, BackendError};
 use crate::cancel::{BackendKey, CancelsInFlight};
 use crate::protocol::messages;
@@ -28,8 +29,8 @@ pub struct BackendTarget {
     pub user: String,
     pub password: Option<String>,
     pub connect_timeout: Duration,
-    /// Parse messages for the proxy's statements.
-    pub prepare: bytes::Bytes,
+    /// The proxy's statements, all prepared on every new connection.
+    pub own: std::sync::Arc<super::injection::OwnStatements>,
     /// How many client statements each backend connection keeps prepared.
     pub statement_cache_size: usize,
     /// TLS client configuration (None: plaintext).
@@ -53,13 +54,13 @@ impl std::fmt::Debug for BackendTarget {
 }
 
 impl BackendTarget {
-    /// The target for `[databases.<name>]` in `cfg` (which must have it), with `prepare` sent
-    /// on every new connection: one place turns config into a connection, for the pools and
+    /// The target for `[databases.<name>]` in `cfg` (which must have it), with `own`
+    /// prepared on every new connection: one place turns config into a connection, for the pools and
     /// for the doctor alike.
     pub fn for_database(
         name: &str,
         cfg: &crate::config::Config,
-        prepare: bytes::Bytes,
+        own: std::sync::Arc<super::injection::OwnStatements>,
     ) -> Result<BackendTarget, crate::tls::TlsError> {
         let db = &cfg.databases[name];
         let tls = crate::tls::client::backend_config(
@@ -77,7 +78,7 @@ impl BackendTarget {
             user: db.user.clone(),
             password: db.resolve_password(),
             connect_timeout: db.connect_timeout,
-            prepare,
+            own,
             statement_cache_size: db.prepared_statement_cache_size,
             keepalive: cfg.server.keepalive(),
         })
@@ -116,7 +117,8 @@ impl BackendTarget {
             unreported: Vec::new(),
             defaults: HashMap::new(),
             params_match: None,
-            prepared: false,
+            prepared: Own::NONE,
+            own: self.own.clone(),
             session_context: false,
             context_cache: None,
             carry: Default::default(),
@@ -143,8 +145,8 @@ impl BackendTarget {
         self.authenticate(&mut conn, end_point).await?;
         self.finish_startup(&mut conn).await?;
         conn.defaults = conn.params.clone();
-        conn.exchange(&prepare_with_sync(&self.prepare)).await?;
-        conn.prepared = true;
+        conn.exchange(&prepare_with_sync(&self.own.all)).await?;
+        conn.prepared = self.own.everything();
         Ok(conn)
     }
 

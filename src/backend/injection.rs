@@ -58,6 +58,115 @@ impl std::fmt::Debug for ContextCache {
     }
 }
 
+/// Most context settings a configuration may have, so that every statement of the plan
+/// (one `RESET` per setting after seven others) has a bit in [`Own`].
+pub const MAX_SETTINGS: usize = Own::CAPACITY - Own::FIRST_RESET;
+
+/// A set of the proxy's own statements (one bit per statement of an [`InjectionPlan`], in
+/// the plan's order): what a backend has prepared, and what a message about to be sent
+/// needs. A backend that changed tenant (DISCARD ALL) prepares only what it uses, when it
+/// first uses it, instead of every statement at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Own(u64);
+
+impl Own {
+    /// No statement.
+    pub const NONE: Own = Own(0);
+    /// [`CTX_STATEMENT`].
+    pub const CTX: Own = Own(1 << 0);
+    /// [`CTX_SESSION_STATEMENT`].
+    pub const CTX_SESSION: Own = Own(1 << 1);
+    /// [`PARAM_STATEMENT`].
+    pub const PARAM: Own = Own(1 << 2);
+    /// [`PARAM_RESET_STATEMENT`].
+    pub const PARAM_RESET: Own = Own(1 << 3);
+    /// [`BEGIN_STATEMENT`].
+    pub const BEGIN: Own = Own(1 << 4);
+    /// The sweep's statements.
+    const SWEEP: Own = Own::range(5, 7);
+    /// Index of the first `RESET <setting>` statement (the last ones of the plan).
+    const FIRST_RESET: usize = 7;
+    /// How many statements a set can name: the context settings are limited so that every
+    /// plan fits (see [`MAX_SETTINGS`]).
+    const CAPACITY: usize = 64;
+
+    /// Every statement of a plan with `statements` statements.
+    const fn all(statements: usize) -> Own {
+        Own::range(0, statements)
+    }
+
+    /// Statements `from..to`.
+    const fn range(from: usize, to: usize) -> Own {
+        Own(Own::below(to) & !Own::below(from))
+    }
+
+    /// The bits of statements `0..n`.
+    const fn below(n: usize) -> u64 {
+        if n >= Own::CAPACITY {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        }
+    }
+
+    /// Both sets.
+    pub fn with(self, other: Own) -> Own {
+        Own(self.0 | other.0)
+    }
+
+    /// What `self` needs that `have` lacks.
+    pub fn missing_from(self, have: Own) -> Own {
+        Own(self.0 & !have.0)
+    }
+
+    /// True when the set holds no statement.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The statements' indexes in the plan, in order.
+    fn indexes(self) -> impl Iterator<Item = usize> {
+        (0..Own::CAPACITY).filter(move |i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// The proxy's statements as messages: all Parses at once for a new connection, and each
+/// as Close + Parse for a connection that lacks some (Close of a missing statement is no
+/// error, so this also serves when a client's DEALLOCATE left it unclear which exist).
+#[derive(Debug, Default)]
+pub struct OwnStatements {
+    /// Parse of every statement, for a new connection.
+    pub all: Bytes,
+    /// Close + Parse of each statement, by index.
+    each: Vec<Bytes>,
+}
+
+impl OwnStatements {
+    /// Every statement this plan has.
+    pub fn everything(&self) -> Own {
+        Own::all(self.each.len())
+    }
+
+    /// Appends Close + Parse for each statement in `need` that `have` lacks, records them
+    /// in `have`, and returns how many statements that was (two messages each, whose
+    /// replies are the proxy's).
+    pub fn prepare_missing(&self, have: &mut Own, need: Own, out: &mut BytesMut) -> usize {
+        let missing = need.missing_from(*have);
+        if missing.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for i in missing.indexes() {
+            if let Some(messages) = self.each.get(i) {
+                out.extend_from_slice(messages);
+                n += 1;
+            }
+        }
+        *have = have.with(missing);
+        n
+    }
+}
+
 /// The SQL of the proxy's own statements, derived from the configured setting names.
 #[derive(Debug, Clone)]
 pub struct InjectionPlan {
@@ -65,8 +174,8 @@ pub struct InjectionPlan {
     pub settings: Vec<String>,
     /// What a release RESETs: the settings (verified mode's copies are transaction-local).
     pub reset_settings: Vec<String>,
-    /// Parse messages for the proxy's statements, sent once per backend connection.
-    pub prepare: Bytes,
+    /// The proxy's statements as messages (see [`OwnStatements`]).
+    pub own: std::sync::Arc<OwnStatements>,
     /// `RESET` of every context setting plus the sweep, as one Query, for a release after
     /// session-level context.
     pub reset_sql: String,
@@ -79,8 +188,6 @@ pub struct InjectionPlan {
     pub reset_local: Bytes,
     /// Bind + Execute of the sweep alone (`DISCARD SEQUENCES`, `DISCARD TEMP`).
     pub sweep_local: Bytes,
-    /// Parse messages in `prepare`.
-    pub prepare_count: usize,
     /// Bind + Execute of the prepared BEGIN: a deferred BEGIN needs no Sync of its own,
     /// so the client's first statement follows it in the same write.
     pub begin: Bytes,
@@ -136,35 +243,45 @@ impl InjectionPlan {
                 .collect();
             format!("SELECT {}", calls.join(", "))
         };
-        let mut prepare = BytesMut::new();
-        messages::parse(&mut prepare, CTX_STATEMENT, &sql(true));
-        messages::parse(&mut prepare, CTX_SESSION_STATEMENT, &sql(false));
-        messages::parse(
-            &mut prepare,
-            PARAM_STATEMENT,
-            "SELECT pg_catalog.set_config($1, $2, false)",
-        );
-        messages::parse(
-            &mut prepare,
-            PARAM_RESET_STATEMENT,
-            "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)",
-        );
-        messages::parse(&mut prepare, BEGIN_STATEMENT, "BEGIN");
+        // In the order of `Own`'s bits.
+        let mut statements: Vec<(String, String)> = vec![
+            (CTX_STATEMENT.into(), sql(true)),
+            (CTX_SESSION_STATEMENT.into(), sql(false)),
+            (
+                PARAM_STATEMENT.into(),
+                "SELECT pg_catalog.set_config($1, $2, false)".into(),
+            ),
+            (
+                PARAM_RESET_STATEMENT.into(),
+                "SELECT pg_catalog.set_config($1, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = $1), false)".into(),
+            ),
+            (BEGIN_STATEMENT.into(), "BEGIN".into()),
+        ];
+        let mut sweep_local = BytesMut::new();
+        for (statement, sql) in SWEEP {
+            statements.push((statement.into(), sql.into()));
+            messages::bind(&mut sweep_local, statement, std::iter::empty());
+            messages::execute(&mut sweep_local);
+        }
         let reset_settings = settings.clone();
         let mut reset_local = BytesMut::new();
         for (i, name) in reset_settings.iter().enumerate() {
             let statement = format!("{RESET_STATEMENT_PREFIX}{i}");
-            messages::parse(&mut prepare, &statement, &format!("RESET {name}"));
             messages::bind(&mut reset_local, &statement, std::iter::empty());
             messages::execute(&mut reset_local);
+            statements.push((statement, format!("RESET {name}")));
         }
-        let mut sweep_local = BytesMut::new();
-        for (statement, sql) in SWEEP {
-            messages::parse(&mut prepare, statement, sql);
-            messages::bind(&mut sweep_local, statement, std::iter::empty());
-            messages::execute(&mut sweep_local);
-        }
+        // The sweep after the resets, as the release rule wants it.
         reset_local.extend_from_slice(&sweep_local);
+        let mut all = BytesMut::new();
+        let mut each = Vec::with_capacity(statements.len());
+        for (name, sql) in &statements {
+            messages::parse(&mut all, name, sql);
+            let mut one = BytesMut::new();
+            super::statements::StatementDef::close_message(name, &mut one);
+            messages::parse(&mut one, name, sql);
+            each.push(one.freeze());
+        }
         let reset_sql = reset_settings
             .iter()
             .map(|s| format!("RESET {s}"))
@@ -184,10 +301,12 @@ impl InjectionPlan {
         );
         InjectionPlan {
             session_settings_sql,
-            prepare_count: 5 + reset_settings.len() + SWEEP.len(),
+            own: std::sync::Arc::new(OwnStatements {
+                all: all.freeze(),
+                each,
+            }),
             settings,
             reset_settings,
-            prepare: prepare.freeze(),
             reset_sql,
             reset_local: reset_local.freeze(),
             sweep_local: sweep_local.freeze(),
@@ -195,13 +314,20 @@ impl InjectionPlan {
         }
     }
 
-    /// The messages paying what a release left owed, and how many Bind/Execute pairs
-    /// they hold (their replies are the proxy's to swallow).
-    pub fn owed(&self, owed: Owed) -> (&[u8], usize) {
+    /// The messages paying what a release left owed, how many Bind/Execute pairs they hold
+    /// (their replies are the proxy's to swallow), and the statements they use.
+    pub fn owed(&self, owed: Owed) -> (&[u8], usize, Own) {
         match owed {
-            Owed::Nothing => (&[], 0),
-            Owed::Sweep => (&self.sweep_local, SWEEP.len()),
-            Owed::ResetAndSweep => (&self.reset_local, self.reset_settings.len() + SWEEP.len()),
+            Owed::Nothing => (&[], 0, Own::NONE),
+            Owed::Sweep => (&self.sweep_local, SWEEP.len(), Own::SWEEP),
+            Owed::ResetAndSweep => (
+                &self.reset_local,
+                self.reset_settings.len() + SWEEP.len(),
+                Own::SWEEP.with(Own::range(
+                    Own::FIRST_RESET,
+                    Own::FIRST_RESET + self.reset_settings.len(),
+                )),
+            ),
         }
     }
 
@@ -216,5 +342,93 @@ impl InjectionPlan {
         messages::bind(&mut out, statement, values.iter().copied());
         messages::execute(&mut out);
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frontend_tag as ft;
+
+    /// (tag, statement name) of each message in `bytes`.
+    fn messages(bytes: &[u8]) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let body = &rest[5..1 + len];
+            let body = if rest[0] == ft::CLOSE {
+                &body[1..]
+            } else {
+                body
+            };
+            // A Bind names the portal first, then the statement.
+            let at = usize::from(rest[0] == ft::BIND);
+            let name = body.split(|b| *b == 0).nth(at).unwrap_or_default();
+            out.push((rest[0], String::from_utf8_lossy(name).into_owned()));
+            rest = &rest[1 + len..];
+        }
+        out
+    }
+
+    fn plan() -> InjectionPlan {
+        InjectionPlan::new(vec!["app.t".into(), "app.plan".into()], Some("pgtenant"))
+    }
+
+    #[test]
+    fn a_new_connection_prepares_every_statement_once() {
+        let plan = plan();
+        let all = messages(&plan.own.all);
+        assert_eq!(all.len(), 9);
+        assert!(all.iter().all(|(t, _)| *t == ft::PARSE));
+        assert_eq!(plan.own.everything(), Own::all(9));
+    }
+
+    #[test]
+    fn only_missing_statements_are_prepared_each_as_close_then_parse() {
+        let plan = plan();
+        let mut have = Own::NONE;
+        let mut out = BytesMut::new();
+        assert_eq!(plan.own.prepare_missing(&mut have, Own::CTX, &mut out), 1);
+        assert_eq!(
+            messages(&out),
+            [
+                (ft::CLOSE, CTX_STATEMENT.into()),
+                (ft::PARSE, CTX_STATEMENT.into())
+            ]
+        );
+        out.clear();
+        // Already there: nothing; a set with one new statement: that one only.
+        assert_eq!(plan.own.prepare_missing(&mut have, Own::CTX, &mut out), 0);
+        let need = Own::CTX.with(Own::BEGIN);
+        assert_eq!(plan.own.prepare_missing(&mut have, need, &mut out), 1);
+        assert_eq!(messages(&out)[1], (ft::PARSE, BEGIN_STATEMENT.into()));
+        assert_eq!(have, need);
+    }
+
+    #[test]
+    fn what_a_release_left_owed_names_the_statements_it_binds() {
+        let plan = plan();
+        for owed in [Owed::Nothing, Owed::Sweep, Owed::ResetAndSweep] {
+            let (bytes, pairs, need) = plan.owed(owed);
+            let bound: Vec<String> = messages(bytes)
+                .into_iter()
+                .filter(|(t, _)| *t == ft::BIND)
+                .map(|(_, n)| n)
+                .collect();
+            assert_eq!(bound.len(), pairs, "{owed:?}");
+            let mut have = Own::NONE;
+            let mut parses = BytesMut::new();
+            plan.own.prepare_missing(&mut have, need, &mut parses);
+            let mut prepared: Vec<String> = messages(&parses)
+                .into_iter()
+                .filter(|(t, _)| *t == ft::PARSE)
+                .map(|(_, n)| n)
+                .collect();
+            let mut bound = bound;
+            prepared.sort();
+            bound.sort();
+            assert_eq!(prepared, bound, "{owed:?}");
+        }
     }
 }

@@ -20,6 +20,16 @@ use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{TxStatus, backend_tag as bt};
 use crate::stream::BackendStream;
 
+/// What a backend runs before another tenant uses it: DISCARD ALL as PostgreSQL documents
+/// it (and as `DiscardAll()` does it in 13-18), without DISCARD PLANS. Cached plans hold no
+/// session state a tenant could plant (PostgreSQL re-checks them against the catalog, the
+/// search path and the role), but dropping them makes every PL/pgSQL expression of
+/// `enter()` and the readers plan again on the next call. One Query, so one implicit
+/// transaction: a part that fails undoes the others, and the backend is closed.
+pub const SWITCH_RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    DEALLOCATE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
+    DISCARD SEQUENCES";
+
 /// Largest message accepted from PostgreSQL (its own limit for a field is 1 GiB).
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 
@@ -84,8 +94,10 @@ pub struct BackendConn {
     /// The client parameter set `params` last matched exactly (nothing to apply for it);
     /// dropped whenever `params` or `unreported` change.
     pub params_match: Option<MatchedParams>,
-    /// Whether the proxy's prepared statements exist on this connection.
-    pub prepared: bool,
+    /// Which of the proxy's statements exist on this connection.
+    pub prepared: injection::Own,
+    /// The proxy's statements, to prepare what is missing.
+    own: std::sync::Arc<injection::OwnStatements>,
     /// Session-level context was set (for a statement that cannot run in a transaction
     /// block); it must be reset before anyone else uses this connection.
     pub session_context: bool,
@@ -96,7 +108,7 @@ pub struct BackendConn {
     /// between transactions.
     pub carry: carry::Carry,
     /// Verified mode: the tenant (definition serial) whose client used this backend last;
-    /// another tenant gets it only after DISCARD ALL (see [`crate::pool::PooledConn::serve_tenant`]).
+    /// another tenant gets it only after it was emptied (see [`crate::pool::PooledConn::serve_tenant`]).
     pub tenant: Option<u64>,
     /// What the last release left owed: the next user pipelines it ahead of everything it
     /// sends (see [`crate::pool::PooledConn::release`]).
@@ -178,16 +190,30 @@ impl BackendConn {
         }
     }
 
+    /// Empties the session for another tenant with [`SWITCH_RESET`] (one round trip).
+    pub async fn empty_session(&mut self) -> Result<(), BackendError> {
+        self.simple_query(SWITCH_RESET).await?;
+        self.discarded();
+        Ok(())
+    }
+
     /// DISCARD ALL ran: the session holds nothing of its earlier users (prepared
     /// statements, settings, temp objects, notifications, the carried context).
     pub fn discarded(&mut self) {
-        self.prepared = false;
+        self.prepared = injection::Own::NONE;
         self.statements.clear();
         self.forget_unreported();
         self.owed = Owed::Nothing;
         self.session_context = false;
         self.carry = carry::Carry::Empty;
         self.held_notifications.clear();
+    }
+
+    /// Appends Close + Parse of the proxy's statements in `need` that this session lacks,
+    /// ahead of the messages that use them; returns how many (each two messages whose
+    /// replies are the proxy's).
+    pub fn prepare_own(&mut self, need: injection::Own, out: &mut BytesMut) -> usize {
+        self.own.prepare_missing(&mut self.prepared, need, out)
     }
 
     /// Records a ParameterStatus the backend sent.

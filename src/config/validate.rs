@@ -76,6 +76,17 @@ impl Config {
                 bad(key, format!("{name:?} is listed twice"));
             }
         }
+        let most = crate::backend::injection::MAX_SETTINGS;
+        if settings.len() > most {
+            bad(
+                "context.extra_settings".into(),
+                format!(
+                    "{} context settings; at most {most} (the tenant id and {} more)",
+                    settings.len(),
+                    most - 1
+                ),
+            );
+        }
         if self.server.channel_key_file.is_some() && self.server.channel_key_env.is_some() {
             bad(
                 "server.channel_key_env".into(),

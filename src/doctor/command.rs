@@ -144,7 +144,7 @@ pub async fn check(cfg: &Config, databases: &[String], dba: Option<&DbaLogin>) -
                 error,
             })
         };
-        let target = match BackendTarget::for_database(name, cfg, bytes::Bytes::new()) {
+        let target = match BackendTarget::for_database(name, cfg, Default::default()) {
             Ok(t) => t,
             Err(e) => {
                 fail(&mut report, e.to_string());

@@ -381,9 +381,9 @@ impl PooledConn {
     }
 
     /// Verified mode: makes the connection fit for a client of tenant `serial`. One that
-    /// another tenant used last is cleaned with DISCARD ALL first (a round trip, only when
-    /// the tenant changes): whatever that tenant's SQL left in the session, seen by the
-    /// guard or not (prepared statements under the proxy's own names, which the proxy
+    /// another tenant used last is emptied first with [`BackendConn::empty_session`] (a round trip, only
+    /// when the tenant changes): whatever that tenant's SQL left in the session, seen by
+    /// the guard or not (prepared statements under the proxy's own names, which the proxy
     /// executes, settings, temp objects, its carried context), never reaches this tenant.
     /// Returns whether it was cleaned; an error leaves the connection to be dropped.
     pub async fn serve_tenant(&mut self, serial: u64) -> Result<bool, BackendError> {
@@ -393,8 +393,7 @@ impl PooledConn {
         if !other {
             return Ok(false);
         }
-        conn.simple_query("DISCARD ALL").await?;
-        conn.discarded();
+        conn.empty_session().await?;
         Ok(true)
     }
 

@@ -4,6 +4,7 @@
 use super::flow::Owner;
 use super::{End, Session};
 use crate::backend::carry::Step;
+use crate::backend::injection::Own;
 use crate::config::{PoolMode, ResetMode};
 use crate::policy::sql::Leftover;
 use crate::pool::{Cleanup, PoolError, PooledConn};
@@ -70,7 +71,6 @@ impl Session {
         self.context.reset();
         self.unnamed_on_backend = false;
         let begin_owed = self.attachment.attach(pooled);
-        self.ensure_prepared();
         self.pay_pending_reset();
         if let Some(b) = self.attachment.conn_mut() {
             self.params
@@ -173,21 +173,15 @@ impl Session {
         Ok(())
     }
 
-    /// Re-creates the proxy's statements on the attached backend if the client (or a
-    /// cleanup) discarded them; pipelined ahead of whatever uses them.
-    fn ensure_prepared(&mut self) {
+    /// Prepares the proxy's statements in `need` that the attached backend lacks (after a
+    /// tenant switch's DISCARD ALL, or a client's DEALLOCATE), pipelined ahead of whatever
+    /// uses them.
+    pub(super) fn prepare_own(&mut self, need: Own) {
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
-        let conn = b.conn();
-        if conn.prepared {
-            return;
-        }
-        self.bout.extend_from_slice(&self.server.plan.prepare);
-        for _ in 0..self.server.plan.prepare_count {
-            self.flow.sent(ft::PARSE, Owner::Proxy);
-        }
-        conn.prepared = true;
+        let n = b.conn().prepare_own(need, &mut self.bout);
+        self.flow.sent_own(n);
     }
 
     /// Sends the context RESET the previous user's release left owed, ahead of anything
@@ -197,7 +191,9 @@ impl Session {
             return;
         };
         let conn = b.conn();
-        let (messages, pairs) = self.server.plan.owed(std::mem::take(&mut conn.owed));
+        let (messages, pairs, need) = self.server.plan.owed(std::mem::take(&mut conn.owed));
+        let n = conn.prepare_own(need, &mut self.bout);
+        self.flow.sent_own(n);
         self.bout.extend_from_slice(messages);
         for _ in 0..pairs {
             self.flow.sent(ft::BIND, Owner::Proxy);
@@ -226,7 +222,6 @@ impl Session {
         if !self.context.must_inject(self.status) {
             return;
         }
-        self.ensure_prepared();
         let Some(b) = self.attachment.conn_mut() else {
             return;
         };
@@ -237,6 +232,8 @@ impl Session {
         let ended = self.context == super::context::Context::EndSent;
         let carry = self.tenant.verified_serial();
         if no_txn_block && self.status == TxStatus::Idle && !ended {
+            let n = conn.prepare_own(Own::CTX_SESSION, &mut self.bout);
+            self.flow.sent_own(n);
             self.bout
                 .extend_from_slice(self.tenant.injection(conn, true));
             messages::sync(&mut self.bout);
@@ -255,6 +252,8 @@ impl Session {
             self.server.metrics.context_carried.inc();
             return;
         } else {
+            let n = conn.prepare_own(Own::CTX, &mut self.bout);
+            self.flow.sent_own(n);
             self.bout
                 .extend_from_slice(self.tenant.injection(conn, false));
             self.flow.sent(ft::BIND, Owner::Proxy);

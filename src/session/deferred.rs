@@ -151,6 +151,7 @@ impl Session {
     /// PostgreSQL refuses once the injection took a snapshot).
     pub(super) fn send_deferred_begin(&mut self) {
         self.txn_started = Some(std::time::Instant::now());
+        self.prepare_own(crate::backend::injection::Own::BEGIN);
         self.bout.extend_from_slice(&self.server.plan.begin);
         self.flow.sent(ft::BIND, Owner::Proxy);
         self.flow.sent(ft::EXECUTE, Owner::Proxy);

@@ -118,6 +118,15 @@ impl Flow {
         self.sent_parse(tag, owner, None);
     }
 
+    /// Records `n` of the proxy's own statements prepared again: Close + Parse each (see
+    /// [`crate::backend::BackendConn::prepare_own`]).
+    pub fn sent_own(&mut self, n: usize) {
+        for _ in 0..n {
+            self.sent(ft::CLOSE, Owner::Proxy);
+            self.sent(ft::PARSE, Owner::Proxy);
+        }
+    }
+
     /// Records a request, remembering the proxy-named statement a Parse creates.
     pub fn sent_parse(&mut self, tag: u8, owner: Owner, statement: Option<String>) {
         self.unsynced = !is_boundary(tag);

@@ -209,11 +209,9 @@ impl Session {
         }
         let conn = pooled.conn();
         let mut out = BytesMut::new();
-        if !conn.prepared {
-            out.extend_from_slice(&self.server.plan.prepare);
-            conn.prepared = true;
-        }
-        out.extend_from_slice(self.server.plan.owed(std::mem::take(&mut conn.owed)).0);
+        let (owed, _, need) = self.server.plan.owed(std::mem::take(&mut conn.owed));
+        conn.prepare_own(need, &mut out);
+        out.extend_from_slice(owed);
         let mut flow = Flow::default();
         self.params.fill_defaults(conn);
         self.params.apply(conn, &mut out, &mut flow);

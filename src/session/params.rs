@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 
-use crate::backend::injection::{PARAM_RESET_STATEMENT, PARAM_STATEMENT};
+use crate::backend::injection::{Own, PARAM_RESET_STATEMENT, PARAM_STATEMENT};
 use crate::backend::{BackendConn, MatchedParams};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages;
@@ -285,6 +285,8 @@ impl ClientParams {
             if conn.params.get(k.as_ref()) == Some(v) {
                 continue;
             }
+            let prepared = conn.prepare_own(Own::PARAM, out);
+            flow.sent_own(prepared);
             messages::bind(
                 out,
                 PARAM_STATEMENT,
@@ -308,11 +310,13 @@ impl ClientParams {
                 i += 1;
                 continue;
             }
+            let k = conn.unreported.swap_remove(i);
+            let prepared = conn.prepare_own(Own::PARAM_RESET, out);
+            flow.sent_own(prepared);
             messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
             messages::execute(out);
             flow.sent(ft::BIND, Owner::Proxy);
             flow.sent(ft::EXECUTE, Owner::Proxy);
-            let k = conn.unreported.swap_remove(i);
             conn.params.remove(&k);
             n += 1;
         }

@@ -420,7 +420,7 @@ impl Session {
         if starts(b"DISCARD") || starts(b"DEALLOCATE") {
             if let Some(b) = self.attachment.conn_mut() {
                 let conn = b.conn();
-                conn.prepared = false;
+                conn.prepared = crate::backend::injection::Own::NONE;
                 conn.statements.clear();
             }
             if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {

@@ -209,7 +209,7 @@ fn build_pool(
     metrics: &Metrics,
 ) -> Result<Arc<Pool>, crate::tls::TlsError> {
     let db = &cfg.databases[name];
-    let target = BackendTarget::for_database(name, cfg, plan.prepare.clone())?;
+    let target = BackendTarget::for_database(name, cfg, plan.own.clone())?;
     Ok(Pool::new(
         name,
         db,

@@ -15,7 +15,7 @@
 //! The values are set for the session, so the backend *carries* the tenant's context into
 //! that tenant's next transaction and pgtenant need not call `enter()` again (see
 //! `crate::backend::carry`). A session that carries one tenant refuses `enter()` for another
-//! until something emptied it; pgtenant cleans a backend with DISCARD ALL, in a round trip
+//! until something emptied it; pgtenant empties a backend (DISCARD ALL without DISCARD PLANS), in a round trip
 //! of its own, before another tenant uses it, so a rollback of that tenant's transaction (a
 //! procedure's own ROLLBACK included) can only return the session to no context.
 
@@ -171,7 +171,7 @@ $f$;
 -- for the session: the backend carries them into the tenant's next transactions, and a
 -- rollback of this one returns them to what the session had before (nothing, or the same
 -- tenant's: another tenant's context is refused below until the session was emptied, which
--- pgtenant does with DISCARD ALL before another tenant uses a backend).
+-- pgtenant does, as DISCARD ALL would, before another tenant uses a backend).
 -- With p_local = false (statements that cannot run in a transaction block) the verified
 -- copy is left empty, so the readers refuse there.
 CREATE OR REPLACE FUNCTION {s}.enter(p_key integer, p_proof text, p_local boolean, {params}) RETURNS void
@@ -190,7 +190,7 @@ BEGIN
         END IF;
         -- Once a session carries a verified tenant, enter() cannot switch it to another one
         -- (code a tenant planted, e.g. a trigger, running in another tenant's transaction,
-        -- with a proof that leaked): only an emptied session (pgtenant's DISCARD ALL before
+        -- with a proof that leaked): only an emptied session (pgtenant empties it before
         -- another tenant uses the backend) takes another. A call that matches the remembered
         -- proof sets the values that proof was checked for, so it is no switch.
         IF pg_catalog.current_setting(v_slot || '_1', true) NOT IN ('', p1)

@@ -1,7 +1,7 @@
 //! State one tenant plants in a backend's session for the next tenant of that backend, by
 //! paths no statement text shows (a view over a function that PREPAREs under the proxy's
 //! own statement names), with the SQL guard off and one backend (found by a red-team pass
-//! on the carried context). A backend another tenant used last is cleaned with DISCARD ALL
+//! on the carried context). A backend another tenant used last is emptied as DISCARD ALL would
 //! before the next tenant gets it, so nothing planted runs in that tenant's transactions.
 
 use super::common::raw::RawConn;
@@ -121,4 +121,67 @@ CREATE VIEW public.trap2 AS SELECT public.plant2() AS x;",
             "carry {carry}: globex replayed acme's proof: {g}"
         );
     }
+}
+
+/// globex leaves session state through a function its SQL only calls from a view (settings,
+/// an advisory lock, a prepared statement; LISTEN in a function body is refused even with
+/// the guard off); acme, next on the backend, finds
+/// none of it: the switch empties everything DISCARD ALL would, not only the context.
+#[tokio::test]
+async fn session_state_planted_by_a_function_never_reaches_the_next_tenant() {
+    let env = env(true).await;
+    let made = run(
+        &env,
+        "globex",
+        "CREATE FUNCTION public.plant3() RETURNS int LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pg_catalog.set_config('search_path', 'pg_temp, public', false);
+  PERFORM pg_catalog.set_config('app.note', 'globex', false);
+  PERFORM pg_catalog.set_config('work_mem', '7MB', false);
+  PERFORM pg_catalog.pg_advisory_lock(4242);
+  EXECUTE 'PREPARE globex_stmt AS SELECT 1';
+  RETURN 1;
+END $f$;
+CREATE VIEW public.trap3 AS SELECT public.plant3() AS x;
+CREATE VIEW public.state AS SELECT 'state:' || concat_ws('|', current_setting('search_path'),
+    coalesce(current_setting('app.note', true), ''), current_setting('work_mem'),
+    (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()),
+    (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE name = 'globex_stmt')) AS s;",
+    )
+    .await;
+    assert!(!made.contains("E:"), "creating the plant failed: {made}");
+    let g = run(&env, "globex", "SELECT x FROM public.trap3").await;
+    assert!(!g.contains("E:"), "the plant itself failed: {g}");
+    // Read through a view, so the release rule sees no reason to clean up after the probe.
+    let probe = "SELECT s FROM public.state";
+    // The plant worked: globex's own next transaction (same backend, no switch) sees it.
+    let g = run(&env, "globex", probe).await;
+    assert!(
+        g.contains("state:pg_temp, public|globex|7MB|1|1"),
+        "the probe must see a planted session: {g}"
+    );
+    let a = run(&env, "acme", probe).await;
+    assert!(
+        a.contains("state:") && !a.contains("E:") && a.contains("|0|0"),
+        "acme's probe: {a}"
+    );
+    for planted in ["pg_temp, public", "|globex|", "7MB"] {
+        assert!(!a.contains(planted), "acme found globex's {planted:?}: {a}");
+    }
+}
+
+/// After a switch the proxy prepares only the statements the new tenant's transactions
+/// use (here the context alone), not all of its own at once.
+#[tokio::test]
+async fn a_switched_backend_prepares_only_what_it_uses() {
+    let env = env(true).await;
+    let own = "SELECT 'own:' || string_agg(name, ',' ORDER BY name) FROM pg_catalog.pg_prepared_statements \
+        WHERE name LIKE 'pgtenant%' AND name NOT LIKE 'pgtenant\\_s\\_%'";
+    let first = run(&env, "globex", own).await;
+    assert!(
+        first.contains("own:pgtenant_begin,pgtenant_ctx,"),
+        "a new backend has all of them: {first}"
+    );
+    let a = run(&env, "acme", own).await;
+    assert!(a.contains("own:pgtenant_ctx "), "after the switch: {a}");
 }
