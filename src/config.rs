@@ -475,7 +475,7 @@ pub use error::{ConfigError, ConfigProblem};
 pub mod context;
 pub mod tls;
 mod validate;
-pub use context::{ContextConfig, ContextMode};
+pub use context::{ContextConfig, ContextMode, MAX_SETTINGS};
 pub use validate::is_custom_setting_name;
 
 #[cfg(test)]

@@ -58,9 +58,9 @@ impl std::fmt::Debug for ContextCache {
     }
 }
 
-/// Most context settings a configuration may have, so that every statement of the plan
-/// (one `RESET` per setting after seven others) has a bit in [`Own`].
-pub const MAX_SETTINGS: usize = Own::CAPACITY - Own::FIRST_RESET;
+// Every statement of a plan (one `RESET` per context setting after seven others) has a bit
+// in [`Own`]: the configuration allows no more settings than that.
+const _: () = assert!(crate::config::MAX_SETTINGS + Own::FIRST_RESET <= Own::CAPACITY);
 
 /// A set of the proxy's own statements (one bit per statement of an [`InjectionPlan`], in
 /// the plan's order): what a backend has prepared, and what a message about to be sent
@@ -87,7 +87,7 @@ impl Own {
     /// Index of the first `RESET <setting>` statement (the last ones of the plan).
     const FIRST_RESET: usize = 7;
     /// How many statements a set can name: the context settings are limited so that every
-    /// plan fits (see [`MAX_SETTINGS`]).
+    /// plan fits (see [`crate::config::MAX_SETTINGS`]).
     const CAPACITY: usize = 64;
 
     /// Every statement of a plan with `statements` statements.

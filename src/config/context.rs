@@ -10,6 +10,10 @@ use super::{Config, ConfigError, ResetMode};
 use crate::verified::ContextKey;
 use crate::verified::sql::Objects;
 
+/// Most context settings (the tenant id and the extra settings): each has a `RESET`
+/// statement of the proxy's, and a backend tracks those in one 64-bit set.
+pub const MAX_SETTINGS: usize = 57;
+
 /// Which settings carry the tenant context into every transaction.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -90,9 +90,7 @@ fn verified_mode_problems_name_their_keys() {
         keys("extra_settings = [\"pgtenant.stamp\"]"),
         ["context.extra_settings[0]"]
     );
-    let many: Vec<String> = (0..crate::backend::injection::MAX_SETTINGS)
-        .map(|i| format!("\"app.s{i}\""))
-        .collect();
+    let many: Vec<String> = (0..MAX_SETTINGS).map(|i| format!("\"app.s{i}\"")).collect();
     assert_eq!(
         keys(&format!("extra_settings = [{}]", many.join(", "))),
         ["context.extra_settings"],

@@ -76,7 +76,7 @@ impl Config {
                 bad(key, format!("{name:?} is listed twice"));
             }
         }
-        let most = crate::backend::injection::MAX_SETTINGS;
+        let most = super::MAX_SETTINGS;
         if settings.len() > most {
             bad(
                 "context.extra_settings".into(),
