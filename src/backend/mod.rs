@@ -20,13 +20,14 @@ use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{TxStatus, backend_tag as bt};
 use crate::stream::BackendStream;
 
-/// What a backend runs before another tenant uses it: DISCARD ALL as PostgreSQL documents
-/// it (and as `DiscardAll()` does it in 13-18), without DISCARD PLANS. Cached plans hold no
+/// What empties a backend's session, before another tenant uses it and after a transaction
+/// that may have left session state: DISCARD ALL as PostgreSQL documents it (and as
+/// `DiscardAll()` does it in 13-18), without DISCARD PLANS. Cached plans hold no
 /// session state a tenant could plant (PostgreSQL re-checks them against the catalog, the
 /// search path and the role), but dropping them makes every PL/pgSQL expression of
 /// `enter()` and the readers plan again on the next call. One Query, so one implicit
 /// transaction: a part that fails undoes the others, and the backend is closed.
-pub const SWITCH_RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+pub const EMPTY_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
     DEALLOCATE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
     DISCARD SEQUENCES";
 
@@ -190,15 +191,16 @@ impl BackendConn {
         }
     }
 
-    /// Empties the session for another tenant with [`SWITCH_RESET`] (one round trip).
+    /// Empties the session with [`EMPTY_SESSION`] (one round trip), for another tenant.
     pub async fn empty_session(&mut self) -> Result<(), BackendError> {
-        self.simple_query(SWITCH_RESET).await?;
+        self.simple_query(EMPTY_SESSION).await?;
         self.discarded();
         Ok(())
     }
 
-    /// DISCARD ALL ran: the session holds nothing of its earlier users (prepared
-    /// statements, settings, temp objects, notifications, the carried context).
+    /// [`EMPTY_SESSION`] ran: the session holds nothing of its earlier users (prepared
+    /// statements, settings, temp objects, notifications, the carried context), so it
+    /// belongs to no tenant.
     pub fn discarded(&mut self) {
         self.prepared = injection::Own::NONE;
         self.statements.clear();
@@ -207,6 +209,7 @@ impl BackendConn {
         self.session_context = false;
         self.carry = carry::Carry::Empty;
         self.held_notifications.clear();
+        self.tenant = None;
     }
 
     /// Appends Close + Parse of the proxy's statements in `need` that this session lacks,

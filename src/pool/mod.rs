@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
+use crate::backend::{BackendConn, BackendError, BackendTarget, EMPTY_SESSION, Owed};
 use crate::config::{DatabaseConfig, PinMode, PoolMode};
 use crate::metrics::PoolMetrics;
 
@@ -38,9 +38,10 @@ pub enum Cleanup {
     Sweep,
     /// RESET the context settings, and the sweep.
     ResetContext,
-    /// The client may have left session state: DISCARD ALL.
+    /// The client may have left session state: the session is emptied as DISCARD ALL
+    /// would ([`crate::backend::EMPTY_SESSION`]).
     Full,
-    /// The client left mid-transaction: ROLLBACK, then DISCARD ALL.
+    /// The client left mid-transaction: ROLLBACK, then emptied as for `Full`.
     Rollback,
 }
 
@@ -360,16 +361,16 @@ impl Pool {
         self.limits.load().size
     }
 
-    /// The queries a cleanup takes, each sent as its own Query message (DISCARD ALL may not
-    /// share an implicit transaction block with anything).
+    /// The queries a cleanup takes, each sent as its own Query message (the reset is one
+    /// implicit transaction of its own, after the ROLLBACK).
     fn cleanup_queries(&self, cleanup: Cleanup, conn: &BackendConn) -> Vec<&str> {
         match cleanup {
             Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext if !conn.session_context => {
                 vec![]
             }
             Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
-            Cleanup::Full => vec!["DISCARD ALL"],
-            Cleanup::Rollback => vec!["ROLLBACK", "DISCARD ALL"],
+            Cleanup::Full => vec![EMPTY_SESSION],
+            Cleanup::Rollback => vec!["ROLLBACK", EMPTY_SESSION],
         }
     }
 }
@@ -389,12 +390,11 @@ impl PooledConn {
     pub async fn serve_tenant(&mut self, serial: u64) -> Result<bool, BackendError> {
         let conn = self.conn();
         let other = conn.tenant.is_some_and(|t| t != serial);
-        conn.tenant = Some(serial);
-        if !other {
-            return Ok(false);
+        if other {
+            conn.empty_session().await?;
         }
-        conn.empty_session().await?;
-        Ok(true)
+        conn.tenant = Some(serial);
+        Ok(other)
     }
 
     /// Keeps the tenant's backend-cap slot until the connection is given back.
@@ -445,7 +445,7 @@ impl PooledConn {
                 return;
             }
             let queries = pool.cleanup_queries(cleanup, &conn);
-            let full = queries.contains(&"DISCARD ALL");
+            let full = queries.contains(&EMPTY_SESSION);
             let ran = !queries.is_empty();
             let mut result = Ok(());
             for sql in queries {
