@@ -263,23 +263,25 @@ async fn postgresql_keeps_one_tenant_per_session_until_it_is_emptied() {
 #[tokio::test]
 async fn a_backend_emptied_at_release_needs_no_switch() {
     let env = one_backend().await;
+    let switches = async || {
+        let m = env.proxy.metrics().await;
+        metric(&m, "pgtenant_context_switches_total").unwrap_or(0.0)
+    };
     let a = env.proxy.connect("acme").await;
     a.batch_execute("DO $$ BEGIN PERFORM 1; END $$")
         .await
         .unwrap();
     let g = env.proxy.connect("globex").await;
     assert_eq!(seen(&g).await, [GLOBEX]);
-    let m = env.proxy.metrics().await;
-    let switches = metric(&m, "pgtenant_context_switches_total").unwrap_or(0.0);
     assert_eq!(
-        switches, 0.0,
+        switches().await,
+        0.0,
         "the DO block's cleanup emptied the backend already"
     );
     assert_eq!(seen(&a).await, [ACME]);
-    let m = env.proxy.metrics().await;
-    let switches = metric(&m, "pgtenant_context_switches_total").unwrap_or(0.0);
     assert_eq!(
-        switches, 1.0,
+        switches().await,
+        1.0,
         "globex's carried context is emptied for acme"
     );
 }
