@@ -19,7 +19,7 @@ pub struct Metrics {
     pub context_injections: IntCounter,
     /// Verified mode: transactions whose backend already held the tenant's context.
     pub context_carried: IntCounter,
-    /// Verified mode: backends emptied (DISCARD ALL but its DISCARD PLANS) because another tenant used them last.
+    /// Verified mode: backends emptied (as by DISCARD ALL) because another tenant used them last.
     pub context_switches: IntCounter,
     pub deferred_begins: IntCounter,
     pub context_rejections: IntCounterVec,
@@ -232,7 +232,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "pgtenant_context_switches_total",
-                    "Verified mode: backends emptied (DISCARD ALL but its DISCARD PLANS) before a tenant other than the one that used them last.",
+                    "Verified mode: backends emptied (as by DISCARD ALL) before a tenant other than the one that used them last.",
                 )
                 .expect("valid metric"),
             ),

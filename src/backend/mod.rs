@@ -22,14 +22,17 @@ use crate::stream::BackendStream;
 
 /// What empties a backend's session, before another tenant uses it and after a transaction
 /// that may have left session state: DISCARD ALL as PostgreSQL documents it (and as
-/// `DiscardAll()` does it in 13-18), without DISCARD PLANS. Cached plans hold no
-/// session state a tenant could plant (PostgreSQL re-checks them against the catalog, the
-/// search path and the role), but dropping them makes every PL/pgSQL expression of
-/// `enter()` and the readers plan again on the next call. One Query, so one implicit
-/// transaction: a part that fails undoes the others, and the backend is closed.
+/// `DiscardAll()` does it in 13-18), plus a new seed for `random()` from PostgreSQL's strong
+/// random source (DISCARD ALL leaves a `setseed()` in force, so the previous user could
+/// predict the next one's values). DISCARD PLANS stays: a cached plan keeps constants fixed
+/// under the settings of whoever planned it (a timestamptz literal under its TimeZone), and
+/// PostgreSQL does not re-check those settings when it reuses the plan. One Query, so one
+/// implicit transaction: a part that fails undoes the others, and the backend is closed.
 pub const EMPTY_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-    DEALLOCATE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; \
-    DISCARD SEQUENCES";
+    DEALLOCATE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; \
+    DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_catalog.setseed(('x' OPERATOR(pg_catalog.||) \
+    pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 13))::bit(52)::int8 \
+    OPERATOR(pg_catalog./) 4503599627370496.0)";
 
 /// Largest message accepted from PostgreSQL (its own limit for a field is 1 GiB).
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;

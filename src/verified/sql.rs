@@ -15,7 +15,7 @@
 //! The values are set for the session, so the backend *carries* the tenant's context into
 //! that tenant's next transaction and pgtenant need not call `enter()` again (see
 //! `crate::backend::carry`). A session that carries one tenant refuses `enter()` for another
-//! until something emptied it; pgtenant empties a backend (DISCARD ALL without DISCARD PLANS), in a round trip
+//! until something emptied it; pgtenant empties a backend (as DISCARD ALL would), in a round trip
 //! of its own, before another tenant uses it, so a rollback of that tenant's transaction (a
 //! procedure's own ROLLBACK included) can only return the session to no context.
 

@@ -185,3 +185,121 @@ async fn a_switched_backend_prepares_only_what_it_uses() {
     let a = run(&env, "acme", own).await;
     assert!(a.contains("own:pgtenant_ctx "), "after the switch: {a}");
 }
+
+/// The first column of every row `sql` returns to `tenant`'s new connection.
+async fn column(env: &TestEnv, tenant: &str, sql: &str) -> Vec<String> {
+    let mut c = RawConn::connect(env.proxy.addr, tenant, &format!("{tenant}-secret"))
+        .await
+        .expect("connects");
+    super::common::raw::data_rows(&c.simple(sql).await)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect()
+}
+
+/// Found by a red-team pass on a switch that left out DISCARD PLANS: a PL/pgSQL function's saved
+/// plan keeps a timestamptz literal as parsed under the TimeZone of whoever called it first,
+/// and PostgreSQL does not re-check TimeZone when it reuses the plan. globex calls the
+/// application's function under a TimeZone of its choosing (through a view over a function
+/// of its own, so only the switch, or, with a plain SET, the release cleanup, can empty
+/// the session); acme's call must compute under acme's own settings.
+#[tokio::test]
+async fn a_plan_cached_under_another_tenants_settings_never_serves_the_next() {
+    for via_view in [true, false] {
+        let env = env(true).await;
+        env.superuser()
+            .await
+            .batch_execute(
+                "CREATE FUNCTION public.epoch_2000() RETURNS numeric LANGUAGE plpgsql STABLE AS $f$
+BEGIN
+    RETURN extract(epoch FROM '2000-01-01 00:00:00'::timestamptz);
+END $f$;
+GRANT EXECUTE ON FUNCTION public.epoch_2000() TO app_user;",
+            )
+            .await
+            .unwrap();
+        let plant = if via_view {
+            let made = run(
+                &env,
+                "globex",
+                "CREATE FUNCTION public.plant_tz() RETURNS numeric LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pg_catalog.set_config('TimeZone', 'Pacific/Kiritimati', true);
+  RETURN public.epoch_2000();
+END $f$;
+CREATE VIEW public.trap_tz AS SELECT public.plant_tz() AS x;",
+            )
+            .await;
+            assert!(!made.contains("E:"), "plant: {made}");
+            "SELECT x FROM public.trap_tz"
+        } else {
+            "SELECT set_config('TimeZone', 'Pacific/Kiritimati', false), public.epoch_2000()"
+        };
+        let g = run(&env, "globex", plant).await;
+        assert!(!g.contains("E:"), "globex's call: {g}");
+        let a = column(
+            &env,
+            "acme",
+            "SELECT extract(epoch FROM '2000-01-01 00:00:00'::timestamptz) || '=' || public.epoch_2000()",
+        )
+        .await;
+        let line = a.first().cloned().unwrap_or_default();
+        let (fresh, from_function) = line.split_once('=').unwrap_or(("", "?"));
+        assert_eq!(
+            fresh, from_function,
+            "view {via_view}: acme's function returned a value fixed under globex's TimeZone"
+        );
+    }
+}
+
+/// Found by the same pass (and older than the switch: DISCARD ALL keeps it too): the seed
+/// `setseed()` gives `random()` outlives the session's reset, so globex could predict acme's
+/// values and count how many acme drew. The reset draws a new seed.
+#[tokio::test]
+async fn a_seed_planted_for_random_never_reaches_the_next_tenant() {
+    for via_view in [true, false] {
+        let env = env(true).await;
+        let su = env.superuser().await;
+        su.batch_execute("SELECT setseed(0.42)").await.unwrap();
+        let seeded: Vec<String> = su
+            .query("SELECT random()::text FROM generate_series(1, 10)", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plant = if via_view {
+            let made = run(
+                &env,
+                "globex",
+                "CREATE VIEW public.trap_seed AS SELECT pg_catalog.setseed(0.42)::text AS x;",
+            )
+            .await;
+            assert!(!made.contains("E:"), "plant: {made}");
+            "SELECT x FROM public.trap_seed"
+        } else {
+            "SELECT setseed(0.42)"
+        };
+        run(&env, "globex", plant).await;
+        if via_view {
+            // The plant works: globex's own next transaction (no cleanup after a view)
+            // draws from the seeded sequence. A plain call is cleaned at its release.
+            let own = column(&env, "globex", "SELECT random()::text").await;
+            assert!(
+                own.first().is_some_and(|v| seeded.contains(v)),
+                "the probe must see the seed: {own:?} not in {seeded:?}"
+            );
+        }
+        let drawn = column(
+            &env,
+            "acme",
+            "SELECT random()::text FROM generate_series(1, 3)",
+        )
+        .await;
+        assert_eq!(drawn.len(), 3);
+        assert!(
+            drawn.iter().all(|v| !seeded.contains(v)),
+            "view {via_view}: acme drew from globex's seeded sequence: {drawn:?}"
+        );
+    }
+}
