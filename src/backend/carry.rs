@@ -5,7 +5,7 @@
 //! that entered it commits, and the tenant's next transaction on that backend needs no
 //! `enter()` at all. The invariant that makes this safe: while a tenant's client uses a
 //! backend, the session holds that tenant's context or none. A backend another tenant used
-//! last is emptied as DISCARD ALL would ([`super::EMPTY_SESSION`]), in a round trip of
+//! last is emptied with DISCARD ALL ([`super::BackendConn::empty_session`]), in a round trip of
 //! its own, before the client gets it ([`crate::pool::PooledConn::serve_tenant`]): no rollback can bring the earlier tenant's
 //! context back under this tenant's statements, and nothing that tenant's SQL left in the
 //! session (prepared statements under the proxy's own names included) runs for this one.

@@ -20,17 +20,10 @@ use crate::protocol::messages::{self, ErrorFields};
 use crate::protocol::{TxStatus, backend_tag as bt};
 use crate::stream::BackendStream;
 
-/// What empties a backend's session, before another tenant uses it and after a transaction
-/// that may have left session state: DISCARD ALL as PostgreSQL documents it (and as
-/// `DiscardAll()` does it in 13-18), plus a new seed for `random()` from PostgreSQL's strong
-/// random source (DISCARD ALL leaves a `setseed()` in force, so the previous user could
-/// predict the next one's values). DISCARD PLANS stays: a cached plan keeps constants fixed
-/// under the settings of whoever planned it (a timestamptz literal under its TimeZone), and
-/// PostgreSQL does not re-check those settings when it reuses the plan. One Query, so one
-/// implicit transaction: a part that fails undoes the others, and the backend is closed.
-pub const EMPTY_SESSION: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
-    DEALLOCATE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; \
-    DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_catalog.setseed(('x' OPERATOR(pg_catalog.||) \
+/// A new seed for `random()` from PostgreSQL's strong random source (52 bits of
+/// `gen_random_uuid()`): DISCARD ALL leaves a `setseed()` in force, so a session's previous
+/// user could otherwise predict the next one's values and count how many it drew.
+const RESEED: &str = "SELECT pg_catalog.setseed(('x' OPERATOR(pg_catalog.||) \
     pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 13))::bit(52)::int8 \
     OPERATOR(pg_catalog./) 4503599627370496.0)";
 
@@ -194,14 +187,21 @@ impl BackendConn {
         }
     }
 
-    /// Empties the session with [`EMPTY_SESSION`] (one round trip), for another tenant.
+    /// Empties the session before another tenant uses it, or after a transaction that may
+    /// have left session state: DISCARD ALL (PostgreSQL's own complete reset; its DISCARD
+    /// PLANS matters too, as a cached plan keeps constants fixed under the settings of
+    /// whoever planned it, a timestamptz literal under its TimeZone), then [`RESEED`]. Two
+    /// Query messages in one round trip; an error in either closes the backend.
     pub async fn empty_session(&mut self) -> Result<(), BackendError> {
-        self.simple_query(EMPTY_SESSION).await?;
+        let mut out = BytesMut::new();
+        messages::query(&mut out, "DISCARD ALL");
+        messages::query(&mut out, RESEED);
+        self.exchange_until(&out, 2).await?;
         self.discarded();
         Ok(())
     }
 
-    /// [`EMPTY_SESSION`] ran: the session holds nothing of its earlier users (prepared
+    /// [`BackendConn::empty_session`] ran: the session holds nothing of its earlier users (prepared
     /// statements, settings, temp objects, notifications, the carried context), so it
     /// belongs to no tenant.
     pub fn discarded(&mut self) {
@@ -235,6 +235,17 @@ impl BackendConn {
     /// Sends `out` and reads until ReadyForQuery, collecting DataRows as text. Used only for
     /// the proxy's own housekeeping, never on a client's behalf.
     pub async fn exchange(&mut self, out: &[u8]) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.exchange_until(out, 1).await
+    }
+
+    /// [`BackendConn::exchange`] of `out` holding `readies` requests that each end with
+    /// ReadyForQuery (Query messages, Syncs): reads through all of them, and fails if any
+    /// failed.
+    async fn exchange_until(
+        &mut self,
+        out: &[u8],
+        mut readies: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.stream.send(out).await?;
         let mut rows = Vec::new();
         let mut error = None;
@@ -246,17 +257,23 @@ impl BackendConn {
                     self.note_parameter(f.body());
                 }
                 bt::NOTIFICATION_RESPONSE => self.held_notifications.extend_from_slice(&f.raw),
-                bt::ERROR_RESPONSE => error = Some(messages::parse_error_fields(f.body())),
+                bt::ERROR_RESPONSE => {
+                    error = error.or(Some(messages::parse_error_fields(f.body())));
+                }
                 bt::READY_FOR_QUERY => {
-                    if let Some(e) = error {
-                        return Err(BackendError::Server(e));
-                    }
                     if f.body().first().copied().and_then(TxStatus::from_byte)
                         != Some(TxStatus::Idle)
                     {
                         return Err(BackendError::Protocol(
                             "housekeeping left a transaction open".into(),
                         ));
+                    }
+                    readies -= 1;
+                    if readies > 0 {
+                        continue;
+                    }
+                    if let Some(e) = error {
+                        return Err(BackendError::Server(e));
                     }
                     return Ok(rows);
                 }

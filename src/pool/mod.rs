@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{BackendConn, BackendError, BackendTarget, EMPTY_SESSION, Owed};
+use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
 use crate::config::{DatabaseConfig, PinMode, PoolMode};
 use crate::metrics::PoolMetrics;
 
@@ -38,8 +38,8 @@ pub enum Cleanup {
     Sweep,
     /// RESET the context settings, and the sweep.
     ResetContext,
-    /// The client may have left session state: the session is emptied as DISCARD ALL
-    /// would ([`crate::backend::EMPTY_SESSION`]).
+    /// The client may have left session state: the session is emptied
+    /// ([`BackendConn::empty_session`]: DISCARD ALL, a new `random()` seed).
     Full,
     /// The client left mid-transaction: ROLLBACK, then emptied as for `Full`.
     Rollback,
@@ -361,16 +361,18 @@ impl Pool {
         self.limits.load().size
     }
 
-    /// The queries a cleanup takes, each sent as its own Query message (the reset is one
-    /// implicit transaction of its own, after the ROLLBACK).
-    fn cleanup_queries(&self, cleanup: Cleanup, conn: &BackendConn) -> Vec<&str> {
+    /// The queries a cleanup takes, each sent as its own Query message, and whether the
+    /// session is emptied after them ([`BackendConn::empty_session`]).
+    fn cleanup_steps(&self, cleanup: Cleanup, conn: &BackendConn) -> (Vec<&str>, bool) {
         match cleanup {
             Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext if !conn.session_context => {
-                vec![]
+                (vec![], false)
             }
-            Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext => vec![self.reset_sql.as_str()],
-            Cleanup::Full => vec![EMPTY_SESSION],
-            Cleanup::Rollback => vec!["ROLLBACK", EMPTY_SESSION],
+            Cleanup::None | Cleanup::Sweep | Cleanup::ResetContext => {
+                (vec![self.reset_sql.as_str()], false)
+            }
+            Cleanup::Full => (vec![], true),
+            Cleanup::Rollback => (vec!["ROLLBACK"], true),
         }
     }
 }
@@ -430,7 +432,7 @@ impl PooledConn {
         }
         if !conn.cancels.any()
             && !conn.cancels.sent()
-            && pool.cleanup_queries(cleanup, &conn).is_empty()
+            && pool.cleanup_steps(cleanup, &conn) == (vec![], false)
         {
             pool.put_idle(conn);
             drop(permit);
@@ -444,9 +446,8 @@ impl PooledConn {
                 pool.metrics.closed.inc();
                 return;
             }
-            let queries = pool.cleanup_queries(cleanup, &conn);
-            let full = queries.contains(&EMPTY_SESSION);
-            let ran = !queries.is_empty();
+            let (queries, empty) = pool.cleanup_steps(cleanup, &conn);
+            let ran = !queries.is_empty() || empty;
             let mut result = Ok(());
             for sql in queries {
                 result = conn.simple_query(sql).await.map(|_| ());
@@ -454,14 +455,14 @@ impl PooledConn {
                     break;
                 }
             }
+            if result.is_ok() && empty {
+                result = conn.empty_session().await;
+            }
             match result {
                 Ok(()) => {
                     if ran {
                         conn.session_context = false;
                         conn.owed = Owed::Nothing;
-                    }
-                    if full {
-                        conn.discarded();
                     }
                     pool.put_idle(conn);
                 }
