@@ -5,10 +5,11 @@
 //! that entered it commits, and the tenant's next transaction on that backend needs no
 //! `enter()` at all. The invariant that makes this safe: while a tenant's client uses a
 //! backend, the session holds that tenant's context or none. A backend another tenant used
-//! last is emptied with DISCARD ALL ([`super::BackendConn::empty_session`]), in a round trip of
-//! its own, before the client gets it ([`crate::pool::PooledConn::serve_tenant`]): no rollback can bring the earlier tenant's
-//! context back under this tenant's statements, and nothing that tenant's SQL left in the
-//! session (prepared statements under the proxy's own names included) runs for this one.
+//! last is emptied with DISCARD ALL ([`super::BackendConn::empty_session`]), in a round
+//! trip of its own, before the client gets it ([`crate::pool::PooledConn::serve_tenant`]):
+//! no rollback can bring the earlier tenant's context back under this tenant's statements,
+//! and nothing that tenant's SQL left in the session (prepared statements under the
+//! proxy's own names included) runs for this one.
 //! PostgreSQL enforces the rest: `enter()` refuses a second tenant on a session that holds
 //! one. The skip is taken only when PostgreSQL confirmed the transaction that entered the
 //! context committed (its ReadyForQuery, no error, no ROLLBACK); whatever may have cleared

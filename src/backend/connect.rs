@@ -55,8 +55,8 @@ impl std::fmt::Debug for BackendTarget {
 
 impl BackendTarget {
     /// The target for `[databases.<name>]` in `cfg` (which must have it), with `own`
-    /// prepared on every new connection: one place turns config into a connection, for the pools and
-    /// for the doctor alike.
+    /// prepared on every new connection: one place turns config into a connection, for the
+    /// pools and for the doctor alike.
     pub fn for_database(
         name: &str,
         cfg: &crate::config::Config,

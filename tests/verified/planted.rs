@@ -14,12 +14,18 @@ fn foreign(text: &str, own: &str) -> bool {
         .any(|id| *id != own && text.contains(id))
 }
 
+/// A new connection of `tenant` (password `<tenant>-secret`).
+async fn connect(env: &TestEnv, tenant: &str) -> RawConn {
+    RawConn::connect(env.proxy.addr, tenant, &format!("{tenant}-secret"))
+        .await
+        .expect("connects")
+}
+
 /// Every message `sql` brings back to `tenant`'s new connection, as text.
 async fn run(env: &TestEnv, tenant: &str, sql: &str) -> String {
-    let mut c = RawConn::connect(env.proxy.addr, tenant, &format!("{tenant}-secret"))
+    connect(env, tenant)
         .await
-        .expect("connects");
-    c.simple(sql)
+        .simple(sql)
         .await
         .iter()
         .map(|(t, b)| format!("{}:{} ", *t as char, String::from_utf8_lossy(b)))
@@ -188,17 +194,14 @@ async fn a_switched_backend_prepares_only_what_it_uses() {
 
 /// The first column of every row `sql` returns to `tenant`'s new connection.
 async fn column(env: &TestEnv, tenant: &str, sql: &str) -> Vec<String> {
-    let mut c = RawConn::connect(env.proxy.addr, tenant, &format!("{tenant}-secret"))
-        .await
-        .expect("connects");
-    super::common::raw::data_rows(&c.simple(sql).await)
+    super::common::raw::data_rows(&connect(env, tenant).await.simple(sql).await)
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect()
 }
 
-/// Found by a red-team pass on a switch that left out DISCARD PLANS: a PL/pgSQL function's saved
-/// plan keeps a timestamptz literal as parsed under the TimeZone of whoever called it first,
+/// Found by a red-team pass on a switch that left out DISCARD PLANS: a PL/pgSQL function's
+/// saved plan keeps a timestamptz literal as parsed under the TimeZone of whoever called it first,
 /// and PostgreSQL does not re-check TimeZone when it reuses the plan. globex calls the
 /// application's function under a TimeZone of its choosing (through a view over a function
 /// of its own, so only the switch, or, with a plain SET, the release cleanup, can empty
