@@ -8,10 +8,13 @@
 #
 #   bash benches/tenants.sh
 #   TENANTS=64 PER=1 SCRIPT=tpcb MODE=extended ROUNDS=3 bash benches/tenants.sh
+#   OVERTAKES=0 bash benches/tenants.sh    # affinity_overtakes for every arm (0: arrival order)
 #
 # Per arm: median total TPS over ROUNDS interleaved rounds, proxy and PostgreSQL CPU per
 # transaction, and (verified arms) how many transactions found their context carried and how
-# many backends were switched to another tenant, from /metrics.
+# many backends were switched to another tenant or handed straight to a waiting client of the
+# same tenant (affinity_overtakes), from /metrics; p50 and p99 latency over every transaction
+# (pgbench -l) and the slowest tenant's transaction count over the fastest one's (fairness).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TENANTS=${TENANTS:-32}
@@ -46,6 +49,9 @@ for arm in plain carried uncarried; do
       -e "s/^metrics_listen = .*/metrics_listen = \"127.0.0.1:${METRICS[$arm]}\"/" \
       -e "s|^\[context\]|[context]\n$ctx|" "$WORK/pgtenant.toml" > "$WORK/$arm.toml"
   cat "$WORK/tenants.toml" >> "$WORK/$arm.toml"
+  if [ -n "${OVERTAKES:-}" ]; then
+    sed -i "/^\[databases.bench\]/a affinity_overtakes = $OVERTAKES" "$WORK/$arm.toml"
+  fi
   if [ "$arm" = carried ]; then
     $PGT db install --config "$WORK/$arm.toml" \
       --dba-url "postgresql://postgres@127.0.0.1:$PGPORT/bench" >/dev/null
@@ -58,27 +64,36 @@ metric() { # arm name -> value (0 when absent)
   curl -s "http://127.0.0.1:${METRICS[$1]}/metrics" | awk -v n="$2" '$1 == n {print $2; f=1} END {if (!f) print 0}'
 }
 
-# arm -> "tps proxy_cpu_us_tx pg_cpu_us_tx carried switches"
+# arm -> "tps proxy_cpu_us_tx pg_cpu_us_tx carried switches handoffs p50_ms p99_ms fairness"
+# (fairness: the slowest tenant's transactions over the fastest one's)
 run() {
-  local arm=$1 c0 c1 g0 g1 m0 m1 s0 s1 i tx=0 tps=0 pids=()
+  local arm=$1 c0 c1 g0 g1 m0 m1 s0 s1 h0 h1 i tx=0 tps=0 pids=() lat
+  rm -rf "$WORK/lat"; mkdir -p "$WORK/lat"
   c0=$(cpu_ticks "${PID[$arm]}"); g0=$(pg_ticks)
   m0=$(metric "$arm" pgtenant_context_carried_total); s0=$(metric "$arm" pgtenant_context_switches_total)
+  h0=$(metric "$arm" 'pgtenant_pool_affinity_handoffs_total{pool="bench"}')
   for i in $(seq "$TENANTS"); do
     PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "${PORT[$arm]}" -U "t$i" -M "$MODE" \
-      -c "$PER" -j 1 -T "$DURATION" -f "$WORK/$SCRIPT.plain.sql" bench \
+      -c "$PER" -j 1 -T "$DURATION" -f "$WORK/$SCRIPT.plain.sql" -l --log-prefix="$WORK/lat/t$i" bench \
       >"$WORK/out.$i" 2>"$WORK/err.$i" & pids+=($!)
   done
   wait "${pids[@]}" || true
   sleep 0.5
   c1=$(cpu_ticks "${PID[$arm]}"); g1=$(pg_ticks)
   m1=$(metric "$arm" pgtenant_context_carried_total); s1=$(metric "$arm" pgtenant_context_switches_total)
+  h1=$(metric "$arm" 'pgtenant_pool_affinity_handoffs_total{pool="bench"}')
   for i in $(seq "$TENANTS"); do
     tx=$(( tx + $(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/out.$i" | cut -d/ -f1 || echo 0) ))
     tps=$(awk -v a="$tps" -v b="$(awk '/^tps/ {print $3; exit}' "$WORK/out.$i")" 'BEGIN {print a + b}')
   done
-  awk -v tps="$tps" -v tx="$tx" -v pc=$(( c1 - c0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
-      -v m=$(( ${m1%.*} - ${m0%.*} )) -v s=$(( ${s1%.*} - ${s0%.*} )) \
-      'BEGIN { printf "%.0f %.1f %.1f %.2f %.2f\n", tps, pc / hz * 1e6 / tx, gc / hz * 1e6 / tx, m / tx, s / tx }'
+  lat=$(cat "$WORK"/lat/t* | awk '$3 ~ /^[0-9]+$/ {print $3}' | sort -n | awk '
+    function q(p,   i) { i = int(NR * p); if (i < NR * p) i++; if (i < 1) i = 1; return v[i] / 1000 }
+    {v[NR] = $1} END { printf "%.2f %.2f", q(0.5), q(0.99) }')
+  lat="$lat $(for i in $(seq "$TENANTS"); do awk '/^number of transactions actually processed/ {print $NF}' "$WORK/out.$i" | cut -d/ -f1; done \
+    | sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f", (hi > 0) ? lo / hi : 0}')"
+  awk -v lat="$lat" -v tps="$tps" -v tx="$tx" -v pc=$(( c1 - c0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
+      -v m=$(( ${m1%.*} - ${m0%.*} )) -v s=$(( ${s1%.*} - ${s0%.*} )) -v h=$(( ${h1%.*} - ${h0%.*} )) \
+      'BEGIN { printf "%.0f %.1f %.1f %.2f %.2f %.2f %s\n", tps, pc / hz * 1e6 / tx, gc / hz * 1e6 / tx, m / tx, s / tx, h / tx, lat }'
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
@@ -92,15 +107,15 @@ done
 echo
 echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $TENANTS tenants x $PER clients ($SCRIPT, $MODE, one pgbench per tenant, -j 1), pool $POOL, scale $SCALE; medians of $ROUNDS interleaved rounds of ${DURATION}s; load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
 echo
-echo "| arm | TPS | vs plain | proxy CPU µs/tx | PostgreSQL CPU µs/tx | carried per tx | switches per tx |"
-echo "|---|---|---|---|---|---|---|"
+echo "| arm | TPS | vs plain | proxy CPU µs/tx | PostgreSQL CPU µs/tx | carried per tx | switches per tx | hand-overs per tx | p50 ms | p99 ms | slowest/fastest tenant |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for arm in plain carried uncarried; do
   declare -a col=()
-  for k in 1 2 3 4 5; do
+  for k in 1 2 3 4 5 6 7 8 9; do
     vals=(); for r in $(seq "$ROUNDS"); do vals+=("$(awk -v k=$k '{print $k}' <<<"${R[$arm.$r]}")"); done
     col[$k]=$(median "${vals[@]}")
   done
   [ "$arm" = plain ] && base=${col[1]}
-  awk -v a="$arm" -v t="${col[1]}" -v b="$base" -v p="${col[2]}" -v g="${col[3]}" -v m="${col[4]}" -v s="${col[5]}" \
-    'BEGIN { printf "| %s | %.0f | %.2f | %s | %s | %s | %s |\n", a, t, t / b, p, g, m, s }'
+  awk -v a="$arm" -v t="${col[1]}" -v b="$base" -v p="${col[2]}" -v g="${col[3]}" -v m="${col[4]}" -v s="${col[5]}" -v h="${col[6]}" -v rest="${col[7]} | ${col[8]} | ${col[9]}" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %s | %s | %s | %s | %s | %s |\n", a, t, t / b, p, g, m, s, h, rest }'
 done

@@ -306,6 +306,10 @@ pub struct DatabaseConfig {
     pub pin_session_state: PinMode,
     /// Server connections that may be pinned at once (default: half the pool, at least 1).
     pub max_pinned_connections: Option<usize>,
+    /// Verified mode: a released backend goes first to a waiting client of the tenant it
+    /// served (no tenant switch); a waiting client is overtaken that way at most this many
+    /// times (default: 5 × pool_size; 0: arrival order only).
+    pub affinity_overtakes: Option<usize>,
     /// TLS to the backend, libpq semantics.
     #[serde(default)]
     pub sslmode: tls::SslMode,

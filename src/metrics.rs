@@ -55,6 +55,7 @@ pub struct Metrics {
     statement_evictions: IntCounterVec,
     pinned_backends: IntGaugeVec,
     pins: IntCounterVec,
+    handoffs: IntCounterVec,
 }
 
 /// Pre-resolved handles for one pool, so the hot path never hashes label values.
@@ -81,6 +82,8 @@ pub struct PoolMetrics {
     /// Pins made, and pins refused at the cap (`outcome` label).
     pub pins: IntCounter,
     pub pins_refused: IntCounter,
+    /// Released backends handed straight to a waiting client of the same tenant.
+    pub handoffs: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -338,6 +341,11 @@ impl Metrics {
                 "Clients pinned to their server connection (outcome=pinned), or refused or cleaned because a pin cap was reached (outcome=cap).",
                 &["pool", "outcome"],
             ),
+            handoffs: counter(
+                "pgtenant_pool_affinity_handoffs_total",
+                "Released backends handed straight to a waiting client of the tenant they served (verified mode), ahead of its turn: no tenant switch.",
+                &["pool"],
+            ),
             registry: r,
         }
     }
@@ -366,6 +374,7 @@ impl Metrics {
             pinned: self.pinned_backends.with_label_values(&[pool]),
             pins: self.pins.with_label_values(&[pool, "pinned"]),
             pins_refused: self.pins.with_label_values(&[pool, "cap"]),
+            handoffs: self.handoffs.with_label_values(&[pool]),
         }
     }
 

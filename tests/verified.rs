@@ -2,6 +2,8 @@
 //! guard off and on, replay of a copied context, fail-closed behaviour without a context, key
 //! rotation across a reload, the Rust HMAC against the SQL one, and the install command.
 
+#[path = "verified/affinity.rs"]
+mod affinity;
 #[path = "verified/battery.rs"]
 mod battery;
 #[path = "verified/carry.rs"]

@@ -15,6 +15,9 @@ pub(super) struct Limits {
     pub(super) defer_begin: bool,
     pub(super) pin_mode: PinMode,
     pub(super) max_pinned: usize,
+    /// Verified mode: how often a waiting client may be overtaken by one of the tenant a
+    /// released backend served (0: arrival order only).
+    pub(super) overtakes: usize,
 }
 
 impl Limits {
@@ -27,6 +30,9 @@ impl Limits {
             defer_begin: cfg.defer_begin,
             pin_mode: cfg.pin_session_state,
             max_pinned: cfg.pinned_limit(),
+            overtakes: cfg
+                .affinity_overtakes
+                .unwrap_or(cfg.pool_size.saturating_mul(5)),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Backend connection pool for one logical database: at most `pool_size` connections, a
-//! fair FIFO of waiting clients, health checks at checkout, and a cleanup step on release
-//! that must succeed before a connection can serve anyone else.
+//! FIFO of waiting clients (in verified mode a released backend may first go to a waiting
+//! client of the tenant it served, within a bound: [`affinity`]), health checks at checkout,
+//! and a cleanup step on release that must succeed before a connection can serve anyone else.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +10,19 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{BackendConn, BackendError, BackendTarget, Owed};
+use crate::backend::{BackendConn, BackendError, BackendTarget};
 use crate::config::{DatabaseConfig, PinMode, PoolMode};
 use crate::metrics::PoolMetrics;
 
+mod affinity;
+mod conn;
 mod limits;
+use affinity::Place;
+pub use conn::PooledConn;
 use limits::{Limits, backend_identity};
+
+/// A backend handed from a releasing client straight to a waiting one, with its slot.
+type Grant = (Box<BackendConn>, OwnedSemaphorePermit);
 
 /// Why a client could not get a backend connection.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,8 @@ pub struct Pool {
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<BackendConn>>>,
     slots: Arc<Semaphore>,
+    /// Verified mode: waiting clients by tenant, for [`Pool::recycle`]'s hand-over.
+    waiters: affinity::Waiters<Grant>,
     next_id: AtomicU64,
     reset_sql: String,
     /// Connections pinned to one client right now (see [`Pool::try_pin`]).
@@ -71,18 +81,6 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Pool({} -> {:?})", self.name, self.target)
     }
-}
-
-/// A checked-out connection. Dropping it without [`PooledConn::release`] closes the
-/// connection, so a session that dies never returns a connection in an unknown state.
-pub struct PooledConn {
-    /// Boxed: it moves between the pool and sessions by pointer, and an idle session's
-    /// `Option<PooledConn>` stays small.
-    conn: Option<Box<BackendConn>>,
-    permit: Option<OwnedSemaphorePermit>,
-    pool: Arc<Pool>,
-    /// The tenant's backend-cap slot, given back with the connection.
-    tenant_slot: Option<crate::registry::BackendSlot>,
 }
 
 impl Pool {
@@ -109,6 +107,7 @@ impl Pool {
             retired: Default::default(),
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(cfg.pool_size)),
+            waiters: affinity::Waiters::default(),
             next_id: AtomicU64::new(1),
             reset_sql,
             pinned: Default::default(),
@@ -237,23 +236,19 @@ impl Pool {
     ) -> PooledConn {
         self.metrics.wait_seconds.observe(waited.as_secs_f64());
         self.metrics.active.inc();
-        PooledConn {
-            conn: Some(conn),
-            permit: Some(permit),
-            pool: self.clone(),
-            tenant_slot: None,
-        }
+        PooledConn::lent(conn, permit, self.clone())
     }
 
     /// Waits (fairly, up to the checkout timeout) for a slot, then reuses a healthy idle
-    /// connection or opens a new one.
+    /// connection or opens a new one. In verified mode a client of the tenant a released
+    /// backend served may get that backend ahead of its turn (see [`Pool::recycle`]).
     pub async fn checkout(self: &Arc<Self>, tenant: Option<u64>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
         let timeout = self.checkout_timeout();
         self.metrics.waiting.inc();
-        let permit = tokio::time::timeout(timeout, self.slots.clone().acquire_owned()).await;
+        let got = tokio::time::timeout(timeout, self.wait_slot(tenant)).await;
         self.metrics.waiting.dec();
-        let permit = match permit {
+        let (permit, handed) = match got {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(PoolError::Closed),
             Err(_) => {
@@ -261,12 +256,47 @@ impl Pool {
                 return Err(PoolError::Timeout(timeout));
             }
         };
-        let conn = match self.take_idle(tenant) {
+        let conn = match handed.or_else(|| self.take_idle(tenant)) {
             Some(c) => c,
             // Boxed: connecting (TLS, SCRAM) is rare and large; sessions await checkout.
             None => Box::new(Box::pin(self.open()).await?),
         };
         Ok(self.lend(conn, permit, started.elapsed()))
+    }
+
+    /// A slot in arrival order; in verified mode (`tenant` given, affinity on) also a place
+    /// among the waiters, where a released backend of the same tenant may come first, with
+    /// its slot.
+    async fn wait_slot(
+        self: &Arc<Self>,
+        tenant: Option<u64>,
+    ) -> Result<(OwnedSemaphorePermit, Option<Box<BackendConn>>), tokio::sync::AcquireError> {
+        let Some(tenant) = tenant.filter(|_| self.limits.load().overtakes > 0) else {
+            return Ok((self.slots.clone().acquire_owned().await?, None));
+        };
+        let mut place = Place::join(self, tenant);
+        tokio::select! {
+            biased;
+            grant = &mut place.grant => {
+                place.left = true;
+                match grant {
+                    Ok((conn, permit)) => Ok((permit, Some(conn))),
+                    // The queue could not take it (a poisoned lock): arrival order only.
+                    Err(_) => Ok((self.slots.clone().acquire_owned().await?, None)),
+                }
+            }
+            permit = self.slots.clone().acquire_owned() => {
+                let permit = permit?;
+                // A backend handed over meanwhile wins: it served this tenant last.
+                match place.leave() {
+                    Some((conn, handed)) => {
+                        drop(permit);
+                        Ok((handed, Some(conn)))
+                    }
+                    None => Ok((permit, None)),
+                }
+            }
+        }
     }
 
     /// Opens a connection outside the slot accounting (for start-up checks).
@@ -307,21 +337,39 @@ impl Pool {
         }
     }
 
-    fn put_idle(&self, mut conn: Box<BackendConn>) {
+    /// Takes back a released connection and its slot: closed when it may not serve again,
+    /// else (verified mode) handed to the earliest waiting client of the tenant it served,
+    /// unless that would overtake a client already overtaken `affinity_overtakes` times,
+    /// else idle, its slot free for the next client in arrival order.
+    fn recycle(&self, mut conn: Box<BackendConn>, permit: OwnedSemaphorePermit) {
         conn.last_used = Instant::now();
         if !conn.settle_async() {
             tracing::debug!(pool = %self.name, "a released backend had unread messages; closing it");
             self.metrics.closed.inc();
             return;
         }
-        if conn.created.elapsed() >= self.limits.load().max_lifetime || self.is_retired() {
+        let limits = self.limits.load();
+        if conn.created.elapsed() >= limits.max_lifetime || self.is_retired() {
             self.metrics.closed.inc();
             return;
+        }
+        let mut permit = permit;
+        if let Some(tenant) = conn.tenant
+            && limits.overtakes > 0
+        {
+            match self.waiters.offer(tenant, (conn, permit), limits.overtakes) {
+                Ok(()) => {
+                    self.metrics.handoffs.inc();
+                    return;
+                }
+                Err(back) => (conn, permit) = back,
+            }
         }
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
             self.metrics.idle.inc();
         }
+        drop(permit);
     }
 
     /// Closes idle connections unused for longer than the idle timeout.
@@ -373,118 +421,6 @@ impl Pool {
             }
             Cleanup::Full => (vec![], true),
             Cleanup::Rollback => (vec!["ROLLBACK"], true),
-        }
-    }
-}
-
-impl PooledConn {
-    /// The connection, while checked out.
-    pub fn conn(&mut self) -> &mut BackendConn {
-        self.conn.as_mut().expect("PooledConn used after release")
-    }
-
-    /// Verified mode: makes the connection fit for a client of tenant `serial`. One that
-    /// another tenant used last is emptied first with [`BackendConn::empty_session`] (a round trip, only
-    /// when the tenant changes): whatever that tenant's SQL left in the session, seen by
-    /// the guard or not (prepared statements under the proxy's own names, which the proxy
-    /// executes, settings, temp objects, its carried context), never reaches this tenant.
-    /// Returns whether it was cleaned; an error leaves the connection to be dropped.
-    pub async fn serve_tenant(&mut self, serial: u64) -> Result<bool, BackendError> {
-        let conn = self.conn();
-        let other = conn.tenant.is_some_and(|t| t != serial);
-        if other {
-            conn.empty_session().await?;
-        }
-        conn.tenant = Some(serial);
-        Ok(other)
-    }
-
-    /// Keeps the tenant's backend-cap slot until the connection is given back.
-    pub fn hold(&mut self, slot: crate::registry::BackendSlot) {
-        self.tenant_slot = Some(slot);
-    }
-
-    /// Returns the connection to the pool after `cleanup`; the slot stays taken until the
-    /// cleanup has succeeded, and a failed cleanup closes the connection instead.
-    pub fn release(mut self, cleanup: Cleanup) {
-        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
-            return;
-        };
-        let pool = self.pool.clone();
-        pool.metrics.active.dec();
-        // A cleanup beyond the sweep may clear a carried verified context (DISCARD ALL,
-        // ROLLBACK, the RESET): the next transaction enters it again.
-        conn.carry.on_release();
-        if !matches!(cleanup, Cleanup::None | Cleanup::Sweep) {
-            conn.carry.unsure();
-        }
-        if !conn.session_context {
-            // The context was transaction-local and is gone; the belt-and-braces RESET and
-            // the sweep of unnamed session state ride ahead of the next user's first
-            // message instead of costing a round trip now. PostgreSQL runs them before
-            // anything that user sends.
-            match cleanup {
-                Cleanup::None => {}
-                Cleanup::Sweep => conn.owed = conn.owed.max(Owed::Sweep),
-                Cleanup::ResetContext => conn.owed = Owed::ResetAndSweep,
-                Cleanup::Full | Cleanup::Rollback => {}
-            }
-        }
-        if !conn.cancels.any()
-            && !conn.cancels.sent()
-            && pool.cleanup_steps(cleanup, &conn) == (vec![], false)
-        {
-            pool.put_idle(conn);
-            drop(permit);
-            return;
-        }
-        tokio::spawn(async move {
-            // A backend a cancel was sent to is never handed on (nothing proves PostgreSQL
-            // acted on it); one still being sent gets up to CANCEL_SETTLE to settle first.
-            if !conn.cancels.settled(CANCEL_SETTLE).await || conn.cancels.sent() {
-                tracing::debug!(pool = %pool.name, "a cancel was sent to this backend; closing the connection");
-                pool.metrics.closed.inc();
-                return;
-            }
-            let (queries, empty) = pool.cleanup_steps(cleanup, &conn);
-            let ran = !queries.is_empty() || empty;
-            let mut result = Ok(());
-            for sql in queries {
-                result = conn.simple_query(sql).await.map(|_| ());
-                if result.is_err() {
-                    break;
-                }
-            }
-            if result.is_ok() && empty {
-                result = conn.empty_session().await;
-            }
-            match result {
-                Ok(()) => {
-                    if ran {
-                        conn.session_context = false;
-                        conn.owed = Owed::Nothing;
-                    }
-                    pool.put_idle(conn);
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %pool.name, error = %e, "backend cleanup failed; closing the connection");
-                    pool.metrics.closed.inc();
-                }
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// How long a released backend waits for a cancel in flight to be confirmed before it is
-/// closed instead of handed on.
-const CANCEL_SETTLE: Duration = Duration::from_secs(2);
-
-impl Drop for PooledConn {
-    fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            self.pool.metrics.active.dec();
-            self.pool.metrics.closed.inc();
         }
     }
 }

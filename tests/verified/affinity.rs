@@ -1,0 +1,138 @@
+//! Tenant affinity among waiting clients (`affinity_overtakes`): a backend released by a
+//! tenant's client goes to a waiting client of the same tenant ahead of its turn, no waiting
+//! client is overtaken more than the bound allows, and 0 keeps arrival order. One backend,
+//! so the order in which waiting clients run is the order in which they got it.
+
+use super::common::{ACME, GLOBEX, TestEnv, metric};
+
+/// One backend; `overtakes` as `affinity_overtakes` (None: the default); a sequence that
+/// numbers the waiting clients' statements in the order they ran.
+async fn one_backend(overtakes: Option<usize>) -> TestEnv {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+            db.affinity_overtakes = overtakes;
+        }
+    })
+    .await;
+    env.superuser()
+        .await
+        .batch_execute(
+            "CREATE SEQUENCE public.ran_order; GRANT USAGE ON SEQUENCE public.ran_order TO app_user",
+        )
+        .await
+        .unwrap();
+    env
+}
+
+/// Waits until `n` clients wait for a backend.
+async fn until_waiting(env: &TestEnv, n: f64) {
+    for _ in 0..500 {
+        let m = env.proxy.metrics().await;
+        if metric(&m, "pgtenant_pool_waiting_clients").unwrap_or(0.0) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} clients never waited for the backend");
+}
+
+/// Sends `c`'s next statement, which waits for the one backend, and returns once the pool
+/// counts `waiting` waiters. When it runs, it reports its place in the order and the tenant
+/// whose rows it saw. (A statement with a function call of unknown effect would empty the
+/// backend at release, and an emptied backend serves no tenant in particular: `nextval`
+/// leaves only the sweep.)
+async fn queue(
+    env: &TestEnv,
+    c: tokio_postgres::Client,
+    waiting: f64,
+) -> tokio::task::JoinHandle<(i64, String)> {
+    let handle = tokio::spawn(async move {
+        // The simple protocol: one statement, one checkout.
+        let rows = c
+            .simple_query(
+                "SELECT nextval('public.ran_order'), tenant_id::text FROM invoices LIMIT 1",
+            )
+            .await
+            .expect("waiting client's query");
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .expect("a row");
+        (
+            row.get(0).unwrap().parse().unwrap(),
+            row.get(1).unwrap().to_string(),
+        )
+    });
+    until_waiting(env, waiting).await;
+    handle
+}
+
+/// acme holds the backend in a transaction; the clients of `order` (tenant, label) then
+/// queue for it in that order; acme commits. Returns the labels in the order they ran, after
+/// checking each ran under its own tenant.
+async fn run_order(env: &TestEnv, order: &[(&str, &'static str)]) -> Vec<&'static str> {
+    let holder = env.proxy.connect("acme").await;
+    // Every client logs in before the backend is taken (a login borrows it too).
+    let mut clients = Vec::new();
+    for (tenant, _) in order {
+        clients.push(env.proxy.connect(tenant).await);
+    }
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.query_one("SELECT 1", &[]).await.unwrap();
+    let mut handles = Vec::new();
+    for (i, ((tenant, label), c)) in order.iter().zip(clients).enumerate() {
+        handles.push((*tenant, *label, queue(env, c, (i + 1) as f64).await));
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut ran = Vec::new();
+    for (tenant, label, h) in handles {
+        let (at, seen) = h.await.unwrap();
+        let want = if tenant == "acme" { ACME } else { GLOBEX };
+        assert_eq!(seen, want, "{label} saw another tenant's rows");
+        ran.push((at, label));
+    }
+    ran.sort();
+    ran.into_iter().map(|(_, l)| l).collect()
+}
+
+#[tokio::test]
+async fn a_released_backend_goes_first_to_a_waiting_client_of_its_tenant() {
+    let env = one_backend(None).await;
+    let ran = run_order(&env, &[("globex", "globex"), ("acme", "acme")]).await;
+    assert_eq!(
+        ran,
+        ["acme", "globex"],
+        "acme's waiting client should overtake"
+    );
+    let m = env.proxy.metrics().await;
+    let handoffs = metric(&m, "pgtenant_pool_affinity_handoffs_total").unwrap_or(0.0);
+    assert!(handoffs >= 1.0, "hand-overs counted: {handoffs}");
+}
+
+#[tokio::test]
+async fn no_waiting_client_is_overtaken_more_than_the_bound() {
+    let env = one_backend(Some(1)).await;
+    let ran = run_order(
+        &env,
+        &[("globex", "globex"), ("acme", "acme 1"), ("acme", "acme 2")],
+    )
+    .await;
+    // acme 1 overtakes globex once; then globex's turn comes before acme 2's.
+    assert_eq!(ran, ["acme 1", "globex", "acme 2"]);
+}
+
+#[tokio::test]
+async fn zero_overtakes_keeps_arrival_order() {
+    let env = one_backend(Some(0)).await;
+    let ran = run_order(&env, &[("globex", "globex"), ("acme", "acme")]).await;
+    assert_eq!(ran, ["globex", "acme"]);
+    let m = env.proxy.metrics().await;
+    assert_eq!(
+        metric(&m, "pgtenant_pool_affinity_handoffs_total").unwrap_or(0.0),
+        0.0
+    );
+}
