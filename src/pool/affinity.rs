@@ -97,7 +97,6 @@ impl<G> Waiters<G> {
     }
 
     /// Clients waiting now (tests).
-
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.queue.lock().map(|q| q.len()).unwrap_or(0)
