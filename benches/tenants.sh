@@ -9,6 +9,7 @@
 #   bash benches/tenants.sh
 #   TENANTS=64 PER=1 SCRIPT=tpcb MODE=extended ROUNDS=3 bash benches/tenants.sh
 #   OVERTAKES=0 bash benches/tenants.sh    # affinity_overtakes for every arm (0: arrival order)
+#   TENANTS=64 PER=1 RATE=3000 SKEW=1 bash benches/tenants.sh   # paced, a few busy tenants
 #
 # Per arm: median total TPS over ROUNDS interleaved rounds, proxy and PostgreSQL CPU per
 # transaction, and (verified arms) how many transactions found their context carried and how
@@ -73,7 +74,7 @@ run() {
   m0=$(metric "$arm" pgtenant_context_carried_total); s0=$(metric "$arm" pgtenant_context_switches_total)
   h0=$(metric "$arm" 'pgtenant_pool_affinity_handoffs_total{pool="bench"}')
   for i in $(seq "$TENANTS"); do
-    PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "${PORT[$arm]}" -U "t$i" -M "$MODE" \
+    PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "${PORT[$arm]}" -U "t$i" -M "$MODE" ${RATE_OF[$i]:+-R "${RATE_OF[$i]}"} \
       -c "$PER" -j 1 -T "$DURATION" -f "$WORK/$SCRIPT.plain.sql" -l --log-prefix="$WORK/lat/t$i" bench \
       >"$WORK/out.$i" 2>"$WORK/err.$i" & pids+=($!)
   done
@@ -97,6 +98,16 @@ run() {
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
+# RATE: total transactions per second over all tenants (pgbench -R per tenant), tenant i's
+# share proportional to 1 / i^SKEW (0: equal shares; 1: Zipf, a few busy tenants and a long
+# tail). Unset: every client as fast as it can.
+declare -A RATE_OF
+if [ -n "${RATE:-}" ]; then
+  while read -r i r; do RATE_OF[$i]=$r; done < <(awk -v n="$TENANTS" -v s="${SKEW:-0}" -v total="$RATE" '
+    BEGIN { for (i = 1; i <= n; i++) { w[i] = 1 / i ^ s; sum += w[i] }
+            for (i = 1; i <= n; i++) printf "%d %.1f\n", i, total * w[i] / sum }')
+fi
+
 declare -A R
 for r in $(seq "$ROUNDS"); do
   for arm in plain carried uncarried; do
@@ -105,7 +116,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 echo
-echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $TENANTS tenants x $PER clients ($SCRIPT, $MODE, one pgbench per tenant, -j 1), pool $POOL, scale $SCALE; medians of $ROUNDS interleaved rounds of ${DURATION}s; load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $TENANTS tenants x $PER clients ($SCRIPT, $MODE, one pgbench per tenant, -j 1${RATE:+, $RATE tx/s in all, shares 1/i^${SKEW:-0}}), pool $POOL, scale $SCALE; medians of $ROUNDS interleaved rounds of ${DURATION}s; load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
 echo
 echo "| arm | TPS | vs plain | proxy CPU µs/tx | PostgreSQL CPU µs/tx | carried per tx | switches per tx | hand-overs per tx | p50 ms | p99 ms | slowest/fastest tenant |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"

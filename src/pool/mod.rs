@@ -316,17 +316,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that tenant `tenant` used last (verified mode:
-    /// it may hold that tenant's context, and needs no DISCARD ALL), else the most recent
-    /// one no tenant used yet, else the most recent.
+    /// Plain mode: the most recently used idle connection (the rest may time out). Verified
+    /// mode (`tenant` given): the most recent one that tenant used last (it may hold its
+    /// context, and needs no DISCARD ALL), else the most recent one no tenant used yet, else
+    /// the least recently used one, whose tenant is the least likely to come back for it
+    /// soon (taking the most recent would take a busy tenant's backend just as it left).
     fn take_idle(&self, tenant: Option<u64>) -> Option<Box<BackendConn>> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().ok()?;
-                let at = tenant
-                    .and_then(|serial| idle.iter().rposition(|c| c.tenant == Some(serial)))
-                    .or_else(|| tenant.and_then(|_| idle.iter().rposition(|c| c.tenant.is_none())))
-                    .unwrap_or(idle.len().checked_sub(1)?);
+                let last = idle.len().checked_sub(1)?;
+                let at = match tenant {
+                    None => last,
+                    Some(serial) => idle
+                        .iter()
+                        .rposition(|c| c.tenant == Some(serial))
+                        .or_else(|| idle.iter().rposition(|c| c.tenant.is_none()))
+                        .unwrap_or(0),
+                };
                 idle.remove(at)
             };
             self.metrics.idle.dec();

@@ -136,3 +136,35 @@ async fn zero_overtakes_keeps_arrival_order() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_tenant_without_an_idle_backend_of_its_own_takes_the_least_recently_used() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 2;
+        }
+    })
+    .await;
+    let acme = env.proxy.connect("acme").await;
+    let globex = env.proxy.connect("globex").await;
+    let initech = env.proxy.connect("initech").await;
+    // acme and globex each hold a backend; acme gives its back first.
+    for c in [&acme, &globex] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    acme.batch_execute("COMMIT").await.unwrap();
+    globex.batch_execute("COMMIT").await.unwrap();
+    let switches = |m: &str| metric(m, "pgtenant_context_switches_total").unwrap_or(0.0);
+    let before = switches(&env.proxy.metrics().await);
+    // initech has no backend of its own: it takes acme's, used least recently, and
+    // globex's stays with globex.
+    initech.simple_query("SELECT 1").await.unwrap();
+    globex.simple_query("SELECT 1").await.unwrap();
+    let after = switches(&env.proxy.metrics().await);
+    assert_eq!(
+        after - before,
+        1.0,
+        "initech should switch acme's backend, and globex keep its own"
+    );
+}
