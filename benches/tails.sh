@@ -8,6 +8,7 @@
 #
 #   bash benches/tails.sh                              # 1,000 clients, pool 20, 2 x 15 s
 #   CLIENTS=2000 MODE=extended ROUNDS=3 bash benches/tails.sh
+#   KEEP_LOGS=/tmp/tails bash benches/tails.sh         # keep each run's pgbench -l logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-1000}
@@ -39,6 +40,7 @@ run_arm() {
     echo n/a; return
   fi
   local c1; c1=$(cpu_ticks "$pid")
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp -r "$logdir" "$KEEP_LOGS/$arm.$(date +%s)"; fi
   local tps; tps=$(awk '/^tps/ {print $3; exit}' "$WORK/pgbench.out")
   cat "$logdir"/tx.* | awk '$3 ~ /^[0-9]+$/ {print $3}' | sort -n | awk -v tps="$tps" \
       -v cpu=$(( c1 - c0 )) -v hz="$(getconf CLK_TCK)" '
