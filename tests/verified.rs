@@ -4,6 +4,8 @@
 
 #[path = "verified/affinity.rs"]
 mod affinity;
+#[path = "verified/affinity_attack.rs"]
+mod affinity_attack;
 #[path = "verified/battery.rs"]
 mod battery;
 #[path = "verified/carry.rs"]

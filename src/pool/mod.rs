@@ -74,6 +74,10 @@ pub struct Pool {
     reset_sql: String,
     /// Connections pinned to one client right now (see [`Pool::try_pin`]).
     pinned: std::sync::atomic::AtomicUsize,
+    /// Slots a shrinking reload has yet to take back. While any are owed, released
+    /// backends go back through the semaphore, where the shrink waits its turn, and not
+    /// straight to waiting clients, which would keep every slot in circulation.
+    shrinking: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: PoolMetrics,
 }
 
@@ -111,6 +115,7 @@ impl Pool {
             next_id: AtomicU64::new(1),
             reset_sql,
             pinned: Default::default(),
+            shrinking: Default::default(),
             metrics,
         })
     }
@@ -134,11 +139,14 @@ impl Pool {
             self.slots.add_permits(new - old.size);
         } else if new < old.size {
             let slots = self.slots.clone();
-            let excess = (old.size - new) as u32;
+            let excess = old.size - new;
+            let shrinking = self.shrinking.clone();
+            shrinking.fetch_add(excess, Ordering::AcqRel);
             tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(excess).await {
+                if let Ok(p) = slots.acquire_many_owned(excess as u32).await {
                     p.forget();
                 }
+                shrinking.fetch_sub(excess, Ordering::AcqRel);
             });
         }
         self.metrics.size.set(new as i64);
@@ -363,6 +371,7 @@ impl Pool {
         let mut permit = permit;
         if let Some(tenant) = conn.tenant
             && limits.overtakes > 0
+            && self.shrinking.load(Ordering::Acquire) == 0
         {
             match self.waiters.offer(tenant, (conn, permit), limits.overtakes) {
                 Ok(()) => {
