@@ -34,7 +34,7 @@ async fn loopers(
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 if let Some(k) = cancel_every
-                    && i % k == 0
+                    && i.is_multiple_of(k)
                 {
                     let token = c.cancel_token();
                     tokio::spawn(async move {
