@@ -3,13 +3,14 @@
 # callgrind on a copy of the demo cluster; counts are repeatable on a busy machine).
 #
 #   bash benches/pg_instructions.sh
+#   PGTENANT_BIN=/path/to/other/pgtenant bash benches/pg_instructions.sh   # a before/after pair
 #
 # Needs valgrind and python3 with psycopg (installed by .ci/run). Prints one table; see
 # benches/pg_instructions.py for the cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin pgtenant
-BIN=${CARGO_TARGET_DIR:-target}/release/pgtenant
+if [ -n "${PGTENANT_BIN:-}" ]; then BIN=$PGTENANT_BIN; else
+  cargo build --release --quiet --bin pgtenant; BIN=${CARGO_TARGET_DIR:-target}/release/pgtenant; fi
 WORK=$(mktemp -d /tmp/pgtenant-pgi-XXXX); chmod 755 "$WORK"
 LOG="$WORK/demo.log"
 "$BIN" demo --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log warn > "$LOG" 2>&1 & DEMO=$!
@@ -29,5 +30,5 @@ AS=(); [ "$(id -u)" = 0 ] && { chown -R postgres "$WORK"; AS=(runuser -u postgre
   "$PGBIN/postgres" -D "$WORK/data" -p "$PORT" -c listen_addresses=127.0.0.1 -k "$WORK/sock" \
   > "$WORK/pg.log" 2>&1 & PG=$!
 for _ in $(seq 300); do pg_isready -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.2; done
-echo "commit $(git rev-parse --short HEAD), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') under callgrind"
+echo "commit $(git rev-parse --short HEAD) (binary: $BIN), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') under callgrind"
 PGPORT=$PORT CG_OUT="$WORK/cg" python3 benches/pg_instructions.py

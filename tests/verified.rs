@@ -15,6 +15,8 @@ mod common;
 mod install;
 #[path = "verified/planted.rs"]
 mod planted;
+#[path = "verified/qualified.rs"]
+mod qualified;
 
 use std::sync::Arc;
 
@@ -118,7 +120,8 @@ async fn battery(env: &TestEnv, f: &mut Failures, label: &str) {
         "ALTER ROLE app_user RESET ALL; ALTER ROLE app_user IN DATABASE app RESET ALL;
          ALTER DATABASE app RESET ALL; DELETE FROM invoices WHERE amount_cents >= 900000;
          DROP FUNCTION IF EXISTS public.spoof_sql(), public.spoof_pl(), public.spoof_set(),
-             public.spoof_set2(), public.spoof_def(), public.sha256(bytea);",
+             public.spoof_set2(), public.spoof_def(), public.sha256(bytea);
+         DROP FUNCTION IF EXISTS public.spoof_cat(text, bigint), public.spoof_cat(text, text) CASCADE;",
     )
     .await
     .unwrap();
@@ -388,6 +391,42 @@ async fn the_battery_catches_a_forgeable_reader() {
     let mut f = Failures::default();
     battery(&env, &mut f, "forgeable reader").await;
     assert!(f.0.len() >= 10, "only {} failures: {:?}", f.0.len(), f.0);
+}
+
+/// The operator-shadowing attempt leaks through a reader that, like the installed ones, pins
+/// no search_path but, unlike them, spells `||` bare: the attempt is what would catch it.
+#[tokio::test]
+async fn the_battery_catches_a_reader_with_bare_operators() {
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    grant_create(&env).await;
+    env.superuser()
+        .await
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pgtenant.tenant_id() RETURNS pg_catalog.text \
+             LANGUAGE plpgsql STABLE SECURITY DEFINER AS $f$ \
+             DECLARE v pg_catalog.text := pg_catalog.current_setting('pgtenant.s' || \
+                 pg_catalog.pg_sequence_last_value('pgtenant.slot'::pg_catalog.regclass) || '_1', true); \
+             BEGIN \
+                 IF v OPERATOR(pg_catalog.<>) pg_catalog.current_setting('app.current_tenant', true) THEN \
+                     RAISE EXCEPTION 'refused' USING ERRCODE = '42501'; \
+                 END IF; \
+                 RETURN v; \
+             END $f$",
+        )
+        .await
+        .unwrap();
+    let (_, attempt) = ATTEMPTS
+        .iter()
+        .find(|(name, _)| *name == "shadow the readers' operators")
+        .expect("the attempt is in the battery");
+    let mut conn = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .expect("globex connects");
+    let leaked = foreign_rows(&run_attempt(&mut conn, attempt).await);
+    assert!(
+        !leaked.is_empty(),
+        "the attempt did not get past a bare `||`"
+    );
 }
 
 /// A statement that cannot run in a transaction block gets the context for the session

@@ -3,8 +3,11 @@
 //! so they are safe to splice; neither the key nor the slot number ever appears here (both
 //! are bound as parameters by `db install`).
 //!
-//! Every function pins `SET search_path = pg_catalog, pg_temp` (pg_temp last, so no temporary
-//! object can shadow a catalog one) and schema-qualifies every function and table it names.
+//! Every function schema-qualifies every function, table and type it names. `enter()` and the
+//! helpers also pin `SET search_path = pg_catalog, pg_temp` (pg_temp last, so no temporary
+//! object can shadow a catalog one). The readers, which run once per policy-checked statement,
+//! pin none (it costs more than the rest of the call) and qualify operators too, so the
+//! caller's search_path reaches nothing in them (tests/verified/qualified.rs checks the text).
 //!
 //! How a value is verified: `enter()` checks pgtenant's proof and then stores the values a
 //! second time in custom settings whose names carry a secret number (the *slot*, kept in a
@@ -220,49 +223,65 @@ $f$;
     /// The readers `tenant_id()` and `setting(name)`.
     fn readers_sql(&self) -> String {
         let s = &self.schema;
-        let slot = slot_expr(s);
-        let previous = previous_slot_expr(s);
+        let slot = qualified_slot_expr(s, "slot");
+        let previous = qualified_slot_expr(s, "slot_previous");
         let first = &self.settings[0];
         let cases: String = self
             .settings
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("WHEN '{name}' THEN '_{}' ", i + 1))
+            .map(|(i, name)| {
+                format!(
+                    "WHEN p_name OPERATOR(pg_catalog.=) '{name}' THEN '_{}' ",
+                    i + 1
+                )
+            })
             .collect();
         format!(
             r#"-- Readers for RLS policies: USING (tenant_id = (SELECT {s}.tenant_id())::uuid). They return
--- the value enter() verified in this transaction, NULL when there is no context at all, and
--- raise 42501 when the visible setting differs from it (set by anyone but enter()).
-CREATE OR REPLACE FUNCTION {s}.tenant_id() RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+-- the value enter() verified, NULL when there is no context at all, and raise 42501 when the
+-- visible setting differs from it (set by anyone but enter()).
+-- They run once per policy-checked statement, so they pin no search_path (setting one costs
+-- more than the rest of the call): instead every name in them is schema-qualified, operators
+-- included (OPERATOR(pg_catalog.=)), and they use no construct that looks an operator up by
+-- name (IS DISTINCT FROM, NULLIF, IN, simple CASE), so the caller's search_path reaches
+-- nothing. CREATE OR REPLACE also drops the SET clause earlier versions had.
+CREATE OR REPLACE FUNCTION {s}.tenant_id() RETURNS pg_catalog.text
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $f$
 DECLARE
-    v text := pg_catalog.current_setting({slot} || '_1', true);
-    v_seen text := pg_catalog.current_setting('{first}', true);
+    v pg_catalog.text := pg_catalog.current_setting({slot} OPERATOR(pg_catalog.||) '_1', true);
 BEGIN
-    IF COALESCE(v, '') = '' THEN
-        v := pg_catalog.current_setting({previous} || '_1', true);
+    IF v OPERATOR(pg_catalog.<>) ''
+        AND v OPERATOR(pg_catalog.=) pg_catalog.current_setting('{first}', true) THEN
+        RETURN v;
     END IF;
-{judge}
+    IF COALESCE(v, '') OPERATOR(pg_catalog.=) '' THEN
+        v := pg_catalog.current_setting({previous} OPERATOR(pg_catalog.||) '_1', true);
+    END IF;
+{judge_first}
 
-CREATE OR REPLACE FUNCTION {s}.setting(p_name text) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+CREATE OR REPLACE FUNCTION {s}.setting(p_name pg_catalog.text) RETURNS pg_catalog.text
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $f$
 DECLARE
-    v_suffix text := CASE p_name {cases}END;
-    v text;
-    v_seen text;
+    v_suffix pg_catalog.text := CASE {cases}END;
+    v pg_catalog.text;
 BEGIN
     IF v_suffix IS NULL THEN
         RETURN NULL;
     END IF;
-    v := pg_catalog.current_setting({slot} || v_suffix, true);
-    IF COALESCE(v, '') = '' THEN
-        v := pg_catalog.current_setting({previous} || v_suffix, true);
+    v := pg_catalog.current_setting({slot} OPERATOR(pg_catalog.||) v_suffix, true);
+    IF v OPERATOR(pg_catalog.<>) ''
+        AND v OPERATOR(pg_catalog.=) pg_catalog.current_setting(p_name, true) THEN
+        RETURN v;
     END IF;
-    v_seen := pg_catalog.current_setting(p_name, true);
-{judge}
+    IF COALESCE(v, '') OPERATOR(pg_catalog.=) '' THEN
+        v := pg_catalog.current_setting({previous} OPERATOR(pg_catalog.||) v_suffix, true);
+    END IF;
+{judge_named}
 
 "#,
-            judge = READER_JUDGEMENT,
+            judge_first = judgement(&format!("pg_catalog.current_setting('{first}', true)")),
+            judge_named = judgement("pg_catalog.current_setting(p_name, true)"),
         )
     }
 
@@ -319,16 +338,34 @@ $do$;
 
 /// How both readers end, with the verified copy in `v` and the visible setting in `v_seen`:
 /// NULL when neither holds a value, an error when they differ, else the value.
-const READER_JUDGEMENT: &str = "    IF v IS DISTINCT FROM v_seen THEN
-        IF COALESCE(v, '') = '' AND COALESCE(v_seen, '') = '' THEN
-            RETURN NULL;
-        END IF;
+
+/// The readers' slow path, after the previous slot's copy was looked up for an empty `v`:
+/// raise 42501 when `v` and the visible setting (`seen`) differ (NULL and '' alike), return
+/// NULL when both are empty, else `v`. Qualified operators only (see `readers_sql`).
+fn judgement(seen: &str) -> String {
+    format!(
+        "    v := COALESCE(v, '');
+    IF v OPERATOR(pg_catalog.<>) COALESCE({seen}, '') THEN
         RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant in this transaction'
             USING ERRCODE = '42501';
     END IF;
-    RETURN NULLIF(v, '');
+    IF v OPERATOR(pg_catalog.=) '' THEN
+        RETURN NULL;
+    END IF;
+    RETURN v;
 END
-$f$;";
+$f$;"
+    )
+}
+
+/// The slot's setting-name prefix for schema `s` as the readers name it (no search_path
+/// pinned there): `'<s>.s' OPERATOR(pg_catalog.||) <slot number>`, NULL when unset.
+fn qualified_slot_expr(s: &str, sequence: &str) -> String {
+    format!(
+        "'{s}.s' OPERATOR(pg_catalog.||) \
+         pg_catalog.pg_sequence_last_value('{s}.{sequence}'::pg_catalog.regclass)"
+    )
+}
 
 /// The slot's setting-name prefix for schema `s`: `<s>.s<slot number>` (NULL when unset).
 fn slot_expr(s: &str) -> String {

@@ -340,6 +340,19 @@ pub const ATTEMPTS: &[(&str, Attempt)] = &[
         ),
     ),
     (
+        // The readers pin no search_path (tests/verified/qualified.rs): an unqualified `||`
+        // in them would build the trusted setting's name with the tenant's operator.
+        "shadow the readers' operators",
+        Attempt::Simple(
+            "CREATE FUNCTION public.spoof_cat(text, bigint) RETURNS text LANGUAGE sql AS $f$ SELECT 'spoof.x' $f$; \
+             CREATE FUNCTION public.spoof_cat(text, text) RETURNS text LANGUAGE sql AS $f$ SELECT 'spoof.x' $f$; \
+             CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = bigint, FUNCTION = public.spoof_cat); \
+             CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = public.spoof_cat); \
+             SET search_path = public, pg_catalog; SET spoof.x = '{A}'; SET app.current_tenant = '{A}'; \
+             SELECT 'row:' || tenant_id FROM invoices",
+        ),
+    ),
+    (
         "set role",
         Attempt::Simple("SET ROLE postgres; SELECT 'row:' || tenant_id FROM invoices"),
     ),
