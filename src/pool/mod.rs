@@ -272,14 +272,16 @@ impl Pool {
         Ok(self.lend(conn, permit, started.elapsed()))
     }
 
-    /// A slot in arrival order; in verified mode (`tenant` given, affinity on) also a place
-    /// among the waiters, where a released backend of the same tenant may come first, with
-    /// its slot.
+    /// A slot in arrival order; in verified mode (`tenant` given) also a place among the
+    /// waiters, where a released backend of the same tenant may come first, with its slot.
+    /// The place is taken with affinity off too (`affinity_overtakes = 0`, nothing is handed
+    /// over then), so a reload that turns it on finds every waiting client in the queue and
+    /// bounds how often each is overtaken.
     async fn wait_slot(
         self: &Arc<Self>,
         tenant: Option<u64>,
     ) -> Result<(OwnedSemaphorePermit, Option<Box<BackendConn>>), tokio::sync::AcquireError> {
-        let Some(tenant) = tenant.filter(|_| self.limits.load().overtakes > 0) else {
+        let Some(tenant) = tenant else {
             return Ok((self.slots.clone().acquire_owned().await?, None));
         };
         let mut place = Place::join(self, tenant);

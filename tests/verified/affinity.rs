@@ -75,6 +75,16 @@ async fn queue(
 /// queue for it in that order; acme commits. Returns the labels in the order they ran, after
 /// checking each ran under its own tenant.
 async fn run_order(env: &TestEnv, order: &[(&str, &'static str)]) -> Vec<&'static str> {
+    run_order_reloading(env, order, None).await
+}
+
+/// [`run_order`], with a reload to `affinity_overtakes = overtakes` once the first `after`
+/// clients wait.
+async fn run_order_reloading(
+    env: &TestEnv,
+    order: &[(&str, &'static str)],
+    reload: Option<(usize, usize)>,
+) -> Vec<&'static str> {
     let holder = env.proxy.connect("acme").await;
     // Every client logs in before the backend is taken (a login borrows it too).
     let mut clients = Vec::new();
@@ -85,6 +95,16 @@ async fn run_order(env: &TestEnv, order: &[(&str, &'static str)]) -> Vec<&'stati
     holder.query_one("SELECT 1", &[]).await.unwrap();
     let mut handles = Vec::new();
     for (i, ((tenant, label), c)) in order.iter().zip(clients).enumerate() {
+        if let Some((after, overtakes)) = reload
+            && after == i
+        {
+            let mut cfg = env.config();
+            for db in cfg.databases.values_mut() {
+                db.pool_size = 1;
+                db.affinity_overtakes = Some(overtakes);
+            }
+            env.proxy.server.apply(cfg).expect("reload");
+        }
         handles.push((*tenant, *label, queue(env, c, (i + 1) as f64).await));
     }
     holder.batch_execute("COMMIT").await.unwrap();
@@ -122,6 +142,20 @@ async fn no_waiting_client_is_overtaken_more_than_the_bound() {
     )
     .await;
     // acme 1 overtakes globex once; then globex's turn comes before acme 2's.
+    assert_eq!(ran, ["acme 1", "globex", "acme 2"]);
+}
+
+/// A client that began waiting while affinity was off (0) counts its overtakes once a reload
+/// turns it on: it waits in the same queue either way.
+#[tokio::test]
+async fn a_reload_that_turns_affinity_on_bounds_overtaking_clients_already_waiting() {
+    let env = one_backend(Some(0)).await;
+    let ran = run_order_reloading(
+        &env,
+        &[("globex", "globex"), ("acme", "acme 1"), ("acme", "acme 2")],
+        Some((1, 1)),
+    )
+    .await;
     assert_eq!(ran, ["acme 1", "globex", "acme 2"]);
 }
 
