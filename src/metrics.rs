@@ -56,6 +56,7 @@ pub struct Metrics {
     pinned_backends: IntGaugeVec,
     pins: IntCounterVec,
     handoffs: IntCounterVec,
+    holds: IntCounterVec,
 }
 
 /// Pre-resolved handles for one pool, so the hot path never hashes label values.
@@ -84,6 +85,7 @@ pub struct PoolMetrics {
     pub pins_refused: IntCounter,
     /// Released backends handed straight to a waiting client of the same tenant.
     pub handoffs: IntCounter,
+    pub holds: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -346,6 +348,11 @@ impl Metrics {
                 "Released backends handed straight to a waiting client of the tenant they served (verified mode), ahead of its turn: no tenant switch.",
                 &["pool"],
             ),
+            holds: counter(
+                "pgtenant_pool_affinity_holds_total",
+                "Backends a client kept after a transaction for its next one while other tenants' clients waited (verified mode, affinity_hold).",
+                &["pool"],
+            ),
             registry: r,
         }
     }
@@ -375,6 +382,7 @@ impl Metrics {
             pins: self.pins.with_label_values(&[pool, "pinned"]),
             pins_refused: self.pins.with_label_values(&[pool, "cap"]),
             handoffs: self.handoffs.with_label_values(&[pool]),
+            holds: self.holds.with_label_values(&[pool]),
         }
     }
 

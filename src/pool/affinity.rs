@@ -96,6 +96,26 @@ impl<G> Waiters<G> {
         }
     }
 
+    /// Lets a client of `tenant` keep the backend it used for its next transaction, ahead of
+    /// every waiting client, when clients wait, none of them is of `tenant` (a released
+    /// backend would go to that one), and none was overtaken `overtakes` times already.
+    /// Counts the overtake for each of them; false when the backend should go back instead.
+    pub(super) fn overtake_all(&self, tenant: u64, overtakes: usize) -> bool {
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        if q.is_empty()
+            || q.iter()
+                .any(|w| w.tenant == tenant || w.overtaken >= overtakes)
+        {
+            return false;
+        }
+        for w in q.iter_mut() {
+            w.overtaken += 1;
+        }
+        true
+    }
+
     /// Clients waiting now (tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

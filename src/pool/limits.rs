@@ -18,6 +18,9 @@ pub(super) struct Limits {
     /// Verified mode: how often a waiting client may be overtaken by one of the tenant a
     /// released backend served (0: arrival order only).
     pub(super) overtakes: usize,
+    /// Verified mode: how long a client keeps its backend after a transaction while other
+    /// tenants' clients wait (zero: never).
+    pub(super) hold: Duration,
 }
 
 impl Limits {
@@ -33,6 +36,7 @@ impl Limits {
             overtakes: cfg
                 .affinity_overtakes
                 .unwrap_or(cfg.pool_size.saturating_mul(5)),
+            hold: cfg.affinity_hold,
         }
     }
 }

@@ -164,6 +164,25 @@ impl Pool {
         self.retired.load(Ordering::Acquire)
     }
 
+    /// Verified mode: how long the client that used a backend for `tenant` may keep it for
+    /// its next transaction instead of releasing it, or None to release it now. Only while
+    /// clients of other tenants wait (the backend would go to one of them, to be emptied for
+    /// its tenant), within the affinity bound (each hold counts as overtaking every waiting
+    /// client), and never during a shrink or after retirement.
+    pub fn hold_for(&self, tenant: u64) -> Option<Duration> {
+        let limits = self.limits.load();
+        if limits.hold.is_zero()
+            || limits.overtakes == 0
+            || self.shrinking.load(Ordering::Acquire) != 0
+            || self.is_retired()
+            || !self.waiters.overtake_all(tenant, limits.overtakes)
+        {
+            return None;
+        }
+        self.metrics.holds.inc();
+        Some(limits.hold)
+    }
+
     /// The checkout timeout in force.
     pub fn checkout_timeout(&self) -> Duration {
         self.limits.load().checkout_timeout

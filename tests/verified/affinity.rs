@@ -3,15 +3,25 @@
 //! client is overtaken more than the bound allows, and 0 keeps arrival order. One backend,
 //! so the order in which waiting clients run is the order in which they got it.
 
+use std::time::Duration;
+
 use super::common::{ACME, GLOBEX, TestEnv, metric};
 
 /// One backend; `overtakes` as `affinity_overtakes` (None: the default); a sequence that
 /// numbers the waiting clients' statements in the order they ran.
 async fn one_backend(overtakes: Option<usize>) -> TestEnv {
+    one_backend_holding(overtakes, None).await
+}
+
+/// [`one_backend`] with `affinity_hold` = `hold` (None: the default).
+async fn one_backend_holding(overtakes: Option<usize>, hold: Option<Duration>) -> TestEnv {
     let env = TestEnv::start_with(|c| {
         for db in c.databases.values_mut() {
             db.pool_size = 1;
             db.affinity_overtakes = overtakes;
+            if let Some(hold) = hold {
+                db.affinity_hold = hold;
+            }
         }
     })
     .await;
@@ -201,4 +211,78 @@ async fn a_tenant_without_an_idle_backend_of_its_own_takes_the_least_recently_us
         1.0,
         "initech should switch acme's backend, and globex keep its own"
     );
+}
+
+/// Runs `sql` on `c` (simple protocol: one checkout) and returns its first row's columns.
+async fn first_row(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let rows = c.simple_query(sql).await.expect("statement");
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// acme holds the one backend while globex waits for it; acme's transaction ends and its
+/// next `next` statements follow at once. Returns the order numbers acme's statements got,
+/// globex's, and the tenant switches meanwhile.
+async fn hold_while_waiting(env: &TestEnv, next: usize) -> (Vec<i64>, i64, f64) {
+    let acme = env.proxy.connect("acme").await;
+    let globex = env.proxy.connect("globex").await;
+    let switches = |m: &str| metric(m, "pgtenant_context_switches_total").unwrap_or(0.0);
+    acme.batch_execute("BEGIN").await.unwrap();
+    acme.simple_query("SELECT 1").await.unwrap();
+    let before = switches(&env.proxy.metrics().await);
+    let waiting = queue(env, globex, 1.0).await;
+    acme.batch_execute("COMMIT").await.unwrap();
+    let mut ran = Vec::new();
+    for _ in 0..next {
+        let row = first_row(
+            &acme,
+            "SELECT nextval('public.ran_order'), tenant_id::text FROM invoices LIMIT 1",
+        )
+        .await;
+        assert_eq!(row[1], ACME, "acme saw another tenant's rows");
+        ran.push(row[0].parse().unwrap());
+    }
+    let (globex_at, seen) = waiting.await.unwrap();
+    assert_eq!(seen, GLOBEX, "globex saw another tenant's rows");
+    let after = switches(&env.proxy.metrics().await);
+    (ran, globex_at, after - before)
+}
+
+#[tokio::test]
+async fn a_client_keeps_its_backend_for_its_next_transaction_while_others_wait() {
+    let env = one_backend_holding(None, Some(Duration::from_secs(2))).await;
+    let (acme, globex, switches) = hold_while_waiting(&env, 1).await;
+    assert_eq!(
+        (acme, globex),
+        (vec![1], 2),
+        "acme's next statement should come first"
+    );
+    // One switch: to globex, once acme's hold ran out; none for acme's next statement.
+    assert_eq!(switches, 1.0);
+    let m = env.proxy.metrics().await;
+    assert!(metric(&m, "pgtenant_pool_affinity_holds_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[tokio::test]
+async fn no_hold_keeps_arrival_order() {
+    let env = one_backend_holding(None, Some(Duration::ZERO)).await;
+    let (acme, globex, _) = hold_while_waiting(&env, 1).await;
+    assert_eq!((acme, globex), (vec![2], 1), "globex waited first");
+}
+
+/// Each hold overtakes every waiting client: with `affinity_overtakes = 1` acme keeps the
+/// backend once, then globex's turn comes.
+#[tokio::test]
+async fn holds_count_against_the_overtaking_bound() {
+    let env = one_backend_holding(Some(1), Some(Duration::from_secs(2))).await;
+    let (acme, globex, _) = hold_while_waiting(&env, 2).await;
+    assert_eq!((acme, globex), (vec![1, 3], 2));
 }
