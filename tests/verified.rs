@@ -13,6 +13,8 @@ mod carry;
 mod common;
 #[path = "verified/install.rs"]
 mod install;
+#[path = "verified/leaks.rs"]
+mod leaks;
 #[path = "verified/planted.rs"]
 mod planted;
 #[path = "verified/qualified.rs"]

@@ -209,10 +209,19 @@ impl Flow {
 
     /// Decides what to do with a backend message and advances the FIFO.
     pub fn on_backend(&mut self, tag: u8) -> Disposition {
-        if matches!(
-            tag,
-            bt::NOTICE_RESPONSE | bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS
-        ) {
+        if tag == bt::NOTICE_RESPONSE {
+            // A notice while the proxy's own request is being answered is about that request
+            // (`enter()`, the context, a cleanup): never the client's. With the client's
+            // `debug_print_plan` and `client_min_messages = log`, PostgreSQL prints the plans
+            // of `enter()`'s statements, secrets folded into their constants, as notices.
+            return match self.pending.front().map(|p| p.owner) {
+                Some(Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError) => {
+                    Disposition::Swallow
+                }
+                _ => Disposition::Forward,
+            };
+        }
+        if matches!(tag, bt::NOTIFICATION_RESPONSE | bt::PARAMETER_STATUS) {
             return Disposition::Forward;
         }
         // Copied out, not cloned: the statement name stays in the queue.
@@ -347,6 +356,24 @@ mod tests {
         assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
         assert!(!f.awaiting_ready());
         assert!(f.is_idle());
+    }
+
+    #[test]
+    fn notices_about_the_proxys_requests_never_reach_the_client() {
+        let mut f = Flow::default();
+        // Async ones with nothing pending go through.
+        assert_eq!(f.on_backend(bt::NOTICE_RESPONSE), Disposition::Forward);
+        f.sent(ft::BIND, Owner::Proxy);
+        f.sent(ft::EXECUTE, Owner::ProxyForwardErrors);
+        f.sent(ft::QUERY, Owner::Client);
+        assert_eq!(f.on_backend(bt::NOTICE_RESPONSE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::BIND_COMPLETE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::NOTICE_RESPONSE), Disposition::Swallow);
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Swallow);
+        // The client's own statement's notices are its own.
+        assert_eq!(f.on_backend(bt::NOTICE_RESPONSE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::PARAMETER_STATUS), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
     }
 
     #[test]
