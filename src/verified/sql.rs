@@ -232,7 +232,8 @@ $f$;
             .enumerate()
             .map(|(i, name)| {
                 format!(
-                    "WHEN p_name OPERATOR(pg_catalog.=) '{name}' THEN '_{}' ",
+                    "WHEN p_name COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) '{name}' \
+                     THEN '_{}' ",
                     i + 1
                 )
             })
@@ -245,7 +246,9 @@ $f$;
 -- more than the rest of the call): instead every name in them is schema-qualified, operators
 -- included (OPERATOR(pg_catalog.=)), and they use no construct that looks an operator up by
 -- name (IS DISTINCT FROM, NULLIF, IN, simple CASE), so the caller's search_path reaches
--- nothing. CREATE OR REPLACE also drops the SET clause earlier versions had.
+-- nothing. setting()'s comparisons name their collation: the caller's would come with its
+-- argument (a case-insensitive one matched another setting's name). CREATE OR REPLACE also
+-- drops the SET clause earlier versions had.
 CREATE OR REPLACE FUNCTION {s}.tenant_id() RETURNS pg_catalog.text
 LANGUAGE plpgsql STABLE SECURITY DEFINER AS $f$
 DECLARE
@@ -271,7 +274,7 @@ BEGIN
     END IF;
     v := pg_catalog.current_setting({slot} OPERATOR(pg_catalog.||) v_suffix, true);
     IF v OPERATOR(pg_catalog.<>) ''
-        AND v OPERATOR(pg_catalog.=) pg_catalog.current_setting(p_name, true) THEN
+        AND v COLLATE pg_catalog."C" OPERATOR(pg_catalog.=) pg_catalog.current_setting(p_name, true) THEN
         RETURN v;
     END IF;
     IF COALESCE(v, '') OPERATOR(pg_catalog.=) '' THEN
@@ -345,7 +348,7 @@ $do$;
 fn judgement(seen: &str) -> String {
     format!(
         "    v := COALESCE(v, '');
-    IF v OPERATOR(pg_catalog.<>) COALESCE({seen}, '') THEN
+    IF v COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.<>) COALESCE({seen}, '') THEN
         RAISE EXCEPTION 'pgtenant: tenant context was not set by pgtenant in this transaction'
             USING ERRCODE = '42501';
     END IF;

@@ -56,6 +56,9 @@ fn unqualified(v: &Value, out: &mut Vec<String>) {
                     {
                         out.push(format!("type {}", c["type_name"]["names"]))
                     }
+                    "CollateClause" if names_len("collname") != Some(2) => {
+                        out.push(format!("collation {}", c["collname"]))
+                    }
                     "CaseExpr" if !c["arg"].is_null() => out.push("simple CASE".into()),
                     "SubLink" | "RangeVar" | "RowExpr" | "MinMaxExpr" => {
                         out.push(format!("construct {k}"))
@@ -159,7 +162,7 @@ DECLARE
     v_seen text := current_setting('app.current_tenant', true);
     v_suffix pg_catalog.text := CASE v_seen WHEN 'a' THEN '_1' END;
 BEGIN
-    IF v IS DISTINCT FROM v_seen OR v IN ('x') THEN
+    IF v IS DISTINCT FROM v_seen OR v IN ('x') OR v COLLATE "C" OPERATOR(pg_catalog.=) '' THEN
         RETURN NULLIF(v, '');
     END IF;
     RETURN v;
@@ -177,7 +180,40 @@ $f$"#;
         "kind 4",
         "kind 6",
         "kind 7",
+        "collation [",
     ] {
         assert!(all.contains(expected), "missed {expected:?} in:\n{all}");
     }
+}
+
+/// `setting(name)` matches names byte for byte whatever collation the caller's argument
+/// brings. A red-team pass called it with a case-insensitive ICU collation: the name then
+/// matched a configured setting's while the visible value it was compared with was read
+/// under the name as given.
+#[tokio::test]
+async fn setting_matches_names_byte_for_byte_whatever_the_callers_collation() {
+    let env = super::common::TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    env.superuser()
+        .await
+        .batch_execute(
+            "CREATE COLLATION public.rt_ci (provider = icu, locale = 'und-u-ks-level1', \
+             deterministic = false)",
+        )
+        .await
+        .unwrap();
+    let c = env.proxy.connect("globex").await;
+    let row = c
+        .query_one(
+            "SELECT pgtenant.setting('app.current_tenant'), \
+             pgtenant.setting('APP.CURRENT_TENANT' COLLATE public.rt_ci)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (exact, folded): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(exact.as_deref(), Some(super::common::GLOBEX));
+    assert_eq!(
+        folded, None,
+        "a name that differs in case is no configured setting"
+    );
 }
