@@ -350,7 +350,7 @@ impl Metrics {
             ),
             holds: counter(
                 "pgtenant_pool_affinity_holds_total",
-                "Backends a client kept after a transaction for its next one while other tenants' clients waited (verified mode, affinity_hold).",
+                "Released backends kept for their tenant's next checkout while other tenants' clients waited (verified mode, affinity_hold); one its tenant took counts as a hand-over.",
                 &["pool"],
             ),
             registry: r,

@@ -54,9 +54,9 @@ pub struct DatabaseConfig {
     /// served (no tenant switch); a waiting client is overtaken that way at most this many
     /// times (default: 5 × pool_size; 0: arrival order only).
     pub affinity_overtakes: Option<usize>,
-    /// Verified mode, while clients of other tenants wait: how long a client's backend stays
-    /// with it after a transaction, for its next one (no tenant switch), before it goes back
-    /// to the pool. Each time counts as overtaking every waiting client ("0s": never).
+    /// Verified mode, while clients of other tenants wait: how long a released backend is
+    /// kept for its tenant's next checkout (no tenant switch) before it goes to them. Each
+    /// time counts as overtaking every waiting client ("0s": never).
     #[serde(default = "default_affinity_hold", with = "humantime_serde")]
     pub affinity_hold: Duration,
     /// TLS to the backend, libpq semantics.

@@ -18,8 +18,8 @@ pub(super) struct Limits {
     /// Verified mode: how often a waiting client may be overtaken by one of the tenant a
     /// released backend served (0: arrival order only).
     pub(super) overtakes: usize,
-    /// Verified mode: how long a client keeps its backend after a transaction while other
-    /// tenants' clients wait (zero: never).
+    /// Verified mode: how long a released backend is kept for its tenant's next checkout
+    /// while other tenants' clients wait (zero: never).
     pub(super) hold: Duration,
 }
 

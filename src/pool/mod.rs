@@ -16,6 +16,7 @@ use crate::metrics::PoolMetrics;
 
 mod affinity;
 mod conn;
+mod hold;
 mod limits;
 use affinity::Place;
 pub use conn::PooledConn;
@@ -55,6 +56,10 @@ pub enum Cleanup {
 
 /// The pool for one `[databases.<name>]` entry.
 pub struct Pool {
+    /// This pool, for the timers of held backends.
+    me: std::sync::Weak<Pool>,
+    /// Backends kept for their tenant's next checkout (verified mode, `affinity_hold`).
+    held: hold::Held,
     pub name: String,
     pub mode: PoolMode,
     target: BackendTarget,
@@ -102,7 +107,9 @@ impl Pool {
         metrics: PoolMetrics,
     ) -> Arc<Pool> {
         metrics.size.set(cfg.pool_size as i64);
-        Arc::new(Pool {
+        Arc::new_cyclic(|me| Pool {
+            me: me.clone(),
+            held: Default::default(),
             name: name.to_string(),
             mode: cfg.pool_mode,
             target,
@@ -162,25 +169,6 @@ impl Pool {
     /// True once a reload replaced or removed this pool.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
-    }
-
-    /// Verified mode: how long the client that used a backend for `tenant` may keep it for
-    /// its next transaction instead of releasing it, or None to release it now. Only while
-    /// clients of other tenants wait (the backend would go to one of them, to be emptied for
-    /// its tenant), within the affinity bound (each hold counts as overtaking every waiting
-    /// client), and never during a shrink or after retirement.
-    pub fn hold_for(&self, tenant: u64) -> Option<Duration> {
-        let limits = self.limits.load();
-        if limits.hold.is_zero()
-            || limits.overtakes == 0
-            || self.shrinking.load(Ordering::Acquire) != 0
-            || self.is_retired()
-            || !self.waiters.overtake_all(tenant, limits.overtakes)
-        {
-            return None;
-        }
-        self.metrics.holds.inc();
-        Some(limits.hold)
     }
 
     /// The checkout timeout in force.
@@ -249,6 +237,9 @@ impl Pool {
     /// `tenant`: verified mode's serial of the caller's tenant, whose last backends it
     /// would rather get (see [`Pool::take_idle`]).
     pub fn try_checkout(self: &Arc<Self>, tenant: Option<u64>) -> Option<PooledConn> {
+        if let Some((conn, permit)) = tenant.and_then(|t| self.take_held(t)) {
+            return Some(self.lend(conn, permit, Duration::ZERO));
+        }
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         let conn = self.take_idle(tenant)?;
         Some(self.lend(conn, permit, Duration::ZERO))
@@ -271,6 +262,9 @@ impl Pool {
     /// backend served may get that backend ahead of its turn (see [`Pool::recycle`]).
     pub async fn checkout(self: &Arc<Self>, tenant: Option<u64>) -> Result<PooledConn, PoolError> {
         let started = Instant::now();
+        if let Some((conn, permit)) = tenant.and_then(|t| self.take_held(t)) {
+            return Ok(self.lend(conn, permit, Duration::ZERO));
+        }
         let timeout = self.checkout_timeout();
         self.metrics.waiting.inc();
         let got = tokio::time::timeout(timeout, self.wait_slot(tenant)).await;
@@ -399,6 +393,10 @@ impl Pool {
                     self.metrics.handoffs.inc();
                     return;
                 }
+                Err(back) => (conn, permit) = back,
+            }
+            match self.try_hold(tenant, conn, permit, &limits) {
+                Ok(()) => return,
                 Err(back) => (conn, permit) = back,
             }
         }

@@ -295,12 +295,7 @@ impl Session {
     /// [`Session::learn_session_state`]), and state that cannot follow it (a temp table,
     /// LISTEN, ...) keeps the backend with the client (see [`super::pin`]). A pinned
     /// client's backend goes back only once such a check finds nothing kept.
-    /// `hold`: set while the client keeps its backend for its next transaction (see
-    /// [`Session::hold_backend`]); the relay releases it when the time is up.
-    pub(super) async fn maybe_release(
-        &mut self,
-        hold: &mut Option<tokio::time::Instant>,
-    ) -> Result<(), End> {
+    pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
         if self.pool.mode == PoolMode::Session
             || !self.attachment.is_attached()
             || !self.flow.is_settled()
@@ -310,14 +305,9 @@ impl Session {
             return Ok(());
         }
         if !self.dirty {
-            if self.pin.is_none() && hold.is_none() {
-                match self.hold_backend() {
-                    Some(time) => *hold = Some(tokio::time::Instant::now() + time),
-                    None => {
-                        let cleanup = self.release_cleanup();
-                        self.release_now(cleanup);
-                    }
-                }
+            if self.pin.is_none() {
+                let cleanup = self.release_cleanup();
+                self.release_now(cleanup);
             }
             return Ok(());
         }
@@ -328,31 +318,6 @@ impl Session {
         }
         self.release_now(Cleanup::Full);
         Ok(())
-    }
-
-    /// Verified mode, while other tenants' clients wait for a backend: how long the client
-    /// keeps the one it has for its next transaction, which then needs no tenant switch
-    /// (DISCARD ALL, `enter()` planned again) if it comes in time. Bounded as tenant
-    /// affinity is ([`crate::pool::Pool::hold_for`]). What the transactions leave is cleaned
-    /// when the backend goes back (`leftover` accumulates until then), and nothing else
-    /// changes: the backend stays attached, as between a pinned client's transactions.
-    fn hold_backend(&mut self) -> Option<std::time::Duration> {
-        let tenant = self.attachment.conn_mut()?.conn().tenant?;
-        self.pool.hold_for(tenant)
-    }
-
-    /// The held backend goes back: the client's next transaction did not come in time.
-    pub(super) fn end_hold(&mut self) {
-        if self.attachment.is_attached()
-            && self.pin.is_none()
-            && !self.dirty
-            && self.flow.is_settled()
-            && self.status == TxStatus::Idle
-            && !self.input.in_copy()
-        {
-            let cleanup = self.release_cleanup();
-            self.release_now(cleanup);
-        }
     }
 
     /// Nothing goes to a backend while a cancel to it is being forwarded: PostgreSQL

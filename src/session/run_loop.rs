@@ -145,20 +145,14 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
     // Kept across iterations: waiting on it then costs one atomic load per wake-up.
     let signal = entry.signal.wait(mask(*stopping));
     tokio::pin!(signal);
-    // Until when the client keeps its backend for its next transaction (affinity_hold).
-    let mut hold: Option<tokio::time::Instant> = None;
     loop {
         if let Err(end) = s.process_client().await {
             return Some(end);
         }
-        // The next transaction began on the held backend: the hold is over.
-        if hold.is_some() && !(s.flow.is_settled() && s.status == TxStatus::Idle) {
-            hold = None;
-        }
         if let Err(end) = s.flush().await {
             return Some(end);
         }
-        if let Err(end) = s.maybe_release(&mut hold).await {
+        if let Err(end) = s.maybe_release().await {
             return Some(end);
         }
         // What the release's own exchange with the backend brought (a notification that
@@ -175,7 +169,6 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         // A pinned client between transactions is idle too: it ends with the others (one
         // in a deferred transaction is not between transactions).
         let between = s.attachment.is_detached()
-            || hold.is_some()
             || (s.pin.is_some() && s.flow.is_settled() && s.status == TxStatus::Idle);
         if *stopping && between {
             return Some(End::Shutdown);
@@ -189,11 +182,10 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         let state = s.current_state();
         s.me.set_state(state);
         let silence = s.silence_limit(state);
-        let timer = async move {
-            match (hold, silence) {
-                (Some(until), _) => tokio::time::sleep_until(until).await,
-                (None, Some((limit, _))) => tokio::time::sleep(limit).await,
-                (None, None) => std::future::pending().await,
+        let timer = async {
+            match silence {
+                Some((limit, _)) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
         let read_client = !s.has_blocked_frame();
@@ -228,10 +220,6 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
                 Err(e) => return Some(End::ClientIo(e)),
             },
             _ = timer => {
-                if hold.take().is_some() {
-                    s.end_hold();
-                    continue;
-                }
                 return Some(End::Timeout(silence.map(|(_, k)| k).unwrap_or(CLIENT_IDLE)));
             }
         }
