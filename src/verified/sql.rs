@@ -339,9 +339,6 @@ $do$;
     }
 }
 
-/// How both readers end, with the verified copy in `v` and the visible setting in `v_seen`:
-/// NULL when neither holds a value, an error when they differ, else the value.
-
 /// The readers' slow path, after the previous slot's copy was looked up for an empty `v`:
 /// raise 42501 when `v` and the visible setting (`seen`) differ (NULL and '' alike), return
 /// NULL when both are empty, else `v`. Qualified operators only (see `readers_sql`).
