@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::Pool;
 use super::limits::Limits;
+use super::{Grant, Pool};
 use crate::backend::BackendConn;
 
 /// The backends held now.
@@ -33,8 +33,6 @@ struct Entry {
     conn: Box<BackendConn>,
     permit: OwnedSemaphorePermit,
 }
-
-type Grant = (Box<BackendConn>, OwnedSemaphorePermit);
 
 impl Pool {
     /// Holds `conn` (which served `tenant`) with its slot when clients wait, none of them is
@@ -101,13 +99,8 @@ impl Pool {
             };
             list.swap_remove(at)
         };
-        let limits = self.limits.load();
-        if entry.conn.created.elapsed() >= limits.max_lifetime || self.is_retired() {
-            self.metrics.closed.inc();
-        } else if let Ok(mut idle) = self.idle.lock() {
-            idle.push(entry.conn);
-            self.metrics.idle.inc();
+        if self.may_serve_again(&entry.conn, &self.limits.load()) {
+            self.shelve(entry.conn, entry.permit);
         }
-        drop(entry.permit);
     }
 }

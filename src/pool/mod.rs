@@ -379,8 +379,7 @@ impl Pool {
             return;
         }
         let limits = self.limits.load();
-        if conn.created.elapsed() >= limits.max_lifetime || self.is_retired() {
-            self.metrics.closed.inc();
+        if !self.may_serve_again(&conn, &limits) {
             return;
         }
         let mut permit = permit;
@@ -400,6 +399,21 @@ impl Pool {
                 Err(back) => (conn, permit) = back,
             }
         }
+        self.shelve(conn, permit);
+    }
+
+    /// False, counting it closed, for a connection past its lifetime or of a retired pool.
+    fn may_serve_again(&self, conn: &BackendConn, limits: &Limits) -> bool {
+        let ok = conn.created.elapsed() < limits.max_lifetime && !self.is_retired();
+        if !ok {
+            self.metrics.closed.inc();
+        }
+        ok
+    }
+
+    /// Puts a connection on the idle list and frees its slot for the next client in
+    /// arrival order.
+    fn shelve(&self, conn: Box<BackendConn>, permit: OwnedSemaphorePermit) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
             self.metrics.idle.inc();

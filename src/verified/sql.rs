@@ -158,8 +158,8 @@ $f$;
                 )
             })
             .collect();
-        let slot = slot_expr(s);
-        let previous = previous_slot_expr(s);
+        let slot = slot_expr(s, "slot");
+        let previous = slot_expr(s, "slot_previous");
         let clear_previous = clear_copies(n, "v_prev");
         let proof = hmac_expr(&format!(
             "pg_catalog.format('P %s {quoted}', pg_catalog.pg_backend_pid(), {})",
@@ -223,8 +223,8 @@ $f$;
     /// The readers `tenant_id()` and `setting(name)`.
     fn readers_sql(&self) -> String {
         let s = &self.schema;
-        let slot = qualified_slot_expr(s, "slot");
-        let previous = qualified_slot_expr(s, "slot_previous");
+        let slot = slot_expr(s, "slot");
+        let previous = slot_expr(s, "slot_previous");
         let first = &self.settings[0];
         let cases: String = self
             .settings
@@ -358,24 +358,13 @@ $f$;"
     )
 }
 
-/// The slot's setting-name prefix for schema `s` as the readers name it (no search_path
-/// pinned there): `'<s>.s' OPERATOR(pg_catalog.||) <slot number>`, NULL when unset.
-fn qualified_slot_expr(s: &str, sequence: &str) -> String {
+/// The setting-name prefix of the slot in sequence `<s>.<sequence>` (`slot`, or
+/// `slot_previous` after a rotation): `'<s>.s' || <slot number>`, NULL when unset. The
+/// operator is qualified: the readers pin no search_path.
+fn slot_expr(s: &str, sequence: &str) -> String {
     format!(
         "'{s}.s' OPERATOR(pg_catalog.||) \
          pg_catalog.pg_sequence_last_value('{s}.{sequence}'::pg_catalog.regclass)"
-    )
-}
-
-/// The slot's setting-name prefix for schema `s`: `<s>.s<slot number>` (NULL when unset).
-fn slot_expr(s: &str) -> String {
-    format!("'{s}.s' || pg_catalog.pg_sequence_last_value('{s}.slot'::pg_catalog.regclass)")
-}
-
-/// The previous slot's setting-name prefix (NULL when there is none).
-fn previous_slot_expr(s: &str) -> String {
-    format!(
-        "'{s}.s' || pg_catalog.pg_sequence_last_value('{s}.slot_previous'::pg_catalog.regclass)"
     )
 }
 

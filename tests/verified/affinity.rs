@@ -57,28 +57,29 @@ async fn queue(
     c: tokio_postgres::Client,
     waiting: f64,
 ) -> tokio::task::JoinHandle<(i64, String)> {
-    let handle = tokio::spawn(async move {
-        // The simple protocol: one statement, one checkout.
-        let rows = c
-            .simple_query(
-                "SELECT nextval('public.ran_order'), tenant_id::text FROM invoices LIMIT 1",
-            )
-            .await
-            .expect("waiting client's query");
-        let row = rows
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .expect("a row");
-        (
-            row.get(0).unwrap().parse().unwrap(),
-            row.get(1).unwrap().to_string(),
-        )
-    });
+    let handle = tokio::spawn(async move { take_turn(&c).await });
     until_waiting(env, waiting).await;
     handle
+}
+
+/// Runs one numbered statement on `c` (the simple protocol: one statement, one checkout):
+/// its place in the order the clients ran, and the tenant whose rows it saw.
+async fn take_turn(c: &tokio_postgres::Client) -> (i64, String) {
+    let rows = c
+        .simple_query("SELECT nextval('public.ran_order'), tenant_id::text FROM invoices LIMIT 1")
+        .await
+        .expect("numbered statement");
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    (
+        row.get(0).unwrap().parse().unwrap(),
+        row.get(1).unwrap().to_string(),
+    )
 }
 
 /// acme holds the backend in a transaction; the clients of `order` (tenant, label) then
@@ -213,21 +214,6 @@ async fn a_tenant_without_an_idle_backend_of_its_own_takes_the_least_recently_us
     );
 }
 
-/// Runs `sql` on `c` (simple protocol: one checkout) and returns its first row's columns.
-async fn first_row(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
-    let rows = c.simple_query(sql).await.expect("statement");
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .expect("a row")
-}
-
 /// acme holds the one backend while globex waits for it; acme's transaction ends and its
 /// next `next` statements follow at once. Returns the order numbers acme's statements got,
 /// globex's, and the tenant switches meanwhile.
@@ -242,13 +228,9 @@ async fn hold_while_waiting(env: &TestEnv, next: usize) -> (Vec<i64>, i64, f64) 
     acme.batch_execute("COMMIT").await.unwrap();
     let mut ran = Vec::new();
     for _ in 0..next {
-        let row = first_row(
-            &acme,
-            "SELECT nextval('public.ran_order'), tenant_id::text FROM invoices LIMIT 1",
-        )
-        .await;
-        assert_eq!(row[1], ACME, "acme saw another tenant's rows");
-        ran.push(row[0].parse().unwrap());
+        let (at, seen) = take_turn(&acme).await;
+        assert_eq!(seen, ACME, "acme saw another tenant's rows");
+        ran.push(at);
     }
     let (globex_at, seen) = waiting.await.unwrap();
     assert_eq!(seen, GLOBEX, "globex saw another tenant's rows");
