@@ -31,6 +31,16 @@ pub enum Owner {
     Synthetic(u8),
 }
 
+impl Owner {
+    /// The proxy's own request: its success replies and notices never reach the client.
+    fn is_proxys(self) -> bool {
+        matches!(
+            self,
+            Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError
+        )
+    }
+}
+
 /// One request whose final reply has not arrived yet.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -214,10 +224,8 @@ impl Flow {
             // (`enter()`, the context, a cleanup): never the client's. With the client's
             // `debug_print_plan` and `client_min_messages = log`, PostgreSQL prints the plans
             // of `enter()`'s statements, secrets folded into their constants, as notices.
-            return match self.pending.front().map(|p| p.owner) {
-                Some(Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError) => {
-                    Disposition::Swallow
-                }
+            return match self.pending.front() {
+                Some(p) if p.owner.is_proxys() => Disposition::Swallow,
                 _ => Disposition::Forward,
             };
         }
@@ -237,11 +245,10 @@ impl Flow {
                 return Disposition::HeadDone;
             }
         }
-        match owner {
-            Owner::Client | Owner::ClientHead | Owner::Synthetic(_) => Disposition::Forward,
-            Owner::Proxy | Owner::ProxyForwardErrors | Owner::ProxyExpectsError => {
-                Disposition::Swallow
-            }
+        if owner.is_proxys() {
+            Disposition::Swallow
+        } else {
+            Disposition::Forward
         }
     }
 
