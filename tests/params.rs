@@ -223,3 +223,69 @@ fn first_row(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A role or database default that changes how PostgreSQL reads SQL text (any role may set
+/// one on itself: `ALTER ROLE CURRENT_USER SET ...`) neither stops pgtenant's new backend
+/// connections nor applies on them: pgtenant's startup packet outranks it.
+#[tokio::test]
+async fn role_defaults_that_change_how_sql_is_read_do_not_reach_pgtenants_backends() {
+    let cluster = start_cluster().await;
+    cluster
+        .psql(
+            "app",
+            "ALTER ROLE app_user SET standard_conforming_strings = off;
+             ALTER ROLE app_user IN DATABASE app SET client_encoding = 'SJIS';",
+        )
+        .await
+        .unwrap();
+    // The defaults are in force straight against PostgreSQL as the app role, for a client
+    // that names no encoding.
+    let direct = cluster.port();
+    let mut d = RawConn::connect_with(
+        std::net::SocketAddr::from(([127, 0, 0, 1], direct)),
+        &[("user", "app_user"), ("database", "app")],
+        "app_password",
+    )
+    .await
+    .unwrap();
+    let rows = data_rows(
+        &d.simple("SELECT current_setting('standard_conforming_strings'), current_setting('client_encoding')")
+            .await,
+    );
+    assert_eq!(
+        rows[0],
+        vec![Some("off".to_string()), Some("SJIS".to_string())],
+        "the defaults did not apply straight against PostgreSQL"
+    );
+
+    let proxy = Proxy::start(test_config(&cluster)).await;
+    let mut f = Failures::default();
+    for round in 0..3 {
+        let mut c = RawConn::connect_with(
+            proxy.addr,
+            &[("user", "acme"), ("database", "app")],
+            "acme-secret",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: connect through pgtenant: {e:?}"));
+        let msgs = c
+            .simple(
+                "SELECT current_setting('standard_conforming_strings'), \
+                 current_setting('client_encoding'), length('a\\'), \
+                 (SELECT count(DISTINCT tenant_id) FROM invoices)",
+            )
+            .await;
+        f.check(errors(&msgs).is_empty(), || {
+            format!("round {round}: {:?}", errors(&msgs))
+        });
+        let rows = data_rows(&msgs);
+        let want = ["on", "UTF8", "2", "1"]
+            .map(|v| Some(v.to_string()))
+            .to_vec();
+        f.check(rows.first() == Some(&want), || {
+            format!("round {round}: through pgtenant {rows:?}, want {want:?}")
+        });
+    }
+    f.finish();
+    proxy.shutdown().await;
+}

@@ -91,12 +91,38 @@ impl BackendTarget {
 
     /// Connects, authenticates and prepares the proxy's statements.
     pub async fn connect(&self, id: u64) -> Result<BackendConn, BackendError> {
-        tokio::time::timeout(self.connect_timeout, self.connect_inner(id))
+        tokio::time::timeout(self.connect_timeout, self.connect_with_encoding(id))
             .await
             .map_err(|_| BackendError::ConnectTimeout(self.addr()))?
     }
 
-    async fn connect_inner(&self, id: u64) -> Result<BackendConn, BackendError> {
+    /// A role or database default of `client_encoding` (anyone on the app role can set one
+    /// with `ALTER ROLE ... SET` when the guard is off) that pgtenant could not read SQL in
+    /// would otherwise fail every new backend connection: connect once more, asking for the
+    /// database's own encoding at startup, which a default cannot override. Without such a
+    /// default the first attempt is the only one, and the client sees what PostgreSQL
+    /// itself would choose.
+    async fn connect_with_encoding(&self, id: u64) -> Result<BackendConn, BackendError> {
+        match self.connect_inner(id, None).await {
+            Err(BackendError::UnreadableDefault { server_encoding }) => {
+                tracing::warn!(
+                    backend = %self.addr(),
+                    user = %self.user,
+                    database = %self.dbname,
+                    "a role or database default sets client_encoding to an encoding pgtenant cannot read SQL in; \
+                     connecting with client_encoding = {server_encoding} (run `pgtenant doctor` for the fix)"
+                );
+                self.connect_inner(id, Some(&server_encoding)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_inner(
+        &self,
+        id: u64,
+        client_encoding: Option<&str>,
+    ) -> Result<BackendConn, BackendError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|source| BackendError::Connect {
@@ -136,10 +162,15 @@ impl BackendTarget {
             id,
         };
         let mut out = BytesMut::new();
-        let params = [
+        // Settings given at startup outrank role and database defaults (and RESET returns
+        // to them), so no default can make PostgreSQL read SQL text differently from the
+        // guard on this connection. `on` is PostgreSQL's own default since 9.1.
+        let mut params = vec![
             ("user", self.user.as_str()),
             ("database", self.dbname.as_str()),
+            ("standard_conforming_strings", "on"),
         ];
+        params.extend(client_encoding.map(|e| ("client_encoding", e)));
         frontend::startup_message(params.iter().copied(), &mut out)?;
         conn.stream.send(&out).await?;
         self.authenticate(&mut conn, end_point).await?;
@@ -286,16 +317,24 @@ impl BackendTarget {
     }
 
     async fn finish_startup(&self, conn: &mut BackendConn) -> Result<(), BackendError> {
+        let mut unreadable_encoding = false;
         loop {
             let f = conn.read_frame().await?;
             let body = f.body();
             match f.tag {
                 bt::PARAMETER_STATUS => {
                     // A role or database default under which PostgreSQL reads SQL text
-                    // differently from pgtenant's guard: never hand such a backend out.
+                    // differently from pgtenant's guard: never hand such a backend out. An
+                    // encoding is retried (see `connect_with_encoding`) once the server's
+                    // own is known; anything else the startup parameters should have ruled
+                    // out.
                     if let Some((k, v)) = conn.note_parameter(body)
                         && let Some(why) = crate::policy::unreadable_report(&k, &v)
                     {
+                        if k.eq_ignore_ascii_case("client_encoding") {
+                            unreadable_encoding = true;
+                            continue;
+                        }
                         return Err(BackendError::Protocol(format!(
                             "the backend reports {why}, under which pgtenant's guard cannot read SQL"
                         )));
@@ -311,6 +350,19 @@ impl BackendTarget {
                 }
                 bt::ERROR_RESPONSE => {
                     return Err(BackendError::Server(messages::parse_error_fields(body)));
+                }
+                bt::READY_FOR_QUERY if unreadable_encoding => {
+                    let server = conn.params.get("server_encoding").cloned();
+                    return Err(match server {
+                        // A server encoding is always one the guard reads (the client-only
+                        // encodings cannot be a database's), but check rather than loop.
+                        Some(e) if crate::policy::unreadable_report("client_encoding", &e).is_none() => {
+                            BackendError::UnreadableDefault { server_encoding: e }
+                        }
+                        _ => BackendError::Protocol(
+                            "the backend reports an unreadable client_encoding and no usable server_encoding".into(),
+                        ),
+                    });
                 }
                 bt::READY_FOR_QUERY => {
                     return match body.first().copied().and_then(TxStatus::from_byte) {

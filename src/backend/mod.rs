@@ -54,6 +54,10 @@ pub enum BackendError {
     Auth(String),
     #[error("backend error {}: {}", .0.code, .0.message)]
     Server(ErrorFields),
+    /// A role or database default made the connection's client_encoding one the guard
+    /// cannot read SQL in; the connector retries with the server's encoding.
+    #[error("a role or database default sets an unreadable client_encoding")]
+    UnreadableDefault { server_encoding: String },
 }
 
 /// A client parameter set a connection already matches, opaque here: the session defines

@@ -4,7 +4,8 @@
 //! `$ROLE`, so it runs the same through the app role or a DBA connection. Placeholders,
 //! replaced by quoted literals before the query runs: `$ROLE` (the app role), `$COLUMN` (the
 //! tenant column), `$SETTINGS` (the context settings, a text[]), `$SCHEMA` (the schema of
-//! the verified readers). Column 0 of every row is the object the finding is about; the
+//! the verified readers), `$UNREADABLE_ENCODINGS` (the client encodings the guard cannot
+//! read SQL in, a text[]). Column 0 of every row is the object the finding is about; the
 //! fix SQL quotes identifiers with `format('%I')`, so it can be run as printed.
 
 use super::{Params, Severity, quote_ident, quote_literal};
@@ -339,28 +340,31 @@ BYPASSRLS: one SET ROLE ends row level security for it', g.rolname),
     Check {
         id: "context-default",
         severity: Severity::Critical,
-        query: "SELECT CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'every role in every database'
-                  WHEN d.setrole = 0 THEN format('database %I', db.datname)
-                  WHEN d.setdatabase = 0 THEN format('role %I', r.rolname)
-                  ELSE format('role %I in database %I', r.rolname, db.datname) END,
-                cfg.name,
-                CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN format('ALTER ROLE ALL RESET %s;', cfg.name)
-                  WHEN d.setrole = 0 THEN format('ALTER DATABASE %I RESET %s;', db.datname, cfg.name)
-                  WHEN d.setdatabase = 0 THEN format('ALTER ROLE %I RESET %s;', r.rolname, cfg.name)
-                  ELSE format('ALTER ROLE %I IN DATABASE %I RESET %s;', r.rolname, db.datname, cfg.name) END
-              FROM pg_catalog.pg_db_role_setting d
-              LEFT JOIN pg_catalog.pg_roles r ON r.oid = d.setrole
-              LEFT JOIN pg_catalog.pg_database db ON db.oid = d.setdatabase
-              CROSS JOIN LATERAL (SELECT lower(split_part(item, '=', 1)) AS name
-                                  FROM unnest(d.setconfig) AS item) cfg
-              WHERE cfg.name = ANY ($SETTINGS)
-                AND (d.setdatabase = 0 OR db.datname = current_database())
-                AND (d.setrole = 0 OR r.rolname = $ROLE)
-              ORDER BY 1, 2",
+        query: role_defaults!("cfg.name = ANY ($SETTINGS)"),
         message: |r| {
             format!(
                 "{} has a default for context setting {}: a transaction that reaches PostgreSQL \
                  without pgtenant's injection gets that value instead of failing closed",
+                r[0], r[1]
+            )
+        },
+        fix: |r, _| r[2].clone(),
+    },
+    Check {
+        id: "reading-default",
+        severity: Severity::Warning,
+        query: role_defaults!(
+            "((cfg.name = 'client_encoding' AND cfg.clean = ANY ($UNREADABLE_ENCODINGS))
+                 OR (cfg.name = 'standard_conforming_strings'
+                     AND NOT (cfg.clean IN ('on', '1', 'default')
+                              OR (cfg.clean <> '' AND ('true' LIKE cfg.clean || '%'
+                                                       OR 'yes' LIKE cfg.clean || '%')))))"
+        ),
+        message: |r| {
+            format!(
+                "{} has a default for {} under which PostgreSQL reads SQL text differently from \
+                 pgtenant's guard: pgtenant overrides it on its own connections, but anyone on \
+                 the app role can set such a default, and every other connection of the role gets it",
                 r[0], r[1]
             )
         },
@@ -467,6 +471,17 @@ pub fn bind(query: &str, params: &Params) -> String {
         .replace("$COLUMN", &quote_literal(&params.tenant_column))
         .replace("$SETTINGS", &format!("ARRAY[{settings}]::text[]"))
         .replace("$SCHEMA", &quote_literal(&params.schema))
+        .replace("$UNREADABLE_ENCODINGS", &unreadable_encodings())
+}
+
+/// The client-only encodings the guard cannot read SQL in, as a text[] of the names as
+/// PostgreSQL cleans them (lowercase letters and digits).
+fn unreadable_encodings() -> String {
+    let names: Vec<String> = crate::policy::sql::CLIENT_ONLY_ENCODINGS
+        .iter()
+        .map(|e| quote_literal(e))
+        .collect();
+    format!("ARRAY[{}]::text[]", names.join(", "))
 }
 
 /// The reader that replaces `current_setting('<name>')` for the setting at `index`.

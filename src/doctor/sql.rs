@@ -73,3 +73,36 @@ macro_rules! verified_expr {
         "format('%I = (SELECT %I.tenant_id())::%s', t.col, $SCHEMA, t.typ)"
     };
 }
+
+/// Role- and database-level defaults (`pg_db_role_setting`) that reach the app role in the
+/// current database, one row per setting whose lowercase name and cleaned value (`cfg.name`,
+/// `cfg.clean`: letters and digits, lowercase) pass `$filter`: the object, the setting and
+/// the RESET that removes it.
+macro_rules! role_defaults {
+    ($filter:literal) => {
+        concat!(
+            "SELECT CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'every role in every database'
+                  WHEN d.setrole = 0 THEN format('database %I', db.datname)
+                  WHEN d.setdatabase = 0 THEN format('role %I', r.rolname)
+                  ELSE format('role %I in database %I', r.rolname, db.datname) END,
+                cfg.name,
+                CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN format('ALTER ROLE ALL RESET %s;', cfg.name)
+                  WHEN d.setrole = 0 THEN format('ALTER DATABASE %I RESET %s;', db.datname, cfg.name)
+                  WHEN d.setdatabase = 0 THEN format('ALTER ROLE %I RESET %s;', r.rolname, cfg.name)
+                  ELSE format('ALTER ROLE %I IN DATABASE %I RESET %s;', r.rolname, db.datname, cfg.name) END
+              FROM pg_catalog.pg_db_role_setting d
+              LEFT JOIN pg_catalog.pg_roles r ON r.oid = d.setrole
+              LEFT JOIN pg_catalog.pg_database db ON db.oid = d.setdatabase
+              CROSS JOIN LATERAL (SELECT lower(split_part(item, '=', 1)) AS name,
+                                         lower(regexp_replace(substr(item, strpos(item, '=') + 1),
+                                                              '[^a-zA-Z0-9]', '', 'g')) AS clean
+                                  FROM unnest(d.setconfig) AS item) cfg
+              WHERE ",
+            $filter,
+            "
+                AND (d.setdatabase = 0 OR db.datname = current_database())
+                AND (d.setrole = 0 OR r.rolname = $ROLE)
+              ORDER BY 1, 2"
+        )
+    };
+}

@@ -26,7 +26,7 @@ pub use classify::{
 };
 pub use leftover::Leftover;
 pub use lexer::{Lexer, Token, TokenKind};
-pub use readable::unreadable;
+pub use readable::{CLIENT_ONLY_ENCODINGS, unreadable};
 
 /// Why a statement was refused by the context guard.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -217,6 +217,22 @@ pub const CASES: &[Case] = &[
         fix: "ALTER ROLE app_user IN DATABASE DB RESET app.current_tenant;",
         cleanup: "",
     },
+    // 6b. Role- and database-level defaults that change how PostgreSQL reads SQL text
+    // (the doctor's own connection as the app role must survive them too).
+    Case {
+        breakage: "ALTER ROLE app_user SET standard_conforming_strings = off",
+        check: "reading-default",
+        object: "role app_user",
+        fix: "ALTER ROLE app_user RESET standard_conforming_strings;",
+        cleanup: "",
+    },
+    Case {
+        breakage: "ALTER DATABASE \"DB\" SET client_encoding = 'SJIS'",
+        check: "reading-default",
+        object: "database DB",
+        fix: "ALTER DATABASE DB RESET client_encoding;",
+        cleanup: "",
+    },
     // 7. Functions that cross tenants on a shared role, and pg_stat_activity's query text.
     Case {
         breakage: "GRANT EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer) TO PUBLIC",

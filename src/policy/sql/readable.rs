@@ -9,7 +9,7 @@
 
 /// Encodings whose characters can contain the byte `\` (names as PostgreSQL's
 /// `clean_encoding_name` leaves them: lowercase, letters and digits only).
-const CLIENT_ONLY_ENCODINGS: [&str; 17] = [
+pub const CLIENT_ONLY_ENCODINGS: [&str; 17] = [
     "sjis",
     "shiftjis",
     "mskanji",
