@@ -126,3 +126,93 @@ async fn no_notice_shows_the_slot_or_the_key_however_chatty_the_session() {
         assert!(foreign_rows(&msgs).is_empty(), "globex read acme's rows");
     }
 }
+
+/// When `enter()` itself fails (here: it waits on a lock a DBA holds on the key table, under
+/// a chatty session's `lock_timeout`, and `log_parameter_max_length_on_error = -1` would
+/// print its bound proof in the error's context), the client gets pgtenant's own error:
+/// PostgreSQL's fields (context with the bound parameters, internal query) never reach it.
+#[tokio::test]
+async fn a_failed_enter_shows_the_client_no_secret_however_chatty_the_session() {
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    let su = env.superuser().await;
+    let slot: i64 = su
+        .query_one(
+            "SELECT pg_sequence_last_value('pgtenant.slot'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut c = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    let chatty = c
+        .simple(&format!("{CHATTY}; SET lock_timeout = '200ms'"))
+        .await;
+    assert!(
+        raw::errors(&chatty).is_empty(),
+        "{:?}",
+        raw::errors(&chatty)
+    );
+    // The premise, straight against PostgreSQL: with these settings an error inside
+    // enter() carries its bound parameters (the proof among them) to the client.
+    let mut direct = RawConn::connect_with(
+        std::net::SocketAddr::from(([127, 0, 0, 1], env.cluster.port())),
+        &[("user", "app_user"), ("database", "app")],
+        "app_password",
+    )
+    .await
+    .unwrap();
+    direct.simple(CHATTY).await;
+    let mut out = bytes::BytesMut::new();
+    raw::extended(
+        &mut out,
+        "SELECT pgtenant.enter($1::int, $2, true, $3, $4)",
+        &["1", "proof-that-must-not-show", "x", "y"],
+    );
+    raw::sync(&mut out);
+    direct.send(&out).await;
+    let shown: String = direct
+        .until_ready()
+        .await
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        shown.contains("proof-that-must-not-show"),
+        "PostgreSQL no longer shows bound parameters in errors: the test proves nothing ({shown})"
+    );
+
+    // A DBA holds the key table; the next transaction on a new backend runs enter(), which
+    // reads it. Every backend this client may get is new: no tenant has run yet.
+    let mut dba = env.superuser().await;
+    let lock = dba.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE pgtenant.keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let msgs = c.simple("SELECT 'row:' || tenant_id FROM invoices").await;
+    lock.rollback().await.unwrap();
+    let errs = raw::errors(&msgs);
+    assert!(
+        errs.iter()
+            .any(|e| e.code == "55P03" && e.message.contains("could not set the tenant context")),
+        "enter() did not fail under the lock: the test proves nothing ({errs:?})"
+    );
+    let everything: String = msgs
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let hex_run = everything
+        .as_bytes()
+        .split(|b| !b.is_ascii_hexdigit())
+        .any(|w| w.len() >= 64);
+    assert!(
+        !everything.contains(&slot.to_string()) && !hex_run && !everything.contains("$2"),
+        "the failed enter() showed the client a secret: {everything}"
+    );
+    // And the client goes on: the next transaction enters the context on a backend.
+    let msgs = c.simple("SELECT 'row:' || tenant_id FROM invoices").await;
+    assert!(raw::errors(&msgs).is_empty(), "{:?}", raw::errors(&msgs));
+    assert!(foreign_rows(&msgs).is_empty());
+}
