@@ -70,15 +70,37 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
 
 /// Reads a NUL-terminated string at the start of `b`, returning it and the rest.
 pub fn read_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    // The standard library's NUL search goes a word at a time (SQL texts are long) and,
-    // unlike a vectorised search, costs little on the short names most calls read.
-    let s = std::ffi::CStr::from_bytes_until_nul(b).ok()?.to_bytes();
-    Some((s, &b[s.len() + 1..]))
+    // Most calls read short names, where the standard library's word-at-a-time search
+    // costs least; SQL texts are long, where a vectorised search does.
+    let end = if b.len() <= 64 {
+        std::ffi::CStr::from_bytes_until_nul(b)
+            .ok()?
+            .to_bytes()
+            .len()
+    } else {
+        memchr::memchr(0, b)?
+    };
+    Some((&b[..end], &b[end + 1..]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_cstr_up_to_the_first_nul_short_or_long() {
+        for len in [0, 1, 63, 64, 65, 200, 5000] {
+            let text = vec![b'x'; len];
+            let mut b = text.clone();
+            b.extend_from_slice(b"\0rest\0");
+            assert_eq!(
+                read_cstr(&b),
+                Some((&text[..], &b"rest\0"[..])),
+                "len {len}"
+            );
+            assert_eq!(read_cstr(&text), None, "len {len} without a NUL");
+        }
+    }
 
     #[test]
     fn splits_complete_frames_and_waits_for_partial_ones() {

@@ -14,7 +14,7 @@ use super::statements::{
 use super::{End, Session};
 use crate::backend::statements::StatementDef;
 use crate::config::PoolMode;
-use crate::protocol::codec::{Frame, read_cstr};
+use crate::protocol::codec::Frame;
 use crate::protocol::messages::write_msg;
 use crate::protocol::{backend_tag as bt, frontend_tag as ft};
 
@@ -157,22 +157,20 @@ impl Session {
     /// and the Bind, Describe and Execute of it that follow get their replies in order
     /// through the flow, and the Sync goes on as usual. Returns false when the message
     /// must go on as it is.
-    pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> bool {
+    /// `text`: the message's SQL text (a Query's or a Parse's), as the relay read it.
+    pub(super) fn deallocate_locally(&mut self, frame: &Frame, text: Option<&[u8]>) -> bool {
         // A Parse of the unnamed statement or a simple Query replaces the unnamed statement.
         let was_local = self.local_dealloc;
         if matches!(frame.tag, ft::PARSE | ft::QUERY) {
             self.local_dealloc = false;
         }
         match frame.tag {
-            ft::QUERY => self.deallocate_query(frame),
+            ft::QUERY => self.deallocate_query(text),
             // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
             ft::PARSE
                 if parse_is_unnamed(frame) && self.status != crate::protocol::TxStatus::Failed =>
             {
-                let Some(name) = read_cstr(frame.body())
-                    .and_then(|(_, rest)| read_cstr(rest))
-                    .and_then(|(q, _)| deallocated_name(q))
-                else {
+                let Some(name) = text.and_then(deallocated_name) else {
                     return false;
                 };
                 if self.statements.get(&name).is_none() {
@@ -200,15 +198,12 @@ impl Session {
     }
 
     /// The simple-Query form of [`Self::deallocate_locally`].
-    fn deallocate_query(&mut self, frame: &Frame) -> bool {
+    fn deallocate_query(&mut self, text: Option<&[u8]>) -> bool {
         // In a failed transaction PostgreSQL refuses it (25P02): the backend says so.
         if !self.flow.is_settled() || self.status == crate::protocol::TxStatus::Failed {
             return false;
         }
-        let Some(name) = read_cstr(frame.body())
-            .map(|(q, _)| q)
-            .and_then(deallocated_name)
-        else {
+        let Some(name) = text.and_then(deallocated_name) else {
             return false;
         };
         if self.statements.get(&name).is_none() {

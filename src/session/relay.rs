@@ -47,10 +47,14 @@ impl Session {
     /// deferred BEGIN, the refusals, a backend, the context, then the message itself.
     async fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
         tracing::trace!(parent: &self.span(), tag = %(frame.tag as char), flow = ?self.flow, status = ?self.status, input = ?self.input, attached = self.attachment.is_attached(), "client frame");
-        if self.consumed_without_sql(&frame)? || self.deallocate_locally(&frame) {
+        if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
-        let analysis = sql_text(&frame).map(|text| self.server.sql_guard.analyze(text));
+        let text = sql_text(&frame);
+        if self.deallocate_locally(&frame, text) {
+            return Ok(());
+        }
+        let analysis = text.map(|text| self.server.sql_guard.analyze(text));
         let frame = match analysis.as_ref().filter(|a| a.names_channel) {
             Some(_) => match self.scope_channels(&frame) {
                 Ok(scoped) => scoped.unwrap_or(frame),
@@ -441,7 +445,7 @@ impl Session {
     }
 }
 
-/// The SQL text of a Query or Parse message.
+/// The SQL text of a Query or Parse message (read once per message: the text can be long).
 fn sql_text(frame: &Frame) -> Option<&[u8]> {
     let body = frame.body();
     match frame.tag {
