@@ -289,3 +289,78 @@ async fn role_defaults_that_change_how_sql_is_read_do_not_reach_pgtenants_backen
     f.finish();
     proxy.shutdown().await;
 }
+
+/// A role default any tenant can put on the shared role (with the guard off PostgreSQL is
+/// what must stop it, and `ALTER ROLE CURRENT_USER SET` of a user-settable setting is
+/// allowed to every role) must not stop pgtenant's new backend connections.
+/// `local_preload_libraries` is user-settable; PostgreSQL loads the libraries it names
+/// while a backend starts, and one it cannot load is FATAL for every new connection of the
+/// role, every tenant's. pgtenant's startup packet outranks the default. (Found by a
+/// red-team pass.)
+#[tokio::test]
+async fn a_tenants_local_preload_libraries_default_does_not_stop_new_backends() {
+    use std::time::Duration;
+    let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
+    let acme = env.proxy.connect("acme").await;
+    acme.batch_execute(
+        "ALTER ROLE CURRENT_USER SET local_preload_libraries = 'pgtenant_no_such_library'",
+    )
+    .await
+    .expect("PostgreSQL lets any role set this default on itself");
+    drop(acme);
+    // The premise, straight against PostgreSQL: the default fails the role's new connections.
+    let direct = format!(
+        "host=127.0.0.1 port={} user=app_user password=app_password dbname=app",
+        env.cluster.port()
+    );
+    let err = connect(&direct)
+        .await
+        .err()
+        .expect("a new connection of the role fails under the default");
+    assert!(
+        err.to_string().contains("pgtenant_no_such_library")
+            || err
+                .as_db_error()
+                .is_some_and(|d| d.message().contains("pgtenant_no_such_library")),
+        "{err}"
+    );
+    // New backend connections: a second pgtenant (a fresh pool) in front of the same database.
+    let mut cfg = env.config();
+    cfg.server.sql_guard = false;
+    for db in cfg.databases.values_mut() {
+        db.checkout_timeout = Duration::from_secs(5);
+    }
+    let fresh = Proxy::start(cfg).await;
+    let mut f = Failures::default();
+    for (tenant, _, id) in TENANTS {
+        let got = async {
+            let c = connect(&fresh.conn_str(tenant)).await?;
+            c.simple_query(
+                "SELECT pgtenant.tenant_id(), count(DISTINCT tenant_id)::text FROM invoices",
+            )
+            .await
+        }
+        .await;
+        match got {
+            Ok(rows) => {
+                let row = first_row(&rows);
+                f.check(row == [id, "1"], || format!("{tenant}: {row:?}"));
+            }
+            Err(e) => f.check(false, || {
+                format!(
+                    "{tenant}: no new backend connection: {:?}",
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or(e.to_string())
+                )
+            }),
+        }
+    }
+    fresh.shutdown().await;
+    env.superuser()
+        .await
+        .batch_execute("ALTER ROLE app_user RESET local_preload_libraries")
+        .await
+        .unwrap();
+    f.finish();
+}

@@ -163,12 +163,17 @@ impl BackendTarget {
         };
         let mut out = BytesMut::new();
         // Settings given at startup outrank role and database defaults (and RESET returns
-        // to them), so no default can make PostgreSQL read SQL text differently from the
-        // guard on this connection. `on` is PostgreSQL's own default since 9.1.
+        // to them). Any role may set a default on itself (`ALTER ROLE CURRENT_USER SET`),
+        // so the settings a tenant could turn against every later connection of the shared
+        // role are pinned here: how PostgreSQL reads SQL text (`on` is its own default
+        // since 9.1), and the libraries a backend loads as it starts, which fail every
+        // start when they cannot be loaded (`session_preload_libraries`, superuser-only,
+        // stays the DBA's).
         let mut params = vec![
             ("user", self.user.as_str()),
             ("database", self.dbname.as_str()),
             ("standard_conforming_strings", "on"),
+            ("local_preload_libraries", ""),
         ];
         params.extend(client_encoding.map(|e| ("client_encoding", e)));
         frontend::startup_message(params.iter().copied(), &mut out)?;

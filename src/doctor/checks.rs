@@ -351,20 +351,27 @@ BYPASSRLS: one SET ROLE ends row level security for it', g.rolname),
         fix: |r, _| r[2].clone(),
     },
     Check {
-        id: "reading-default",
+        id: "overridden-default",
         severity: Severity::Warning,
         query: role_defaults!(
             "((cfg.name = 'client_encoding' AND cfg.clean = ANY ($UNREADABLE_ENCODINGS))
                  OR (cfg.name = 'standard_conforming_strings'
                      AND NOT (cfg.clean IN ('on', '1', 'default')
                               OR (cfg.clean <> '' AND ('true' LIKE cfg.clean || '%'
-                                                       OR 'yes' LIKE cfg.clean || '%')))))"
+                                                       OR 'yes' LIKE cfg.clean || '%'))))
+                 OR (cfg.name = 'local_preload_libraries' AND cfg.clean <> ''))"
         ),
         message: |r| {
+            let what = if r[1] == "local_preload_libraries" {
+                "libraries a backend loads as it starts (one that cannot be loaded fails every \
+                 connection of the role)"
+            } else {
+                "a value under which PostgreSQL reads SQL text differently from pgtenant's guard"
+            };
             format!(
-                "{} has a default for {} under which PostgreSQL reads SQL text differently from \
-                 pgtenant's guard: pgtenant overrides it on its own connections, but anyone on \
-                 the app role can set such a default, and every other connection of the role gets it",
+                "{} has a default for {}: {what}. pgtenant's backend connections override it \
+                 at startup, but anyone on the app role can set such a default on itself, and \
+                 every other connection of the role gets it",
                 r[0], r[1]
             )
         },

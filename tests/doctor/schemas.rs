@@ -217,20 +217,27 @@ pub const CASES: &[Case] = &[
         fix: "ALTER ROLE app_user IN DATABASE DB RESET app.current_tenant;",
         cleanup: "",
     },
-    // 6b. Role- and database-level defaults that change how PostgreSQL reads SQL text
-    // (the doctor's own connection as the app role must survive them too).
+    // 6b. Role- and database-level defaults pgtenant overrides on its own connections (the
+    // doctor's own connection as the app role must survive them too).
     Case {
         breakage: "ALTER ROLE app_user SET standard_conforming_strings = off",
-        check: "reading-default",
+        check: "overridden-default",
         object: "role app_user",
         fix: "ALTER ROLE app_user RESET standard_conforming_strings;",
         cleanup: "",
     },
     Case {
         breakage: "ALTER DATABASE \"DB\" SET client_encoding = 'SJIS'",
-        check: "reading-default",
+        check: "overridden-default",
         object: "database DB",
         fix: "ALTER DATABASE DB RESET client_encoding;",
+        cleanup: "",
+    },
+    Case {
+        breakage: "ALTER ROLE app_user SET local_preload_libraries = 'pgtenant_no_such_library'",
+        check: "overridden-default",
+        object: "role app_user",
+        fix: "ALTER ROLE app_user RESET local_preload_libraries;",
         cleanup: "",
     },
     // 7. Functions that cross tenants on a shared role, and pg_stat_activity's query text.
