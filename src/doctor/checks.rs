@@ -478,17 +478,7 @@ pub fn bind(query: &str, params: &Params) -> String {
         .replace("$COLUMN", &quote_literal(&params.tenant_column))
         .replace("$SETTINGS", &format!("ARRAY[{settings}]::text[]"))
         .replace("$SCHEMA", &quote_literal(&params.schema))
-        .replace("$UNREADABLE_ENCODINGS", &unreadable_encodings())
-}
-
-/// The client-only encodings the guard cannot read SQL in, as a text[] of the names as
-/// PostgreSQL cleans them (lowercase letters and digits).
-fn unreadable_encodings() -> String {
-    let names: Vec<String> = crate::policy::sql::CLIENT_ONLY_ENCODINGS
-        .iter()
-        .map(|e| quote_literal(e))
-        .collect();
-    format!("ARRAY[{}]::text[]", names.join(", "))
+        .replace("$UNREADABLE_ENCODINGS", &super::sql::unreadable_encodings())
 }
 
 /// The reader that replaces `current_setting('<name>')` for the setting at `index`.

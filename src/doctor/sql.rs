@@ -1,5 +1,6 @@
 //! SQL fragments the checks share (macros, so that each check's query is one `concat!`ed
-//! static string). Placeholders as in [`super::checks`].
+//! static string), and the value of a placeholder built from pgtenant's own tables.
+//! Placeholders as in [`super::checks`].
 
 /// Tables with the tenant column, and what the app role may do with them.
 macro_rules! tenant_tables {
@@ -105,4 +106,14 @@ macro_rules! role_defaults {
               ORDER BY 1, 2"
         )
     };
+}
+
+/// `$UNREADABLE_ENCODINGS`: the client-only encodings the guard cannot read SQL in, as a
+/// text[] of the names as PostgreSQL cleans them (lowercase letters and digits).
+pub(super) fn unreadable_encodings() -> String {
+    let names: Vec<String> = crate::policy::sql::CLIENT_ONLY_ENCODINGS
+        .iter()
+        .map(|e| super::quote_literal(e))
+        .collect();
+    format!("ARRAY[{}]::text[]", names.join(", "))
 }
