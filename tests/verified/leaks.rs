@@ -40,19 +40,23 @@ fn notice_texts(msgs: &[Msg]) -> Vec<String> {
     out
 }
 
+/// The installed slot number, read as the superuser (the secret the tests look for).
+async fn secret_slot(su: &tokio_postgres::Client) -> i64 {
+    su.query_one(
+        "SELECT pg_sequence_last_value('pgtenant.slot'::regclass)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test]
 async fn no_notice_shows_the_slot_or_the_key_however_chatty_the_session() {
     let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
     grant_create(&env).await;
     let su = env.superuser().await;
-    let slot: i64 = su
-        .query_one(
-            "SELECT pg_sequence_last_value('pgtenant.slot'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slot = secret_slot(&su).await;
     let ipad: Vec<u8> = su
         .query_one(
             "SELECT ipad FROM pgtenant.keys WHERE state = 'current'",
@@ -135,14 +139,7 @@ async fn no_notice_shows_the_slot_or_the_key_however_chatty_the_session() {
 async fn a_failed_enter_shows_the_client_no_secret_however_chatty_the_session() {
     let env = TestEnv::start_with(|c| c.server.sql_guard = false).await;
     let su = env.superuser().await;
-    let slot: i64 = su
-        .query_one(
-            "SELECT pg_sequence_last_value('pgtenant.slot'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slot = secret_slot(&su).await;
     let mut c = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
         .await
         .unwrap();
