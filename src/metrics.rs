@@ -85,6 +85,7 @@ pub struct PoolMetrics {
     pub pins_refused: IntCounter,
     /// Released backends handed straight to a waiting client of the same tenant.
     pub handoffs: IntCounter,
+    /// Released backends held for their tenant's next checkout (`affinity_hold`).
     pub holds: IntCounter,
 }
 

@@ -93,7 +93,6 @@ fn default_idle_timeout() -> Duration {
 fn default_affinity_hold() -> Duration {
     Duration::from_micros(500)
 }
-
 fn default_true() -> bool {
     true
 }

@@ -70,8 +70,8 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
 
 /// Reads a NUL-terminated string at the start of `b`, returning it and the rest.
 pub fn read_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    // Most calls read short names, where the standard library's word-at-a-time search
-    // costs least; SQL texts are long, where a vectorised search does.
+    // On short input (names, command tags) the standard library's word-at-a-time search
+    // costs least; on long input (a Query's or a Parse's body) a vectorised one does.
     let end = if b.len() <= 64 {
         std::ffi::CStr::from_bytes_until_nul(b)
             .ok()?
