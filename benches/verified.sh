@@ -9,7 +9,13 @@
 #   ROUNDS=3 DURATION=8 CLIENTS="16 64" SCRIPTS="select tpcb" MODES="simple extended" bash benches/verified.sh
 #
 # Per cell: median TPS of each arm, the ratios, and CPU per transaction of the proxy and of
-# PostgreSQL (all postgres processes: utime+stime from /proc over the run).
+# PostgreSQL (this cluster's processes: utime+stime from /proc over the run).
+#
+# DIRECT=1 adds two arms with no proxy at all, to show what the policies alone cost
+# PostgreSQL: pgbench straight to PostgreSQL as a member of app_user whose role defaults
+# hold the tenant id and its verified copy (what a backend carrying pgtenant's verified
+# context holds), once with the plain policies and once with the verified readers. Their
+# ratio is the verified/plain that a proxy adding nothing would reach.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-"16 64"}
@@ -41,13 +47,18 @@ policies() { # plain | verified
     echo "ALTER POLICY tenant_isolation ON $t USING (tenant_id = $read) WITH CHECK (tenant_id = $read);"
   done | "${PSQL[@]}" -d bench
 }
-pg_ticks() { # CPU ticks of every postgres process now
-  local sum=0 p
-  for p in $(pgrep -x postgres); do
-    sum=$(( sum + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$sum"
-}
+ARMS="pgbouncer plain verified"
+if [ "${DIRECT:-0}" = 1 ]; then
+  ARMS="$ARMS direct-plain direct-verified"
+  # Not a way in for tenants: this role exists only in the benchmark's cluster, and its
+  # defaults name the verified copy's secret slot, read here by the superuser.
+  SLOT=$("${PSQL[@]}" -d bench -Atc "SELECT pg_sequence_last_value('pgtenant.slot')")
+  "${PSQL[@]}" -d bench <<SQL
+CREATE ROLE direct_user LOGIN IN ROLE app_user;
+ALTER ROLE direct_user SET app.current_tenant = '$TID';
+ALTER ROLE direct_user SET "pgtenant.s${SLOT}_1" = '$TID';
+SQL
+fi
 
 # arm script clients mode -> "tps proxy_cpu_us_tx pg_cpu_us_tx"
 run() {
@@ -56,10 +67,13 @@ run() {
     pgbouncer) policies plain; port=$BPORT pid=$BOUNCER_PID file=$WORK/$script.ctx.sql ;;
     plain) policies plain; port=$TPORT pid=$TENANT_PID ;;
     verified) policies verified; port=$VPORT pid=$VERIFIED_PID ;;
+    direct-plain) policies plain; port=$PGPORT pid=$$ ;;
+    direct-verified) policies verified; port=$PGPORT pid=$$ ;;
   esac
+  local user=bench; [ "$port" = "$PGPORT" ] && user=direct_user
   local c0 g0 c1 g1 tx
   c0=$(cpu_ticks "$pid"); g0=$(pg_ticks)
-  PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$port" -U bench -M "$mode" -c "$c" -j "$j" \
+  PGPASSWORD=bench-secret pgbench -n -h 127.0.0.1 -p "$port" -U "$user" -M "$mode" -c "$c" -j "$j" \
     -T "$DURATION" -f "$file" bench >"$WORK/pgbench.out" 2>"$WORK/pgbench.err" || { echo "n/a n/a n/a"; return; }
   c1=$(cpu_ticks "$pid"); g1=$(pg_ticks)
   tx=$(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/pgbench.out" | cut -d/ -f1)
@@ -70,17 +84,17 @@ run() {
 median() { printf '%s\n' "$@" | awk '/^[-+0-9.eE]+$/' | sort -g | awk '{a[NR] = $1}
   END {if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
-ROWS=(); START=$(date +%s)
+ROWS=(); DROWS=(); START=$(date +%s)
 for script in $SCRIPTS; do for mode in $MODES; do for c in $CLIENTS; do
   declare -A R=()
   for r in $(seq "$ROUNDS"); do
-    for arm in pgbouncer plain verified; do
+    for arm in $ARMS; do
       R[$arm.$r]=$(run "$arm" "$script" "$c" "$mode")
       echo "   $script $mode c=$c round $r $arm: ${R[$arm.$r]}" >&2
     done
   done
   declare -A M=()
-  for arm in pgbouncer plain verified; do for k in 1 2 3; do
+  for arm in $ARMS; do for k in 1 2 3; do
     vals=(); for r in $(seq "$ROUNDS"); do vals+=("$(awk -v k=$k '{print $k}' <<<"${R[$arm.$r]}")"); done
     M[$arm.$k]=$(median "${vals[@]}")
   done; done
@@ -90,6 +104,14 @@ for script in $SCRIPTS; do for mode in $MODES; do for c in $CLIENTS; do
     function r(a, b) { return (a == "n/a" || b == "n/a" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
     BEGIN { printf "| %s | %s | %d | %.0f | %.0f | %.0f | %s | %s | %s | %s / %s / %s | %s / %s / %s |",
       s, m, c, b, p, v, r(v, p), r(p, b), r(v, b), bc, pc, vc, bg, pg, vg }')")
+  if [ "${DIRECT:-0}" = 1 ]; then
+    DROWS+=("$(awk -v s="$script" -v m="$mode" -v c="$c" -v dp="${M[direct-plain.1]}" \
+      -v dv="${M[direct-verified.1]}" -v dpg="${M[direct-plain.3]}" -v dvg="${M[direct-verified.3]}" \
+      -v p="${M[plain.1]}" -v v="${M[verified.1]}" '
+      function r(a, b) { return (a == "n/a" || b == "n/a" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
+      BEGIN { printf "| %s | %s | %d | %.0f | %.0f | %s | %s / %s | %s |",
+        s, m, c, dp, dv, r(dv, dp), dpg, dvg, r(v, p) }')")
+  fi
   unset R M
 done; done; done
 echo
@@ -98,3 +120,11 @@ echo
 echo "| script | mode | clients | PgBouncer TPS | plain TPS | verified TPS | verified/plain | plain/pgb | verified/pgb | proxy CPU µs/tx b / p / v | PostgreSQL CPU µs/tx b / p / v |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+if [ "${DIRECT:-0}" = 1 ]; then
+  echo
+  echo "No proxy: pgbench straight to PostgreSQL as direct_user (context from role defaults)."
+  echo
+  echo "| script | mode | clients | direct plain TPS | direct verified TPS | direct verified/plain | PostgreSQL CPU µs/tx plain / verified | through pgtenant verified/plain |"
+  echo "|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${DROWS[@]}"
+fi
