@@ -16,7 +16,8 @@
 # cell the arms run interleaved ROUNDS times; the table shows medians: TPS, the ratios, each
 # proxy's CPU per transaction and PostgreSQL's (every process of this cluster, backends that
 # exited during the run included: the postmaster's own and reaped children's time plus the
-# live children's, utime+stime from /proc). PgBouncer 1.18 cannot serve -M prepared in
+# live children's, utime+stime from /proc), and the part of each proxy's CPU spent in user
+# space (utime; the rest is the kernel's socket work for it). PgBouncer 1.18 cannot serve -M prepared in
 # transaction mode; its prepared cells print n/a unless a probe succeeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,8 @@ $PGT --config "$WORK/verified.toml" --log warn & VERIFIED_PID=$!; PIDS+=("$VERIF
 for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p "$VPORT" && break; sleep 0.1; done
 
 
-# arm script clients mode threads -> "tps proxy_cpu_us_tx pg_cpu_us_tx" (n/a when it failed)
+# arm script clients mode threads -> "tps proxy_cpu_us_tx pg_cpu_us_tx proxy_user_us_tx" (n/a
+# when it failed)
 run() {
   local arm=$1 script=$2 c=$3 mode=$4 j=$5 port user=bench pw=bench-secret pid=""
   [ "$j" = per-client ] && j=$c
@@ -66,27 +68,29 @@ run() {
     plain) port=$TPORT pid=$TENANT_PID ;;
     verified) port=$VPORT pid=$VERIFIED_PID ;;
   esac
-  local c0=0 c1=0 g0 g1 tx
-  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+  local c0=0 c1=0 u0=0 u1=0 g0 g1 tx
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid") && u0=$(user_ticks "$pid")
   g0=$(pg_ticks)
   PGPASSWORD=$pw pgbench -n -h 127.0.0.1 -p "$port" -U "$user" -M "$mode" -c "$c" -j "$j" \
     -T "$DURATION" -f "$WORK/$script.plain.sql" bench >"$WORK/pgbench.out" 2>"$WORK/pgbench.err" || {
     echo "   $arm $script $mode c=$c j=$j failed: $(grep -m1 -iE 'error|abort' "$WORK/pgbench.err" || true)" >&2
-    echo "n/a n/a n/a"; return; }
+    echo "n/a n/a n/a n/a"; return; }
   # The direct arm's backends have just exited: let the postmaster reap them (their time
   # then counts in its children's).
   sleep 0.5
-  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid") && u1=$(user_ticks "$pid")
   g1=$(pg_ticks)
   tx=$(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/pgbench.out" | cut -d/ -f1)
   if [ "${tx:-0}" = 0 ]; then
     echo "   $arm $script $mode c=$c j=$j: no transactions ($(tail -n1 "$WORK/pgbench.err"))" >&2
-    echo "n/a n/a n/a"; return
+    echo "n/a n/a n/a n/a"; return
   fi
   awk -v tps="$(awk '/^tps/ {print $3; exit}' "$WORK/pgbench.out")" -v tx="$tx" -v proxy="$pid" \
-      -v pc=$(( c1 - c0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
-      'BEGIN { printf "%s %s %.1f\n", tps, proxy == "" ? "n/a" : sprintf("%.1f", pc / hz * 1e6 / tx), gc / hz * 1e6 / tx }'
+      -v pc=$(( c1 - c0 )) -v uc=$(( u1 - u0 )) -v gc=$(( g1 - g0 )) -v hz="$(getconf CLK_TCK)" \
+      'function us(t) { return proxy == "" ? "n/a" : sprintf("%.1f", t / hz * 1e6 / tx) }
+       BEGIN { printf "%s %s %.1f %s\n", tps, us(pc), gc / hz * 1e6 / tx, us(uc) }'
 }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 median() { printf '%s\n' "$@" | awk '/^[-+0-9.eE]+$/' | sort -g | awk '{a[NR] = $1}
   END {if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
@@ -102,31 +106,32 @@ for script in $SCRIPTS; do for mode in $MODES; do for threads in $THREADS; do fo
   for r in $(seq "$ROUNDS"); do
     for arm in $ARMS; do
       if [ "$arm" = pgbouncer ] && [ "$mode" = prepared ] && [ "$BOUNCER_PREPARED" = 0 ]; then
-        R[$arm.$r]="n/a n/a n/a"; continue
+        R[$arm.$r]="n/a n/a n/a n/a"; continue
       fi
       R[$arm.$r]=$(run "$arm" "$script" "$c" "$mode" "$threads")
       echo "   $script $mode j=$threads c=$c round $r $arm: ${R[$arm.$r]}" >&2
     done
   done
   declare -A M=()
-  for arm in $ARMS; do for k in 1 2 3; do
+  for arm in $ARMS; do for k in 1 2 3 4; do
     vals=(); for r in $(seq "$ROUNDS"); do vals+=("$(awk -v k=$k '{print $k}' <<<"${R[$arm.$r]}")"); done
     M[$arm.$k]=$(median "${vals[@]}")
   done; done
   ROWS+=("$(awk -v s="$script" -v m="$mode" -v j="$threads" -v c="$c" \
     -v d="${M[direct.1]}" -v b="${M[pgbouncer.1]}" -v p="${M[plain.1]}" -v v="${M[verified.1]}" \
     -v bc="${M[pgbouncer.2]}" -v pc="${M[plain.2]}" -v vc="${M[verified.2]}" \
-    -v dg="${M[direct.3]}" -v bg="${M[pgbouncer.3]}" -v pg="${M[plain.3]}" -v vg="${M[verified.3]}" '
+    -v dg="${M[direct.3]}" -v bg="${M[pgbouncer.3]}" -v pg="${M[plain.3]}" -v vg="${M[verified.3]}" \
+    -v bu="${M[pgbouncer.4]}" -v pu="${M[plain.4]}" -v vu="${M[verified.4]}" '
     function f(v) { return v == "n/a" ? "n/a" : sprintf("%.0f", v) }
     function r(a, b) { return (a == "n/a" || b == "n/a" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
-    BEGIN { printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s / %s |",
-      s, m, j, c, f(d), f(b), f(p), f(v), r(p, b), r(v, b), r(v, p), bc, pc, vc, dg, bg, pg, vg }')")
+    BEGIN { printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s | %s / %s / %s / %s |",
+      s, m, j, c, f(d), f(b), f(p), f(v), r(p, b), r(v, b), r(v, p), bc, pc, vc, bu, pu, vu, dg, bg, pg, vg }')")
   unset R M
 done; done; done; done
 echo
 echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); medians of $ROUNDS interleaved rounds of ${DURATION}s; pool $POOL; scale $SCALE; $(( $(date +%s) - START ))s total; load average $LOAD0 at start, $(cut -d' ' -f1-3 /proc/loadavg) at end ($(nproc) CPUs)."
 echo "No RLS, no app-side context; pgtenant injects its context (plain: set_config; verified: enter(), or nothing where the backend carries the tenant's context, context.carry = ${VERIFIED_CARRY:-true}). CPU in µs per transaction."
 echo
-echo "| script | mode | threads | clients | direct TPS | PgBouncer TPS | pgtenant plain TPS | pgtenant verified TPS | plain/pgb | verified/pgb | verified/plain | proxy CPU µs/tx pgb / plain / verified | PostgreSQL CPU µs/tx direct / pgb / plain / verified |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| script | mode | threads | clients | direct TPS | PgBouncer TPS | pgtenant plain TPS | pgtenant verified TPS | plain/pgb | verified/pgb | verified/plain | proxy CPU µs/tx pgb / plain / verified | of it user space | PostgreSQL CPU µs/tx direct / pgb / plain / verified |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
