@@ -328,3 +328,112 @@ async fn a_sync_after_a_failed_injection_reports_the_aborted_transaction() {
     raw.send(&sync).await;
     assert_eq!(status(&raw.until_ready().await), Some('I'));
 }
+
+/// FunctionCall of the function with `oid`, text arguments, text result.
+fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
+    use bytes::BufMut;
+    messages::write_msg(out, b'F', |b| {
+        b.put_u32(oid);
+        b.put_u16(1);
+        b.put_u16(0);
+        b.put_u16(args.len() as u16);
+        for a in args {
+            b.put_i32(a.len() as i32);
+            b.put_slice(a.as_bytes());
+        }
+        b.put_u16(0);
+    });
+}
+
+/// Reads up to ReadyForQuery; None when none comes within `secs`.
+async fn ready_within(c: &mut RawConn, secs: u64) -> Option<Vec<Msg>> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Some(m)) => {
+                let z = m.0 == b'Z';
+                out.push(m);
+                if z {
+                    return Some(out);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A simple Query or a FunctionCall pipelined in the same write between an
+/// extended-protocol error and the Sync: PostgreSQL ignores it (no reply, no
+/// ReadyForQuery) and answers the Sync. The proxy once waited for that Query's
+/// ReadyForQuery and held the client's Sync back until it came, so client and backend
+/// waited for each other; and since it stopped reading the client meanwhile, the client's
+/// disconnect went unseen and the backend was never given back (with a pool of one, every
+/// other tenant was locked out). Found by a red-team pass, guard on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_pipelined_after_an_extended_error_is_skipped_as_postgresql_skips_it() {
+    let mut f = Failures::default();
+    for (label, guard, middle) in [
+        ("Query, guard on", true, b'Q'),
+        ("Query, guard off", false, b'Q'),
+        ("FunctionCall, guard off", false, b'F'),
+    ] {
+        let env = TestEnv::start_with(|c| {
+            c.server.sql_guard = guard;
+            for db in c.databases.values_mut() {
+                db.pool_size = 1;
+            }
+        })
+        .await;
+        let mut bytes = BytesMut::new();
+        raw::extended(&mut bytes, "SELECT 1/0", &[]);
+        if middle == b'Q' {
+            messages::query(&mut bytes, "SELECT 1");
+        } else {
+            function_call(&mut bytes, 2880, &["1"]); // pg_advisory_lock(bigint)
+        }
+        raw::sync(&mut bytes);
+        // PostgreSQL itself: ParseComplete, the error (1/0 is folded at Bind), the Sync's
+        // ReadyForQuery; nothing for the Query or FunctionCall in between.
+        let addr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+        let mut d = RawConn::connect_with(
+            addr,
+            &[("user", "app_user"), ("database", "app")],
+            "app_password",
+        )
+        .await
+        .expect("app_user connects directly");
+        d.send(&bytes).await;
+        let direct = ready_within(&mut d, 5).await.map(|m| raw::tags(&m));
+        f.check(direct.as_deref() == Some("1EZ"), || {
+            format!("{label}: PostgreSQL answered {direct:?}")
+        });
+        drop(d);
+        let mut a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+            .await
+            .unwrap();
+        a.send(&bytes).await;
+        let through = ready_within(&mut a, 5).await.map(|m| raw::tags(&m));
+        f.check(through == direct, || {
+            format!("{label}: through pgtenant {through:?}, PostgreSQL {direct:?}")
+        });
+        // The session goes on; the client then leaves and another tenant needs the one
+        // backend.
+        let rows = ctx(&mut a).await;
+        f.check(rows == vec![vec![Some(ACME.to_string())]], || {
+            format!("{label}: acme's next transaction saw {rows:?}")
+        });
+        drop(a);
+        let g = tokio::time::timeout(Duration::from_secs(25), async {
+            let g = common::connect(&env.proxy.conn_str("globex")).await?;
+            g.query_one("SELECT count(*) FROM invoices", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+        })
+        .await;
+        f.check(matches!(g, Ok(Ok(3))), || {
+            format!("{label}: globex after acme left: {g:?}")
+        });
+    }
+    f.finish();
+}

@@ -262,12 +262,17 @@ impl Flow {
                 }
                 Disposition::Forward
             }
-            Owner::Proxy => Disposition::ProxyRequestFailed,
+            // The session closes the backend and answers the client's outstanding requests
+            // itself, so they stay counted (a Query behind the failed request still gets its
+            // ReadyForQuery, from the proxy).
+            Owner::Proxy => return Disposition::ProxyRequestFailed,
             Owner::ProxyExpectsError => Disposition::Swallow,
         };
         // A Query or FunctionCall still ends with ReadyForQuery; an extended-protocol error
-        // makes the backend skip everything up to the next Sync. A skipped Parse never
-        // created its statement, exactly like a failed one.
+        // makes the backend skip every message up to the next Sync, a Query or FunctionCall
+        // pipelined before that Sync included (PostgreSQL reads them and ignores them: no
+        // reply, no ReadyForQuery). A skipped Parse never created its statement, exactly
+        // like a failed one.
         if is_boundary(request) {
             let front = self
                 .pending
@@ -275,11 +280,9 @@ impl Flow {
                 .and_then(|p| FailedParse::new(p.statement.take(), p.owner));
             self.failed_statements.extend(front);
         } else {
-            while let Some(p) = self.pending.front() {
-                if is_boundary(p.tag) {
-                    break;
-                }
+            while self.pending.front().is_some_and(|p| p.tag != ft::SYNC) {
                 if let Some(p) = self.pending.pop_front() {
+                    self.forget_boundary(&p);
                     self.failed_statements
                         .extend(FailedParse::new(p.statement, p.owner));
                 }
@@ -287,6 +290,14 @@ impl Flow {
             self.skipping = true;
         }
         disposition
+    }
+
+    /// Uncounts `p` if it was a boundary (answered, or skipped by the backend).
+    fn forget_boundary(&mut self, p: &Pending) {
+        if is_boundary(p.tag) {
+            self.boundaries -= 1;
+            self.client_boundaries -= usize::from(p.owner != Owner::Proxy);
+        }
     }
 
     fn is_final_reply(&self, request: u8, reply: u8) -> bool {
@@ -307,8 +318,7 @@ impl Flow {
         if let Some(p) = self.pending.pop_front()
             && is_boundary(p.tag)
         {
-            self.boundaries -= 1;
-            self.client_boundaries -= usize::from(p.owner != Owner::Proxy);
+            self.forget_boundary(&p);
             self.skipping = false;
         }
     }
@@ -431,6 +441,40 @@ mod tests {
     }
 
     #[test]
+    fn an_extended_error_skips_a_query_and_a_function_call_pipelined_before_the_sync() {
+        // PostgreSQL ignores every message after an extended-protocol error up to the
+        // Sync, a simple Query or FunctionCall too: neither gets a reply, so neither may be
+        // waited for (the client's Sync behind them would be held back for ever).
+        for middle in [ft::QUERY, ft::FUNCTION_CALL] {
+            let mut f = Flow::default();
+            for t in [ft::PARSE, ft::BIND, ft::EXECUTE] {
+                f.sent(t, Owner::Client);
+            }
+            f.sent(middle, Owner::Client);
+            assert!(f.awaiting_ready());
+            assert_eq!(f.on_backend(bt::PARSE_COMPLETE), Disposition::Forward);
+            assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+            assert!(!f.awaiting_ready(), "nothing answers the skipped {middle}");
+            assert!(f.backend_discards() && !f.is_idle());
+            f.sent(ft::SYNC, Owner::Client);
+            assert!(f.awaiting_ready());
+            assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+            assert!(f.is_settled(), "after {middle}");
+        }
+        // What follows the Sync is answered as usual.
+        let mut f = Flow::default();
+        for t in [ft::BIND, ft::EXECUTE, ft::QUERY, ft::SYNC, ft::QUERY] {
+            f.sent(t, Owner::Client);
+        }
+        assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.awaiting_ready(), "the Query after the Sync runs");
+        assert_eq!(f.on_backend(bt::COMMAND_COMPLETE), Disposition::Forward);
+        assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+        assert!(f.is_settled());
+    }
+
+    #[test]
     fn failed_injection_is_reported() {
         let mut f = Flow::default();
         f.sent(ft::BIND, Owner::Proxy);
@@ -439,6 +483,10 @@ mod tests {
         assert_eq!(
             f.on_backend(bt::ERROR_RESPONSE),
             Disposition::ProxyRequestFailed
+        );
+        assert!(
+            f.awaiting_ready(),
+            "the client's Query behind it is answered by the proxy"
         );
     }
 
