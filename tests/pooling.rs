@@ -448,3 +448,67 @@ async fn clean_transactions_keep_statements_on_the_backend() {
         "{m}"
     );
 }
+
+/// A client that leaves while a request of its waits behind an unanswered Query (pipelined
+/// Queries go on one at a time) gives its backend up at once: it is closed, and the next
+/// client gets a fresh one, not a wait for the long statement. The proxy once stopped
+/// reading the client as soon as a request had to wait, so it saw the client leave only
+/// after the wait ended (for ever, had the wait been the proxy's own mistake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_behind_a_waiting_request_frees_its_backend() {
+    use bytes::BytesMut;
+    use common::raw::RawConn;
+    use pgtenant::protocol::messages;
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+            db.checkout_timeout = Duration::from_secs(8);
+        }
+    })
+    .await;
+    let mut a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    messages::query(&mut out, "SELECT pg_sleep(30)");
+    messages::query(&mut out, "SELECT 1");
+    a.send(&out).await;
+    // The sleep is running on the one backend.
+    let su = env.superuser().await;
+    let running = async {
+        loop {
+            let n: i64 = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
+                     AND state = 'active'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the sleep starts");
+    drop(a);
+    let started = std::time::Instant::now();
+    let g = tokio::time::timeout(Duration::from_secs(20), async {
+        let g = common::connect(&env.proxy.conn_str("globex")).await?;
+        g.query_one(CTX, &[]).await.map(|r| r.get::<_, String>(0))
+    })
+    .await;
+    assert!(
+        matches!(&g, Ok(Ok(t)) if t == GLOBEX),
+        "globex after acme left: {g:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "globex waited {:?}",
+        started.elapsed()
+    );
+}

@@ -188,7 +188,10 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
                 None => std::future::pending().await,
             }
         };
-        let read_client = !s.has_blocked_frame();
+        // A frame waiting for a ReadyForQuery stops the reads only once a little more is
+        // buffered behind it: so a client that leaves while its request waits is seen to
+        // leave (and its backend closed), whatever the wait is for.
+        let read_client = !s.has_blocked_frame() || s.cbuf.len() < READ_AHEAD;
         let backend = s.attachment.conn_mut();
         tokio::select! {
             // Fixed order (no per-iteration random start): the backend's replies first, so
@@ -225,6 +228,9 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         }
     }
 }
+
+/// Client bytes read beyond a frame that must wait (see `relay_busy`), at most.
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Reads more client bytes. A plain socket with released buffers waits for data before
 /// allocating any, so an idle client holds no read buffer and a read is never cut into
