@@ -550,3 +550,73 @@ async fn futures_join<const N: usize>(tenants: [&str; N], env: &TestEnv) -> Vec<
     }
     out
 }
+
+/// COPY FROM STDIN started by Execute with its CopyData and CopyDone pipelined in the same
+/// write, before PostgreSQL's CopyInResponse: PostgreSQL reads them as the COPY's data.
+/// The proxy once dropped them (its input was not in COPY mode yet) and the client waited
+/// for ever. And stray copy messages behind an Execute that is no COPY, with no Sync or
+/// Flush before them: PostgreSQL ignores them, and the proxy must not wait for a reply that
+/// PostgreSQL sends only when asked. Each exchange is first run straight against
+/// PostgreSQL as the app role, and must look the same through pgtenant.
+#[tokio::test]
+async fn copy_messages_pipelined_behind_an_execute_are_read_as_postgresql_reads_them() {
+    let mut f = Failures::default();
+    for guard in [true, false] {
+        let env = TestEnv::start_with(|c| c.server.sql_guard = guard).await;
+        let addr: SocketAddr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+        let copy = {
+            let mut out = BytesMut::new();
+            raw::extended(&mut out, "COPY t FROM STDIN", &[]);
+            messages::write_msg(&mut out, b'd', |b| b.put_slice(b"1\n2\n"));
+            messages::write_msg(&mut out, b'c', |_| {});
+            raw::sync(&mut out);
+            out
+        };
+        let stray = {
+            let mut out = BytesMut::new();
+            raw::extended(&mut out, "SELECT count(*) FROM t", &[]);
+            messages::write_msg(&mut out, b'd', |b| b.put_slice(b"3\n"));
+            messages::write_msg(&mut out, b'c', |_| {});
+            raw::sync(&mut out);
+            out
+        };
+        let mut answers = Vec::new();
+        for through in [false, true] {
+            let mut c = if through {
+                RawConn::connect(env.proxy.addr, "acme", "acme-secret").await
+            } else {
+                RawConn::connect_with(
+                    addr,
+                    &[("user", "app_user"), ("database", "app")],
+                    "app_password",
+                )
+                .await
+            }
+            .unwrap();
+            c.simple("BEGIN; CREATE TEMP TABLE t(x int) ON COMMIT DROP")
+                .await;
+            let mut seen = Vec::new();
+            for bytes in [&copy, &stray] {
+                c.send(bytes).await;
+                let r = tokio::time::timeout(Duration::from_secs(5), c.until_ready()).await;
+                seen.push(match r {
+                    Ok(m) => format!("{} {:?}", raw::tags(&m), raw::data_rows(&m)),
+                    Err(_) => "no ReadyForQuery within 5 s".to_string(),
+                });
+            }
+            c.simple("ROLLBACK").await;
+            answers.push(seen);
+        }
+        f.check(
+            answers[0] == vec!["12GCZ []".to_string(), "12DCZ [[Some(\"2\")]]".to_string()],
+            || format!("guard {guard}: PostgreSQL answered {:?}", answers[0]),
+        );
+        f.check(answers[1] == answers[0], || {
+            format!(
+                "guard {guard}: through pgtenant {:?}, PostgreSQL {:?}",
+                answers[1], answers[0]
+            )
+        });
+    }
+    f.finish();
+}

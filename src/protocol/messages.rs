@@ -149,6 +149,11 @@ pub fn sync(out: &mut BytesMut) {
     write_msg(out, frontend_tag::SYNC, |_| {});
 }
 
+/// Flush: PostgreSQL sends what it has buffered.
+pub fn flush(out: &mut BytesMut) {
+    write_msg(out, frontend_tag::FLUSH, |_| {});
+}
+
 /// Terminate.
 pub fn terminate(out: &mut BytesMut) {
     write_msg(out, frontend_tag::TERMINATE, |_| {});

@@ -78,6 +78,9 @@ pub struct Flow {
     /// implicit or explicit transaction stays open until a Sync, however many of their
     /// replies have arrived (a Flush makes them all arrive).
     unsynced: bool,
+    /// The proxy sent a Flush so that a pending Execute's outcome arrives (see
+    /// [`Flow::copy_may_start`]); cleared when an Execute is answered.
+    flushed_for_copy: bool,
 }
 
 /// A Parse of a proxy-named statement that created nothing on the backend.
@@ -211,6 +214,22 @@ impl Flow {
         self.unsynced
     }
 
+    /// True while a client's Execute is unanswered: it may start a COPY FROM STDIN, and
+    /// whether copy messages behind it are the COPY's data (PostgreSQL reads them as such)
+    /// or stray ones (PostgreSQL ignores them) is known only from its reply.
+    pub fn copy_may_start(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.tag == ft::EXECUTE && p.owner == Owner::Client)
+    }
+
+    /// True once per wait for an Execute's outcome (see [`Flow::copy_may_start`]): the
+    /// caller then sends a Flush of the proxy's, so the outcome arrives even when the
+    /// client pipelined no Sync or Flush of its own before its copy messages.
+    pub fn take_flush_for_copy(&mut self) -> bool {
+        !std::mem::replace(&mut self.flushed_for_copy, true)
+    }
+
     /// True when the backend ignores every request but Sync: an extended-protocol error
     /// happened and no Sync has been sent since. Such requests get no reply at all.
     pub fn backend_discards(&self) -> bool {
@@ -315,17 +334,22 @@ impl Flow {
     }
 
     fn pop_front(&mut self) {
-        if let Some(p) = self.pending.pop_front()
-            && is_boundary(p.tag)
-        {
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        if is_boundary(p.tag) {
             self.forget_boundary(&p);
             self.skipping = false;
+        }
+        if p.tag == ft::EXECUTE {
+            self.flushed_for_copy = false;
         }
     }
 
     /// The backend entered COPY IN. A COPY started by Execute ignores the Syncs the client
     /// already pipelined behind it; the client sends a fresh Sync after CopyDone/CopyFail.
     pub fn copy_in_started(&mut self) {
+        self.flushed_for_copy = false;
         let from_query = self.pending.front().is_some_and(|p| p.tag == ft::QUERY);
         if from_query {
             self.pending.truncate(1);
@@ -576,6 +600,33 @@ mod tests {
             f.is_settled(),
             "a simple Query ends the implicit transaction"
         );
+    }
+
+    #[test]
+    fn copy_messages_wait_for_an_executes_outcome_with_one_flush() {
+        let mut f = Flow::default();
+        f.sent(ft::PARSE, Owner::Client);
+        assert!(!f.copy_may_start());
+        f.sent(ft::BIND, Owner::Client);
+        f.sent(ft::EXECUTE, Owner::Client);
+        assert!(f.copy_may_start());
+        assert!(f.take_flush_for_copy());
+        assert!(!f.take_flush_for_copy(), "one Flush per wait");
+        f.sent(ft::FLUSH, Owner::Proxy);
+        f.on_backend(bt::PARSE_COMPLETE);
+        f.on_backend(bt::BIND_COMPLETE);
+        assert!(f.copy_may_start());
+        // Not a COPY: the copy messages are stray, and the next wait flushes again.
+        f.on_backend(bt::COMMAND_COMPLETE);
+        assert!(!f.copy_may_start());
+        f.sent(ft::EXECUTE, Owner::Client);
+        assert!(f.take_flush_for_copy());
+        f.copy_in_started();
+        assert!(f.take_flush_for_copy(), "a COPY ends the wait");
+        // The proxy's own Executes never start a COPY.
+        let mut f = Flow::default();
+        f.sent(ft::EXECUTE, Owner::Proxy);
+        assert!(!f.copy_may_start());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Buf;
 
-use super::flow::Disposition;
+use super::flow::{Disposition, Owner};
 use super::guard::Judged;
 use super::{End, Session};
 use crate::config::PoolMode;
@@ -18,7 +18,7 @@ impl Session {
     /// True when a complete client frame is waiting for a ReadyForQuery before it may go
     /// on; the client is not read further until then, bounding buffered input.
     pub(super) fn has_blocked_frame(&self) -> bool {
-        self.frames_must_wait() && self.cbuf.len() >= 5 && {
+        (self.frames_must_wait() || self.copy_must_wait()) && self.cbuf.len() >= 5 && {
             let len = (&self.cbuf[1..5]).get_u32() as usize;
             self.cbuf.len() > len
         }
@@ -28,10 +28,33 @@ impl Session {
         self.flow.awaiting_ready() && !self.input.in_copy()
     }
 
+    /// True when the next frame is a copy message that a client's unanswered Execute may
+    /// yet make COPY data: PostgreSQL reads CopyData, CopyDone and CopyFail pipelined behind
+    /// an Execute of `COPY ... FROM STDIN` as that COPY's, and ignores them behind any other
+    /// request, so they wait for the Execute's outcome (CopyInResponse, or its end).
+    fn copy_must_wait(&self) -> bool {
+        matches!(
+            self.cbuf.first(),
+            Some(&(ft::COPY_DATA | ft::COPY_DONE | ft::COPY_FAIL))
+        ) && !self.input.in_copy()
+            && !self.input.skips_to_sync()
+            && self.flow.copy_may_start()
+    }
+
     /// Processes every client frame that may go on now.
     pub(super) async fn process_client(&mut self) -> Result<(), End> {
         loop {
             if self.frames_must_wait() {
+                return Ok(());
+            }
+            if self.copy_must_wait() {
+                // The outcome must come even if the client sent no Sync or Flush before its
+                // copy messages (PostgreSQL sends CopyInResponse at once, other replies only
+                // when asked).
+                if self.flow.take_flush_for_copy() {
+                    messages::flush(&mut self.bout);
+                    self.flow.sent(ft::FLUSH, Owner::Proxy);
+                }
                 return Ok(());
             }
             let frame = match split_frame(&mut self.cbuf, self.max_message) {
