@@ -1,5 +1,6 @@
 //! The context guard end to end: every way a client could change a protected setting
-//! (app.current_tenant, app.tenant_plan, role, session_authorization) is refused with 42501
+//! (app.current_tenant, app.tenant_plan, role, session_authorization, and the settings that
+//! govern the server connection such as idle_session_timeout) is refused with 42501
 //! naming the setting, in the simple and the extended protocol, inside and outside explicit
 //! transactions, at startup and through reserved statement names; the connection stays
 //! usable and keeps its own tenant context. Allowed look-alikes keep working.
@@ -389,5 +390,106 @@ async fn refusals_inside_transactions_abort_them_like_postgres_errors() {
     f.check(row.get::<_, String>(0) == "app_user", || {
         format!("current_user is {}", row.get::<_, String>(0))
     });
+    f.finish();
+}
+
+/// Settings that govern the server connection, not the client's statements, are no client's
+/// to set: the connection outlives its transaction. Straight against PostgreSQL as the app
+/// role, `idle_session_timeout` makes the backend end itself once it sits idle; through
+/// pgtenant a tenant's value followed it to the backends it used and stayed on them in the
+/// pool, where PostgreSQL then closed them under other tenants' checkouts (57P03, 57P05;
+/// found by a red-team pass). Now every path to these settings is refused with 42501, and
+/// the tenants sharing the pool see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_settings_are_refused_and_no_pooled_backend_times_out() {
+    let mut f = Failures::default();
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 2;
+        }
+    })
+    .await;
+    // Effective straight against PostgreSQL: the idle backend ends itself.
+    let direct = env.app_user_direct().await;
+    direct
+        .batch_execute("SET idle_session_timeout = '100ms'")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let r = direct.simple_query("SELECT 1").await;
+    f.check(r.is_err(), || {
+        format!(
+            "directly, the idle session should have ended: {}",
+            describe(&r)
+        )
+    });
+
+    let a = env.proxy.connect("acme").await;
+    for sql in [
+        "SET idle_session_timeout = '1ms'",
+        "SET SESSION idle_session_timeout TO 1",
+        "SET Idle_Session_Timeout = 1",
+        "SELECT set_config('idle_session_timeout', '1', false)",
+        "SELECT pg_catalog.set_config('IDLE_SESSION_TIMEOUT', '1', false)",
+        "DO $$ BEGIN PERFORM set_config('idle_session_timeout', '1', false); END $$",
+        "SET tcp_user_timeout = 1",
+        "SET tcp_keepalives_idle = 1",
+        "SELECT set_config('client_connection_check_interval', '1', false)",
+    ] {
+        expect_err(
+            &mut f,
+            a.batch_execute(sql).await,
+            "42501",
+            "governs the server connection",
+            sql,
+        );
+    }
+    check_own_context(&mut f, &a, ACME, "acme after the refusals").await;
+    // At startup, too.
+    let r = common::connect(&format!(
+        "{} options='-c idle_session_timeout=1'",
+        env.proxy.conn_str("acme")
+    ))
+    .await;
+    f.check(
+        r.as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|db| {
+                db.code().code() == "42501" && db.message().contains("idle_session_timeout")
+            }),
+        || format!("startup option: {:?}", r.as_ref().err()),
+    );
+    // The red-team's race: acme keeps trying while three clients share the pool of two.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = a.batch_execute("SET idle_session_timeout = '1ms'").await;
+                let _ = a.query_one("SELECT 1", &[]).await;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut victims = Vec::new();
+    for t in ["globex", "initech", "acme"] {
+        let c = env.proxy.connect(t).await;
+        victims.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                if let Err(e) = c.query_one("SELECT count(*) FROM invoices", &[]).await {
+                    return Err(format!("{t}: {}", describe::<()>(&Err(e))));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            Ok(())
+        }));
+    }
+    for v in victims {
+        let r = v.await.unwrap();
+        f.check(r.is_ok(), || format!("{r:?}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    attacker.await.unwrap();
     f.finish();
 }

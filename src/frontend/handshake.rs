@@ -130,8 +130,14 @@ fn check_params(server: &Server, p: &StartupParams) -> Result<(String, String, S
                 "permission denied to set {why}: pgtenant's guard could not read SQL sent with {lower}={value}"
             ))
         } else if server.sql_guard.protected().contains(&lower) {
+            let why = crate::policy::knowledge::protection_reason(&lower);
+            let from = if crate::policy::knowledge::CONNECTION_SETTINGS.contains(&lower.as_str()) {
+                ""
+            } else {
+                " from your credentials"
+            };
             Some(format!(
-                "permission denied to set parameter \"{lower}\": the tenant context is set by pgtenant from your credentials"
+                "permission denied to set parameter \"{lower}\": {why}{from}"
             ))
         } else {
             None

@@ -251,6 +251,29 @@ pub const RELATIONS: &[(&str, bool)] = &[
     ("pg_settings", true),
 ];
 
+/// Settings that govern the server connection rather than the client's statements: the
+/// connection is pgtenant's and outlives the client's transaction (it waits in the pool, then
+/// serves others), so no client may set them (`idle_session_timeout` would have PostgreSQL
+/// close a backend while it waits in the pool; pgtenant keeps its own timeouts and
+/// keepalives).
+pub const CONNECTION_SETTINGS: &[&str] = &[
+    "idle_session_timeout",
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+    "tcp_user_timeout",
+    "client_connection_check_interval",
+];
+
+/// Why a client may not change the protected setting `name` (lowercase), for its error.
+pub fn protection_reason(name: &str) -> &'static str {
+    if CONNECTION_SETTINGS.contains(&name) {
+        "it governs the server connection, which pgtenant shares between clients"
+    } else {
+        "the tenant context is set by pgtenant"
+    }
+}
+
 /// Settings that change how PostgreSQL reads SQL text (the values that would are refused on
 /// every path; see `sql::readable`).
 pub const LEXING_SETTINGS: &[&str] = &["client_encoding", "standard_conforming_strings"];

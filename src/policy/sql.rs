@@ -63,8 +63,9 @@ impl GuardViolation {
         let setting = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
         if self.setting.bytes().all(setting) {
             format!(
-                "permission denied to set parameter \"{}\": the tenant context is set by pgtenant",
-                self.setting
+                "permission denied to set parameter \"{}\": {}",
+                self.setting,
+                super::knowledge::protection_reason(&self.setting)
             )
         } else {
             format!("permission denied by pgtenant's guard: {}", self.setting)

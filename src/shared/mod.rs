@@ -100,6 +100,11 @@ impl Server {
         }
         let mut protected = plan.settings.clone();
         protected.extend(["role".to_string(), "session_authorization".to_string()]);
+        protected.extend(
+            crate::policy::knowledge::CONNECTION_SETTINGS
+                .iter()
+                .map(|s| s.to_string()),
+        );
         let registry = Arc::new(Registry::new());
         metrics.client_states.add(&registry);
         let tenant_top = Arc::new(AtomicUsize::new(config.server.metrics_top_tenants));
