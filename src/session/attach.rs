@@ -25,6 +25,10 @@ pub(super) fn client_message(e: &PoolError) -> String {
     }
 }
 
+/// Backends a checkout may discard because they failed the tenant switch, before the
+/// client gets the error.
+const SWITCH_RETRIES: usize = 2;
+
 impl Session {
     /// Makes sure a backend is attached for `frame`, with a deferred BEGIN sent first on
     /// it. Returns false when none could be had; the client has then been sent an error
@@ -42,22 +46,36 @@ impl Session {
         self.follow_reload()?;
         self.me.set_state(ClientState::Waiting);
         let started = Instant::now();
-        let checkout = self.checkout().await;
+        let mut attempts = 0;
+        let mut pooled = loop {
+            let checkout = self.checkout().await;
+            let mut pooled = match checkout {
+                Ok(p) => p,
+                Err(e) => {
+                    self.no_backend(frame, &e);
+                    return Ok(false);
+                }
+            };
+            match self.serve_tenant(&mut pooled).await {
+                Ok(()) => break pooled,
+                // A pooled backend that failed the proxy's own switch exchange (PostgreSQL
+                // closed it while it waited, say) has seen nothing of the client's: it is
+                // closed and another one is tried.
+                Err(e) if attempts < SWITCH_RETRIES => {
+                    attempts += 1;
+                    tracing::debug!(parent: &self.span(), error = %e, "a pooled backend failed the tenant switch; trying another");
+                    drop(pooled);
+                }
+                Err(e) => {
+                    drop(pooled);
+                    self.no_backend(frame, &PoolError::Connect(e));
+                    return Ok(false);
+                }
+            }
+        };
         self.stats()
             .wait_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let mut pooled = match checkout {
-            Ok(p) => p,
-            Err(e) => {
-                self.no_backend(frame, &e);
-                return Ok(false);
-            }
-        };
-        if let Err(e) = self.serve_tenant(&mut pooled).await {
-            drop(pooled);
-            self.no_backend(frame, &PoolError::Connect(e));
-            return Ok(false);
-        }
         let conn = pooled.conn();
         tracing::debug!(
             parent: &self.span(),
