@@ -620,3 +620,103 @@ async fn copy_messages_pipelined_behind_an_execute_are_read_as_postgresql_reads_
     }
     f.finish();
 }
+
+/// Parse once, then `n` x (Bind with a `width`-byte text parameter, Execute), then Sync;
+/// each result row is four times the parameter.
+fn echo_pipeline(n: usize, width: usize) -> BytesMut {
+    let mut b = BytesMut::new();
+    messages::parse(&mut b, "", "SELECT $1::text, $1::text, $1::text, $1::text");
+    let p = "y".repeat(width);
+    for _ in 0..n {
+        messages::bind(&mut b, "", std::iter::once(p.as_bytes()));
+        messages::execute(&mut b);
+    }
+    raw::sync(&mut b);
+    b
+}
+
+/// Writes `bytes` from one task while this one reads the replies as they come; returns
+/// (DataRows, ReadyForQuerys, timed out) within `secs`. The client leaves on return.
+async fn write_while_reading(c: RawConn, bytes: BytesMut, secs: u64) -> (usize, usize, bool) {
+    let (mut r, mut w) = tokio::io::split(c.stream);
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&bytes).await;
+        w
+    });
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    let (mut rows, mut zs, mut timed_out) = (0, 0, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    'read: loop {
+        while let Ok(Some(f)) = pgtenant::protocol::codec::split_frame(&mut buf, 1 << 30) {
+            match f.tag {
+                b'D' => rows += 1,
+                b'Z' => {
+                    zs += 1;
+                    break 'read;
+                }
+                _ => {}
+            }
+        }
+        match tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    writer.abort();
+    (rows, zs, timed_out)
+}
+
+/// A client that pipelines more than the sockets hold while it reads its replies (here 200
+/// Bind/Execute pairs with a 100 kB parameter, 400 kB per row back) is served completely,
+/// as PostgreSQL serves it. The relay once finished each write to the backend before it
+/// read again, while PostgreSQL, its output full, had stopped reading its input: both waited
+/// for ever (PostgreSQL `active/ClientWrite`), and since the session was stuck in that write
+/// the client's leaving went unseen and the backend was never given back (pool of one:
+/// every other tenant got 08006). Found by a red-team pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_that_reads_its_replies_is_served_in_full() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let (n, width) = (200, 100_000);
+    let addr: SocketAddr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+    let d = RawConn::connect_with(
+        addr,
+        &[("user", "app_user"), ("database", "app")],
+        "app_password",
+    )
+    .await
+    .unwrap();
+    let direct = write_while_reading(d, echo_pipeline(n, width), 60).await;
+    assert_eq!(direct, (n, 1, false), "PostgreSQL itself");
+    let a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let through = write_while_reading(a, echo_pipeline(n, width), 60).await;
+    assert_eq!(
+        through, direct,
+        "(rows, ReadyForQuery, timed out) through pgtenant"
+    );
+    // Again, leaving halfway: the backend is closed and the next tenant served.
+    let a = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let cut = write_while_reading(a, echo_pipeline(n, width), 0).await;
+    assert!(cut.0 < n, "{cut:?}");
+    let g = tokio::time::timeout(Duration::from_secs(20), async {
+        let g = common::connect(&env.proxy.conn_str("globex")).await?;
+        g.query_one(CTX, &[]).await.map(|r| r.get::<_, String>(0))
+    })
+    .await;
+    assert!(
+        matches!(&g, Ok(Ok(t)) if t == GLOBEX),
+        "globex after acme left: {g:?}"
+    );
+}

@@ -9,6 +9,7 @@ mod buffers;
 pub mod channels;
 pub mod context;
 mod deferred;
+mod duplex;
 pub mod flow;
 mod guard;
 pub mod handover;
@@ -258,21 +259,8 @@ impl Session {
         Ok(())
     }
 
-    /// Sends an ERROR to the client (the connection stays open).
-    fn client_error(&mut self, code: &str, message: &str) {
-        messages::error_response(&mut self.cout, Severity::Error, code, message);
-    }
-
-    /// Writes pending bytes: requests to the backend first, then replies to the client.
-    async fn flush(&mut self) -> Result<(), End> {
-        if !self.bout.is_empty() {
-            if let Some(b) = self.attachment.conn_mut()
-                && let Err(e) = b.conn().stream.send(&self.bout).await
-            {
-                return Err(End::BackendLost(e.to_string()));
-            }
-            self.bout.clear();
-        }
+    /// Writes the replies gathered for the client.
+    async fn send_to_client(&mut self) -> Result<(), End> {
         if !self.cout.is_empty() {
             self.client.send(&self.cout).await.map_err(End::ClientIo)?;
             self.server
@@ -281,6 +269,21 @@ impl Session {
                 .inc_by(self.cout.len() as u64);
             self.cout.clear();
         }
+        Ok(())
+    }
+
+    /// Sends an ERROR to the client (the connection stays open).
+    fn client_error(&mut self, code: &str, message: &str) {
+        messages::error_response(&mut self.cout, Severity::Error, code, message);
+    }
+
+    /// Writes pending bytes: requests to the backend first (reading its replies while it
+    /// takes no more, see [`duplex`]), then replies to the client.
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.bout.is_empty() {
+            self.send_to_backend().await?;
+        }
+        self.send_to_client().await?;
         trim(&mut self.cout);
         trim(&mut self.bout);
         if self.cbuf.is_empty() {
