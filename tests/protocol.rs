@@ -720,3 +720,49 @@ async fn a_pipelining_client_that_reads_its_replies_is_served_in_full() {
         "globex after acme left: {g:?}"
     );
 }
+
+/// A simple Query inside a COPY IN started by Execute breaks the protocol: PostgreSQL
+/// answers ERROR and FATAL 08P01 and closes. The client gets exactly those two through
+/// pgtenant; it once got a third, pgtenant's own FATAL 08006 "server closed the connection
+/// unexpectedly" (found by a red-team pass). Other clients go on.
+#[tokio::test]
+async fn a_backend_fatal_is_the_last_word_the_client_gets() {
+    let env = TestEnv::start().await;
+    let mut b = BytesMut::new();
+    messages::query(&mut b, "BEGIN; CREATE TEMP TABLE t(x int) ON COMMIT DROP");
+    raw::extended(&mut b, "COPY t FROM STDIN", &[]);
+    messages::write_msg(&mut b, b'd', |x| x.put_slice(b"1\n"));
+    messages::query(&mut b, "SELECT 6");
+    messages::write_msg(&mut b, b'c', |_| {});
+    raw::sync(&mut b);
+    let addr: SocketAddr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+    let mut answers = Vec::new();
+    for through in [false, true] {
+        let mut c = if through {
+            RawConn::connect(env.proxy.addr, "acme", "acme-secret").await
+        } else {
+            RawConn::connect_with(
+                addr,
+                &[("user", "app_user"), ("database", "app")],
+                "app_password",
+            )
+            .await
+        }
+        .unwrap();
+        c.send(&b).await;
+        let mut m = Vec::new();
+        while let Ok(Some(x)) = tokio::time::timeout(Duration::from_secs(3), c.recv()).await {
+            m.push(x);
+        }
+        answers.push(
+            raw::errors(&m)
+                .iter()
+                .map(|e| format!("{} {}", e.severity, e.code))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(answers[0], ["ERROR 08P01", "FATAL 08P01"], "PostgreSQL");
+    assert_eq!(answers[1], answers[0], "through pgtenant");
+    let c = env.proxy.connect("globex").await;
+    assert_eq!(one(&c, CTX).await, GLOBEX);
+}

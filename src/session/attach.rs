@@ -435,7 +435,10 @@ impl Session {
     pub(super) fn detach_on_end(&mut self, end: &End) {
         self.unlink_backend();
         let quiet = self.flow.is_settled() && !self.input.in_copy();
-        let broken = matches!(end, End::BackendLost(_) | End::Unreadable(_));
+        let broken = matches!(
+            end,
+            End::BackendLost(_) | End::BackendEnded(_) | End::Unreadable(_)
+        );
         if !quiet || broken {
             // Closed, never reused (a COPY IN goes with it).
             drop(self.attachment.detach());

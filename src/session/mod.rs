@@ -52,6 +52,9 @@ pub enum End {
     ClientClosed,
     ClientIo(std::io::Error),
     BackendLost(String),
+    /// The backend ended the session with a FATAL (or PANIC) of its own, already passed on
+    /// to the client: nothing more is said, as PostgreSQL says nothing more.
+    BackendEnded(String),
     ProtocolViolation(String),
     Shutdown,
     /// KILL from the admin console.
@@ -75,6 +78,7 @@ impl fmt::Display for End {
             End::ClientClosed => write!(f, "client closed the connection"),
             End::ClientIo(e) => write!(f, "client I/O error: {e}"),
             End::BackendLost(e) => write!(f, "backend connection lost: {e}"),
+            End::BackendEnded(m) => write!(f, "backend ended the session: {m}"),
             End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             End::Shutdown => write!(f, "server shutting down"),
             End::Killed => write!(f, "killed by an administrator"),

@@ -312,13 +312,19 @@ impl Session {
                         if let Some(b) = self.attachment.conn_mut() {
                             b.conn().carry.on_error();
                         }
-                        let code = messages::parse_error_fields(body).code;
-                        if code == crate::protocol::sqlstate::QUERY_CANCELED {
+                        let fields = messages::parse_error_fields(body);
+                        if fields.code == crate::protocol::sqlstate::QUERY_CANCELED {
                             let backend = self.attachment.conn_mut().map(|b| b.conn().key().pid);
                             tracing::debug!(parent: &self.span(), client = self.me.entry.cancel_pid, ?backend, "query canceled");
                         }
-                        self.server.metrics.server_error(code.as_bytes());
+                        self.server.metrics.server_error(fields.code.as_bytes());
                         self.stats().errors.fetch_add(1, Ordering::Relaxed);
+                        if matches!(fields.severity.as_str(), "FATAL" | "PANIC") {
+                            // PostgreSQL closes the connection after it: the client has its
+                            // answer, and the session ends with it.
+                            self.cout.extend_from_slice(raw);
+                            return Err(End::BackendEnded(fields.message));
+                        }
                     }
                     self.cout.extend_from_slice(raw);
                     if tag == bt::READY_FOR_QUERY {
