@@ -35,7 +35,10 @@ impl Session {
                     return Poll::Ready(Ok(Step::Detached));
                 };
                 let conn = b.conn();
-                let wrote = if self.bout.is_empty() {
+                let wrote = if self.bout.is_empty() && !conn.stream.is_tls() {
+                    // Nothing buffered under a plain socket.
+                    Poll::Ready(Ok(Step::Flushed))
+                } else if self.bout.is_empty() {
                     Pin::new(&mut conn.stream)
                         .poll_flush(cx)
                         .map_ok(|()| Step::Flushed)

@@ -79,7 +79,8 @@ pub struct Flow {
     /// replies have arrived (a Flush makes them all arrive).
     unsynced: bool,
     /// The proxy sent a Flush so that a pending Execute's outcome arrives (see
-    /// [`Flow::copy_may_start`]); cleared when an Execute is answered.
+    /// [`Flow::copy_may_start`]); cleared when the client sends another Execute or a COPY
+    /// starts.
     flushed_for_copy: bool,
 }
 
@@ -155,6 +156,8 @@ impl Flow {
         if is_boundary(tag) {
             self.boundaries += 1;
             self.client_boundaries += usize::from(owner != Owner::Proxy);
+        } else if tag == ft::EXECUTE {
+            self.flushed_for_copy = false;
         }
         if self.pending.capacity() == 0 {
             // One allocation per transaction rather than a growth per few requests.
@@ -334,15 +337,11 @@ impl Flow {
     }
 
     fn pop_front(&mut self) {
-        let Some(p) = self.pending.pop_front() else {
-            return;
-        };
-        if is_boundary(p.tag) {
+        if let Some(p) = self.pending.pop_front()
+            && is_boundary(p.tag)
+        {
             self.forget_boundary(&p);
             self.skipping = false;
-        }
-        if p.tag == ft::EXECUTE {
-            self.flushed_for_copy = false;
         }
     }
 
