@@ -187,6 +187,42 @@ impl TestEnv {
         );
         connect(&s).await.expect("app_user connect")
     }
+
+    /// A byte-level connection: through pgtenant as tenant acme, or straight to PostgreSQL
+    /// as the app role (to compare the two answers to the same bytes).
+    pub async fn raw_acme_or_direct(&self, through: bool) -> raw::RawConn {
+        if through {
+            raw::RawConn::connect(self.proxy.addr, "acme", "acme-secret").await
+        } else {
+            let addr = format!("127.0.0.1:{}", self.cluster.port())
+                .parse()
+                .unwrap();
+            raw::RawConn::connect_with(
+                addr,
+                &[("user", "app_user"), ("database", "app")],
+                "app_password",
+            )
+            .await
+        }
+        .expect("raw connect")
+    }
+
+    /// The context a new globex client sees within 20 s (the pool may first have to free a
+    /// backend); an error or a timeout as text.
+    pub async fn globex_served(&self) -> Result<String, String> {
+        let served = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            let g = connect(&self.proxy.conn_str("globex")).await?;
+            g.query_one("SELECT current_setting('app.current_tenant')", &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+        })
+        .await;
+        match served {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 20 s".into()),
+        }
+    }
 }
 
 /// Starts PostgreSQL with the demo schema and a third tenant.
