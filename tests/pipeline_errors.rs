@@ -329,40 +329,6 @@ async fn a_sync_after_a_failed_injection_reports_the_aborted_transaction() {
     assert_eq!(status(&raw.until_ready().await), Some('I'));
 }
 
-/// FunctionCall of the function with `oid`, text arguments, text result.
-fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
-    use bytes::BufMut;
-    messages::write_msg(out, b'F', |b| {
-        b.put_u32(oid);
-        b.put_u16(1);
-        b.put_u16(0);
-        b.put_u16(args.len() as u16);
-        for a in args {
-            b.put_i32(a.len() as i32);
-            b.put_slice(a.as_bytes());
-        }
-        b.put_u16(0);
-    });
-}
-
-/// Reads up to ReadyForQuery; None when none comes within `secs`.
-async fn ready_within(c: &mut RawConn, secs: u64) -> Option<Vec<Msg>> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match tokio::time::timeout_at(deadline, c.recv()).await {
-            Ok(Some(m)) => {
-                let z = m.0 == b'Z';
-                out.push(m);
-                if z {
-                    return Some(out);
-                }
-            }
-            _ => return None,
-        }
-    }
-}
-
 /// A simple Query or a FunctionCall pipelined in the same write between an
 /// extended-protocol error and the Sync: PostgreSQL ignores it (no reply, no
 /// ReadyForQuery) and answers the Sync. The proxy once waited for that Query's
@@ -390,21 +356,27 @@ async fn a_query_pipelined_after_an_extended_error_is_skipped_as_postgresql_skip
         if middle == b'Q' {
             messages::query(&mut bytes, "SELECT 1");
         } else {
-            function_call(&mut bytes, 2880, &["1"]); // pg_advisory_lock(bigint)
+            raw::function_call(&mut bytes, 2880, &["1"]); // pg_advisory_lock(bigint)
         }
         raw::sync(&mut bytes);
         // PostgreSQL itself: ParseComplete, the error (1/0 is folded at Bind), the Sync's
         // ReadyForQuery; nothing for the Query or FunctionCall in between.
         let mut d = env.raw_acme_or_direct(false).await;
         d.send(&bytes).await;
-        let direct = ready_within(&mut d, 5).await.map(|m| raw::tags(&m));
+        let direct = tokio::time::timeout(Duration::from_secs(5), d.until_ready())
+            .await
+            .ok()
+            .map(|m| raw::tags(&m));
         f.check(direct.as_deref() == Some("1EZ"), || {
             format!("{label}: PostgreSQL answered {direct:?}")
         });
         drop(d);
         let mut a = env.raw_acme_or_direct(true).await;
         a.send(&bytes).await;
-        let through = ready_within(&mut a, 5).await.map(|m| raw::tags(&m));
+        let through = tokio::time::timeout(Duration::from_secs(5), a.until_ready())
+            .await
+            .ok()
+            .map(|m| raw::tags(&m));
         f.check(through == direct, || {
             format!("{label}: through pgtenant {through:?}, PostgreSQL {direct:?}")
         });

@@ -15,8 +15,9 @@ use crate::protocol::messages;
 use crate::protocol::{TxStatus, backend_tag as bt, frontend_tag as ft, sqlstate};
 
 impl Session {
-    /// True when a complete client frame is waiting for a ReadyForQuery before it may go
-    /// on; the client is not read further until then, bounding buffered input.
+    /// True when a complete client frame must wait before it may go on (for a
+    /// ReadyForQuery, or a copy message for its Execute's outcome); the client is then read
+    /// only a bounded amount further (see `run_loop::READ_AHEAD`).
     pub(super) fn has_blocked_frame(&self) -> bool {
         (self.frames_must_wait() || self.copy_must_wait()) && self.cbuf.len() >= 5 && {
             let len = (&self.cbuf[1..5]).get_u32() as usize;

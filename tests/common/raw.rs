@@ -285,6 +285,21 @@ pub fn extended(out: &mut BytesMut, sql: &str, params: &[&str]) {
     messages::execute(out);
 }
 
+/// Appends a FunctionCall of the function with `oid`: text arguments, a text result.
+pub fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
+    messages::write_msg(out, b'F', |b| {
+        b.extend_from_slice(&oid.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+        for a in args {
+            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+            b.extend_from_slice(a.as_bytes());
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+}
+
 /// Appends a Sync.
 pub fn sync(out: &mut BytesMut) {
     messages::sync(out);

@@ -235,22 +235,6 @@ async fn reserved_statement_names_and_startup_settings_are_refused() {
     f.finish();
 }
 
-/// Sends a FunctionCall ('F') message for function `oid` with text arguments.
-fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
-    use bytes::BufMut;
-    messages::write_msg(out, b'F', |b| {
-        b.put_u32(oid);
-        b.put_i16(1);
-        b.put_i16(0);
-        b.put_i16(args.len() as i16);
-        for a in args {
-            b.put_i32(a.len() as i32);
-            b.put_slice(a.as_bytes());
-        }
-        b.put_i16(0);
-    });
-}
-
 /// Less obvious ways to change the context inside a transaction. Whatever the proxy does
 /// with each (refuse it or let it through), the transaction must never run with another
 /// tenant's id or see another tenant's rows. Each attack is first run straight against
@@ -417,7 +401,7 @@ async fn obfuscated_context_changes_never_reach_another_tenants_rows() {
         let m = c.simple("BEGIN").await;
         assert!(raw::errors(&m).is_empty());
         let mut out = BytesMut::new();
-        function_call(&mut out, oid, &["app.current_tenant", GLOBEX, local]);
+        raw::function_call(&mut out, oid, &["app.current_tenant", GLOBEX, local]);
         c.send(&out).await;
         let attempt = c.until_ready().await;
         let m = c.simple(&check).await;

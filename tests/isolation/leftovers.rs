@@ -70,20 +70,6 @@ const ADVISORY_LOCK_OID: u32 = 2880;
 const LO_CREAT_OID: u32 = 957;
 const LO_UNLINK_OID: u32 = 964;
 
-/// A FunctionCall of `oid` with text arguments and a text result.
-fn function_call(out: &mut BytesMut, oid: u32, args: &[&str]) {
-    messages::write_msg(out, b'F', |b| {
-        b.extend_from_slice(&oid.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(args.len() as i16).to_be_bytes());
-        for a in args {
-            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
-            b.extend_from_slice(a.as_bytes());
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-    });
-}
-
 #[tokio::test]
 async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
     for mode in [ResetMode::Always, ResetMode::Tracked] {
@@ -118,20 +104,20 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
             // A function called by OID has no SQL for the guard: only large-object
             // functions go through, so a session advisory lock is refused...
             let mut out = BytesMut::new();
-            function_call(&mut out, ADVISORY_LOCK_OID, &["42"]);
+            raw::function_call(&mut out, ADVISORY_LOCK_OID, &["42"]);
             acme.send(&out).await;
             let msgs = acme.until_ready().await;
             assert_eq!(raw::errors(&msgs)[0].code, "42501", "{mode:?}: {msgs:?}");
             // ... and libpq's lo_creat / lo_unlink work.
             let mut out = BytesMut::new();
-            function_call(&mut out, LO_CREAT_OID, &["393216"]);
+            raw::function_call(&mut out, LO_CREAT_OID, &["393216"]);
             acme.send(&out).await;
             let msgs = acme.until_ready().await;
             assert_eq!(raw::tags(&msgs), "VZ", "{mode:?}: {msgs:?}");
             let len = i32::from_be_bytes(msgs[0].1[..4].try_into().unwrap()) as usize;
             let oid = String::from_utf8(msgs[0].1[4..4 + len].to_vec()).unwrap();
             let mut out = BytesMut::new();
-            function_call(&mut out, LO_UNLINK_OID, &[&oid]);
+            raw::function_call(&mut out, LO_UNLINK_OID, &[&oid]);
             acme.send(&out).await;
             assert_eq!(raw::tags(&acme.until_ready().await), "VZ", "{mode:?}");
 
