@@ -368,3 +368,98 @@ async fn sql_deallocate_of_a_protocol_statement_drops_it_as_on_postgres() {
         "{errs:?}"
     );
 }
+
+/// A named Parse of a name the client already defined is refused as PostgreSQL refuses it
+/// (42P05), between transactions and inside one, and the first definition keeps running its
+/// own SQL. (asyncpg's suite found the proxy replacing it: the earlier statement then ran
+/// the new text.) PostgreSQL's answers first, then pgtenant's.
+#[tokio::test]
+async fn a_second_parse_of_a_defined_name_is_refused_and_the_first_stays() {
+    let env = TestEnv::start().await;
+    for through in [false, true] {
+        let mut c = env.raw_acme_or_direct(through).await;
+        let at = if through { "pgtenant" } else { "PostgreSQL" };
+        assert!(errors(&parse_sync(&mut c, "dup", "SELECT 1").await).is_empty());
+        let errs = errors(&parse_sync(&mut c, "dup", "SELECT 2").await);
+        assert_eq!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("42P05"),
+            "{at}: {errs:?}"
+        );
+        assert_eq!(
+            data_rows(&bind_run(&mut c, "dup", &[]).await),
+            vec![vec![Some("1".to_string())]],
+            "{at}: the first definition runs"
+        );
+        // Inside a transaction: refused, the transaction aborted, the statement unchanged.
+        assert!(errors(&c.simple("BEGIN").await).is_empty());
+        let m = parse_sync(&mut c, "dup", "SELECT 3").await;
+        let errs = errors(&m);
+        assert_eq!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("42P05"),
+            "{at}: {errs:?}"
+        );
+        assert_eq!(
+            m.last().map(|(_, b)| b[0]),
+            Some(b'E'),
+            "{at}: transaction failed"
+        );
+        assert!(errors(&c.simple("ROLLBACK").await).is_empty());
+        assert_eq!(
+            data_rows(&bind_run(&mut c, "dup", &[]).await),
+            vec![vec![Some("1".to_string())]],
+            "{at}: still the first definition"
+        );
+        // Closed, the name may be defined again.
+        let mut out = bytes::BytesMut::new();
+        common::raw::close_statement(&mut out, "dup");
+        sync(&mut out);
+        c.send(&out).await;
+        assert!(errors(&c.until_ready().await).is_empty());
+        assert!(errors(&parse_sync(&mut c, "dup", "SELECT 4").await).is_empty());
+        assert_eq!(
+            data_rows(&bind_run(&mut c, "dup", &[]).await),
+            vec![vec![Some("4".to_string())]],
+            "{at}: the new definition after Close"
+        );
+    }
+}
+
+/// A statement whose Parse PostgreSQL refuses does not exist, so its name may be prepared
+/// again (a driver that names statements by their text, as pgx does, prepares the same name
+/// once the missing table exists). The proxy answers a Parse between transactions itself and
+/// learns of the error at first use; that error must free the name too.
+#[tokio::test]
+async fn a_name_whose_statement_failed_may_be_prepared_again() {
+    let (env, su) = env_with_table(2, "rp_unused").await;
+    for (through, table) in [(false, "rp_later_direct"), (true, "rp_later_proxy")] {
+        let mut c = env.raw_acme_or_direct(through).await;
+        let at = if through { "pgtenant" } else { "PostgreSQL" };
+        let sql = format!("SELECT a FROM {table}");
+        let run = async |c: &mut RawConn| {
+            let mut out = bytes::BytesMut::new();
+            pgtenant::protocol::messages::parse(&mut out, "by_text", &sql);
+            pgtenant::protocol::messages::bind(&mut out, "by_text", std::iter::empty());
+            pgtenant::protocol::messages::execute(&mut out);
+            sync(&mut out);
+            c.send(&out).await;
+            c.until_ready().await
+        };
+        let errs = errors(&run(&mut c).await);
+        assert_eq!(
+            errs.first().map(|e| e.code.as_str()),
+            Some("42P01"),
+            "{at}: {errs:?}"
+        );
+        su.batch_execute(&format!(
+            "CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (7);
+             GRANT SELECT ON {table} TO app_user;"
+        ))
+        .await
+        .unwrap();
+        let m = run(&mut c).await;
+        assert!(errors(&m).is_empty(), "{at}: {:?}", errors(&m));
+        assert_eq!(data_rows(&m), vec![vec![Some("7".to_string())]], "{at}");
+    }
+}

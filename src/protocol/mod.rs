@@ -104,6 +104,7 @@ pub mod sqlstate {
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     pub const WARNING: &str = "01000";
 }

@@ -89,16 +89,21 @@ pub struct Flow {
 pub struct FailedParse {
     /// The statement's backend name.
     pub statement: String,
-    /// The client's own Parse (its statement does not exist, as on PostgreSQL); false for
-    /// the proxy re-preparing a statement the client defined earlier, which stays defined.
+    /// The client's statement goes too (it does not exist, as on PostgreSQL): the client's
+    /// own Parse failed or was skipped, or the proxy's Parse of it failed with its own
+    /// error (PostgreSQL would have refused the client's Parse of that text, which the
+    /// proxy answered without a backend, so the name may be defined again). False for a
+    /// re-prepare the proxy added for a Bind that an earlier error skipped: the client's
+    /// statement stays defined.
     pub by_client: bool,
 }
 
 impl FailedParse {
-    fn new(statement: Option<String>, owner: Owner) -> Option<FailedParse> {
+    /// `errored`: this request's own error, not one before it that made the backend skip it.
+    fn new(statement: Option<String>, owner: Owner, errored: bool) -> Option<FailedParse> {
         statement.map(|statement| FailedParse {
             statement,
-            by_client: owner == Owner::Client,
+            by_client: owner == Owner::Client || (errored && owner == Owner::ProxyForwardErrors),
         })
     }
 }
@@ -150,7 +155,7 @@ impl Flow {
         if self.backend_discards() && tag != ft::SYNC {
             // The backend ignores it: no reply will come, and a Parse creates nothing.
             self.failed_statements
-                .extend(FailedParse::new(statement, owner));
+                .extend(FailedParse::new(statement, owner, false));
             return;
         }
         if is_boundary(tag) {
@@ -299,14 +304,18 @@ impl Flow {
             let front = self
                 .pending
                 .front_mut()
-                .and_then(|p| FailedParse::new(p.statement.take(), p.owner));
+                .and_then(|p| FailedParse::new(p.statement.take(), p.owner, true));
             self.failed_statements.extend(front);
         } else {
+            let mut errored = true;
             while self.pending.front().is_some_and(|p| p.tag != ft::SYNC) {
                 if let Some(p) = self.pending.pop_front() {
                     self.forget_boundary(&p);
-                    self.failed_statements
-                        .extend(FailedParse::new(p.statement, p.owner));
+                    self.failed_statements.extend(FailedParse::new(
+                        p.statement,
+                        p.owner,
+                        std::mem::take(&mut errored),
+                    ));
                 }
             }
             self.skipping = true;

@@ -74,6 +74,10 @@ impl Session {
         if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
+        if let Some(refusal) = self.redefinition(&frame) {
+            let code = sqlstate::DUPLICATE_PREPARED_STATEMENT;
+            return self.refuse(&frame, code, &refusal, "statement").await;
+        }
         let text = sql_text(&frame);
         if self.deallocate_locally(&frame, text) {
             return Ok(());
@@ -176,6 +180,21 @@ impl Session {
                 "invalid frontend message type {other}"
             ))),
         }
+    }
+
+    /// PostgreSQL's refusal of a named Parse whose name the client already defined, under
+    /// transaction pooling, where the proxy keeps the client's statements (in session
+    /// pooling PostgreSQL sees the Parse and answers itself). Without it the new text
+    /// would replace the old under the same name: the earlier statement would run the new SQL.
+    fn redefinition(&self, frame: &Frame) -> Option<String> {
+        if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
+            return None;
+        }
+        let name = self.statements.redefined(frame.body())?;
+        Some(format!(
+            "prepared statement \"{}\" already exists",
+            String::from_utf8_lossy(name)
+        ))
     }
 
     /// Whether the request is a BEGIN / SET TRANSACTION (by its text, or the text of the

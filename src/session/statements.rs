@@ -63,6 +63,14 @@ impl ClientStatements {
         Some(Defined::Named(def))
     }
 
+    /// The name a Parse would define when the client already has a statement of that name
+    /// (PostgreSQL refuses such a Parse with 42P05 and keeps the first definition). The
+    /// unnamed statement is replaced by every Parse.
+    pub fn redefined<'a>(&self, parse_body: &'a [u8]) -> Option<&'a [u8]> {
+        let (name, _) = read_cstr(parse_body)?;
+        (!name.is_empty() && self.by_name.as_ref()?.contains_key(name)).then_some(name)
+    }
+
     /// The definition behind a client statement name (not the unnamed statement).
     pub fn get(&self, name: &[u8]) -> Option<Arc<StatementDef>> {
         self.by_name.as_ref()?.get(name).cloned()

@@ -175,6 +175,29 @@ fn parses_skipped_after_an_error_are_reported_as_failed() {
 }
 
 #[test]
+fn a_proxy_parse_failing_with_its_own_error_takes_the_client_name_with_it() {
+    let mut f = Flow::default();
+    f.sent_parse(
+        ft::PARSE,
+        Owner::ProxyForwardErrors,
+        Some("pgtenant_s_3".into()),
+    );
+    f.sent(ft::BIND, Owner::Client);
+    f.sent(ft::SYNC, Owner::Client);
+    // The Parse's own error: PostgreSQL would have refused the client's Parse of it.
+    assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+    assert_eq!(
+        f.take_failed_statements(),
+        vec![FailedParse {
+            statement: "pgtenant_s_3".into(),
+            by_client: true
+        }]
+    );
+    assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+    assert!(f.is_idle());
+}
+
+#[test]
 fn requests_after_an_error_and_before_sync_expect_no_reply() {
     let mut f = Flow::default();
     f.sent(ft::BIND, Owner::Client);
