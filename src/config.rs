@@ -79,7 +79,9 @@ impl Default for AdminConfig {
 pub struct ServerConfig {
     /// Address clients connect to.
     pub listen: SocketAddr,
-    /// Address of the HTTP listener for `/metrics`, `/healthz`, `/readyz`; empty disables it.
+    /// Address of the HTTP listener for `/metrics`, `/healthz`, `/readyz`; `""` disables it
+    /// (absent: the default address, so a sidecar is scrapeable without configuration).
+    #[serde(deserialize_with = "address_or_empty")]
     pub metrics_listen: Option<SocketAddr>,
     /// Largest message a client may send before authenticating (PostgreSQL uses 10,000).
     pub max_startup_message_size: usize,
@@ -162,6 +164,21 @@ impl ServerConfig {
                 .with_retries(self.tcp_keepalives_count),
         )
     }
+}
+
+/// An address, or `""` for none.
+fn address_or_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{e} (an address such as \"127.0.0.1:9187\", or \"\" for none)"
+        ))
+    })
 }
 
 impl Default for ServerConfig {

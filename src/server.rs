@@ -170,6 +170,14 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// Binds `addr`; an error names the address and the key it came from (two proxies on one
+/// host otherwise fail with a bare "Address already in use").
+async fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("{key} = \"{addr}\": cannot listen: {e}"))
+    })
+}
+
 /// Binds the listeners (port 0 picks a free port) and starts the proxy.
 pub async fn start(
     config: Config,
@@ -179,10 +187,10 @@ pub async fn start(
     if let Some(problem) = crate::config::context::startup_check(&config) {
         return Err(std::io::Error::other(problem));
     }
-    let listener = TcpListener::bind(config.server.listen).await?;
+    let listener = bind(config.server.listen, "server.listen").await?;
     let addr = listener.local_addr()?;
     let metrics_listener = match config.server.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(bind(addr, "server.metrics_listen").await?),
         None => None,
     };
     if config.doctor.strict {

@@ -151,3 +151,29 @@ fn the_channel_key_is_read_from_its_file_and_named_when_bad() {
     assert!(err.contains("server.channel_key_env"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn metrics_listen_empty_turns_the_listener_off_and_absent_keeps_the_default() {
+    let base = "[databases.app]\nhost = \"h\"\nuser = \"u\"\n";
+    let off = Config::parse(&format!("[server]\nmetrics_listen = \"\"\n{base}")).unwrap();
+    assert_eq!(off.server.metrics_listen, None);
+    let default = Config::parse(base).unwrap();
+    assert_eq!(
+        default.server.metrics_listen,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9187)))
+    );
+    let set = Config::parse(&format!(
+        "[server]\nmetrics_listen = \"0.0.0.0:9100\"\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(
+        set.server.metrics_listen,
+        Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+    );
+    let bad = Config::parse(&format!("[server]\nmetrics_listen = \"nine\"\n{base}"));
+    let message = format!(
+        "{:?}",
+        bad.err().expect("an address that is none is refused")
+    );
+    assert!(message.contains("metrics_listen"), "{message}");
+}
