@@ -428,8 +428,8 @@ async fn a_second_parse_of_a_defined_name_is_refused_and_the_first_stays() {
 
 /// A statement whose Parse PostgreSQL refuses does not exist, so its name may be prepared
 /// again (a driver that names statements by their text, as pgx does, prepares the same name
-/// once the missing table exists). The proxy answers a Parse between transactions itself and
-/// learns of the error at first use; that error must free the name too.
+/// once the missing table exists). A Parse sent alone between transactions is answered by
+/// the proxy, which learns of the error at first use; that error must free the name too.
 #[tokio::test]
 async fn a_name_whose_statement_failed_may_be_prepared_again() {
     let (env, su) = env_with_table(2, "rp_unused").await;
@@ -437,29 +437,71 @@ async fn a_name_whose_statement_failed_may_be_prepared_again() {
         let mut c = env.raw_acme_or_direct(through).await;
         let at = if through { "pgtenant" } else { "PostgreSQL" };
         let sql = format!("SELECT a FROM {table}");
-        let run = async |c: &mut RawConn| {
-            let mut out = bytes::BytesMut::new();
-            pgtenant::protocol::messages::parse(&mut out, "by_text", &sql);
-            pgtenant::protocol::messages::bind(&mut out, "by_text", std::iter::empty());
-            pgtenant::protocol::messages::execute(&mut out);
-            sync(&mut out);
-            c.send(&out).await;
-            c.until_ready().await
-        };
-        let errs = errors(&run(&mut c).await);
-        assert_eq!(
-            errs.first().map(|e| e.code.as_str()),
-            Some("42P01"),
-            "{at}: {errs:?}"
+        // PostgreSQL refuses the Parse (42P01) and the Bind finds no statement (26000);
+        // through the proxy the Parse is answered and the Bind's preparation fails (42P01).
+        let mut codes: Vec<String> = errors(&parse_sync(&mut c, "by_text", &sql).await)
+            .into_iter()
+            .map(|e| e.code)
+            .collect();
+        codes.extend(
+            errors(&bind_run(&mut c, "by_text", &[]).await)
+                .into_iter()
+                .map(|e| e.code),
         );
+        assert!(codes.contains(&"42P01".to_string()), "{at}: {codes:?}");
         su.batch_execute(&format!(
             "CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (7);
              GRANT SELECT ON {table} TO app_user;"
         ))
         .await
         .unwrap();
-        let m = run(&mut c).await;
-        assert!(errors(&m).is_empty(), "{at}: {:?}", errors(&m));
-        assert_eq!(data_rows(&m), vec![vec![Some("7".to_string())]], "{at}");
+        let errs = errors(&parse_sync(&mut c, "by_text", &sql).await);
+        assert!(errs.is_empty(), "{at}: prepared again: {errs:?}");
+        let m = bind_run(&mut c, "by_text", &[]).await;
+        assert_eq!(
+            data_rows(&m),
+            vec![vec![Some("7".to_string())]],
+            "{at}: {:?}",
+            errors(&m)
+        );
     }
+}
+
+/// A named Parse pipelined with its Bind, Execute and Sync (node-postgres's named queries)
+/// gets PostgreSQL's own answer: a text PostgreSQL rejects fails at the Parse, with no
+/// ParseComplete (node-postgres takes one as the name being taken, and refused the fixed
+/// text under that name), and the name can then carry another text.
+#[tokio::test]
+async fn a_named_parse_pipelined_with_its_bind_is_answered_by_postgresql() {
+    let env = TestEnv::start().await;
+    let mut seen = Vec::new();
+    for through in [false, true] {
+        let mut c = env.raw_acme_or_direct(through).await;
+        let mut replies = Vec::new();
+        for sql in ["SELECT $1::nonexistent_type_xyz", "SELECT $1::int AS n"] {
+            let mut out = bytes::BytesMut::new();
+            pgtenant::protocol::messages::parse(&mut out, "bad_stmt", sql);
+            pgtenant::protocol::messages::bind(&mut out, "bad_stmt", [&b"42"[..]].into_iter());
+            pgtenant::protocol::messages::execute(&mut out);
+            sync(&mut out);
+            c.send(&out).await;
+            let m = c.until_ready().await;
+            let codes: Vec<String> = errors(&m).into_iter().map(|e| e.code).collect();
+            replies.push((common::raw::tags(&m), codes, data_rows(&m)));
+        }
+        seen.push(replies);
+    }
+    assert_eq!(
+        seen[0][0].1,
+        vec!["42704".to_string()],
+        "PostgreSQL: {:?}",
+        seen[0]
+    );
+    assert_eq!(
+        seen[0][1].2,
+        vec![vec![Some("42".to_string())]],
+        "PostgreSQL: {:?}",
+        seen[0]
+    );
+    assert_eq!(seen[1], seen[0], "pgtenant answers as PostgreSQL does");
 }

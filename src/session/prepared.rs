@@ -217,6 +217,72 @@ impl Session {
         true
     }
 
+    /// PostgreSQL's refusal of a named Parse whose name the client already defined, under
+    /// transaction pooling, where the proxy keeps the client's statements (in session
+    /// pooling PostgreSQL sees the Parse and answers itself). Without it the new text
+    /// would replace the old under the same name: the earlier statement would run the new SQL.
+    pub(super) fn redefinition(&self, frame: &Frame) -> Option<String> {
+        if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
+            return None;
+        }
+        let name = self.statements.redefined(frame.body())?;
+        Some(format!(
+            "prepared statement \"{}\" already exists",
+            String::from_utf8_lossy(name)
+        ))
+    }
+
+    /// Whether `frame` is a request the proxy answers from its own state while the session
+    /// holds no backend: a named Parse or the Close of a named statement (Sync and Flush are
+    /// answered earlier). The rule: a client holding no backend never waits for one for a
+    /// request whose reply needs none. Between transactions and in a transaction a deferred
+    /// BEGIN opened alike, so a client that prepares and then waits (libpq's PQprepare,
+    /// pgbench -M prepared, whose thread blocks in it while its other clients hold every
+    /// backend inside their transactions) can neither hold up the pool nor deadlock it.
+    pub(super) fn answers_locally(&self, frame: &Frame) -> bool {
+        if self.pool.mode != PoolMode::Transaction {
+            return false;
+        }
+        match frame.tag {
+            // The unnamed statement goes with the Bind that follows it, and so does a named
+            // one the client sent a request after that needs a backend anyway (a Bind,
+            // a Describe): PostgreSQL then reports a text it rejects at the Parse, as
+            // drivers expect (node-postgres takes a ParseComplete as the name being taken).
+            ft::PARSE => {
+                !super::statements::parse_is_unnamed(frame)
+                    && !super::statements::backend_needed_before_sync(&self.cbuf)
+            }
+            ft::CLOSE => super::statements::statement_target(frame).is_some_and(|n| !n.is_empty()),
+            _ => false,
+        }
+    }
+
+    /// Answers a request of [`Self::answers_locally`] (the caller holds no backend): a
+    /// Parse is recorded and prepared on whichever backend first runs it, a Close forgets
+    /// the client's name. The cost: a statement PostgreSQL would reject is reported at its
+    /// first Bind or Describe instead. Returns false when the request must go to a backend.
+    pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
+        if !self.answers_locally(frame) {
+            return false;
+        }
+        if frame.tag == ft::CLOSE {
+            if let Some(name) = super::statements::statement_target(frame) {
+                self.statements.remove(name);
+            }
+            write_msg(&mut self.cout, bt::CLOSE_COMPLETE, |_| {});
+            return true;
+        }
+        if self
+            .statements
+            .define(frame.body(), self.frame_reading)
+            .is_none()
+        {
+            return false;
+        }
+        write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
+        true
+    }
+
     /// Answers request `tag` with `reply` once every earlier request is answered.
     fn answer_in_order(&mut self, tag: u8, reply: u8) {
         self.flow.sent(tag, Owner::Synthetic(reply));

@@ -8,7 +8,6 @@ use bytes::Buf;
 use super::flow::{Disposition, Owner};
 use super::guard::Judged;
 use super::{End, Session};
-use crate::config::PoolMode;
 use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
 use crate::protocol::messages;
@@ -180,21 +179,6 @@ impl Session {
                 "invalid frontend message type {other}"
             ))),
         }
-    }
-
-    /// PostgreSQL's refusal of a named Parse whose name the client already defined, under
-    /// transaction pooling, where the proxy keeps the client's statements (in session
-    /// pooling PostgreSQL sees the Parse and answers itself). Without it the new text
-    /// would replace the old under the same name: the earlier statement would run the new SQL.
-    fn redefinition(&self, frame: &Frame) -> Option<String> {
-        if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
-            return None;
-        }
-        let name = self.statements.redefined(frame.body())?;
-        Some(format!(
-            "prepared statement \"{}\" already exists",
-            String::from_utf8_lossy(name)
-        ))
     }
 
     /// Whether the request is a BEGIN / SET TRANSACTION (by its text, or the text of the
@@ -390,51 +374,6 @@ impl Session {
             });
         }
         self.leftover = self.leftover.max(left);
-    }
-
-    /// Whether `frame` is a request the proxy answers from its own state while the session
-    /// holds no backend: a named Parse or the Close of a named statement (Sync and Flush are
-    /// answered earlier). The rule: a client holding no backend never waits for one for a
-    /// request whose reply needs none. Between transactions and in a transaction a deferred
-    /// BEGIN opened alike, so a client that prepares and then waits (libpq's PQprepare,
-    /// pgbench -M prepared, whose thread blocks in it while its other clients hold every
-    /// backend inside their transactions) can neither hold up the pool nor deadlock it.
-    fn answers_locally(&self, frame: &Frame) -> bool {
-        if self.pool.mode != PoolMode::Transaction {
-            return false;
-        }
-        match frame.tag {
-            // The unnamed statement goes with the Bind that follows it.
-            ft::PARSE => !super::statements::parse_is_unnamed(frame),
-            ft::CLOSE => super::statements::statement_target(frame).is_some_and(|n| !n.is_empty()),
-            _ => false,
-        }
-    }
-
-    /// Answers a request of [`Self::answers_locally`] (the caller holds no backend): a
-    /// Parse is recorded and prepared on whichever backend first runs it, a Close forgets
-    /// the client's name. The cost: a statement PostgreSQL would reject is reported at its
-    /// first Bind or Describe instead. Returns false when the request must go to a backend.
-    fn answer_locally(&mut self, frame: &Frame) -> bool {
-        if !self.answers_locally(frame) {
-            return false;
-        }
-        if frame.tag == ft::CLOSE {
-            if let Some(name) = super::statements::statement_target(frame) {
-                self.statements.remove(name);
-            }
-            messages::write_msg(&mut self.cout, bt::CLOSE_COMPLETE, |_| {});
-            return true;
-        }
-        if self
-            .statements
-            .define(frame.body(), self.frame_reading)
-            .is_none()
-        {
-            return false;
-        }
-        messages::write_msg(&mut self.cout, bt::PARSE_COMPLETE, |_| {});
-        true
     }
 
     fn on_ready(&mut self, status: Option<u8>) {

@@ -140,6 +140,37 @@ pub fn rewrite_describe(backend_name: &str, out: &mut BytesMut) {
     });
 }
 
+/// True when the client's buffered requests (`pending`, after the one being handled) hold,
+/// before the next Sync, one that needs a backend: anything but a named Parse, the Close of
+/// a named statement or a Flush. What is not buffered yet is not known: false.
+pub fn backend_needed_before_sync(pending: &[u8]) -> bool {
+    let mut rest = pending;
+    while let Some(&tag) = rest.first() {
+        let body = rest.get(5..).unwrap_or_default();
+        let local = match tag {
+            ft::SYNC => return false,
+            ft::FLUSH => true,
+            ft::PARSE => body.first().is_some_and(|&b| b != 0),
+            ft::CLOSE => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+            _ => false,
+        };
+        if !local {
+            return true;
+        }
+        let Some(len) = rest
+            .get(1..5)
+            .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        else {
+            return false;
+        };
+        match rest.get(1 + len..) {
+            Some(next) if len >= 4 => rest = next,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// True for a Parse of the unnamed statement.
 pub fn parse_is_unnamed(frame: &Frame) -> bool {
     frame.body().first() == Some(&0)
@@ -169,6 +200,49 @@ mod tests {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_named_parse_needs_a_backend_when_a_request_that_needs_one_follows_before_sync() {
+        use crate::protocol::messages;
+        let mut b = BytesMut::new();
+        messages::parse(&mut b, "s1", "select 1");
+        messages::sync(&mut b);
+        assert!(!backend_needed_before_sync(&b), "Parse, Sync: local");
+        let mut b = BytesMut::new();
+        messages::bind(&mut b, "s1", std::iter::empty());
+        messages::execute(&mut b);
+        messages::sync(&mut b);
+        assert!(backend_needed_before_sync(&b), "Bind follows");
+        let mut b = BytesMut::new();
+        write_msg(&mut b, ft::DESCRIBE, |m| m.extend_from_slice(b"Ss1\0"));
+        messages::sync(&mut b);
+        assert!(backend_needed_before_sync(&b), "Describe follows");
+        let mut b = BytesMut::new();
+        messages::parse(&mut b, "s2", "select 2");
+        write_msg(&mut b, ft::CLOSE, |m| m.extend_from_slice(b"Ss0\0"));
+        write_msg(&mut b, ft::FLUSH, |_| {});
+        assert!(
+            !backend_needed_before_sync(&b),
+            "named Parse, Close, Flush, nothing yet"
+        );
+        messages::parse(&mut b, "", "select 3");
+        assert!(
+            backend_needed_before_sync(&b),
+            "an unnamed Parse goes to a backend"
+        );
+        let mut b = BytesMut::new();
+        messages::sync(&mut b);
+        messages::bind(&mut b, "s1", std::iter::empty());
+        assert!(
+            !backend_needed_before_sync(&b),
+            "after the Sync is another pipeline"
+        );
+        // A partial frame: its tag is known, its end is not; a Parse whose name has not
+        // arrived may be the unnamed one.
+        assert!(backend_needed_before_sync(b"B\0\0"));
+        assert!(backend_needed_before_sync(b"P\0\0"));
+        assert!(!backend_needed_before_sync(b""));
     }
 
     #[test]
