@@ -394,3 +394,53 @@ async fn a_query_pipelined_after_an_extended_error_is_skipped_as_postgresql_skip
     }
     f.finish();
 }
+
+/// The proxy's own statements (the context injection's, the prepared BEGIN's) are prepared
+/// again after a client's DISCARD ALL; when that Parse goes out behind an error in the same
+/// pipeline, PostgreSQL skips it, and the backend must not be taken to have it. (psycopg's
+/// suite found the next transaction on the backend failing with 40001: a refused statement
+/// with parameters, inside a transaction, made the injection go out after the refusal.)
+/// PostgreSQL runs the same requests first.
+#[tokio::test]
+async fn own_statements_skipped_after_an_error_are_prepared_again() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    for through in [false, true] {
+        let at = if through { "pgtenant" } else { "PostgreSQL" };
+        let mut c = env.raw_acme_or_direct(through).await;
+        assert!(
+            raw::errors(&c.simple("DISCARD ALL").await).is_empty(),
+            "{at}"
+        );
+        assert!(raw::errors(&c.simple("BEGIN").await).is_empty(), "{at}");
+        let m = then_sync(&mut c, |out| {
+            raw::extended(out, "SELECT pg_terminate_backend($1)", &["1"]);
+        })
+        .await;
+        // Refused by the guard through pgtenant; the test cluster revokes it from PUBLIC.
+        let codes: Vec<String> = raw::errors(&m).into_iter().map(|e| e.code).collect();
+        assert_eq!(codes, ["42501"], "{at}: {}", raw::tags(&m));
+        assert!(raw::errors(&c.simple("ROLLBACK").await).is_empty(), "{at}");
+        // The next transactions on the (only) backend, this client's and another's.
+        for _ in 0..2 {
+            let m = c.simple("BEGIN; SELECT 1; COMMIT").await;
+            assert!(raw::errors(&m).is_empty(), "{at}: {:?}", raw::errors(&m));
+            assert_eq!(
+                raw::data_rows(&m),
+                vec![vec![Some("1".to_string())]],
+                "{at}"
+            );
+        }
+        if through {
+            assert_eq!(
+                env.globex_served().await.as_deref(),
+                Ok("22222222-2222-4222-8222-222222222222"),
+                "another tenant is served by that backend"
+            );
+        }
+    }
+}

@@ -84,6 +84,10 @@ pub struct Flow {
     flushed_for_copy: bool,
 }
 
+/// The name a skipped Parse of one of the proxy's own statements is reported under (they
+/// are tracked as a set per backend, not by name).
+pub const OWN_STATEMENTS: &str = "\0pgtenant own statements";
+
 /// A Parse of a proxy-named statement that created nothing on the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedParse {
@@ -138,11 +142,13 @@ impl Flow {
     }
 
     /// Records `n` of the proxy's own statements prepared again: Close + Parse each (see
-    /// [`crate::backend::BackendConn::prepare_own`]).
+    /// [`crate::backend::BackendConn::prepare_own`]). A Parse the backend skips (an error
+    /// earlier in the pipeline) is reported under [`OWN_STATEMENTS`], so the session stops
+    /// counting them as prepared there.
     pub fn sent_own(&mut self, n: usize) {
         for _ in 0..n {
             self.sent(ft::CLOSE, Owner::Proxy);
-            self.sent(ft::PARSE, Owner::Proxy);
+            self.sent_parse(ft::PARSE, Owner::Proxy, Some(OWN_STATEMENTS.to_string()));
         }
     }
 

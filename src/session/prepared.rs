@@ -297,6 +297,14 @@ impl Session {
     /// prepares it again), as on PostgreSQL.
     pub(super) fn forget_failed_statements(&mut self) {
         for failed in self.flow.take_failed_statements() {
+            if failed.statement == super::flow::OWN_STATEMENTS {
+                // Skipped after an error: every own statement is prepared again when next
+                // needed (Close + Parse), so none is used that the backend lacks.
+                if let Some(b) = self.attachment.conn_mut() {
+                    b.conn().prepared = crate::backend::injection::Own::NONE;
+                }
+                continue;
+            }
             if let Some(b) = self.attachment.conn_mut() {
                 b.conn().statements.remove(&failed.statement);
             }

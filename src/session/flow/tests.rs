@@ -198,6 +198,24 @@ fn a_proxy_parse_failing_with_its_own_error_takes_the_client_name_with_it() {
 }
 
 #[test]
+fn own_statements_skipped_after_an_error_are_reported() {
+    let mut f = Flow::default();
+    f.sent(ft::BIND, Owner::Client);
+    f.sent_own(1);
+    f.sent(ft::SYNC, Owner::Client);
+    assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+    assert_eq!(
+        f.take_failed_statements(),
+        vec![FailedParse {
+            statement: OWN_STATEMENTS.into(),
+            by_client: false
+        }]
+    );
+    assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
+    assert!(f.is_idle());
+}
+
+#[test]
 fn requests_after_an_error_and_before_sync_expect_no_reply() {
     let mut f = Flow::default();
     f.sent(ft::BIND, Owner::Client);
