@@ -363,3 +363,82 @@ async fn a_tenants_local_preload_libraries_default_does_not_stop_new_backends() 
         .unwrap();
     f.finish();
 }
+
+/// A client logs in while every backend is busy, as it can with PgBouncer, when a backend
+/// already validated exactly its start-up settings: it gets that answer (the same
+/// ParameterStatus report) at once and waits for a backend only at its first statement. A
+/// client with settings no backend has seen yet still waits for one at login (PostgreSQL
+/// must judge them), and a bad one is still refused.
+#[tokio::test]
+async fn a_login_while_every_backend_is_busy_is_answered_from_an_earlier_login() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+            db.checkout_timeout = std::time::Duration::from_secs(30);
+        }
+    })
+    .await;
+    let holder = env.proxy.connect("acme").await;
+    let first_tz: String = holder.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The only backend is held: a login with the same settings is answered at once.
+    let started = std::time::Instant::now();
+    let same = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        connect(&env.proxy.conn_str("acme")),
+    )
+    .await
+    .expect("a login with known settings does not wait for a backend")
+    .expect("login");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // Its first statement waits for the backend.
+    let query = tokio::spawn(async move {
+        let tz: String = same.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        let tenant: String = same
+            .query_one("SELECT current_setting('app.current_tenant')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (tz, tenant)
+    });
+    // A login with settings no backend has judged waits for the backend.
+    let fresh = tokio::spawn({
+        let s = format!("{} application_name=fresh_name", env.proxy.conn_str("acme"));
+        async move { connect(&s).await.map(|_| std::time::Instant::now()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(
+        !query.is_finished(),
+        "the first statement waits for the held backend"
+    );
+    assert!(
+        !fresh.is_finished(),
+        "unknown settings wait for a backend to judge them"
+    );
+    let released = std::time::Instant::now();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (tz, tenant) = query.await.unwrap();
+    assert_eq!(tz, first_tz);
+    assert_eq!(tenant, common::ACME);
+    let fresh_at = fresh
+        .await
+        .unwrap()
+        .expect("the fresh login is served once free");
+    assert!(fresh_at >= released);
+    // A bad setting is judged by PostgreSQL, even while a backend is busy.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let bad = format!(
+        "{} options='-c statement_timeout=soon'",
+        env.proxy.conn_str("acme")
+    );
+    let refused = tokio::spawn(async move {
+        connect(&bad).await.err().map(|e| match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        })
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let refused = refused.await.unwrap().expect("a bad setting is refused");
+    assert!(refused.contains("statement_timeout"), "{refused}");
+}

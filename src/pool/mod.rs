@@ -18,6 +18,7 @@ mod affinity;
 mod conn;
 mod hold;
 mod limits;
+pub mod startup;
 use affinity::Place;
 pub use conn::PooledConn;
 use limits::{Limits, backend_identity};
@@ -84,6 +85,8 @@ pub struct Pool {
     /// straight to waiting clients, which would keep every slot in circulation.
     shrinking: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: PoolMetrics,
+    /// Start-up answers for clients that log in while every backend is busy.
+    pub startup: startup::StartupMemo,
 }
 
 impl std::fmt::Debug for Pool {
@@ -124,6 +127,7 @@ impl Pool {
             pinned: Default::default(),
             shrinking: Default::default(),
             metrics,
+            startup: Default::default(),
         })
     }
 

@@ -22,6 +22,7 @@ mod recover;
 mod relay;
 mod run_loop;
 mod split;
+mod startup;
 pub mod statements;
 
 use std::fmt;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::pool::{Cleanup, Pool};
+use crate::pool::Pool;
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::sqlstate;
@@ -43,7 +44,6 @@ use flow::Flow;
 use handover::{Fatal, Startup};
 use input::InputMode;
 use params::ClientParams;
-use std::sync::atomic::Ordering;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -198,69 +198,6 @@ impl Session {
             Ok(()) => Ok(session),
             Err(f) => Err((session.client, f)),
         }
-    }
-
-    async fn initial_parameters(&mut self) -> Result<(), Fatal> {
-        let mut pooled = self
-            .pool
-            .checkout(self.tenant.verified_serial())
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "no backend for a new client");
-                Fatal::new(sqlstate::CONNECTION_FAILURE, attach::client_message(&e))
-            })?;
-        if let Err(e) = self.serve_tenant(&mut pooled).await {
-            return Err(Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()));
-        }
-        let conn = pooled.conn();
-        let mut out = BytesMut::new();
-        let (owed, _, need) = self.server.plan.owed(std::mem::take(&mut conn.owed));
-        conn.prepare_own(need, &mut out);
-        out.extend_from_slice(owed);
-        let mut flow = Flow::default();
-        self.params.fill_defaults(conn);
-        self.params.apply(conn, &mut out, &mut flow);
-        messages::sync(&mut out);
-        if let Err(e) = conn.exchange(&out).await {
-            pooled.release(Cleanup::Full);
-            // An invalid startup setting: PostgreSQL would refuse the connection the same way.
-            return Err(match e {
-                crate::backend::BackendError::Server(f) => Fatal::new(f.code, f.message),
-                other => Fatal::new(sqlstate::CONNECTION_FAILURE, other.to_string()),
-            });
-        }
-        self.params.normalize(conn);
-        self.params.intern();
-        let mut reported: Vec<(String, String)> = conn
-            .params
-            .iter()
-            .filter(|(k, _)| params::is_reported(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, v) in self.params.iter() {
-            if let Some(slot) = reported.iter_mut().find(|(r, _)| r == k) {
-                slot.1 = v.to_string();
-            }
-        }
-        handover::startup_response(
-            &mut self.cout,
-            reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            self.me.entry.cancel_pid,
-            self.me.entry.cancel_secret(),
-        );
-        if self.pool.mode == crate::config::PoolMode::Session {
-            self.me.entry.cancel.attach(&conn.cancels);
-            self.me.entry.backend.store(conn.id, Ordering::Relaxed);
-            self.attachment.attach(pooled);
-        } else {
-            pooled.release(Cleanup::None);
-        }
-        self.client
-            .send(&self.cout)
-            .await
-            .map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
-        self.cout.clear();
-        Ok(())
     }
 
     /// Writes the replies gathered for the client.
