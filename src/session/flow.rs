@@ -93,21 +93,17 @@ pub const OWN_STATEMENTS: &str = "\0pgtenant own statements";
 pub struct FailedParse {
     /// The statement's backend name.
     pub statement: String,
-    /// The client's statement goes too (it does not exist, as on PostgreSQL): the client's
-    /// own Parse failed or was skipped, or the proxy's Parse of it failed with its own
-    /// error (PostgreSQL would have refused the client's Parse of that text, which the
-    /// proxy answered without a backend, so the name may be defined again). False for a
-    /// re-prepare the proxy added for a Bind that an earlier error skipped: the client's
-    /// statement stays defined.
+    /// The client's own Parse (its statement does not exist, as on PostgreSQL); false for
+    /// the proxy re-preparing a statement the client defined earlier, which stays defined
+    /// (but see `relay::text_rejected`).
     pub by_client: bool,
 }
 
 impl FailedParse {
-    /// `errored`: this request's own error, not one before it that made the backend skip it.
-    fn new(statement: Option<String>, owner: Owner, errored: bool) -> Option<FailedParse> {
+    fn new(statement: Option<String>, owner: Owner) -> Option<FailedParse> {
         statement.map(|statement| FailedParse {
             statement,
-            by_client: owner == Owner::Client || (errored && owner == Owner::ProxyForwardErrors),
+            by_client: owner == Owner::Client,
         })
     }
 }
@@ -161,7 +157,7 @@ impl Flow {
         if self.backend_discards() && tag != ft::SYNC {
             // The backend ignores it: no reply will come, and a Parse creates nothing.
             self.failed_statements
-                .extend(FailedParse::new(statement, owner, false));
+                .extend(FailedParse::new(statement, owner));
             return;
         }
         if is_boundary(tag) {
@@ -194,6 +190,15 @@ impl Flow {
             }
             _ => None,
         }
+    }
+
+    /// The proxy-named statement of the oldest unanswered request when it is a Parse sent
+    /// for `owner` (the request an ErrorResponse arriving now answers).
+    pub fn front_parse(&self, owner: Owner) -> Option<&str> {
+        self.pending
+            .front()
+            .filter(|p| p.tag == ft::PARSE && p.owner == owner)
+            .and_then(|p| p.statement.as_deref())
     }
 
     /// Statements whose Parse failed or was skipped since the last call.
@@ -310,18 +315,14 @@ impl Flow {
             let front = self
                 .pending
                 .front_mut()
-                .and_then(|p| FailedParse::new(p.statement.take(), p.owner, true));
+                .and_then(|p| FailedParse::new(p.statement.take(), p.owner));
             self.failed_statements.extend(front);
         } else {
-            let mut errored = true;
             while self.pending.front().is_some_and(|p| p.tag != ft::SYNC) {
                 if let Some(p) = self.pending.pop_front() {
                     self.forget_boundary(&p);
-                    self.failed_statements.extend(FailedParse::new(
-                        p.statement,
-                        p.owner,
-                        std::mem::take(&mut errored),
-                    ));
+                    self.failed_statements
+                        .extend(FailedParse::new(p.statement, p.owner));
                 }
             }
             self.skipping = true;

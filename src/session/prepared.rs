@@ -290,11 +290,11 @@ impl Session {
     }
 
     /// Forgets proxy-named statements whose Parse failed or was skipped on the backend: the
-    /// backend does not have them. The client's definition goes with its own failed Parse
-    /// and with the proxy's Parse of it failing with its own error (see
-    /// [`super::flow::FailedParse::by_client`]); a re-prepare the proxy added for a Bind that
-    /// an earlier error skipped leaves the client's statement defined (the next Bind
-    /// prepares it again), as on PostgreSQL.
+    /// backend does not have them. The client's definition goes only with its own failed
+    /// Parse (or, see `relay::text_rejected`, when PostgreSQL refuses its text at the
+    /// proxy's first Parse of it); a re-prepare the proxy added for a Bind that an earlier
+    /// error skipped leaves the client's statement defined (the next Bind prepares it
+    /// again), as on PostgreSQL.
     pub(super) fn forget_failed_statements(&mut self) {
         for failed in self.flow.take_failed_statements() {
             if failed.statement == super::flow::OWN_STATEMENTS {

@@ -256,6 +256,25 @@ impl Session {
         result.map(|_| ())
     }
 
+    /// The backend name of a client's statement whose Parse the proxy sent for a Bind or
+    /// Describe (the client's own Parse was answered without a backend, or ran on another
+    /// one) when PostgreSQL refuses it for its text: an error of class 42 (syntax, an
+    /// undefined table, type or function). PostgreSQL would have refused the client's Parse,
+    /// so the name is free again (a driver naming statements by their text prepares it
+    /// again); for a statement that was valid until a migration dropped what it names,
+    /// PostgreSQL would keep the name and fail each Bind, and here the client must prepare
+    /// it again. A Parse failing otherwise (a cancel, an aborted transaction) leaves it.
+    fn text_rejected(&self, tag: u8, body: &[u8]) -> Option<String> {
+        if tag != bt::ERROR_RESPONSE {
+            return None;
+        }
+        let name = self.flow.front_parse(Owner::ProxyForwardErrors)?;
+        messages::parse_error_fields(body)
+            .code
+            .starts_with("42")
+            .then(|| name.to_string())
+    }
+
     /// Handles the complete frames at the start of `rbuf`; returns the bytes consumed.
     fn backend_frames(&mut self, rbuf: &[u8]) -> Result<usize, End> {
         let mut at = 0;
@@ -299,7 +318,11 @@ impl Session {
                 }
                 _ => {}
             }
+            let rejected = self.text_rejected(tag, body);
             let disposition = self.flow.on_backend(tag);
+            if let Some(name) = rejected {
+                self.statements.forget_backend_name(&name);
+            }
             tracing::trace!(parent: &self.span(), tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
             self.forget_failed_statements();
             if tag == bt::ERROR_RESPONSE {

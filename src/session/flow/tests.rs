@@ -175,7 +175,7 @@ fn parses_skipped_after_an_error_are_reported_as_failed() {
 }
 
 #[test]
-fn a_proxy_parse_failing_with_its_own_error_takes_the_client_name_with_it() {
+fn the_parse_an_error_answers_is_named() {
     let mut f = Flow::default();
     f.sent_parse(
         ft::PARSE,
@@ -184,15 +184,22 @@ fn a_proxy_parse_failing_with_its_own_error_takes_the_client_name_with_it() {
     );
     f.sent(ft::BIND, Owner::Client);
     f.sent(ft::SYNC, Owner::Client);
-    // The Parse's own error: PostgreSQL would have refused the client's Parse of it.
+    assert_eq!(
+        f.front_parse(Owner::ProxyForwardErrors),
+        Some("pgtenant_s_3")
+    );
+    assert_eq!(f.front_parse(Owner::Client), None);
     assert_eq!(f.on_backend(bt::ERROR_RESPONSE), Disposition::Forward);
+    // A re-prepare's own failure keeps the client's statement (the session decides by the
+    // error's class whether PostgreSQL refused its text).
     assert_eq!(
         f.take_failed_statements(),
         vec![FailedParse {
             statement: "pgtenant_s_3".into(),
-            by_client: true
+            by_client: false
         }]
     );
+    assert_eq!(f.front_parse(Owner::ProxyForwardErrors), None);
     assert_eq!(f.on_backend(bt::READY_FOR_QUERY), Disposition::Forward);
     assert!(f.is_idle());
 }
