@@ -171,9 +171,6 @@ fn metrics_listen_empty_turns_the_listener_off_and_absent_keeps_the_default() {
         Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
     );
     let bad = Config::parse(&format!("[server]\nmetrics_listen = \"nine\"\n{base}"));
-    let message = format!(
-        "{:?}",
-        bad.err().expect("an address that is none is refused")
-    );
+    let message = format!("{:?}", bad.expect_err("an address that is none is refused"));
     assert!(message.contains("metrics_listen"), "{message}");
 }

@@ -17,10 +17,13 @@ pub struct StartupAnswer {
     pub values: Vec<(String, String)>,
 }
 
-/// Start-up answers by the client's settings as it sent them (names and values).
+/// A client's start-up settings as it sent them (names and values, in order).
+type Settings = Vec<(String, String)>;
+
+/// Start-up answers by the client's settings as it sent them.
 #[derive(Debug, Default)]
 pub struct StartupMemo {
-    answers: Mutex<Vec<(Vec<(String, String)>, StartupAnswer)>>,
+    answers: Mutex<Vec<(Settings, StartupAnswer)>>,
 }
 
 impl StartupMemo {
@@ -35,7 +38,7 @@ impl StartupMemo {
 
     /// Remembers (or refreshes) a backend's answer for `asked`: the latest one wins, so a
     /// changed server default is picked up by the next start-up that reaches a backend.
-    pub fn put(&self, asked: Vec<(String, String)>, answer: StartupAnswer) {
+    pub fn put(&self, asked: Settings, answer: StartupAnswer) {
         let Ok(mut answers) = self.answers.lock() else {
             return;
         };

@@ -275,6 +275,19 @@ impl Session {
             .then(|| name.to_string())
     }
 
+    /// Counts a backend message against the request it answers, and forgets the
+    /// statements that request's failure (or skip) left undefined.
+    fn account(&mut self, tag: u8, body: &[u8]) -> Disposition {
+        let rejected = self.text_rejected(tag, body);
+        let disposition = self.flow.on_backend(tag);
+        if let Some(name) = rejected {
+            self.statements.forget_backend_name(&name);
+        }
+        tracing::trace!(parent: &self.span(), tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
+        self.forget_failed_statements();
+        disposition
+    }
+
     /// Handles the complete frames at the start of `rbuf`; returns the bytes consumed.
     fn backend_frames(&mut self, rbuf: &[u8]) -> Result<usize, End> {
         let mut at = 0;
@@ -318,13 +331,7 @@ impl Session {
                 }
                 _ => {}
             }
-            let rejected = self.text_rejected(tag, body);
-            let disposition = self.flow.on_backend(tag);
-            if let Some(name) = rejected {
-                self.statements.forget_backend_name(&name);
-            }
-            tracing::trace!(parent: &self.span(), tag = %(tag as char), ?disposition, flow = ?self.flow, "backend frame");
-            self.forget_failed_statements();
+            let disposition = self.account(tag, body);
             if tag == bt::ERROR_RESPONSE {
                 self.input.backend_error();
             }
