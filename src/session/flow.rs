@@ -141,6 +141,7 @@ impl Flow {
     /// [`crate::backend::BackendConn::prepare_own`]). A Parse the backend skips (an error
     /// earlier in the pipeline) is reported under [`OWN_STATEMENTS`], so the session stops
     /// counting them as prepared there.
+    #[inline]
     pub fn sent_own(&mut self, n: usize) {
         for _ in 0..n {
             self.sent(ft::CLOSE, Owner::Proxy);

@@ -73,7 +73,9 @@ impl Session {
         if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
-        if let Some(refusal) = self.redefinition(&frame) {
+        if frame.tag == ft::PARSE
+            && let Some(refusal) = self.redefinition(&frame)
+        {
             let code = sqlstate::DUPLICATE_PREPARED_STATEMENT;
             return self.refuse(&frame, code, &refusal, "statement").await;
         }
@@ -264,6 +266,7 @@ impl Session {
     /// again); for a statement that was valid until a migration dropped what it names,
     /// PostgreSQL would keep the name and fail each Bind, and here the client must prepare
     /// it again. A Parse failing otherwise (a cancel, an aborted transaction) leaves it.
+    #[inline]
     fn text_rejected(&self, tag: u8, body: &[u8]) -> Option<String> {
         if tag != bt::ERROR_RESPONSE {
             return None;
@@ -277,6 +280,7 @@ impl Session {
 
     /// Counts a backend message against the request it answers, and forgets the
     /// statements that request's failure (or skip) left undefined.
+    #[inline]
     fn account(&mut self, tag: u8, body: &[u8]) -> Disposition {
         let rejected = self.text_rejected(tag, body);
         let disposition = self.flow.on_backend(tag);
