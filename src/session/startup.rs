@@ -97,6 +97,11 @@ impl Session {
         } else {
             pooled.release(Cleanup::None);
         }
+        self.send_startup_response().await
+    }
+
+    /// Sends what start-up gathered for the client (its report and BackendKeyData).
+    async fn send_startup_response(&mut self) -> Result<(), Fatal> {
         self.client
             .send(&self.cout)
             .await
@@ -122,11 +127,6 @@ impl Session {
             self.me.entry.cancel_pid,
             self.me.entry.cancel_secret(),
         );
-        self.client
-            .send(&self.cout)
-            .await
-            .map_err(|e| Fatal::new(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
-        self.cout.clear();
-        Ok(())
+        self.send_startup_response().await
     }
 }
