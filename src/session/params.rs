@@ -235,6 +235,13 @@ impl ClientParams {
         }
     }
 
+    /// All values as owned pairs (the start-up memo keeps them beyond this client).
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// All values, for the startup ParameterStatus report.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.set

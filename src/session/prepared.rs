@@ -221,6 +221,7 @@ impl Session {
     /// transaction pooling, where the proxy keeps the client's statements (in session
     /// pooling PostgreSQL sees the Parse and answers itself). Without it the new text
     /// would replace the old under the same name: the earlier statement would run the new SQL.
+    #[inline]
     pub(super) fn redefinition(&self, frame: &Frame) -> Option<String> {
         if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
             return None;

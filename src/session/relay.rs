@@ -73,9 +73,7 @@ impl Session {
         if self.consumed_without_sql(&frame)? {
             return Ok(());
         }
-        if frame.tag == ft::PARSE
-            && let Some(refusal) = self.redefinition(&frame)
-        {
+        if let Some(refusal) = self.redefinition(&frame) {
             let code = sqlstate::DUPLICATE_PREPARED_STATEMENT;
             return self.refuse(&frame, code, &refusal, "statement").await;
         }

@@ -16,11 +16,7 @@ impl Session {
     /// exactly these settings, that answer is given without one (the pool's
     /// [`crate::pool::startup::StartupMemo`]).
     pub(super) async fn initial_parameters(&mut self) -> Result<(), Fatal> {
-        let asked: Vec<(String, String)> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let asked = self.params.to_pairs();
         let transaction = self.pool.mode == crate::config::PoolMode::Transaction;
         let serial = self.tenant.verified_serial();
         let free = self.pool.try_checkout(serial);
@@ -73,35 +69,29 @@ impl Session {
             }
         }
         if transaction {
-            let values = self
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            pooled.release(Cleanup::None);
             let answer = crate::pool::startup::StartupAnswer {
-                reported: reported.clone(),
-                values,
+                reported,
+                values: self.params.to_pairs(),
             };
+            self.send_startup_response(&answer.reported).await?;
             self.pool.startup.put(asked, answer);
+            return Ok(());
         }
+        self.me.entry.cancel.attach(&conn.cancels);
+        self.me.entry.backend.store(conn.id, Ordering::Relaxed);
+        self.attachment.attach(pooled);
+        self.send_startup_response(&reported).await
+    }
+
+    /// Sends the client its ParameterStatus report and BackendKeyData.
+    async fn send_startup_response(&mut self, reported: &[(String, String)]) -> Result<(), Fatal> {
         handover::startup_response(
             &mut self.cout,
             reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             self.me.entry.cancel_pid,
             self.me.entry.cancel_secret(),
         );
-        if self.pool.mode == crate::config::PoolMode::Session {
-            self.me.entry.cancel.attach(&conn.cancels);
-            self.me.entry.backend.store(conn.id, Ordering::Relaxed);
-            self.attachment.attach(pooled);
-        } else {
-            pooled.release(Cleanup::None);
-        }
-        self.send_startup_response().await
-    }
-
-    /// Sends what start-up gathered for the client (its report and BackendKeyData).
-    async fn send_startup_response(&mut self) -> Result<(), Fatal> {
         self.client
             .send(&self.cout)
             .await
@@ -121,12 +111,6 @@ impl Session {
             self.params.set(k, v);
         }
         self.params.intern();
-        handover::startup_response(
-            &mut self.cout,
-            known.reported.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            self.me.entry.cancel_pid,
-            self.me.entry.cancel_secret(),
-        );
-        self.send_startup_response().await
+        self.send_startup_response(&known.reported).await
     }
 }
