@@ -64,6 +64,7 @@ async fn handshake(
                 severity: "closed".into(),
                 code: "closed".into(),
                 message: format!("closed after {seen:?}"),
+                detail: String::new(),
             });
         };
         seen.push((tag, msg.clone()));

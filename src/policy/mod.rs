@@ -112,10 +112,11 @@ fn parser_verdict_mentioning(
     match parsed::check(sql, protected) {
         Parsed::Allowed => None,
         Parsed::Refused(v) => Some(v),
-        Parsed::SyntaxError(message) => Some(GuardViolation {
+        Parsed::SyntaxError(message, position) => Some(GuardViolation {
             setting: message,
             code: sqlstate::SYNTAX_ERROR,
             widenable: Vec::new(),
+            position,
         }),
     }
 }

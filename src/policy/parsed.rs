@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+pub mod position;
 mod tree;
 use tree::{
     body_options, collect_exprs, constant, expression, is_kind, last_name, name_in_text, node,
@@ -35,8 +36,9 @@ enum Scope {
 pub enum Parsed {
     /// Nothing refused.
     Allowed,
-    /// PostgreSQL's grammar does not accept the text (the message is the parser's).
-    SyntaxError(String),
+    /// PostgreSQL's grammar does not accept the text: the parser's message, and where in
+    /// the text it stopped as PostgreSQL reports it (see [`position`]).
+    SyntaxError(String, Option<u32>),
     /// Refused by the policy.
     Refused(GuardViolation),
 }
@@ -49,7 +51,10 @@ pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
         widenable: Vec::new(),
     };
     match c.text(&text, Scope::Now, 0) {
-        Err(Stop::Syntax(m)) => Parsed::SyntaxError(m),
+        Err(Stop::Syntax(m)) => {
+            let at = position::of(&text, &m);
+            Parsed::SyntaxError(m, at)
+        }
         Err(Stop::Refused(v)) => Parsed::Refused(v),
         Ok(()) if c.widenable.is_empty() => Parsed::Allowed,
         Ok(()) => {
@@ -64,6 +69,7 @@ pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
                 ),
                 code,
                 widenable: c.widenable,
+                position: None,
             })
         }
     }

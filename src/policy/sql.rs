@@ -38,6 +38,9 @@ pub struct GuardViolation {
     /// Statement kinds refused only by the allow-list: a database whose `guard_allow` lists
     /// them all lets the text through (empty: never).
     pub widenable: Vec<String>,
+    /// Where a syntax error stopped PostgreSQL's grammar (1-based characters), as
+    /// PostgreSQL reports it.
+    pub position: Option<u32>,
 }
 
 impl GuardViolation {
@@ -47,6 +50,7 @@ impl GuardViolation {
             setting,
             code: crate::protocol::sqlstate::INSUFFICIENT_PRIVILEGE,
             widenable: Vec::new(),
+            position: None,
         }
     }
 

@@ -43,6 +43,18 @@ impl Severity {
 
 /// ErrorResponse (or NoticeResponse for notice/warning severities) with S, V, C and M fields.
 pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    error_response_at(out, severity, code, message, None);
+}
+
+/// [`error_response`] with the position (1-based characters into the statement's text)
+/// PostgreSQL gives a syntax error, from which psql draws its `LINE 1: ... ^`.
+pub fn error_response_at(
+    out: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    position: Option<u32>,
+) {
     let tag = match severity {
         Severity::Error | Severity::Fatal => backend_tag::ERROR_RESPONSE,
         Severity::Notice | Severity::Warning => backend_tag::NOTICE_RESPONSE,
@@ -56,6 +68,10 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, messag
         ] {
             b.put_u8(field);
             put_cstr(b, value.as_bytes());
+        }
+        if let Some(p) = position {
+            b.put_u8(b'P');
+            put_cstr(b, p.to_string().as_bytes());
         }
         b.put_u8(0);
     });
@@ -165,6 +181,7 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    pub detail: String,
 }
 
 /// Decodes an ErrorResponse/NoticeResponse body; unknown fields are skipped.
@@ -184,6 +201,7 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             b'S' if fields.severity.is_empty() => fields.severity = value,
             b'C' => fields.code = value,
             b'M' => fields.message = value,
+            b'D' => fields.detail = value,
             _ => {}
         }
         rest = tail;

@@ -9,6 +9,7 @@ use super::{End, Session};
 use crate::config::{PinMode, PoolMode};
 use crate::policy::sql::Analysis;
 use crate::protocol::codec::Frame;
+use crate::protocol::messages::Severity;
 use crate::protocol::{TxStatus, frontend_tag as ft, messages, sqlstate};
 
 /// What the session learnt about a request it lets through.
@@ -20,23 +21,35 @@ pub(super) struct Judged {
     pub clears_context: bool,
 }
 
-/// Why a request is refused: its SQLSTATE, message and the metric's label.
+/// Why a request is refused: its SQLSTATE, message, the metric's label, and for a syntax
+/// error where PostgreSQL's grammar stopped.
 #[derive(Debug)]
 pub(super) struct Refusal {
     pub code: &'static str,
     pub message: String,
     pub source: &'static str,
+    pub position: Option<u32>,
 }
 
 impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>, source: &'static str) -> Refusal {
+    pub(super) fn new(
+        code: &'static str,
+        message: impl Into<String>,
+        source: &'static str,
+    ) -> Refusal {
         Refusal {
             code,
             message: message.into(),
             source,
+            position: None,
         }
     }
 }
+
+/// The DETAIL of the error a backend raises for a refusal (see [`raise_sql`]); the relay
+/// turns such an error back into the plain one PostgreSQL would have sent (no PL/pgSQL
+/// CONTEXT, the syntax error's position).
+const REFUSAL_DETAIL: &str = "pgtenant refusal";
 
 impl Session {
     /// Applies the guard's reading of `frame` (`analysis`, or the statement a Bind names):
@@ -54,7 +67,9 @@ impl Session {
             judged.clears_context = a.clears_context;
             let widened = |v: &crate::policy::GuardViolation| v.widened_by(self.pool.guard_allow());
             if let Some(v) = a.protected_change.filter(|v| guard && !widened(v)) {
-                return Err(Refusal::new(v.code, v.message(), "sql"));
+                let mut refusal = Refusal::new(v.code, v.message(), "sql");
+                refusal.position = v.position;
+                return Err(refusal);
             }
             if let Some(what) = a.keeps_state
                 && let Some((code, msg)) = self.pin_refusal(what)
@@ -101,14 +116,9 @@ impl Session {
         Ok(judged)
     }
 
-    /// Refuses `frame` with SQLSTATE `code` and `message`; `source` labels the metric.
-    pub(super) async fn refuse(
-        &mut self,
-        frame: &Frame,
-        code: &str,
-        message: &str,
-        source: &str,
-    ) -> Result<(), End> {
+    /// Refuses `frame` as `r` says (`r.source` labels the metric).
+    pub(super) async fn refuse(&mut self, frame: &Frame, r: &Refusal) -> Result<(), End> {
+        let (code, message, source) = (r.code, r.message.as_str(), r.source);
         self.server
             .metrics
             .context_rejections
@@ -122,7 +132,7 @@ impl Session {
             return Ok(());
         }
         if !self.attachment.is_attached() {
-            self.client_error(code, message);
+            messages::error_response_at(&mut self.cout, Severity::Error, code, message, r.position);
             if extended {
                 if frame.tag != ft::SYNC {
                     self.input.error_before_sync();
@@ -132,7 +142,7 @@ impl Session {
             }
             return Ok(());
         }
-        let raise = raise_sql(code, message);
+        let raise = raise_sql(code, message, r.position);
         if extended {
             self.unnamed_on_backend = false;
             messages::parse(&mut self.bout, "", &raise);
@@ -149,18 +159,41 @@ impl Session {
     }
 }
 
-/// A DO block that raises `message` as SQLSTATE 42501. The message is built by the proxy
-/// from fixed text and validated setting names; quotes and dollars are neutralised anyway.
-fn raise_sql(code: &str, message: &str) -> String {
+/// A DO block that raises `message` as SQLSTATE `code`, marked as a refusal (with the
+/// syntax error's `position`) for [`plain_refusal`]. The message is built by the
+/// proxy from fixed text, validated setting names and the parser's message; quotes and
+/// dollars are neutralised anyway.
+fn raise_sql(code: &str, message: &str, position: Option<u32>) -> String {
     let clean = |s: &str| {
         s.chars()
             .filter(|c| *c != '$')
             .collect::<String>()
             .replace('\'', "''")
     };
+    let detail = match position {
+        Some(p) => format!("{REFUSAL_DETAIL} at {p}"),
+        None => REFUSAL_DETAIL.to_string(),
+    };
     format!(
-        "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'; END$pgtenant_raise$",
+        "DO $pgtenant_raise$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}', DETAIL = '{detail}'; END$pgtenant_raise$",
         clean(code),
         clean(message)
     )
+}
+
+/// The error PostgreSQL would have sent for a refusal a backend raised (`fields`, whose
+/// DETAIL marks it, see [`raise_sql`]): severity, SQLSTATE, message and position only.
+/// None for any other error. A client that raises an error with that DETAIL itself only
+/// changes how its own error looks.
+pub(super) fn plain_refusal(fields: &messages::ErrorFields) -> Option<bytes::BytesMut> {
+    let rest = fields.detail.strip_prefix(REFUSAL_DETAIL)?;
+    let position = match rest.strip_prefix(" at ") {
+        Some(p) => Some(p.parse().ok()?),
+        None if rest.is_empty() => None,
+        None => return None,
+    };
+    let mut out = bytes::BytesMut::new();
+    let (code, message) = (&fields.code, &fields.message);
+    messages::error_response_at(&mut out, Severity::Error, code, message, position);
+    Some(out)
 }

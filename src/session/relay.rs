@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::Buf;
 
 use super::flow::{Disposition, Owner};
-use super::guard::Judged;
+use super::guard::{Judged, Refusal};
 use super::{End, Session};
 use crate::policy::sql::Leftover;
 use crate::protocol::codec::{Frame, peek_frame, read_cstr, split_frame};
@@ -75,7 +75,9 @@ impl Session {
         }
         if let Some(refusal) = self.redefinition(&frame) {
             let code = sqlstate::DUPLICATE_PREPARED_STATEMENT;
-            return self.refuse(&frame, code, &refusal, "statement").await;
+            return self
+                .refuse(&frame, &Refusal::new(code, refusal, "statement"))
+                .await;
         }
         let text = sql_text(&frame);
         if self.deallocate_locally(&frame, text) {
@@ -87,7 +89,9 @@ impl Session {
                 Ok(scoped) => scoped.unwrap_or(frame),
                 Err(refusal) => {
                     let code = sqlstate::FEATURE_NOT_SUPPORTED;
-                    return self.refuse(&frame, code, refusal.0, "channel").await;
+                    return self
+                        .refuse(&frame, &Refusal::new(code, refusal.0, "channel"))
+                        .await;
                 }
             },
             None => frame,
@@ -121,7 +125,7 @@ impl Session {
         let reading = analysis.as_ref().map(crate::policy::Reading::of);
         let judged = match self.judge(&frame, analysis, bound) {
             Ok(judged) => judged,
-            Err(r) => return self.refuse(&frame, r.code, &r.message, r.source).await,
+            Err(r) => return self.refuse(&frame, &r).await,
         };
         self.note_leftover(&frame, reading, bound);
         if !self.attachment.is_attached() && self.answer_locally(&frame) {
@@ -360,6 +364,11 @@ impl Session {
                             // answer, and the session ends with it.
                             self.cout.extend_from_slice(raw);
                             return Err(End::BackendEnded(fields.message));
+                        }
+                        if let Some(plain) = super::guard::plain_refusal(&fields) {
+                            self.cout.extend_from_slice(&plain);
+                            self.emit_synthetic();
+                            continue;
                         }
                     }
                     self.cout.extend_from_slice(raw);

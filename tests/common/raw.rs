@@ -275,6 +275,7 @@ fn closed() -> ErrorFields {
         severity: "FATAL".into(),
         code: "closed".into(),
         message: "connection closed".into(),
+        detail: String::new(),
     }
 }
 

@@ -228,3 +228,88 @@ async fn a_backend_reporting_unsafe_string_syntax_ends_the_session() {
         assert_eq!(one(&next, "SHOW standard_conforming_strings").await, "on");
     }
 }
+
+/// What a client sees of an error: SQLSTATE, message, position, and whether it carries a
+/// DETAIL or CONTEXT (PostgreSQL's syntax errors carry neither).
+fn seen<T>(r: Result<T, tokio_postgres::Error>) -> String {
+    let e = match r {
+        Ok(_) => return "success".into(),
+        Err(e) => e,
+    };
+    let Some(db) = e.as_db_error() else {
+        return format!("non-server error: {e}");
+    };
+    let position = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(p)) => p.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "none".into(),
+    };
+    format!(
+        "{} {:?} at {position}, detail {:?}, context {:?}",
+        db.code().code(),
+        db.message(),
+        db.detail(),
+        db.where_()
+    )
+}
+
+/// A text PostgreSQL's grammar refuses gets, through pgtenant, the error PostgreSQL sends
+/// (the parser path refuses it before PostgreSQL sees it): same SQLSTATE, message and
+/// position, no trace of how the proxy raised it; with the simple and the extended
+/// protocol, with no backend attached and inside a transaction.
+#[tokio::test]
+async fn a_syntax_error_looks_as_postgresql_reports_it() {
+    let env = TestEnv::start().await;
+    let direct = env.app_user_direct().await;
+    let proxied = env.proxy.connect("acme").await;
+    let texts = [
+        "selec 1",
+        "select 1 +",
+        "select 'unterminated",
+        "select 1 from from t",
+        "select é from, t",
+        "select 1; selec 2",
+        "select 'selec'; /* selec */ selec 2",
+        "select 1 1 1",
+        "select \"\" from t",
+    ];
+    let mut f = Failures::default();
+    for in_transaction in [false, true] {
+        for extended in [false, true] {
+            for text in texts {
+                let mut answers = Vec::new();
+                for c in [&direct, &proxied] {
+                    if in_transaction {
+                        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+                    }
+                    answers.push(if extended {
+                        seen(c.prepare(text).await)
+                    } else {
+                        seen(c.simple_query(text).await)
+                    });
+                    if in_transaction {
+                        c.batch_execute("ROLLBACK").await.unwrap();
+                    }
+                }
+                f.check(answers[0] == answers[1] && !answers[0].contains(" at none"), || {
+                    format!(
+                        "{text} (extended {extended}, in a transaction {in_transaction}): PostgreSQL {}, pgtenant {}",
+                        answers[0], answers[1]
+                    )
+                });
+            }
+        }
+    }
+    // A refusal of the policy carries no PL/pgSQL CONTEXT either.
+    proxied.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let refused = seen(
+        proxied
+            .simple_query("SELECT set_config('app.current_tenant', 'x', false)")
+            .await,
+    );
+    f.check(
+        refused.starts_with("42501") && refused.contains("detail None, context None"),
+        || format!("a refusal inside a transaction: {refused}"),
+    );
+    f.finish();
+}

@@ -159,7 +159,7 @@ fn kind_refusals_are_widenable_and_nothing_else_is() {
 #[test]
 fn syntax_errors_are_reported_as_postgresql_would() {
     match verdict("SELEC 1") {
-        Parsed::SyntaxError(m) => assert!(m.contains("syntax error at or near"), "{m}"),
+        Parsed::SyntaxError(m, _) => assert!(m.contains("syntax error at or near"), "{m}"),
         other => panic!("{other:?}"),
     }
 }
