@@ -75,6 +75,13 @@ pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
     }
 }
 
+/// True for a name in the proxy's reserved space, in any letter case.
+fn reserved_name(name: &str) -> bool {
+    let prefix = crate::protocol::RESERVED_PREFIX;
+    name.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
 enum Stop {
     Syntax(String),
     Refused(GuardViolation),
@@ -224,6 +231,18 @@ impl Checker<'_> {
                 names_in(v, &mut |s| named_function(s))
             }
             "VariableSetStmt" => self.set(v, scope),
+            // The proxy's own statements (the context's set_config among them) are prepared
+            // on every backend under this prefix: SQL must not run, replace or drop them.
+            "ExecuteStmt" | "PrepareStmt" | "DeallocateStmt"
+                if v.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(reserved_name) =>
+            {
+                refuse(format!(
+                    "prepared statement names starting with \"{}\" are reserved",
+                    crate::protocol::RESERVED_PREFIX
+                ))
+            }
             "DiscardStmt" | "DeallocateStmt" | "PrepareStmt" | "LoadStmt"
                 if scope != Scope::Now =>
             {

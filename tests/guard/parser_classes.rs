@@ -3,6 +3,7 @@
 //! refused through pgtenant; and the ParameterStatus watch ends a session whose backend
 //! reports an unsafe setting that code the guard never saw changed.
 
+use super::CTX;
 use super::common::raw::{self, RawConn};
 use super::common::*;
 
@@ -311,5 +312,50 @@ async fn a_syntax_error_looks_as_postgresql_reports_it() {
         refused.starts_with("42501") && refused.contains("detail None, context None"),
         || format!("a refusal inside a transaction: {refused}"),
     );
+    f.finish();
+}
+
+/// The proxy prepares its own statements on every backend (the context's set_config under
+/// `pgtenant_ctx` in plain mode): SQL EXECUTE, PREPARE or DEALLOCATE of a reserved name, in
+/// any spelling, is refused, and the tenant keeps its own context.
+#[tokio::test]
+async fn sql_cannot_run_the_proxys_own_statements() {
+    let env = TestEnv::start().await;
+    // Straight to PostgreSQL a prepared set_config switches the context: what a tenant that
+    // could EXECUTE the proxy's statement would get.
+    let direct = env.app_user_direct().await;
+    direct
+        .batch_execute(
+            "PREPARE ctx AS SELECT set_config('app.current_tenant', $1, true); BEGIN; EXECUTE ctx('b')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(one(&direct, CTX).await, "b");
+    direct.batch_execute("ROLLBACK").await.unwrap();
+
+    let acme = env.proxy.connect("acme").await;
+    let globex = tenant_id("globex");
+    let mut f = Failures::default();
+    for sql in [
+        format!("EXECUTE pgtenant_ctx('{globex}', 'free')"),
+        format!("EXECUTE \"pgtenant_ctx\"('{globex}', 'free')"),
+        format!("execute PGTENANT_CTX('{globex}', 'free')"),
+        format!("EXPLAIN ANALYZE EXECUTE pgtenant_ctx('{globex}', 'free')"),
+        "EXECUTE pgtenant_param('idle_session_timeout', '1')".to_string(),
+        "DEALLOCATE pgtenant_ctx".to_string(),
+        "PREPARE pgtenant_ctx AS SELECT 1".to_string(),
+    ] {
+        // Inside a transaction whose context was injected, so the statement is prepared.
+        acme.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let r = acme.simple_query(&sql).await;
+        let code = r.as_ref().err().and_then(sqlstate);
+        f.check(code.as_deref() == Some("42501"), || {
+            format!("{sql}: {:?}", r.map(|_| "success"))
+        });
+        acme.batch_execute("ROLLBACK").await.unwrap();
+        f.check(one(&acme, CTX).await == tenant_id("acme"), || {
+            format!("{sql}: acme's context changed")
+        });
+    }
     f.finish();
 }

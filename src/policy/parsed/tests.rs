@@ -70,6 +70,17 @@ fn refuses_each_class() {
         "SET ROLE other",
         "SET SESSION AUTHORIZATION other",
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.current_tenant = 'b' AS 'SELECT 1'",
+        // The proxy's own prepared statements, run, replaced or dropped by SQL.
+        "EXECUTE pgtenant_ctx('b', 'free')",
+        "EXECUTE \"pgtenant_ctx\"('b', 'free')",
+        "execute PGTENANT_CTX('b', 'free')",
+        "EXPLAIN ANALYZE EXECUTE pgtenant_ctx('b', 'free')",
+        "CREATE TABLE x AS EXECUTE pgtenant_ctx('b', 'free')",
+        "EXECUTE pgtenant_param('idle_session_timeout', '1')",
+        "DEALLOCATE pgtenant_ctx",
+        "DEALLOCATE PREPARE \"pgtenant_ctx\"",
+        "PREPARE pgtenant_ctx AS SELECT 1",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'EXECUTE pgtenant_ctx(''b'', ''free'')'",
         // Inside bodies.
         "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', true); END $$",
         "DO $$ DECLARE x text; BEGIN x := set_config('app.current_tenant', 'b', true); END $$",
