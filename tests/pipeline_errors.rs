@@ -444,3 +444,103 @@ async fn own_statements_skipped_after_an_error_are_prepared_again() {
         }
     }
 }
+
+/// Pipelines that drop what the proxy keeps in the session (DISCARD ALL, RESET ALL,
+/// DEALLOCATE ALL) ahead of more statements: requests behind them go out before their
+/// CommandComplete. PostgreSQL runs them all, and through pgtenant every later statement
+/// still runs with the tenant's context and the pipeline ends as on PostgreSQL (the proxy's
+/// own statements prepared again, the client's parsed anew, a carried context entered
+/// again), in both context modes, with one backend.
+#[tokio::test]
+async fn statements_pipelined_behind_a_session_reset_keep_the_context() {
+    const CTX: &str = "SELECT current_setting('app.current_tenant', true)";
+    // Straight to PostgreSQL, a statement pipelined behind DISCARD ALL runs without a
+    // context set before.
+    let env = TestEnv::start().await;
+    let mut direct = env.raw_acme_or_direct(false).await;
+    then_sync(&mut direct, |o| {
+        raw::extended(
+            o,
+            "SELECT set_config('app.current_tenant', 'x', false)",
+            &[],
+        );
+    })
+    .await;
+    let got = then_sync(&mut direct, |o| {
+        raw::extended(o, "DISCARD ALL", &[]);
+        raw::extended(o, CTX, &[]);
+    })
+    .await;
+    assert_eq!(
+        raw::data_rows(&got).last(),
+        Some(&vec![Some(String::new())])
+    );
+    env.proxy.shutdown().await;
+
+    type Pipeline = fn(&mut BytesMut);
+    let pipelines: [(&str, Pipeline); 5] = [
+        ("DISCARD ALL, SELECT", |o| {
+            raw::extended(o, "DISCARD ALL", &[]);
+            raw::extended(o, CTX, &[]);
+        }),
+        ("BEGIN, SELECT, DEALLOCATE ALL, COMMIT, SELECT", |o| {
+            for sql in ["BEGIN", "SELECT 1", "DEALLOCATE ALL", "COMMIT", CTX] {
+                raw::extended(o, sql, &[]);
+            }
+        }),
+        ("RESET ALL, SELECT", |o| {
+            raw::extended(o, "RESET ALL", &[]);
+            raw::extended(o, CTX, &[]);
+        }),
+        ("BEGIN, RESET ALL, SELECT, COMMIT", |o| {
+            for sql in ["BEGIN", "RESET ALL", CTX, "COMMIT"] {
+                raw::extended(o, sql, &[]);
+            }
+        }),
+        ("DISCARD ALL, a statement prepared earlier", |o| {
+            raw::extended(o, "DISCARD ALL", &[]);
+            messages::bind(o, "ctx", std::iter::empty());
+            messages::execute(o);
+        }),
+    ];
+    let mut f = Failures::default();
+    for mode in [
+        pgtenant::config::ContextMode::Plain,
+        pgtenant::config::ContextMode::Verified,
+    ] {
+        let env = TestEnv::start_with(|c| {
+            c.context.mode = mode;
+            for db in c.databases.values_mut() {
+                db.pool_size = 1;
+            }
+        })
+        .await;
+        let mut c = env.raw_acme_or_direct(true).await;
+        for (what, pipeline) in pipelines {
+            // A transaction first, so the backend holds the proxy's statements and the
+            // context, and the client's named statement is prepared there.
+            let mut out = BytesMut::new();
+            messages::parse(&mut out, "ctx", CTX);
+            raw::extended(&mut out, CTX, &[]);
+            messages::sync(&mut out);
+            c.send(&out).await;
+            c.until_ready().await;
+            let got = then_sync(&mut c, pipeline).await;
+            let rows = raw::data_rows(&got);
+            f.check(
+                raw::errors(&got).is_empty()
+                    && rows.last() == Some(&vec![Some(ACME.to_string())])
+                    && status(&got) == Some(b'I'),
+                || format!("{mode:?}, {what}: {}", raw::tags(&got)),
+            );
+            // Deallocated on the backend; the client's own statement goes with DISCARD ALL.
+            let mut out = BytesMut::new();
+            raw::close_statement(&mut out, "ctx");
+            messages::sync(&mut out);
+            c.send(&out).await;
+            c.until_ready().await;
+        }
+        env.proxy.shutdown().await;
+    }
+    f.finish();
+}

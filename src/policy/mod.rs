@@ -33,8 +33,10 @@ pub struct Reading {
     pub leftover: sql::Leftover,
     /// It only sets the transaction up (BEGIN, SET TRANSACTION): it goes before the context.
     pub transaction_setup: bool,
-    /// It ends the context (COMMIT, ROLLBACK, RESET ALL).
+    /// It ends the context (COMMIT, ROLLBACK, RESET ALL, DISCARD ALL).
     pub clears_context: bool,
+    /// It drops settings or prepared statements the proxy keeps in the session.
+    pub resets_session: bool,
 }
 
 impl Reading {
@@ -44,6 +46,7 @@ impl Reading {
         leftover: sql::Leftover::Sweep,
         transaction_setup: true,
         clears_context: false,
+        resets_session: false,
     };
 
     /// The reading of an analyzed text.
@@ -53,6 +56,7 @@ impl Reading {
             leftover: a.leftover,
             transaction_setup: a.transaction_setup,
             clears_context: a.clears_context,
+            resets_session: a.resets_session,
         }
     }
 }

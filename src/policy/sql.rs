@@ -18,8 +18,8 @@ mod lexer;
 mod readable;
 mod runners;
 use classify::{
-    context_clearing, kept_state, names_channel, no_transaction_block, session_state, setup_prefix,
-    sql_prepared, transaction_setup,
+    context_clearing, kept_state, names_channel, no_transaction_block, resets_session,
+    session_state, setup_prefix, sql_prepared, transaction_setup,
 };
 pub use classify::{
     is_no_transaction_block, is_plain_begin, may_change_session_state, uses_sql_prepared_statements,
@@ -517,6 +517,9 @@ pub struct Analysis {
     /// Some statement ends the transaction or is RESET ALL (what follows needs the context
     /// again).
     pub clears_context: bool,
+    /// It drops settings or prepared statements the proxy keeps in the session (RESET ALL,
+    /// DISCARD ALL, DEALLOCATE ALL).
+    pub resets_session: bool,
     /// Every statement only sets up the transaction (BEGIN with options, SET TRANSACTION):
     /// it must run before the context, which takes the transaction's snapshot.
     pub transaction_setup: bool,
@@ -553,6 +556,7 @@ pub(crate) fn analyze_mentioning(sql: &[u8], m: Mentions, protected: &[String]) 
         changes_session_state: session_state(m, &toks),
         no_transaction_block: no_transaction_block(&toks),
         clears_context: clears,
+        resets_session: resets_session(&toks),
         transaction_setup: transaction_setup(&toks),
         setup_prefix: setup_prefix(&toks),
         keeps_state: kept_state(m, &toks),

@@ -19,6 +19,8 @@ pub(super) struct Judged {
     pub no_txn_block: bool,
     /// A simple Query that ends the context (COMMIT, ROLLBACK, RESET ALL).
     pub clears_context: bool,
+    /// A simple Query that drops what the proxy keeps in the session (DISCARD ALL, ...).
+    pub resets_session: bool,
 }
 
 /// Why a request is refused: its SQLSTATE, message, the metric's label, and for a syntax
@@ -65,6 +67,7 @@ impl Session {
         let guard = self.server.guard_enabled;
         if let Some(a) = analysis {
             judged.clears_context = a.clears_context;
+            judged.resets_session = a.resets_session;
             let widened = |v: &crate::policy::GuardViolation| v.widened_by(self.pool.guard_allow());
             if let Some(v) = a.protected_change.filter(|v| guard && !widened(v)) {
                 let mut refusal = Refusal::new(v.code, v.message(), "sql");
@@ -96,6 +99,7 @@ impl Session {
             let reading = self.statements.reading(name);
             judged.no_txn_block = reading.is_some_and(|r| r.no_txn_block);
             self.clearing_portal = reading.is_some_and(|r| r.clears_context);
+            self.resetting_portal = reading.is_some_and(|r| r.resets_session);
         }
         if frame.tag == ft::FUNCTION_CALL
             && guard

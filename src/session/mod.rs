@@ -112,6 +112,8 @@ pub struct Session {
     context: context::Context,
     /// The portal last bound clears the context (COMMIT, ROLLBACK, RESET ALL, ...).
     clearing_portal: bool,
+    /// The portal last bound drops what the proxy keeps in the session (DISCARD ALL, ...).
+    resetting_portal: bool,
     /// The client's transaction was lost with a backend whose proxy request failed: the
     /// next backend gets an aborted transaction, so PostgreSQL answers as it would.
     aborted_elsewhere: bool,
@@ -180,6 +182,7 @@ impl Session {
             status: TxStatus::Idle,
             context: Default::default(),
             clearing_portal: false,
+            resetting_portal: false,
             aborted_elsewhere: false,
             began: false,
             dirty: false,

@@ -290,6 +290,20 @@ impl Session {
         self.emit_synthetic();
     }
 
+    /// A request that drops the session's settings or prepared statements (DISCARD ALL,
+    /// RESET ALL, DEALLOCATE ALL) went out. What is pipelined behind it goes out before its
+    /// CommandComplete, so from now on the proxy's own statements are prepared again (Close
+    /// + Parse), the client's closed and parsed anew, and a carried context entered again,
+    /// whether or not it ran.
+    pub(super) fn reset_sent(&mut self) {
+        if let Some(b) = self.attachment.conn_mut() {
+            let conn = b.conn();
+            conn.prepared = crate::backend::injection::Own::NONE;
+            conn.statements.distrust();
+            conn.carry.unsure();
+        }
+    }
+
     /// Forgets proxy-named statements whose Parse failed or was skipped on the backend: the
     /// backend does not have them. The client's definition goes only with its own failed
     /// Parse (or, see `relay::text_rejected`, when PostgreSQL refuses its text at the

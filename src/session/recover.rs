@@ -59,6 +59,7 @@ impl Session {
         self.input.backend_lost();
         self.unnamed_on_backend = false;
         self.clearing_portal = false;
+        self.resetting_portal = false;
         self.dirty = false;
         self.leftover = Default::default();
         self.began = false;

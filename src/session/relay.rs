@@ -224,6 +224,14 @@ impl Session {
         if ends && split.is_none() {
             self.context.end_sent();
         }
+        let resets = match frame.tag {
+            ft::QUERY => judged.resets_session,
+            ft::EXECUTE => std::mem::take(&mut self.resetting_portal),
+            _ => false,
+        };
+        if resets {
+            self.reset_sent();
+        }
         if matches!(frame.tag, ft::QUERY | ft::EXECUTE | ft::FUNCTION_CALL) {
             self.pool.metrics.queries.inc();
             self.stats().queries.fetch_add(1, Ordering::Relaxed);

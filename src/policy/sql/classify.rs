@@ -226,14 +226,27 @@ pub(super) fn names_channel(m: Mentions) -> bool {
 
 /// True when the statement `s` leaves what follows it without the tenant context: it ends
 /// the transaction (COMMIT, END, ABORT, ROLLBACK but not ROLLBACK TO a savepoint, PREPARE
-/// TRANSACTION; AND CHAIN variants included), or it is RESET ALL, which clears the
-/// transaction-local context too.
+/// TRANSACTION; AND CHAIN variants included), or it is RESET ALL or DISCARD ALL, which
+/// clear the transaction-local context too.
 fn clears(s: &[Token]) -> bool {
     let kw = |k: usize, w: &str| is_kw(s.get(k), w);
     (is_kw_in(s.first(), &["commit", "end", "abort"]) && !kw(1, "prepared"))
         || (kw(0, "rollback") && !kw(1, "prepared") && !kw(1, "to") && !kw(2, "to"))
         || (kw(0, "prepare") && kw(1, "transaction"))
         || (kw(0, "reset") && kw(1, "all"))
+        || (kw(0, "discard") && kw(1, "all"))
+}
+
+/// True when a statement of `toks` drops what the proxy keeps in a backend's session:
+/// settings (RESET ALL, DISCARD ALL, the carried verified context with them) or prepared
+/// statements (DISCARD ALL, DEALLOCATE [PREPARE] ALL). Requests pipelined behind it were
+/// sent before its CommandComplete arrives, so the proxy must assume it at send time.
+pub(super) fn resets_session(toks: &[Token]) -> bool {
+    statements(toks).any(|s| {
+        let kw = |k: usize, w: &str| is_kw(s.get(k), w);
+        ((kw(0, "reset") || kw(0, "discard")) && kw(1, "all"))
+            || (kw(0, "deallocate") && (kw(1, "all") || (kw(1, "prepare") && kw(2, "all"))))
+    })
 }
 
 /// Whether some statement of `sql` clears the context, and whether another statement
