@@ -442,3 +442,46 @@ async fn a_login_while_every_backend_is_busy_is_answered_from_an_earlier_login()
     let refused = refused.await.unwrap().expect("a bad setting is refused");
     assert!(refused.contains("statement_timeout"), "{refused}");
 }
+
+/// PostgreSQL merges a partial DateStyle with the one in force (`SET DateStyle = 'ISO'`
+/// after `German, DMY` gives `ISO, DMY`); a connection of its own starts from the default.
+/// A client logging in with `DateStyle=ISO` on a backend another client left at DMY gets
+/// `ISO, MDY`, as on PostgreSQL (and the start-up memo keeps that answer for later logins).
+#[tokio::test]
+async fn a_partial_start_up_datestyle_starts_from_the_default_not_the_last_client() {
+    let env = TestEnv::start_with(|cfg| {
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let direct = env.app_user_direct().await;
+    direct
+        .batch_execute("SET DateStyle = 'German, DMY'; SET DateStyle = 'ISO'")
+        .await
+        .unwrap();
+    assert_eq!(one(&direct, "SHOW DateStyle").await, "ISO, DMY");
+
+    let first = env.proxy.connect("acme").await;
+    first
+        .batch_execute("SET DateStyle = 'German, DMY'")
+        .await
+        .unwrap();
+    // A transaction with the setting applied and nothing to clean after it: the backend
+    // goes back to the pool at DMY.
+    first.batch_execute("SELECT 1").await.unwrap();
+    let iso = format!("{} options='-c DateStyle=ISO'", env.proxy.conn_str("acme"));
+    let mut f = Failures::default();
+    for login in [
+        "on the backend the first client left",
+        "a second such login",
+    ] {
+        let c = connect(&iso).await.unwrap();
+        let style = one(&c, "SHOW DateStyle").await;
+        let date = one(&c, "SELECT '03/04/2026'::date::text").await;
+        f.check(style == "ISO, MDY" && date == "2026-03-04", || {
+            format!("{login}: DateStyle {style}, '03/04/2026' read as {date}")
+        });
+    }
+    f.finish();
+}

@@ -292,6 +292,18 @@ impl ClientParams {
             if conn.params.get(k.as_ref()) == Some(v) {
                 continue;
             }
+            if k.as_ref() == "DateStyle" {
+                // PostgreSQL merges a partial DateStyle (`ISO`) with the one in force, so an
+                // earlier client's order (`German, DMY`) would decide this client's: from the
+                // default, as on a connection of its own.
+                let prepared = conn.prepare_own(Own::PARAM_RESET, out);
+                flow.sent_own(prepared);
+                messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
+                messages::execute(out);
+                flow.sent(ft::BIND, Owner::Proxy);
+                flow.sent(ft::EXECUTE, Owner::Proxy);
+                n += 1;
+            }
             let prepared = conn.prepare_own(Own::PARAM, out);
             flow.sent_own(prepared);
             messages::bind(
