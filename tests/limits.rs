@@ -311,3 +311,76 @@ async fn the_verdict_cache_is_reported() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The proxy keeps every client's named statements (to prepare them on any backend) in
+/// memory all tenants share, so one client's are bounded in bytes
+/// (`prepared_statement_bytes`): a Parse beyond it gets ERROR 54000, whether or not a
+/// backend is attached, the client can go on (after closing some it may prepare again), and
+/// other tenants are served.
+#[tokio::test]
+async fn a_clients_prepared_statements_are_bounded_in_bytes() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.prepared_statement_bytes = 64 * 1024;
+        }
+    })
+    .await;
+    let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let text = |i: usize| format!("SELECT {i} /* {} */", "x".repeat(4000));
+    let mut f = Failures::default();
+    for in_transaction in [false, true] {
+        if in_transaction {
+            c.simple("BEGIN; SELECT 1").await;
+        }
+        let mut refused_at = None;
+        for i in 0..40 {
+            let mut out = BytesMut::new();
+            messages::parse(&mut out, &format!("s{i}"), &text(i));
+            raw::sync(&mut out);
+            c.send(&out).await;
+            let got = c.until_ready().await;
+            if let Some(e) = raw::errors(&got).first() {
+                f.check(
+                    e.code == "54000" && e.message.contains("prepared_statement_bytes"),
+                    || format!("s{i}: {e:?}"),
+                );
+                refused_at = Some(i);
+                break;
+            }
+        }
+        // 16 statements of about 4 KB fit in 64 KiB, the 17th does not.
+        f.check(refused_at == Some(16), || {
+            format!("in a transaction {in_transaction}: refused at {refused_at:?}")
+        });
+        if in_transaction {
+            c.simple("ROLLBACK").await;
+        }
+        // Closing one makes room again.
+        let mut out = BytesMut::new();
+        raw::close_statement(&mut out, "s0");
+        messages::parse(&mut out, "again", &text(99));
+        raw::sync(&mut out);
+        c.send(&out).await;
+        let got = c.until_ready().await;
+        f.check(raw::errors(&got).is_empty(), || {
+            format!("after a Close: {}", raw::tags(&got))
+        });
+        for i in 1..16 {
+            let mut out = BytesMut::new();
+            raw::close_statement(&mut out, &format!("s{i}"));
+            raw::sync(&mut out);
+            c.send(&out).await;
+            c.until_ready().await;
+        }
+        let mut out = BytesMut::new();
+        raw::close_statement(&mut out, "again");
+        raw::sync(&mut out);
+        c.send(&out).await;
+        c.until_ready().await;
+    }
+    let globex = env.proxy.connect("globex").await;
+    assert_eq!(one(&globex, "SELECT 1::text").await, "1");
+    f.finish();
+}

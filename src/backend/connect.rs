@@ -33,6 +33,8 @@ pub struct BackendTarget {
     pub own: std::sync::Arc<super::injection::OwnStatements>,
     /// How many client statements each backend connection keeps prepared.
     pub statement_cache_size: usize,
+    /// Bytes of client statements each backend connection keeps prepared at most.
+    pub statement_cache_bytes: usize,
     /// TLS client configuration (None: plaintext).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub sslmode: SslMode,
@@ -80,6 +82,7 @@ impl BackendTarget {
             connect_timeout: db.connect_timeout,
             own,
             statement_cache_size: db.prepared_statement_cache_size,
+            statement_cache_bytes: db.prepared_statement_bytes,
             keepalive: cfg.server.keepalive(),
         })
     }
@@ -150,7 +153,10 @@ impl BackendTarget {
             carry: Default::default(),
             tenant: None,
             owed: Default::default(),
-            statements: super::statements::BackendStatements::new(self.statement_cache_size),
+            statements: super::statements::BackendStatements::new(
+                self.statement_cache_size,
+                self.statement_cache_bytes,
+            ),
             held_notifications: BytesMut::new(),
             cancels: std::sync::Arc::new(CancelsInFlight::new(BackendKey {
                 addr,

@@ -80,6 +80,9 @@ pub struct BackendStatements {
     entries: HashMap<String, Prepared>,
     tick: u64,
     capacity: usize,
+    /// Bytes of statement bodies held, and at most.
+    bytes: usize,
+    byte_capacity: usize,
 }
 
 /// One statement prepared on a backend.
@@ -97,12 +100,15 @@ struct Prepared {
 }
 
 impl BackendStatements {
-    /// An empty cache holding at most `capacity` statements.
-    pub fn new(capacity: usize) -> BackendStatements {
+    /// An empty cache holding at most `capacity` statements of `byte_capacity` bytes in all
+    /// (the newest is kept whatever its size).
+    pub fn new(capacity: usize, byte_capacity: usize) -> BackendStatements {
         BackendStatements {
             entries: HashMap::new(),
             tick: 0,
             capacity: capacity.max(1),
+            bytes: 0,
+            byte_capacity,
         }
     }
 
@@ -138,18 +144,25 @@ impl BackendStatements {
     /// was full.
     pub fn insert(&mut self, def: &StatementDef, parse_env: u64) -> Vec<String> {
         let mut close = Vec::new();
-        if self.entries.contains_key(&def.backend_name) {
+        if let Some(old) = self.entries.remove(&def.backend_name) {
+            self.bytes -= old.body.len();
             close.push(def.backend_name.clone());
-        } else if self.entries.len() >= self.capacity
+        }
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.capacity
+                || self.bytes + def.body.len() > self.byte_capacity)
             && let Some(victim) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, p)| p.used)
                 .map(|(k, _)| k.clone())
         {
-            self.entries.remove(&victim);
+            if let Some(p) = self.entries.remove(&victim) {
+                self.bytes -= p.body.len();
+            }
             close.push(victim);
         }
+        self.bytes += def.body.len();
         self.tick += 1;
         let prepared = Prepared {
             body: def.body.clone(),
@@ -173,12 +186,15 @@ impl BackendStatements {
 
     /// Forgets a statement (its Parse failed).
     pub fn remove(&mut self, name: &str) {
-        self.entries.remove(name);
+        if let Some(p) = self.entries.remove(name) {
+            self.bytes -= p.body.len();
+        }
     }
 
     /// Forgets everything (the backend's statements were deallocated).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.bytes = 0;
     }
 
     /// Number of statements prepared.
@@ -202,7 +218,7 @@ mod tests {
 
     #[test]
     fn backend_cache_evicts_least_recently_used() {
-        let mut cache = BackendStatements::new(2);
+        let mut cache = BackendStatements::new(2, usize::MAX);
         let (a, b, c) = (def(b"a\0\0\0"), def(b"b\0\0\0"), def(b"c\0\0\0"));
         assert!(cache.insert(&a, 0).is_empty());
         assert!(cache.insert(&b, 0).is_empty());
@@ -212,8 +228,25 @@ mod tests {
     }
 
     #[test]
+    fn backend_cache_evicts_least_recently_used_beyond_its_bytes() {
+        // Bodies of 3 + 3 bytes ("a\0\0\0" is the name-less body "a", NUL, no types).
+        let (a, b, c) = (def(b"aa\0\0\0"), def(b"bb\0\0\0"), def(b"cc\0\0\0"));
+        let mut cache = BackendStatements::new(100, 2 * a.body.len());
+        assert!(cache.insert(&a, 0).is_empty());
+        assert!(cache.insert(&b, 0).is_empty());
+        assert!(cache.touch(&a, 0));
+        assert_eq!(cache.insert(&c, 0), vec![b.backend_name.clone()]);
+        // One larger than the whole budget is kept alone.
+        let big = def(&[b"x".repeat(64), b"\0\0\0".to_vec()].concat());
+        assert_eq!(cache.insert(&big, 0).len(), 2);
+        assert!(cache.touch(&big, 0) && !cache.touch(&a, 0));
+        cache.remove(&big.backend_name);
+        assert!(cache.insert(&a, 0).is_empty() && cache.insert(&c, 0).is_empty());
+    }
+
+    #[test]
     fn a_copy_parsed_before_the_clients_parse_is_replaced() {
-        let mut cache = BackendStatements::new(4);
+        let mut cache = BackendStatements::new(4, usize::MAX);
         let first = def(b"select * from t\0\0\0");
         assert!(!cache.touch(&first, 0));
         assert!(cache.insert(&first, 0).is_empty());
@@ -232,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_copy_parsed_under_other_parse_settings_does_not_serve() {
-        let mut cache = BackendStatements::new(4);
+        let mut cache = BackendStatements::new(4, usize::MAX);
         let (mdy, dmy) = (1, 2);
         let s = def(b"select '03/04/2026'::date\0\0\0");
         assert!(cache.insert(&s, dmy).is_empty());

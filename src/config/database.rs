@@ -40,6 +40,12 @@ pub struct DatabaseConfig {
     /// closed first).
     #[serde(default = "default_statement_cache")]
     pub prepared_statement_cache_size: usize,
+    /// Bytes of prepared-statement text (names and queries) one client may keep defined,
+    /// and one backend connection's cache may hold: the proxy keeps every client's
+    /// statements to prepare them on any backend, in the memory all tenants share. Beyond
+    /// it a client's Parse gets ERROR 54000.
+    #[serde(default = "default_statement_bytes")]
+    pub prepared_statement_bytes: usize,
     /// Transaction pooling: a plain BEGIN is answered by the proxy and sent with the
     /// transaction's first statement (no backend held in between, one round trip fewer).
     #[serde(default = "default_true")]
@@ -95,6 +101,9 @@ fn default_affinity_hold() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+fn default_statement_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_statement_cache() -> usize {
     256

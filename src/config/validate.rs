@@ -144,6 +144,12 @@ impl Config {
             if db.pool_size == 0 || db.pool_size > 10_000 {
                 bad(key("pool_size"), "must be between 1 and 10000".into());
             }
+            if db.prepared_statement_bytes < 1024 {
+                bad(
+                    key("prepared_statement_bytes"),
+                    "must be at least 1024 (bytes)".into(),
+                );
+            }
             if let Some(n) = db.max_pinned_connections
                 && n > db.pool_size
             {

@@ -21,6 +21,8 @@ pub(super) struct Limits {
     /// Verified mode: how long a released backend is kept for its tenant's next checkout
     /// while other tenants' clients wait (zero: never).
     pub(super) hold: Duration,
+    /// Bytes of named statements one client may keep defined.
+    pub(super) statement_bytes: usize,
 }
 
 impl Limits {
@@ -37,6 +39,7 @@ impl Limits {
                 .affinity_overtakes
                 .unwrap_or(cfg.pool_size.saturating_mul(5)),
             hold: cfg.affinity_hold,
+            statement_bytes: cfg.prepared_statement_bytes,
         }
     }
 }
@@ -54,6 +57,9 @@ pub(super) fn backend_identity(cfg: &DatabaseConfig) -> impl PartialEq + use<> {
         (cfg.resolve_password(), cfg.pool_mode, cfg.connect_timeout),
         (cfg.sslmode, cfg.sslrootcert.clone(), cfg.sslcert.clone()),
         (cfg.sslkey.clone(), cfg.server_name.clone()),
-        cfg.prepared_statement_cache_size,
+        (
+            cfg.prepared_statement_cache_size,
+            cfg.prepared_statement_bytes,
+        ),
     )
 }

@@ -190,6 +190,11 @@ impl Pool {
         self.limits.load().pin_mode
     }
 
+    /// Bytes of named prepared statements one client may keep defined.
+    pub fn statement_bytes(&self) -> usize {
+        self.limits.load().statement_bytes
+    }
+
     /// Connections pinned to one client right now.
     pub fn pinned(&self) -> usize {
         self.pinned.load(Ordering::Relaxed)

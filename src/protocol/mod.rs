@@ -106,5 +106,6 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const WARNING: &str = "01000";
 }

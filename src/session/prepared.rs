@@ -233,6 +233,29 @@ impl Session {
         ))
     }
 
+    /// The refusal of a named Parse that would take the client's statements past the
+    /// database's `prepared_statement_bytes`: the proxy keeps them in memory every tenant
+    /// shares (PostgreSQL keeps them in the client's own backend process).
+    #[inline]
+    pub(super) fn statements_over_budget(&self, frame: &Frame) -> Option<super::guard::Refusal> {
+        if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
+            return None;
+        }
+        let limit = self.pool.statement_bytes();
+        if !self.statements.over_budget(frame.body(), limit) {
+            return None;
+        }
+        let message = format!(
+            "prepared statements of this connection would exceed {limit} bytes (databases.{}.prepared_statement_bytes); close some first",
+            self.pool.name
+        );
+        Some(super::guard::Refusal::new(
+            crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            message,
+            "statement",
+        ))
+    }
+
     /// Whether `frame` is a request the proxy answers from its own state while the session
     /// holds no backend: a named Parse or the Close of a named statement (Sync and Flush are
     /// answered earlier). The rule: a client holding no backend never waits for one for a

@@ -79,6 +79,9 @@ impl Session {
                 .refuse(&frame, &Refusal::new(code, refusal, "statement"))
                 .await;
         }
+        if let Some(refusal) = self.statements_over_budget(&frame) {
+            return self.refuse(&frame, &refusal).await;
+        }
         let text = sql_text(&frame);
         if self.deallocate_locally(&frame, text) {
             return Ok(());

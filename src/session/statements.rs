@@ -25,10 +25,25 @@ pub struct ClientStatements {
         clippy::box_collection,
         reason = "an empty HashMap is 48 bytes in every idle session; the box is 8 until used"
     )]
-    by_name: Option<Box<HashMap<Vec<u8>, Arc<StatementDef>>>>,
+    by_name: Option<Box<Named>>,
     /// The unnamed statement, kept apart: drivers re-parse it for nearly every query, so
     /// it is copied into a reused buffer and never hashed, named or shared.
     unnamed: Option<Box<Unnamed>>,
+}
+
+/// The client's named statements, and the bytes of their names and bodies.
+#[derive(Debug, Default)]
+struct Named {
+    map: HashMap<Vec<u8>, Arc<StatementDef>>,
+    bytes: usize,
+}
+
+impl Named {
+    fn take(&mut self, name: &[u8]) {
+        if let Some(d) = self.map.remove(name) {
+            self.bytes -= name.len() + d.body.len();
+        }
+    }
 }
 
 /// The client's unnamed statement: its Parse body after the (empty) name.
@@ -57,9 +72,10 @@ impl ClientStatements {
             return Some(Defined::Unnamed);
         }
         let def = Arc::new(StatementDef::new(rest, reading));
-        self.by_name
-            .get_or_insert_with(Box::default)
-            .insert(name.to_vec(), def.clone());
+        let named = self.by_name.get_or_insert_with(Box::default);
+        named.take(name);
+        named.bytes += name.len() + def.body.len();
+        named.map.insert(name.to_vec(), def.clone());
         Some(Defined::Named(def))
     }
 
@@ -68,12 +84,20 @@ impl ClientStatements {
     /// unnamed statement is replaced by every Parse.
     pub fn redefined<'a>(&self, parse_body: &'a [u8]) -> Option<&'a [u8]> {
         let (name, _) = read_cstr(parse_body)?;
-        (!name.is_empty() && self.by_name.as_ref()?.contains_key(name)).then_some(name)
+        (!name.is_empty() && self.by_name.as_ref()?.map.contains_key(name)).then_some(name)
+    }
+
+    /// True when the named statement a Parse defines would take the client's statements
+    /// past `limit` bytes (names and bodies; the unnamed statement is not counted).
+    pub fn over_budget(&self, parse_body: &[u8], limit: usize) -> bool {
+        let held = self.by_name.as_ref().map_or(0, |n| n.bytes);
+        read_cstr(parse_body)
+            .is_some_and(|(name, rest)| !name.is_empty() && held + name.len() + rest.len() > limit)
     }
 
     /// The definition behind a client statement name (not the unnamed statement).
     pub fn get(&self, name: &[u8]) -> Option<Arc<StatementDef>> {
-        self.by_name.as_ref()?.get(name).cloned()
+        self.by_name.as_ref()?.map.get(name).cloned()
     }
 
     /// The unnamed statement, if the client has parsed one.
@@ -87,7 +111,7 @@ impl ClientStatements {
         if name.is_empty() {
             self.unnamed.as_ref().map(|u| u.reading)
         } else {
-            self.by_name.as_ref()?.get(name).map(|d| d.reading)
+            self.by_name.as_ref()?.map.get(name).map(|d| d.reading)
         }
     }
 
@@ -99,14 +123,22 @@ impl ClientStatements {
     /// Forgets a statement (client Close, or a Parse that failed).
     pub fn remove(&mut self, name: &[u8]) {
         if let Some(m) = &mut self.by_name {
-            m.remove(name);
+            m.take(name);
         }
     }
 
     /// Forgets every name bound to a backend statement whose Parse failed.
     pub fn forget_backend_name(&mut self, backend_name: &str) {
         if let Some(m) = &mut self.by_name {
-            m.retain(|_, d| d.backend_name != backend_name);
+            let mut freed = 0;
+            m.map.retain(|name, d| {
+                let keep = d.backend_name != backend_name;
+                if !keep {
+                    freed += name.len() + d.body.len();
+                }
+                keep
+            });
+            m.bytes -= freed;
         }
     }
 
@@ -200,6 +232,29 @@ mod tests {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn named_statements_are_counted_against_the_byte_budget() {
+        let mut c = ClientStatements::default();
+        // Name "s1" (2) + body "select 1\0" + no types (2 + 9 + 2 = 13 bytes).
+        let s1 = b"s1\0select 1\0\0\0";
+        assert!(!c.over_budget(s1, 13) && c.over_budget(s1, 12));
+        named(&mut c, s1);
+        let s2 = b"s2\0select 2\0\0\0";
+        assert!(c.over_budget(s2, 25) && !c.over_budget(s2, 26));
+        assert!(
+            !c.over_budget(b"\0select 3\0\0\0", 0),
+            "the unnamed statement is not counted"
+        );
+        c.remove(b"s1");
+        assert!(!c.over_budget(s2, 13));
+        let d = named(&mut c, s2);
+        c.forget_backend_name(&d.backend_name);
+        assert!(!c.over_budget(s1, 13));
+        named(&mut c, s1);
+        c.clear();
+        assert!(!c.over_budget(s2, 13));
     }
 
     #[test]
