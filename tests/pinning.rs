@@ -400,3 +400,29 @@ async fn a_pinned_client_ends_by_kill_and_by_its_idle_timeout() {
         .await
         .expect("no hang");
 }
+
+/// A function (or any object) made in `pg_temp` lives as long as the session, like a temp
+/// table: the client keeps its backend while it exists, and is released when it is dropped.
+#[tokio::test]
+async fn a_function_made_in_pg_temp_pins_the_client() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let acme = env.proxy.connect("acme").await;
+    acme.batch_execute("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS $$ SELECT 7 $$")
+        .await
+        .unwrap();
+    assert_eq!(one(&acme, "SELECT pg_temp.f()::text").await, "7");
+    assert_eq!(one(&acme, "SELECT pg_temp.f()::text").await, "7");
+    acme.batch_execute("DROP FUNCTION pg_temp.f()")
+        .await
+        .unwrap();
+    // Released: the one backend serves another tenant.
+    assert_eq!(
+        env.globex_served().await,
+        Ok(tenant_id("globex").to_string())
+    );
+}

@@ -75,6 +75,40 @@ pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
     }
 }
 
+const COMMIT: &str = "PLpgSQL_stmt_commit";
+const ROLLBACK: &str = "PLpgSQL_stmt_rollback";
+
+/// How many COMMIT and ROLLBACK statements a PL/pgSQL tree holds, at any depth.
+fn transaction_control(v: &Value) -> usize {
+    match v {
+        Value::Object(o) => {
+            o.keys().filter(|k| *k == COMMIT || *k == ROLLBACK).count()
+                + o.values().map(transaction_control).sum::<usize>()
+        }
+        Value::Array(a) => a.iter().map(transaction_control).sum(),
+        _ => 0,
+    }
+}
+
+/// True when the function's outermost block ends with a COMMIT or ROLLBACK (before the
+/// RETURN PL/pgSQL adds).
+fn ends_with_transaction_control(tree: &Value) -> bool {
+    let body = tree
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|f| f.get("PLpgSQL_function"))
+        .and_then(|f| f.get("action"))
+        .and_then(|a| a.get("PLpgSQL_stmt_block"))
+        .and_then(|b| b.get("body"))
+        .and_then(Value::as_array);
+    let last = body.and_then(|b| {
+        b.iter()
+            .rev()
+            .find(|s| s.get("PLpgSQL_stmt_return").is_none())
+    });
+    last.is_some_and(|s| s.get(COMMIT).is_some() || s.get(ROLLBACK).is_some())
+}
+
 /// True for a name in the proxy's reserved space, in any letter case.
 fn reserved_name(name: &str) -> bool {
     let prefix = crate::protocol::RESERVED_PREFIX;
@@ -317,6 +351,14 @@ impl Checker<'_> {
             return refuse(format!(
                 "a default value of record variable {name:?}, which the guard cannot read"
             ));
+        }
+        // The context lives as long as the client's transaction: after a COMMIT or
+        // ROLLBACK inside a DO block or procedure, the rest of it would run without one.
+        // One as the body's last statement leaves nothing behind it.
+        if transaction_control(&tree) > usize::from(ends_with_transaction_control(&tree)) {
+            return refuse(
+                "COMMIT or ROLLBACK inside a DO block or procedure with statements after it (they would run without the tenant context)",
+            );
         }
         let mut exprs = Vec::new();
         collect_exprs(&tree, false, &mut exprs);

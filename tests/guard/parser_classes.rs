@@ -359,3 +359,51 @@ async fn sql_cannot_run_the_proxys_own_statements() {
     }
     f.finish();
 }
+
+/// The context lives as long as the client's transaction: a COMMIT or ROLLBACK inside a DO
+/// block or procedure ends it, and what the block runs after it runs without one. Such
+/// blocks are refused; one whose last statement is the COMMIT runs.
+#[tokio::test]
+async fn statements_after_a_commit_inside_a_do_block_are_refused() {
+    let env = TestEnv::start_with(|c| c.context.mode = pgtenant::config::ContextMode::Plain).await;
+    // Straight to PostgreSQL, with the context set in front of the DO block as the proxy
+    // sets it (pipelined, no Sync between), the statements after its COMMIT see none.
+    let mut direct = env.raw_acme_or_direct(false).await;
+    direct.simple("CREATE TEMP TABLE seen (v text)").await;
+    let mut out = bytes::BytesMut::new();
+    raw::extended(
+        &mut out,
+        "SELECT set_config('app.current_tenant', 'a', true)",
+        &[],
+    );
+    pgtenant::protocol::messages::query(
+        &mut out,
+        "DO $$ BEGIN INSERT INTO seen SELECT current_setting('app.current_tenant', true); COMMIT; \
+         INSERT INTO seen SELECT current_setting('app.current_tenant', true); END $$",
+    );
+    direct.send(&out).await;
+    let got = direct.until_ready().await;
+    assert!(raw::errors(&got).is_empty(), "{got:?}");
+    let rows = raw::data_rows(&direct.simple("SELECT v FROM seen").await);
+    assert_eq!(
+        rows,
+        vec![vec![Some("a".into())], vec![Some(String::new())]]
+    );
+
+    let acme = env.proxy.connect("acme").await;
+    for sql in [
+        "DO $$ BEGIN COMMIT; PERFORM current_setting('app.current_tenant', true); END $$",
+        "DO $$ BEGIN FOR i IN 1..2 LOOP PERFORM 1; COMMIT; END LOOP; END $$",
+    ] {
+        let r = acme.batch_execute(sql).await;
+        assert_eq!(
+            r.as_ref().err().and_then(sqlstate).as_deref(),
+            Some("42501"),
+            "{sql}: {r:?}"
+        );
+    }
+    acme.batch_execute("DO $$ BEGIN PERFORM 1; COMMIT; END $$")
+        .await
+        .unwrap();
+    assert_eq!(one(&acme, CTX).await, tenant_id("acme"));
+}

@@ -81,6 +81,12 @@ fn refuses_each_class() {
         "DEALLOCATE PREPARE \"pgtenant_ctx\"",
         "PREPARE pgtenant_ctx AS SELECT 1",
         "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'EXECUTE pgtenant_ctx(''b'', ''free'')'",
+        // Transaction control in a body: what follows runs without the context.
+        "DO $$ BEGIN COMMIT; PERFORM 1; END $$",
+        "DO $$ BEGIN IF true THEN ROLLBACK; END IF; END $$",
+        "DO $$ BEGIN FOR i IN 1..3 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN COMMIT; INSERT INTO t VALUES (1); END $$",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$",
         // Inside bodies.
         "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', true); END $$",
         "DO $$ DECLARE x text; BEGIN x := set_config('app.current_tenant', 'b', true); END $$",

@@ -170,7 +170,8 @@ pub(super) fn session_state(m: Mentions, toks: &[Token]) -> bool {
         } else if kw(0, "update") {
             is_kw_in(s.get(1), &["pg_settings", "pg_catalog", "only"]) && m.has(Word::PgSettings)
         } else if kw(0, "create") {
-            (1..s.len()).any(temp)
+            // A temp table, or any object made in pg_temp (a function, a view, a type).
+            (1..s.len()).any(temp) || m.has(Word::PgTemp)
         } else if kw(0, "select") || kw(0, "with") || is_op(s.first(), b'(') {
             (0..s.len()).any(|k| {
                 let scope = usize::from(is_kw_in(s.get(k + 1), &["local", "global"]));
