@@ -298,7 +298,7 @@ fn statements(c: &mut Criterion) {
         })
     });
     g.bench_function("backend_touch_hit", |b| {
-        let mut cache = BackendStatements::new(256);
+        let mut cache = BackendStatements::new(256, usize::MAX);
         for d in &defs {
             cache.insert(d, 0);
         }
@@ -318,7 +318,7 @@ fn statements(c: &mut Criterion) {
         })
         .collect();
     g.bench_function("backend_insert_evicting_256", |b| {
-        let mut cache = BackendStatements::new(256);
+        let mut cache = BackendStatements::new(256, usize::MAX);
         for d in &many[..256] {
             cache.insert(d, 0);
         }

@@ -446,7 +446,7 @@ async fn own_statements_skipped_after_an_error_are_prepared_again() {
 }
 
 /// Pipelines that drop what the proxy keeps in the session (DISCARD ALL, RESET ALL,
-/// DEALLOCATE ALL) ahead of more statements: requests behind them go out before their
+/// DEALLOCATE ALL, a DO block that ends its transaction) ahead of more statements: requests behind them go out before their
 /// CommandComplete. PostgreSQL runs them all, and through pgtenant every later statement
 /// still runs with the tenant's context and the pipeline ends as on PostgreSQL (the proxy's
 /// own statements prepared again, the client's parsed anew, a carried context entered
@@ -478,7 +478,15 @@ async fn statements_pipelined_behind_a_session_reset_keep_the_context() {
     env.proxy.shutdown().await;
 
     type Pipeline = fn(&mut BytesMut);
-    let pipelines: [(&str, Pipeline); 5] = [
+    let pipelines: [(&str, Pipeline); 7] = [
+        ("a DO block that commits, SELECT", |o| {
+            raw::extended(o, "DO $$ BEGIN PERFORM 1; COMMIT; END $$", &[]);
+            raw::extended(o, CTX, &[]);
+        }),
+        ("a DO block that rolls back, SELECT", |o| {
+            raw::extended(o, "DO $$ BEGIN ROLLBACK; END $$", &[]);
+            raw::extended(o, CTX, &[]);
+        }),
         ("DISCARD ALL, SELECT", |o| {
             raw::extended(o, "DISCARD ALL", &[]);
             raw::extended(o, CTX, &[]);

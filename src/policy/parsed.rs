@@ -10,8 +10,9 @@ use serde_json::Value;
 pub mod position;
 mod tree;
 use tree::{
-    body_options, collect_exprs, constant, expression, is_kind, last_name, name_in_text, node,
-    parse_mode, record_with_default, tagged, trigger_wrap, typed_kind, wrap_do,
+    body_options, collect_exprs, constant, ends_with_transaction_control, expression, is_kind,
+    last_name, name_in_text, node, parse_mode, record_with_default, reserved_name, tagged,
+    transaction_control, trigger_wrap, typed_kind, wrap_do,
 };
 
 use super::GuardViolation;
@@ -73,47 +74,6 @@ pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
             })
         }
     }
-}
-
-const COMMIT: &str = "PLpgSQL_stmt_commit";
-const ROLLBACK: &str = "PLpgSQL_stmt_rollback";
-
-/// How many COMMIT and ROLLBACK statements a PL/pgSQL tree holds, at any depth.
-fn transaction_control(v: &Value) -> usize {
-    match v {
-        Value::Object(o) => {
-            o.keys().filter(|k| *k == COMMIT || *k == ROLLBACK).count()
-                + o.values().map(transaction_control).sum::<usize>()
-        }
-        Value::Array(a) => a.iter().map(transaction_control).sum(),
-        _ => 0,
-    }
-}
-
-/// True when the function's outermost block ends with a COMMIT or ROLLBACK (before the
-/// RETURN PL/pgSQL adds).
-fn ends_with_transaction_control(tree: &Value) -> bool {
-    let body = tree
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|f| f.get("PLpgSQL_function"))
-        .and_then(|f| f.get("action"))
-        .and_then(|a| a.get("PLpgSQL_stmt_block"))
-        .and_then(|b| b.get("body"))
-        .and_then(Value::as_array);
-    let last = body.and_then(|b| {
-        b.iter()
-            .rev()
-            .find(|s| s.get("PLpgSQL_stmt_return").is_none())
-    });
-    last.is_some_and(|s| s.get(COMMIT).is_some() || s.get(ROLLBACK).is_some())
-}
-
-/// True for a name in the proxy's reserved space, in any letter case.
-fn reserved_name(name: &str) -> bool {
-    let prefix = crate::protocol::RESERVED_PREFIX;
-    name.get(..prefix.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 enum Stop {
@@ -457,6 +417,11 @@ impl Checker<'_> {
         const VALUE: i64 = 1;
         const MULTI: i64 = 4;
         const RESET_ALL: i64 = 6;
+        if kind == RESET_ALL && scope != Scope::Now {
+            return refuse(
+                "RESET ALL inside a DO block or function body (it clears the tenant context where the proxy cannot see it)",
+            );
+        }
         if kind == RESET_ALL || kind == MULTI {
             return Ok(());
         }

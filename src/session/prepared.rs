@@ -313,11 +313,11 @@ impl Session {
         self.emit_synthetic();
     }
 
-    /// A request that drops the session's settings or prepared statements (DISCARD ALL,
-    /// RESET ALL, DEALLOCATE ALL) went out. What is pipelined behind it goes out before its
-    /// CommandComplete, so from now on the proxy's own statements are prepared again (Close
-    /// + Parse), the client's closed and parsed anew, and a carried context entered again,
-    /// whether or not it ran.
+    /// A request that drops, or may drop, the session's settings, prepared statements or
+    /// transaction (DISCARD ALL, RESET ALL, DEALLOCATE ALL, a DO block, a CALL) went out.
+    /// What is pipelined behind it goes out before its CommandComplete, so from now on the
+    /// proxy's own statements are closed and prepared again, the client's closed and parsed
+    /// anew, and a carried context entered again, whether or not it ran.
     pub(super) fn reset_sent(&mut self) {
         if let Some(b) = self.attachment.conn_mut() {
             let conn = b.conn();

@@ -218,20 +218,19 @@ impl Session {
             self.inject(judged.no_txn_block);
         }
         // What runs after a COMMIT, ROLLBACK or RESET ALL sent in this frame has no context
-        // (for a split Query: once its rest is sent).
-        let ends = match frame.tag {
-            ft::QUERY => judged.clears_context,
-            ft::EXECUTE => std::mem::take(&mut self.clearing_portal),
-            _ => false,
+        // (for a split Query: once its rest is sent), nor after what may end or reset the
+        // session inside (DISCARD ALL, a DO block, a CALL), which is assumed to.
+        let (ends, resets) = match frame.tag {
+            ft::QUERY => (judged.clears_context, judged.resets_session),
+            ft::EXECUTE => (
+                std::mem::take(&mut self.clearing_portal),
+                std::mem::take(&mut self.resetting_portal),
+            ),
+            _ => (false, false),
         };
-        if ends && split.is_none() {
+        if (ends || resets) && split.is_none() {
             self.context.end_sent();
         }
-        let resets = match frame.tag {
-            ft::QUERY => judged.resets_session,
-            ft::EXECUTE => std::mem::take(&mut self.resetting_portal),
-            _ => false,
-        };
         if resets {
             self.reset_sent();
         }

@@ -31,7 +31,12 @@ pub struct ClientStatements {
     unnamed: Option<Box<Unnamed>>,
 }
 
-/// The client's named statements, and the bytes of their names and bodies.
+/// What one named statement costs the proxy beyond its name and body (the map entry, the
+/// definition with its backend name, the allocations' headers), counted against the
+/// budget so that many tiny statements cost what they take.
+const ENTRY_COST: usize = 256;
+
+/// The client's named statements, and the bytes they take.
 #[derive(Debug, Default)]
 struct Named {
     map: HashMap<Vec<u8>, Arc<StatementDef>>,
@@ -41,9 +46,14 @@ struct Named {
 impl Named {
     fn take(&mut self, name: &[u8]) {
         if let Some(d) = self.map.remove(name) {
-            self.bytes -= name.len() + d.body.len();
+            self.bytes -= cost(name, &d.body);
         }
     }
+}
+
+/// What a named statement counts against the budget.
+fn cost(name: &[u8], body: &[u8]) -> usize {
+    name.len() + body.len() + ENTRY_COST
 }
 
 /// The client's unnamed statement: its Parse body after the (empty) name.
@@ -74,7 +84,7 @@ impl ClientStatements {
         let def = Arc::new(StatementDef::new(rest, reading));
         let named = self.by_name.get_or_insert_with(Box::default);
         named.take(name);
-        named.bytes += name.len() + def.body.len();
+        named.bytes += cost(name, &def.body);
         named.map.insert(name.to_vec(), def.clone());
         Some(Defined::Named(def))
     }
@@ -92,7 +102,7 @@ impl ClientStatements {
     pub fn over_budget(&self, parse_body: &[u8], limit: usize) -> bool {
         let held = self.by_name.as_ref().map_or(0, |n| n.bytes);
         read_cstr(parse_body)
-            .is_some_and(|(name, rest)| !name.is_empty() && held + name.len() + rest.len() > limit)
+            .is_some_and(|(name, rest)| !name.is_empty() && held + cost(name, rest) > limit)
     }
 
     /// The definition behind a client statement name (not the unnamed statement).
@@ -134,7 +144,7 @@ impl ClientStatements {
             m.map.retain(|name, d| {
                 let keep = d.backend_name != backend_name;
                 if !keep {
-                    freed += name.len() + d.body.len();
+                    freed += cost(name, &d.body);
                 }
                 keep
             });
@@ -237,24 +247,25 @@ mod tests {
     #[test]
     fn named_statements_are_counted_against_the_byte_budget() {
         let mut c = ClientStatements::default();
-        // Name "s1" (2) + body "select 1\0" + no types (2 + 9 + 2 = 13 bytes).
+        // Name "s1" (2) + body "select 1\0" + no types (2 + 9 + 2 = 13 bytes) + the entry.
+        let one = 13 + ENTRY_COST;
         let s1 = b"s1\0select 1\0\0\0";
-        assert!(!c.over_budget(s1, 13) && c.over_budget(s1, 12));
+        assert!(!c.over_budget(s1, one) && c.over_budget(s1, one - 1));
         named(&mut c, s1);
         let s2 = b"s2\0select 2\0\0\0";
-        assert!(c.over_budget(s2, 25) && !c.over_budget(s2, 26));
+        assert!(c.over_budget(s2, 2 * one - 1) && !c.over_budget(s2, 2 * one));
         assert!(
             !c.over_budget(b"\0select 3\0\0\0", 0),
             "the unnamed statement is not counted"
         );
         c.remove(b"s1");
-        assert!(!c.over_budget(s2, 13));
+        assert!(!c.over_budget(s2, one));
         let d = named(&mut c, s2);
         c.forget_backend_name(&d.backend_name);
-        assert!(!c.over_budget(s1, 13));
+        assert!(!c.over_budget(s1, one));
         named(&mut c, s1);
         c.clear();
-        assert!(!c.over_budget(s2, 13));
+        assert!(!c.over_budget(s2, one));
     }
 
     #[test]

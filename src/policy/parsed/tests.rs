@@ -87,6 +87,12 @@ fn refuses_each_class() {
         "DO $$ BEGIN FOR i IN 1..3 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$",
         "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN COMMIT; INSERT INTO t VALUES (1); END $$",
         "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$",
+        // A record default the PL/pgSQL tree does not carry, after a label or inner BEGIN.
+        "DO $$ <<l>> DECLARE r record := ROW(pg_advisory_lock(1)); BEGIN END $$",
+        "DO $$ BEGIN DECLARE r record := ROW(pg_advisory_lock(1)); BEGIN END; END $$",
+        // RESET ALL in a body clears the context where the proxy cannot see it.
+        "DO $$ BEGIN RESET ALL; END $$",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'RESET ALL'",
         // Inside bodies.
         "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', true); END $$",
         "DO $$ DECLARE x text; BEGIN x := set_config('app.current_tenant', 'b', true); END $$",

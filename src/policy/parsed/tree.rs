@@ -209,11 +209,14 @@ pub(super) fn record_with_default(tree: &Value, body: &str) -> Option<String> {
     }
     let toks: Vec<Token> = Lexer::new(body.as_bytes()).collect();
     for piece in toks.split(|t| t.kind == TokenKind::Op && t.text == b";") {
-        let piece = match piece.first() {
-            Some(t) if t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(b"declare") => {
-                &piece[1..]
-            }
-            _ => piece,
+        // A declaration starts a piece or follows DECLARE, which a block label
+        // (`<<l>> DECLARE`) or an outer block's BEGIN may precede.
+        let declare = piece
+            .iter()
+            .rposition(|t| t.kind == TokenKind::Ident && t.text.eq_ignore_ascii_case(b"declare"));
+        let piece = match declare {
+            Some(i) => &piece[i + 1..],
+            None => piece,
         };
         let (Some(name), Some(next)) = (piece.first(), piece.get(1)) else {
             continue;
@@ -251,4 +254,45 @@ fn record_names(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|c| record_names(c, out)),
         _ => {}
     }
+}
+
+const COMMIT: &str = "PLpgSQL_stmt_commit";
+const ROLLBACK: &str = "PLpgSQL_stmt_rollback";
+
+/// How many COMMIT and ROLLBACK statements a PL/pgSQL tree holds, at any depth.
+pub(super) fn transaction_control(v: &Value) -> usize {
+    match v {
+        Value::Object(o) => {
+            o.keys().filter(|k| *k == COMMIT || *k == ROLLBACK).count()
+                + o.values().map(transaction_control).sum::<usize>()
+        }
+        Value::Array(a) => a.iter().map(transaction_control).sum(),
+        _ => 0,
+    }
+}
+
+/// True when the function's outermost block ends with a COMMIT or ROLLBACK (before the
+/// RETURN PL/pgSQL adds).
+pub(super) fn ends_with_transaction_control(tree: &Value) -> bool {
+    let body = tree
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|f| f.get("PLpgSQL_function"))
+        .and_then(|f| f.get("action"))
+        .and_then(|a| a.get("PLpgSQL_stmt_block"))
+        .and_then(|b| b.get("body"))
+        .and_then(Value::as_array);
+    let last = body.and_then(|b| {
+        b.iter()
+            .rev()
+            .find(|s| s.get("PLpgSQL_stmt_return").is_none())
+    });
+    last.is_some_and(|s| s.get(COMMIT).is_some() || s.get(ROLLBACK).is_some())
+}
+
+/// True for a name in the proxy's reserved space, in any letter case.
+pub(super) fn reserved_name(name: &str) -> bool {
+    let prefix = crate::protocol::RESERVED_PREFIX;
+    name.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }

@@ -238,15 +238,19 @@ fn clears(s: &[Token]) -> bool {
         || (kw(0, "discard") && kw(1, "all"))
 }
 
-/// True when a statement of `toks` drops what the proxy keeps in a backend's session:
-/// settings (RESET ALL, DISCARD ALL, the carried verified context with them) or prepared
-/// statements (DISCARD ALL, DEALLOCATE [PREPARE] ALL). Requests pipelined behind it were
-/// sent before its CommandComplete arrives, so the proxy must assume it at send time.
+/// True when a statement of `toks` drops, or may drop, what the proxy keeps in a backend's
+/// session: settings (RESET ALL, DISCARD ALL, the carried verified context with them),
+/// prepared statements (DISCARD ALL, DEALLOCATE [PREPARE] ALL), or the transaction and
+/// with it the context (a DO block or procedure may COMMIT or ROLLBACK inside). Requests
+/// pipelined behind it were sent before its CommandComplete arrives, so the proxy must
+/// assume it at send time.
 pub(super) fn resets_session(toks: &[Token]) -> bool {
     statements(toks).any(|s| {
         let kw = |k: usize, w: &str| is_kw(s.get(k), w);
         ((kw(0, "reset") || kw(0, "discard")) && kw(1, "all"))
             || (kw(0, "deallocate") && (kw(1, "all") || (kw(1, "prepare") && kw(2, "all"))))
+            || kw(0, "do")
+            || kw(0, "call")
     })
 }
 
