@@ -317,7 +317,7 @@ impl Checker<'_> {
         // One as the body's last statement leaves nothing behind it.
         if transaction_control(&tree) > usize::from(ends_with_transaction_control(&tree)) {
             return refuse(
-                "COMMIT or ROLLBACK inside a DO block or procedure with statements after it (they would run without the tenant context)",
+                "COMMIT, ROLLBACK or CALL inside a DO block or procedure with statements after it (they would run without the tenant context)",
             );
         }
         let mut exprs = Vec::new();

@@ -87,6 +87,7 @@ fn refuses_each_class() {
         "DO $$ BEGIN FOR i IN 1..3 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$",
         "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN COMMIT; INSERT INTO t VALUES (1); END $$",
         "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$",
+        "DO $$ BEGIN CALL pg_temp.p(); INSERT INTO t VALUES (1); END $$",
         // A record default the PL/pgSQL tree does not carry, after a label or inner BEGIN.
         "DO $$ <<l>> DECLARE r record := ROW(pg_advisory_lock(1)); BEGIN END $$",
         "DO $$ BEGIN DECLARE r record := ROW(pg_advisory_lock(1)); BEGIN END; END $$",

@@ -256,14 +256,21 @@ fn record_names(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-const COMMIT: &str = "PLpgSQL_stmt_commit";
-const ROLLBACK: &str = "PLpgSQL_stmt_rollback";
+/// PL/pgSQL statements that may end the transaction: COMMIT, ROLLBACK, and CALL (a
+/// procedure may commit inside).
+const ENDS_TRANSACTION: [&str; 3] = [
+    "PLpgSQL_stmt_commit",
+    "PLpgSQL_stmt_rollback",
+    "PLpgSQL_stmt_call",
+];
 
-/// How many COMMIT and ROLLBACK statements a PL/pgSQL tree holds, at any depth.
+/// How many statements that may end the transaction a PL/pgSQL tree holds, at any depth.
 pub(super) fn transaction_control(v: &Value) -> usize {
     match v {
         Value::Object(o) => {
-            o.keys().filter(|k| *k == COMMIT || *k == ROLLBACK).count()
+            o.keys()
+                .filter(|k| ENDS_TRANSACTION.contains(&k.as_str()))
+                .count()
                 + o.values().map(transaction_control).sum::<usize>()
         }
         Value::Array(a) => a.iter().map(transaction_control).sum(),
@@ -271,7 +278,7 @@ pub(super) fn transaction_control(v: &Value) -> usize {
     }
 }
 
-/// True when the function's outermost block ends with a COMMIT or ROLLBACK (before the
+/// True when the function's outermost block ends with a COMMIT, ROLLBACK or CALL (before the
 /// RETURN PL/pgSQL adds).
 pub(super) fn ends_with_transaction_control(tree: &Value) -> bool {
     let body = tree
@@ -287,7 +294,7 @@ pub(super) fn ends_with_transaction_control(tree: &Value) -> bool {
             .rev()
             .find(|s| s.get("PLpgSQL_stmt_return").is_none())
     });
-    last.is_some_and(|s| s.get(COMMIT).is_some() || s.get(ROLLBACK).is_some())
+    last.is_some_and(|s| ENDS_TRANSACTION.iter().any(|k| s.get(*k).is_some()))
 }
 
 /// True for a name in the proxy's reserved space, in any letter case.
