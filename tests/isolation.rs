@@ -41,6 +41,15 @@ fn pool_of(c: &mut pgtenant::config::Config, n: usize) {
     }
 }
 
+/// A pool of `n` whose backends are cleaned, not pinned, when a transaction leaves session
+/// state: so the next tenant gets the very backend the state was left on.
+fn cleaned_pool_of(c: &mut pgtenant::config::Config, n: usize) {
+    pool_of(c, n);
+    for db in c.databases.values_mut() {
+        db.pin_session_state = pgtenant::config::PinMode::Clean;
+    }
+}
+
 /// A tiny deterministic RNG (xorshift64*), so the load is reproducible without new crates.
 struct Rng(u64);
 

@@ -118,11 +118,12 @@ async fn globex_sees_nothing(globex: &mut RawConn, sql: &str, code: Option<&str>
     );
 }
 
-/// A proxy with one backend, the guard on or off, and this file's objects created.
+/// A proxy with one backend (cleaned, not pinned: see `cleaned_pool_of`), the guard on
+/// or off, and this file's objects created.
 async fn one_backend_with_setup(guard: bool) -> TestEnv {
     let env = TestEnv::start_with(|c| {
         c.server.sql_guard = guard;
-        pool_of(c, 1);
+        cleaned_pool_of(c, 1);
     })
     .await;
     env.superuser().await.batch_execute(SETUP).await.unwrap();

@@ -75,7 +75,9 @@ async fn sequence_values_temp_objects_and_locks_do_not_reach_the_next_tenant() {
     for mode in [ResetMode::Always, ResetMode::Tracked] {
         let env = TestEnv::start_with(|c| {
             c.context.reset_on_release = mode;
-            pool_of(c, 1);
+            // Cleaned, not pinned: a temp table made through `pg_temp` would pin acme to
+            // the one backend, which the next tenant must get.
+            cleaned_pool_of(c, 1);
         })
         .await;
         // The demo schema revokes the large-object functions; this test calls two of them.
