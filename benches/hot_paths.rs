@@ -270,9 +270,12 @@ fn statements(c: &mut Criterion) {
         .map(|i| parse_body(&format!("s{i}"), &format!("{SELECT} AND bid = {i}")))
         .collect();
     let mut client = ClientStatements::default();
-    let named = |client: &mut ClientStatements, body: &[u8]| match client
-        .define(body, Reading::default())
-    {
+    let usage = std::sync::Arc::default();
+    let named = |client: &mut ClientStatements, body: &[u8]| match client.define(
+        body,
+        Reading::default(),
+        &usage,
+    ) {
         Some(Defined::Named(d)) => d,
         other => panic!("{other:?}"),
     };
@@ -281,13 +284,19 @@ fn statements(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            black_box(client.define(&bodies[i], Reading::default()))
+            black_box(client.define(&bodies[i], Reading::default(), &usage))
         })
     });
     // What drivers do for nearly every query: re-parse the unnamed statement.
     let unnamed = parse_body("", SELECT);
     g.bench_function("client_define_unnamed", |b| {
-        b.iter(|| black_box(client.define(&unnamed, Reading::default()).is_some()))
+        b.iter(|| {
+            black_box(
+                client
+                    .define(&unnamed, Reading::default(), &usage)
+                    .is_some(),
+            )
+        })
     });
     g.bench_function("client_get", |b| {
         let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();

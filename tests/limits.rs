@@ -385,3 +385,60 @@ async fn a_clients_prepared_statements_are_bounded_in_bytes() {
     assert_eq!(one(&globex, "SELECT 1::text").await, "1");
     f.finish();
 }
+
+/// Many clients each under their own budget are bounded together too
+/// (`prepared_statement_bytes_total`): a Parse beyond it gets ERROR 53200, and the bytes
+/// of a client that leaves are free again.
+#[tokio::test]
+async fn all_clients_prepared_statements_are_bounded_together() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.prepared_statement_bytes = 64 * 1024;
+            db.prepared_statement_bytes_total = 96 * 1024;
+        }
+    })
+    .await;
+    let text = |i: usize| format!("SELECT {i} /* {} */", "x".repeat(4000));
+    // How many statements of about 4 KB a client gets before a refusal, and its SQLSTATE.
+    async fn fill(c: &mut RawConn, text: impl Fn(usize) -> String) -> (usize, String) {
+        for i in 0..40 {
+            let mut out = BytesMut::new();
+            messages::parse(&mut out, &format!("s{i}"), &text(i));
+            raw::sync(&mut out);
+            c.send(&out).await;
+            let got = c.until_ready().await;
+            if let Some(e) = raw::errors(&got).first() {
+                return (i, e.code.clone());
+            }
+        }
+        (40, String::new())
+    }
+    let mut first = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    assert_eq!(fill(&mut first, text).await, (15, "54000".into()));
+    let mut second = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    // 96 KiB less the first client's 15 statements leaves room for 7.
+    assert_eq!(fill(&mut second, text).await, (7, "53200".into()));
+    drop(first);
+    // The proxy sees the client leave when it reads the closed socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut freed = (0, String::new());
+    for _ in 0..50 {
+        freed = fill(&mut third, text).await;
+        if freed.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        freed,
+        (15, "54000".into()),
+        "the first client's bytes are free again"
+    );
+}

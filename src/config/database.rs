@@ -46,6 +46,11 @@ pub struct DatabaseConfig {
     /// it a client's Parse gets ERROR 54000.
     #[serde(default = "default_statement_bytes")]
     pub prepared_statement_bytes: usize,
+    /// Bytes of prepared-statement text all clients of this database may keep defined
+    /// together (many clients each under `prepared_statement_bytes` could otherwise
+    /// exhaust the proxy's memory). Beyond it a client's Parse gets ERROR 53200.
+    #[serde(default = "default_statement_bytes_total")]
+    pub prepared_statement_bytes_total: usize,
     /// Transaction pooling: a plain BEGIN is answered by the proxy and sent with the
     /// transaction's first statement (no backend held in between, one round trip fewer).
     #[serde(default = "default_true")]
@@ -101,6 +106,9 @@ fn default_affinity_hold() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+fn default_statement_bytes_total() -> usize {
+    1024 * 1024 * 1024
 }
 fn default_statement_bytes() -> usize {
     16 * 1024 * 1024

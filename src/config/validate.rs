@@ -150,6 +150,15 @@ impl Config {
                     "must be at least 1024 (bytes)".into(),
                 );
             }
+            if db.prepared_statement_bytes_total < db.prepared_statement_bytes {
+                bad(
+                    key("prepared_statement_bytes_total"),
+                    format!(
+                        "must be at least prepared_statement_bytes ({})",
+                        db.prepared_statement_bytes
+                    ),
+                );
+            }
             if let Some(n) = db.max_pinned_connections
                 && n > db.pool_size
             {

@@ -21,8 +21,9 @@ pub(super) struct Limits {
     /// Verified mode: how long a released backend is kept for its tenant's next checkout
     /// while other tenants' clients wait (zero: never).
     pub(super) hold: Duration,
-    /// Bytes of named statements one client may keep defined.
+    /// Bytes of named statements one client, and all clients, may keep defined.
     pub(super) statement_bytes: usize,
+    pub(super) statement_bytes_total: usize,
 }
 
 impl Limits {
@@ -40,6 +41,7 @@ impl Limits {
                 .unwrap_or(cfg.pool_size.saturating_mul(5)),
             hold: cfg.affinity_hold,
             statement_bytes: cfg.prepared_statement_bytes,
+            statement_bytes_total: cfg.prepared_statement_bytes_total,
         }
     }
 }

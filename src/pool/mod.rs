@@ -87,6 +87,8 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     /// Start-up answers for clients that log in while every backend is busy.
     pub startup: startup::StartupMemo,
+    /// Bytes of named prepared statements all clients of this pool keep defined now.
+    pub statement_usage: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -128,6 +130,7 @@ impl Pool {
             shrinking: Default::default(),
             metrics,
             startup: Default::default(),
+            statement_usage: Default::default(),
         })
     }
 
@@ -190,9 +193,11 @@ impl Pool {
         self.limits.load().pin_mode
     }
 
-    /// Bytes of named prepared statements one client may keep defined.
-    pub fn statement_bytes(&self) -> usize {
-        self.limits.load().statement_bytes
+    /// Bytes of named prepared statements one client, and all clients of this pool
+    /// together, may keep defined.
+    pub fn statement_bytes(&self) -> (usize, usize) {
+        let limits = self.limits.load();
+        (limits.statement_bytes, limits.statement_bytes_total)
     }
 
     /// Connections pinned to one client right now.

@@ -107,5 +107,6 @@ pub mod sqlstate {
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const OUT_OF_MEMORY: &str = "53200";
     pub const WARNING: &str = "01000";
 }

@@ -48,8 +48,9 @@ impl Session {
                     return false;
                 };
                 if frame.tag == ft::PARSE {
+                    let usage = &self.pool.statement_usage;
                     self.statements
-                        .define(frame.body(), crate::policy::Reading::BEGIN);
+                        .define(frame.body(), crate::policy::Reading::BEGIN, usage);
                 }
                 self.cbuf.advance(consumed);
             }

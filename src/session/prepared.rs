@@ -9,7 +9,8 @@ use bytes::BytesMut;
 
 use super::flow::Owner;
 use super::statements::{
-    Defined, bind_statement, parse_is_unnamed, rewrite_bind, rewrite_describe, statement_target,
+    Defined, Over, bind_statement, parse_is_unnamed, rewrite_bind, rewrite_describe,
+    statement_target,
 };
 use super::{End, Session};
 use crate::backend::statements::StatementDef;
@@ -36,8 +37,11 @@ impl Session {
     fn forward_translated(&mut self, frame: &Frame) -> Option<()> {
         match frame.tag {
             ft::PARSE => {
-                let Defined::Named(def) =
-                    self.statements.define(frame.body(), self.frame_reading)?
+                let Defined::Named(def) = self.statements.define(
+                    frame.body(),
+                    self.frame_reading,
+                    &self.pool.statement_usage,
+                )?
                 else {
                     return None;
                 };
@@ -241,19 +245,25 @@ impl Session {
         if frame.tag != ft::PARSE || self.pool.mode != PoolMode::Transaction {
             return None;
         }
-        let limit = self.pool.statement_bytes();
-        if !self.statements.over_budget(frame.body(), limit) {
-            return None;
-        }
-        let message = format!(
-            "prepared statements of this connection would exceed {limit} bytes (databases.{}.prepared_statement_bytes); close some first",
-            self.pool.name
-        );
-        Some(super::guard::Refusal::new(
-            crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            message,
-            "statement",
-        ))
+        let limits = self.pool.statement_bytes();
+        let usage = &self.pool.statement_usage;
+        let (code, message) = match self.statements.over_budget(frame.body(), limits, usage)? {
+            Over::Client => (
+                crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "prepared statements of this connection would exceed {} bytes (databases.{}.prepared_statement_bytes); close some first",
+                    limits.0, self.pool.name
+                ),
+            ),
+            Over::Pool => (
+                crate::protocol::sqlstate::OUT_OF_MEMORY,
+                format!(
+                    "prepared statements of all clients of database {} would exceed {} bytes (databases.{}.prepared_statement_bytes_total)",
+                    self.pool.name, limits.1, self.pool.name
+                ),
+            ),
+        };
+        Some(super::guard::Refusal::new(code, message, "statement"))
     }
 
     /// Whether `frame` is a request the proxy answers from its own state while the session
@@ -298,7 +308,7 @@ impl Session {
         }
         if self
             .statements
-            .define(frame.body(), self.frame_reading)
+            .define(frame.body(), self.frame_reading, &self.pool.statement_usage)
             .is_none()
         {
             return false;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 
@@ -36,19 +37,46 @@ pub struct ClientStatements {
 /// budget so that many tiny statements cost what they take.
 const ENTRY_COST: usize = 256;
 
-/// The client's named statements, and the bytes they take.
-#[derive(Debug, Default)]
+/// The client's named statements, and the bytes they take, also counted in `usage`, the
+/// pool's total over all its clients.
+#[derive(Debug)]
 struct Named {
     map: HashMap<Vec<u8>, Arc<StatementDef>>,
     bytes: usize,
+    usage: Arc<AtomicUsize>,
 }
 
 impl Named {
+    fn add(&mut self, n: usize) {
+        self.bytes += n;
+        self.usage.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&mut self, n: usize) {
+        self.bytes -= n;
+        self.usage.fetch_sub(n, Ordering::Relaxed);
+    }
+
     fn take(&mut self, name: &[u8]) {
         if let Some(d) = self.map.remove(name) {
-            self.bytes -= cost(name, &d.body);
+            self.sub(cost(name, &d.body));
         }
     }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        self.usage.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Which budget a named Parse would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// The client's own (`prepared_statement_bytes`).
+    Client,
+    /// All clients' of the pool together (`prepared_statement_bytes_total`).
+    Pool,
 }
 
 /// What a named statement counts against the budget.
@@ -71,8 +99,14 @@ pub enum Defined {
 }
 
 impl ClientStatements {
-    /// Records the statement a Parse defines, with what the guard read in its query.
-    pub fn define(&mut self, parse_body: &[u8], reading: Reading) -> Option<Defined> {
+    /// Records the statement a Parse defines, with what the guard read in its query; its
+    /// bytes count in `usage` (the pool's total) too.
+    pub fn define(
+        &mut self,
+        parse_body: &[u8],
+        reading: Reading,
+        usage: &Arc<AtomicUsize>,
+    ) -> Option<Defined> {
         let (name, rest) = read_cstr(parse_body)?;
         if name.is_empty() {
             let u = self.unnamed.get_or_insert_with(Box::default);
@@ -82,9 +116,15 @@ impl ClientStatements {
             return Some(Defined::Unnamed);
         }
         let def = Arc::new(StatementDef::new(rest, reading));
-        let named = self.by_name.get_or_insert_with(Box::default);
+        let named = self.by_name.get_or_insert_with(|| {
+            Box::new(Named {
+                map: HashMap::new(),
+                bytes: 0,
+                usage: usage.clone(),
+            })
+        });
         named.take(name);
-        named.bytes += cost(name, &def.body);
+        named.add(cost(name, &def.body));
         named.map.insert(name.to_vec(), def.clone());
         Some(Defined::Named(def))
     }
@@ -97,12 +137,28 @@ impl ClientStatements {
         (!name.is_empty() && self.by_name.as_ref()?.map.contains_key(name)).then_some(name)
     }
 
-    /// True when the named statement a Parse defines would take the client's statements
-    /// past `limit` bytes (names and bodies; the unnamed statement is not counted).
-    pub fn over_budget(&self, parse_body: &[u8], limit: usize) -> bool {
+    /// Which budget the named statement a Parse defines would exceed: the client's own
+    /// `limit`, or `total` for all clients whose statements `usage` counts (the unnamed
+    /// statement is not counted).
+    pub fn over_budget(
+        &self,
+        parse_body: &[u8],
+        (limit, total): (usize, usize),
+        usage: &AtomicUsize,
+    ) -> Option<Over> {
+        let (name, rest) = read_cstr(parse_body)?;
+        if name.is_empty() {
+            return None;
+        }
+        let n = cost(name, rest);
         let held = self.by_name.as_ref().map_or(0, |n| n.bytes);
-        read_cstr(parse_body)
-            .is_some_and(|(name, rest)| !name.is_empty() && held + cost(name, rest) > limit)
+        if held + n > limit {
+            Some(Over::Client)
+        } else if usage.load(Ordering::Relaxed) + n > total {
+            Some(Over::Pool)
+        } else {
+            None
+        }
     }
 
     /// The definition behind a client statement name (not the unnamed statement).
@@ -148,7 +204,7 @@ impl ClientStatements {
                 }
                 keep
             });
-            m.bytes -= freed;
+            m.sub(freed);
         }
     }
 
@@ -238,34 +294,56 @@ mod tests {
     use super::*;
 
     fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
-        match c.define(parse, Reading::default()) {
+        match c.define(parse, Reading::default(), &Arc::default()) {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn named_statements_are_counted_against_the_byte_budget() {
+    fn named_statements_are_counted_against_the_byte_budgets() {
+        let usage = Arc::new(AtomicUsize::new(0));
+        let define = |c: &mut ClientStatements, parse: &[u8]| match c.define(
+            parse,
+            Reading::default(),
+            &usage,
+        ) {
+            Some(Defined::Named(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        let over = |c: &ClientStatements, parse: &[u8], limit: usize, total: usize| {
+            c.over_budget(parse, (limit, total), &usage)
+        };
         let mut c = ClientStatements::default();
         // Name "s1" (2) + body "select 1\0" + no types (2 + 9 + 2 = 13 bytes) + the entry.
         let one = 13 + ENTRY_COST;
         let s1 = b"s1\0select 1\0\0\0";
-        assert!(!c.over_budget(s1, one) && c.over_budget(s1, one - 1));
-        named(&mut c, s1);
+        assert_eq!(over(&c, s1, one, one), None);
+        assert_eq!(over(&c, s1, one - 1, one), Some(Over::Client));
+        define(&mut c, s1);
+        assert_eq!(usage.load(Ordering::Relaxed), one);
         let s2 = b"s2\0select 2\0\0\0";
-        assert!(c.over_budget(s2, 2 * one - 1) && !c.over_budget(s2, 2 * one));
-        assert!(
-            !c.over_budget(b"\0select 3\0\0\0", 0),
-            "the unnamed statement is not counted"
+        assert_eq!(over(&c, s2, 2 * one - 1, 9 * one), Some(Over::Client));
+        assert_eq!(over(&c, s2, 2 * one, 9 * one), None);
+        assert_eq!(
+            over(&c, b"\0select 3\0\0\0", 0, 0),
+            None,
+            "the unnamed statement"
         );
+        // Another client's statements count in the pool's total, not in this client's.
+        let mut other = ClientStatements::default();
+        define(&mut other, s1);
+        assert_eq!(over(&c, s2, 2 * one, 2 * one), Some(Over::Pool));
+        drop(other);
+        assert_eq!(usage.load(Ordering::Relaxed), one, "a client's go with it");
         c.remove(b"s1");
-        assert!(!c.over_budget(s2, one));
-        let d = named(&mut c, s2);
+        assert_eq!(over(&c, s2, one, one), None);
+        let d = define(&mut c, s2);
         c.forget_backend_name(&d.backend_name);
-        assert!(!c.over_budget(s1, one));
-        named(&mut c, s1);
+        assert_eq!(usage.load(Ordering::Relaxed), 0);
+        define(&mut c, s1);
         c.clear();
-        assert!(!c.over_budget(s2, one));
+        assert_eq!(usage.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -331,13 +409,14 @@ mod tests {
                 Reading {
                     no_txn_block: true,
                     ..Reading::default()
-                }
+                },
+                &Arc::default(),
             ),
             Some(Defined::Unnamed)
         ));
         assert!(a.reading(b"").unwrap().no_txn_block);
         assert!(matches!(
-            a.define(b"\0select 3\0\0\0", Reading::default()),
+            a.define(b"\0select 3\0\0\0", Reading::default(), &Arc::default()),
             Some(Defined::Unnamed)
         ));
         assert_eq!(a.unnamed().unwrap().body, b"select 3\0\0\0");
