@@ -442,3 +442,75 @@ async fn all_clients_prepared_statements_are_bounded_together() {
         "the first client's bytes are free again"
     );
 }
+
+/// A long text the guard's fast path cannot clear would cost PostgreSQL's parser thousands
+/// of times its size in the proxy's memory and seconds of its worker: over 128 KiB such a
+/// text is refused (54000) at once, and other clients are served meanwhile. A long text
+/// the fast path clears (one bulk INSERT) still runs.
+#[tokio::test]
+async fn a_long_text_the_parser_would_read_is_refused_at_once() {
+    let env = TestEnv::start().await;
+    let acme = env.proxy.connect("acme").await;
+    let long = format!("SELECT 1; SELECT {}", vec!["1"; 100_000].join(","));
+    let r = acme.batch_execute(&long).await;
+    assert_eq!(
+        r.as_ref().err().and_then(sqlstate).as_deref(),
+        Some("54000"),
+        "{r:?}"
+    );
+    let globex = env.proxy.connect("globex").await;
+    assert_eq!(one(&globex, "SELECT 1::text").await, "1");
+    let rows = vec!["('x')"; 40_000].join(",");
+    let insert =
+        format!("INSERT INTO invoices_scratch SELECT 1 WHERE false AND EXISTS (VALUES {rows})");
+    let r = acme.batch_execute(&insert).await;
+    // The fast path clears it; PostgreSQL answers (the table does not exist).
+    assert_eq!(
+        r.as_ref().err().and_then(sqlstate).as_deref(),
+        Some("42P01"),
+        "{r:?}"
+    );
+}
+
+/// The unnamed statement counts in the database's total too: a client's large unnamed
+/// Parse beyond `prepared_statement_bytes_total` gets 53200, and the bytes go with the
+/// client.
+#[tokio::test]
+async fn the_unnamed_statement_counts_in_the_total() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.prepared_statement_bytes = 64 * 1024;
+            db.prepared_statement_bytes_total = 96 * 1024;
+        }
+    })
+    .await;
+    let text = format!("SELECT 1 /* {} */", "x".repeat(60 * 1024));
+    let parse = |c: &mut BytesMut| {
+        messages::parse(c, "", &text);
+        raw::sync(c);
+    };
+    let mut first = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    parse(&mut out);
+    first.send(&out).await;
+    assert!(raw::errors(&first.until_ready().await).is_empty());
+    // Replacing it does not count twice.
+    first.send(&out).await;
+    assert!(raw::errors(&first.until_ready().await).is_empty());
+    let mut second = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    second.send(&out).await;
+    let got = second.until_ready().await;
+    assert_eq!(
+        raw::errors(&got).first().map(|e| e.code.as_str()),
+        Some("53200"),
+        "{got:?}"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.send(&out).await;
+    assert!(raw::errors(&second.until_ready().await).is_empty());
+}

@@ -96,6 +96,11 @@ fn analyze_mentioning(sql: &[u8], m: mentions::Mentions, protected: &[String]) -
     a
 }
 
+/// Longest text the parser path reads. PostgreSQL's parse tree of a dense text (a long
+/// list of constants) takes thousands of times the text's size in the proxy's memory and
+/// seconds of its one worker thread; longer texts the fast path does not clear are refused.
+pub const MAX_PARSED_TEXT: usize = 128 * 1024;
+
 /// The parser path's refusal, unless the fast path clears the text. A text PostgreSQL's
 /// grammar cannot read is refused as the syntax error PostgreSQL would report: it could
 /// not run anyway, and letting it through would trust that the server's grammar is the
@@ -112,6 +117,17 @@ fn parser_verdict_mentioning(
 ) -> Option<GuardViolation> {
     if fast::clears_mentioning(sql, m) {
         return None;
+    }
+    if sql.len() > MAX_PARSED_TEXT {
+        return Some(GuardViolation {
+            setting: format!(
+                "SQL text of {} bytes is longer than pgtenant's guard reads ({MAX_PARSED_TEXT} bytes) when it holds more than one statement or names a function or relation the guard checks; send the statements one at a time",
+                sql.len()
+            ),
+            code: sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            widenable: Vec::new(),
+            position: None,
+        });
     }
     match parsed::check(sql, protected) {
         Parsed::Allowed => None,

@@ -61,7 +61,9 @@ impl GuardViolation {
 
     /// The ErrorResponse text: the protected setting, or what the guard could not let through.
     pub fn message(&self) -> String {
-        if self.code == crate::protocol::sqlstate::SYNTAX_ERROR {
+        if self.code == crate::protocol::sqlstate::SYNTAX_ERROR
+            || self.code == crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED
+        {
             return self.setting.clone();
         }
         let setting = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';

@@ -84,12 +84,24 @@ fn cost(name: &[u8], body: &[u8]) -> usize {
     name.len() + body.len() + ENTRY_COST
 }
 
-/// The client's unnamed statement: its Parse body after the (empty) name.
-#[derive(Debug, Default)]
+/// The client's unnamed statement: its Parse body after the (empty) name, counted in
+/// `usage` (the pool's total) while it is kept.
+#[derive(Debug)]
 pub struct Unnamed {
     pub body: Vec<u8>,
     pub reading: Reading,
+    usage: Arc<AtomicUsize>,
 }
+
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        self.usage.fetch_sub(self.body.len(), Ordering::Relaxed);
+    }
+}
+
+/// Capacity an unnamed statement's buffer keeps across Parses; a larger one is released
+/// when a smaller text replaces it.
+const UNNAMED_KEPT: usize = 64 * 1024;
 
 /// What a Parse defined.
 #[derive(Debug)]
@@ -109,9 +121,20 @@ impl ClientStatements {
     ) -> Option<Defined> {
         let (name, rest) = read_cstr(parse_body)?;
         if name.is_empty() {
-            let u = self.unnamed.get_or_insert_with(Box::default);
+            let u = self.unnamed.get_or_insert_with(|| {
+                Box::new(Unnamed {
+                    body: Vec::new(),
+                    reading: Reading::default(),
+                    usage: usage.clone(),
+                })
+            });
+            u.usage.fetch_sub(u.body.len(), Ordering::Relaxed);
+            if u.body.capacity() > UNNAMED_KEPT && rest.len() <= UNNAMED_KEPT {
+                u.body = Vec::new();
+            }
             u.body.clear();
             u.body.extend_from_slice(rest);
+            u.usage.fetch_add(rest.len(), Ordering::Relaxed);
             u.reading = reading;
             return Some(Defined::Unnamed);
         }
@@ -137,9 +160,8 @@ impl ClientStatements {
         (!name.is_empty() && self.by_name.as_ref()?.map.contains_key(name)).then_some(name)
     }
 
-    /// Which budget the named statement a Parse defines would exceed: the client's own
-    /// `limit`, or `total` for all clients whose statements `usage` counts (the unnamed
-    /// statement is not counted).
+    /// Which budget the statement a Parse defines would exceed: the client's own `limit`
+    /// (named statements), or `total` for all clients whose statements `usage` counts.
     pub fn over_budget(
         &self,
         parse_body: &[u8],
@@ -147,14 +169,18 @@ impl ClientStatements {
         usage: &AtomicUsize,
     ) -> Option<Over> {
         let (name, rest) = read_cstr(parse_body)?;
+        let usage = usage.load(Ordering::Relaxed);
         if name.is_empty() {
-            return None;
+            // The unnamed statement (one bulk INSERT may be large) counts in the pool's
+            // total only, and replaces the last one.
+            let replaced = self.unnamed.as_ref().map_or(0, |u| u.body.len());
+            return (usage.saturating_sub(replaced) + rest.len() > total).then_some(Over::Pool);
         }
         let n = cost(name, rest);
         let held = self.by_name.as_ref().map_or(0, |n| n.bytes);
         if held + n > limit {
             Some(Over::Client)
-        } else if usage.load(Ordering::Relaxed) + n > total {
+        } else if usage + n > total {
             Some(Over::Pool)
         } else {
             None
@@ -325,11 +351,20 @@ mod tests {
         let s2 = b"s2\0select 2\0\0\0";
         assert_eq!(over(&c, s2, 2 * one - 1, 9 * one), Some(Over::Client));
         assert_eq!(over(&c, s2, 2 * one, 9 * one), None);
-        assert_eq!(
-            over(&c, b"\0select 3\0\0\0", 0, 0),
-            None,
-            "the unnamed statement"
-        );
+        // The unnamed statement counts (its body, no entry) in the pool's total only, and
+        // replaces the last one.
+        let unnamed = b"\0select 3\0\0\0";
+        assert_eq!(over(&c, unnamed, 0, one + 11), None);
+        assert_eq!(over(&c, unnamed, 0, one + 10), Some(Over::Pool));
+        assert!(matches!(
+            c.define(unnamed, Reading::default(), &usage),
+            Some(Defined::Unnamed)
+        ));
+        c.define(unnamed, Reading::default(), &usage);
+        assert_eq!(usage.load(Ordering::Relaxed), one + 11);
+        assert_eq!(over(&c, unnamed, one + 11, one + 11), None, "a replacement");
+        c.unnamed = None;
+        assert_eq!(usage.load(Ordering::Relaxed), one);
         // Another client's statements count in the pool's total, not in this client's.
         let mut other = ClientStatements::default();
         define(&mut other, s1);
