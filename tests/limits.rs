@@ -312,6 +312,27 @@ async fn the_verdict_cache_is_reported() {
     }
 }
 
+/// A statement text of about 4 KB.
+fn text_4k(i: usize) -> String {
+    format!("SELECT {i} /* {} */", "x".repeat(4000))
+}
+
+/// Prepares named statements of about 4 KB (`s0`, `s1`, ...) until one is refused: how
+/// many were accepted, and the refusal (None after 40).
+async fn fill(c: &mut RawConn) -> (usize, Option<messages::ErrorFields>) {
+    for i in 0..40 {
+        let mut out = BytesMut::new();
+        messages::parse(&mut out, &format!("s{i}"), &text_4k(i));
+        raw::sync(&mut out);
+        c.send(&out).await;
+        let got = c.until_ready().await;
+        if let Some(e) = raw::errors(&got).into_iter().next() {
+            return (i, Some(e));
+        }
+    }
+    (40, None)
+}
+
 /// The proxy keeps every client's named statements (to prepare them on any backend) in
 /// memory all tenants share, so one client's are bounded in bytes
 /// (`prepared_statement_bytes`): a Parse beyond it gets ERROR 54000, whether or not a
@@ -328,40 +349,28 @@ async fn a_clients_prepared_statements_are_bounded_in_bytes() {
     let mut c = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
         .await
         .unwrap();
-    let text = |i: usize| format!("SELECT {i} /* {} */", "x".repeat(4000));
     let mut f = Failures::default();
     for in_transaction in [false, true] {
         if in_transaction {
             c.simple("BEGIN; SELECT 1").await;
         }
-        let mut refused_at = None;
-        for i in 0..40 {
-            let mut out = BytesMut::new();
-            messages::parse(&mut out, &format!("s{i}"), &text(i));
-            raw::sync(&mut out);
-            c.send(&out).await;
-            let got = c.until_ready().await;
-            if let Some(e) = raw::errors(&got).first() {
-                f.check(
-                    e.code == "54000" && e.message.contains("prepared_statement_bytes"),
-                    || format!("s{i}: {e:?}"),
-                );
-                refused_at = Some(i);
-                break;
-            }
-        }
+        let (accepted, refusal) = fill(&mut c).await;
         // 15 statements of about 4 KB (and 256 bytes each for the entry) fit in 64 KiB,
         // the 16th does not.
-        f.check(refused_at == Some(15), || {
-            format!("in a transaction {in_transaction}: refused at {refused_at:?}")
-        });
+        f.check(
+            accepted == 15
+                && refusal.as_ref().is_some_and(|e| {
+                    e.code == "54000" && e.message.contains("prepared_statement_bytes")
+                }),
+            || format!("in a transaction {in_transaction}: {accepted} accepted, then {refusal:?}"),
+        );
         if in_transaction {
             c.simple("ROLLBACK").await;
         }
         // Closing one makes room again.
         let mut out = BytesMut::new();
         raw::close_statement(&mut out, "s0");
-        messages::parse(&mut out, "again", &text(99));
+        messages::parse(&mut out, "again", &text_4k(99));
         raw::sync(&mut out);
         c.send(&out).await;
         let got = c.until_ready().await;
@@ -398,30 +407,17 @@ async fn all_clients_prepared_statements_are_bounded_together() {
         }
     })
     .await;
-    let text = |i: usize| format!("SELECT {i} /* {} */", "x".repeat(4000));
-    // How many statements of about 4 KB a client gets before a refusal, and its SQLSTATE.
-    async fn fill(c: &mut RawConn, text: impl Fn(usize) -> String) -> (usize, String) {
-        for i in 0..40 {
-            let mut out = BytesMut::new();
-            messages::parse(&mut out, &format!("s{i}"), &text(i));
-            raw::sync(&mut out);
-            c.send(&out).await;
-            let got = c.until_ready().await;
-            if let Some(e) = raw::errors(&got).first() {
-                return (i, e.code.clone());
-            }
-        }
-        (40, String::new())
-    }
+    let code =
+        |r: (usize, Option<messages::ErrorFields>)| (r.0, r.1.map(|e| e.code).unwrap_or_default());
     let mut first = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
         .await
         .unwrap();
-    assert_eq!(fill(&mut first, text).await, (15, "54000".into()));
+    assert_eq!(code(fill(&mut first).await), (15, "54000".into()));
     let mut second = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
         .await
         .unwrap();
     // 96 KiB less the first client's 15 statements leaves room for 7.
-    assert_eq!(fill(&mut second, text).await, (7, "53200".into()));
+    assert_eq!(code(fill(&mut second).await), (7, "53200".into()));
     drop(first);
     // The proxy sees the client leave when it reads the closed socket.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -430,7 +426,7 @@ async fn all_clients_prepared_statements_are_bounded_together() {
         .unwrap();
     let mut freed = (0, String::new());
     for _ in 0..50 {
-        freed = fill(&mut third, text).await;
+        freed = code(fill(&mut third).await);
         if freed.0 > 0 {
             break;
         }

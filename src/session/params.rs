@@ -296,12 +296,7 @@ impl ClientParams {
                 // PostgreSQL merges a partial DateStyle (`ISO`) with the one in force, so an
                 // earlier client's order (`German, DMY`) would decide this client's: from the
                 // default, as on a connection of its own.
-                let prepared = conn.prepare_own(Own::PARAM_RESET, out);
-                flow.sent_own(prepared);
-                messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
-                messages::execute(out);
-                flow.sent(ft::BIND, Owner::Proxy);
-                flow.sent(ft::EXECUTE, Owner::Proxy);
+                reset_to_default(conn, k, out, flow);
                 n += 1;
             }
             let prepared = conn.prepare_own(Own::PARAM, out);
@@ -330,17 +325,22 @@ impl ClientParams {
                 continue;
             }
             let k = conn.unreported.swap_remove(i);
-            let prepared = conn.prepare_own(Own::PARAM_RESET, out);
-            flow.sent_own(prepared);
-            messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
-            messages::execute(out);
-            flow.sent(ft::BIND, Owner::Proxy);
-            flow.sent(ft::EXECUTE, Owner::Proxy);
+            reset_to_default(conn, &k, out, flow);
             conn.params.remove(&k);
             n += 1;
         }
         n
     }
+}
+
+/// Appends the proxy's request that puts setting `k` of `conn` back to its default.
+fn reset_to_default(conn: &mut BackendConn, k: &str, out: &mut BytesMut, flow: &mut Flow) {
+    let prepared = conn.prepare_own(Own::PARAM_RESET, out);
+    flow.sent_own(prepared);
+    messages::bind(out, PARAM_RESET_STATEMENT, [k.as_bytes()].into_iter());
+    messages::execute(out);
+    flow.sent(ft::BIND, Owner::Proxy);
+    flow.sent(ft::EXECUTE, Owner::Proxy);
 }
 
 #[cfg(test)]
