@@ -516,11 +516,11 @@ pub struct Analysis {
     pub changes_session_state: bool,
     /// A single statement that cannot run inside a transaction block.
     pub no_transaction_block: bool,
-    /// Some statement ends the transaction or is RESET ALL (what follows needs the context
-    /// again).
+    /// Some statement ends the transaction or is RESET ALL or DISCARD ALL (what follows
+    /// needs the context again).
     pub clears_context: bool,
-    /// It drops settings or prepared statements the proxy keeps in the session (RESET ALL,
-    /// DISCARD ALL, DEALLOCATE ALL).
+    /// It drops, or may drop, settings, prepared statements or the transaction the proxy
+    /// relies on (RESET ALL, DISCARD ALL, DEALLOCATE ALL, DO, CALL).
     pub resets_session: bool,
     /// Every statement only sets up the transaction (BEGIN with options, SET TRANSACTION):
     /// it must run before the context, which takes the transaction's snapshot.

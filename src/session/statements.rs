@@ -128,13 +128,19 @@ impl ClientStatements {
                     usage: usage.clone(),
                 })
             });
-            u.usage.fetch_sub(u.body.len(), Ordering::Relaxed);
+            // Drivers re-parse texts of one length over and over: the shared total moves
+            // only when the length does.
+            let old = u.body.len();
+            if rest.len() > old {
+                u.usage.fetch_add(rest.len() - old, Ordering::Relaxed);
+            } else if rest.len() < old {
+                u.usage.fetch_sub(old - rest.len(), Ordering::Relaxed);
+            }
             if u.body.capacity() > UNNAMED_KEPT && rest.len() <= UNNAMED_KEPT {
                 u.body = Vec::new();
             }
             u.body.clear();
             u.body.extend_from_slice(rest);
-            u.usage.fetch_add(rest.len(), Ordering::Relaxed);
             u.reading = reading;
             return Some(Defined::Unnamed);
         }
