@@ -297,6 +297,51 @@ async fn caps_per_pool_and_per_tenant_refuse_with_a_clear_error() {
         .expect("no hang");
 }
 
+/// The last pin goes to the client whose statement that keeps state is sent first, not to
+/// the one whose transaction ends first: a client still inside its transaction must not
+/// find its temp table discarded at COMMIT because another client took the pin meanwhile.
+#[tokio::test]
+async fn the_last_pin_goes_to_the_first_statement_that_keeps_state() {
+    let env = TestEnv::start_with(|c| pool(c, 3, Some(1), PinMode::Pin)).await;
+    let long = async {
+        let acme = env.proxy.connect("acme").await;
+        let globex = env.proxy.connect("globex").await;
+        let initech = env.proxy.connect("initech").await;
+        acme.batch_execute("BEGIN").await.unwrap();
+        acme.batch_execute("CREATE TEMP TABLE a (x int)")
+            .await
+            .unwrap();
+        // acme holds the only pin from its CREATE on: globex, committing first, is refused.
+        let e = globex
+            .batch_execute("CREATE TEMP TABLE b (x int)")
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("53400"), "{e}");
+        assert!(message(&e).contains("max_pinned_connections"), "{e}");
+        assert_eq!(one(&globex, CTX).await, GLOBEX);
+        acme.batch_execute("INSERT INTO a VALUES (1); COMMIT")
+            .await
+            .unwrap();
+        assert_eq!(one(&acme, "SELECT count(*)::text FROM a").await, "1");
+        assert_eq!(pinned_gauge_is(&env, 1).await, 1);
+        // Dropped: the pin is given back and the next client may keep state.
+        acme.batch_execute("DROP TABLE a").await.unwrap();
+        assert_eq!(pinned_gauge_is(&env, 0).await, 0);
+        // A pin taken for state its transaction then rolls back is given back too.
+        assert_eq!(
+            outcome(&initech, "BEGIN; CREATE TEMP TABLE c (x int); ROLLBACK").await,
+            "ok"
+        );
+        assert_eq!(pinned_gauge_is(&env, 0).await, 0);
+        assert_eq!(outcome(&globex, "CREATE TEMP TABLE b (x int)").await, "ok");
+        assert_eq!(pinned_gauge_is(&env, 1).await, 1);
+        assert_eq!(one(&globex, "SELECT count(*)::text FROM b").await, "0");
+    };
+    tokio::time::timeout(Duration::from_secs(90), long)
+        .await
+        .expect("no hang");
+}
+
 #[tokio::test]
 async fn refuse_and_clean_modes() {
     let env = TestEnv::start_with(|c| pool(c, 2, None, PinMode::Refuse)).await;

@@ -205,11 +205,6 @@ impl Pool {
         self.pinned.load(Ordering::Relaxed)
     }
 
-    /// True when another connection could be pinned now (a hint: [`Pool::try_pin`] decides).
-    pub fn may_pin(&self) -> bool {
-        self.pinned() < self.limits.load().max_pinned
-    }
-
     /// Counts one more pinned connection unless `max_pinned_connections` are pinned.
     pub fn try_pin(&self) -> bool {
         let max = self.limits.load().max_pinned;

@@ -314,6 +314,16 @@ impl Session {
     /// LISTEN, ...) keeps the backend with the client (see [`super::pin`]). A pinned
     /// client's backend goes back only once such a check finds nothing kept.
     pub(super) async fn maybe_release(&mut self) -> Result<(), End> {
+        if self.pin.is_some()
+            && !self.attachment.is_attached()
+            && self.status == TxStatus::Idle
+            && self.flow.is_settled()
+        {
+            // A pin taken for a request that then never reached a backend (no backend
+            // free in time): nothing is kept, so nothing holds it.
+            self.pin = None;
+            self.dirty = false;
+        }
         if self.pool.mode == PoolMode::Session
             || !self.attachment.is_attached()
             || !self.flow.is_settled()

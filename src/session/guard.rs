@@ -64,6 +64,7 @@ impl Session {
         bound: Option<&[u8]>,
     ) -> Result<Judged, Refusal> {
         let mut judged = Judged::default();
+        let mut keeps_state = None;
         let guard = self.server.guard_enabled;
         if let Some(a) = analysis {
             judged.clears_context = a.clears_context;
@@ -79,6 +80,7 @@ impl Session {
             {
                 return Err(Refusal::new(code, msg, "pin"));
             }
+            keeps_state = a.keeps_state;
             if guard
                 && self.pool.mode == PoolMode::Transaction
                 && a.sql_prepared_statements
@@ -116,6 +118,12 @@ impl Session {
                 msg,
                 "reserved_name",
             ));
+        }
+        // Last, once nothing else refuses the request: the pin is held from here on.
+        if let Some(what) = keeps_state
+            && let Some((code, msg)) = self.reserve_pin(what)
+        {
+            return Err(Refusal::new(code, msg, "pin"));
         }
         Ok(judged)
     }

@@ -84,6 +84,7 @@ impl Session {
             return Err(CapReached::Pool);
         }
         self.me.entry.pinned.store(true, Ordering::Relaxed);
+        tracing::info!(parent: &self.span(), "client pinned to its server connection");
         self.pin = Some(Box::new(Pin {
             pool: self.pool.clone(),
             stats: self.stats().clone(),
@@ -92,33 +93,48 @@ impl Session {
         Ok(())
     }
 
-    /// Before a statement that keeps session state runs: None when it may run, else the
+    /// Before a statement that keeps session state is sent: None when it may run, else the
     /// SQLSTATE and message that refuse it (`pin_session_state = "refuse"`, or no pin left).
-    pub(super) fn pin_refusal(&self, what: &str) -> Option<(&'static str, String)> {
-        if self.pin.is_some() || self.pool.mode != crate::config::PoolMode::Transaction {
+    /// Under `"pin"` the pin is taken now, not when the transaction ends: two clients
+    /// racing for the last pin then learn which one won before their state exists, instead
+    /// of the loser's state being discarded at its COMMIT. A pin taken for state that does
+    /// not outlive the transaction is given back at release (the session is marked as
+    /// changed, so PostgreSQL is asked what it keeps).
+    pub(super) fn reserve_pin(&mut self, what: &str) -> Option<(&'static str, String)> {
+        if let Some(refused) = self.pin_refusal(what) {
+            return Some(refused);
+        }
+        if self.pin.is_some()
+            || self.pool.mode != crate::config::PoolMode::Transaction
+            || self.pool.pin_mode() != PinMode::Pin
+        {
             return None;
         }
-        match self.pool.pin_mode() {
-            PinMode::Clean => None,
-            PinMode::Refuse => Some((
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "pgtenant: {what} keeps session state, which this database refuses in transaction pooling (pin_session_state = \"refuse\"); use a session-mode database"
-                ),
-            )),
-            PinMode::Pin => {
-                let tenant_full = self.tenant.pinned_limit > 0
-                    && self.stats().pinned.load(Ordering::Relaxed) >= self.tenant.pinned_limit;
-                let cap = if tenant_full {
-                    Some(CapReached::Tenant)
-                } else if !self.pool.may_pin() {
-                    Some(CapReached::Pool)
-                } else {
-                    None
-                };
-                cap.map(|c| (sqlstate::CONFIGURATION_LIMIT_EXCEEDED, c.message(what)))
+        match self.take_pin() {
+            Ok(()) => {
+                self.dirty = true;
+                None
             }
+            Err(cap) => Some((sqlstate::CONFIGURATION_LIMIT_EXCEEDED, cap.message(what))),
         }
+    }
+
+    /// The refusal `pin_session_state = "refuse"` gives a statement that keeps session
+    /// state in transaction pooling; None otherwise (caps are checked by
+    /// [`Session::reserve_pin`], which takes the pin).
+    pub(super) fn pin_refusal(&self, what: &str) -> Option<(&'static str, String)> {
+        if self.pin.is_some()
+            || self.pool.mode != crate::config::PoolMode::Transaction
+            || self.pool.pin_mode() != PinMode::Refuse
+        {
+            return None;
+        }
+        Some((
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "pgtenant: {what} keeps session state, which this database refuses in transaction pooling (pin_session_state = \"refuse\"); use a session-mode database"
+            ),
+        ))
     }
 
     /// After a transaction that may have changed the session, with PostgreSQL's list of
@@ -137,14 +153,8 @@ impl Session {
                 return false;
             }
         }
-        let newly = self.pin.is_none();
         match self.take_pin() {
-            Ok(()) => {
-                if newly {
-                    tracing::info!(parent: &self.span(), kept, "client pinned to its server connection");
-                }
-                true
-            }
+            Ok(()) => true,
             Err(cap) => {
                 let why = cap.message("cannot keep it");
                 self.warn_discarded(kept, &why);
