@@ -510,3 +510,90 @@ async fn the_unnamed_statement_counts_in_the_total() {
     second.send(&out).await;
     assert!(raw::errors(&second.until_ready().await).is_empty());
 }
+
+/// A text that needs PostgreSQL's parser is read off the runtime's thread: while one
+/// tenant's long text is parsed (hundreds of milliseconds), another tenant's queries are
+/// answered. The proxy runs on this test's one thread, as it runs on one worker on a small
+/// machine; read inline, the parse held the thread and every other client waited for it.
+#[tokio::test]
+async fn a_text_being_parsed_does_not_stall_other_tenants() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = TestEnv::start().await;
+    let acme = env.proxy.connect("acme").await;
+    let globex = env.proxy.connect("globex").await;
+    assert_eq!(one(&globex, "SELECT 1::text").await, "1");
+    // Two statements (the fast path does not clear them), the second refused by the parser
+    // path (it runs the proxy's own statement): answered without a round trip to PostgreSQL.
+    let list = vec!["1"; 40_000].join(",");
+    let text = format!("SELECT 1 WHERE 1 IN ({list}); EXECUTE pgtenant_ctx('x')");
+    let answered = AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let parse = async {
+        let r = acme.batch_execute(&text).await;
+        answered.store(true, Ordering::SeqCst);
+        eprintln!("acme answered after {:?}", started.elapsed());
+        r
+    };
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..50 {
+            assert_eq!(one(&globex, "SELECT 1::text").await, "1");
+        }
+        eprintln!("globex served 50 after {:?}", started.elapsed());
+        answered.load(Ordering::SeqCst)
+    };
+    let (r, acme_first) = tokio::join!(parse, others);
+    assert_eq!(
+        r.as_ref().err().and_then(sqlstate).as_deref(),
+        Some("42501"),
+        "{r:?}"
+    );
+    assert!(
+        !acme_first,
+        "another tenant waited for the parse of acme's text"
+    );
+    assert_eq!(one(&acme, "SELECT 1::text").await, "1");
+}
+
+/// One tenant's texts are parsed one at a time: a tenant that sends many texts for the
+/// parser at once from several clients holds one parser slot, and another tenant's text is
+/// read before the first tenant's last.
+#[tokio::test]
+async fn one_tenant_does_not_hold_every_parser_slot() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = TestEnv::start().await;
+    let list = vec!["1"; 40_000].join(",");
+    let text = format!("SELECT 1 WHERE 1 IN ({list}); EXECUTE pgtenant_ctx('x')");
+    let mut acme = Vec::new();
+    for _ in 0..4 {
+        acme.push(env.proxy.connect("acme").await);
+    }
+    let globex = env.proxy.connect("globex").await;
+    let order = AtomicUsize::new(0);
+    let send = |c: &'static str, i: usize, delay: u64| {
+        let (text, order, clients, globex) = (&text, &order, &acme, &globex);
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let client = if c == "acme" { &clients[i] } else { globex };
+            let r = client.batch_execute(text).await;
+            assert_eq!(
+                r.as_ref().err().and_then(sqlstate).as_deref(),
+                Some("42501"),
+                "{r:?}"
+            );
+            order.fetch_add(1, Ordering::SeqCst)
+        }
+    };
+    let (a0, a1, a2, a3, globex_place) = tokio::join!(
+        send("acme", 0, 0),
+        send("acme", 1, 0),
+        send("acme", 2, 0),
+        send("acme", 3, 0),
+        send("globex", 0, 50)
+    );
+    let acme_places = [a0, a1, a2, a3];
+    assert!(
+        globex_place < acme.len(),
+        "globex's text was read after all of acme's (places: acme {acme_places:?}, globex {globex_place})"
+    );
+}

@@ -99,6 +99,25 @@ impl AnalysisCache {
         analysis
     }
 
+    /// True when [`AnalysisCache::analyze`] would run PostgreSQL's parser on `sql`: no
+    /// analysis of it is remembered, the fast path does not clear it, and it is not too
+    /// long to parse (then it is refused at once).
+    pub fn needs_parser(&self, sql: &[u8]) -> bool {
+        if self.protected.is_empty()
+            || sql.len() > super::MAX_PARSED_TEXT
+            || self.verdicts.contains_key(sql)
+        {
+            return false;
+        }
+        let mut shaped = Vec::new();
+        if shape::masked(sql, &mut shaped) == Some(true)
+            && self.verdicts.get(&shaped[..]).is_some_and(|e| e.cleared)
+        {
+            return false;
+        }
+        !fast::clears_mentioning(sql, Mentions::of(sql))
+    }
+
     /// True when `sql` was analyzed before (probably: slots are shared by hash, and a
     /// collision only changes whether a verdict is kept, never the verdict).
     fn seen_before(&self, sql: &[u8]) -> bool {
@@ -167,6 +186,28 @@ mod tests {
             );
         }
         assert_eq!(c.len(), texts.len());
+    }
+
+    #[test]
+    fn only_texts_the_parser_would_read_leave_the_runtimes_thread() {
+        let c = cache();
+        // Cleared by the fast path: read inline.
+        assert!(!c.needs_parser(b"SELECT abalance FROM pgbench_accounts WHERE aid = 7"));
+        // Two statements: the parser reads them, until their analysis is remembered.
+        let two = b"SELECT 1; SELECT 2";
+        assert!(c.needs_parser(two));
+        c.analyze(two);
+        c.analyze(two);
+        assert!(!c.needs_parser(two));
+        // Too long to parse: refused inline.
+        let long = format!(
+            "SELECT 1; SELECT '{}'",
+            "x".repeat(crate::policy::MAX_PARSED_TEXT)
+        );
+        assert!(!c.needs_parser(long.as_bytes()));
+        assert!(c.analyze(long.as_bytes()).protected_change.is_some());
+        // With the guard off nothing is parsed.
+        assert!(!AnalysisCache::new(Vec::new()).needs_parser(b"SELECT 1; SELECT 2"));
     }
 
     #[test]

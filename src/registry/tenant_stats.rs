@@ -22,6 +22,19 @@ pub struct TenantStats {
     pub backend_freed: Notify,
     /// Server connections the tenant keeps pinned right now.
     pub pinned: AtomicUsize,
+    /// The tenant's turn at PostgreSQL's parser: its clients parse one text at a time, so
+    /// one tenant cannot hold every parser slot (`Server::parser_slots`) while others wait.
+    pub parse_turn: ParseTurn,
+}
+
+/// One permit: whose turn it is to run the guard's parser among a tenant's clients.
+#[derive(Debug)]
+pub struct ParseTurn(pub Arc<tokio::sync::Semaphore>);
+
+impl Default for ParseTurn {
+    fn default() -> ParseTurn {
+        ParseTurn(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
 }
 
 impl TenantStats {

@@ -18,6 +18,7 @@ pub mod lot;
 pub mod params;
 mod pin;
 mod prepared;
+mod reading;
 mod recover;
 mod relay;
 mod run_loop;

@@ -86,7 +86,10 @@ impl Session {
         if self.deallocate_locally(&frame, text) {
             return Ok(());
         }
-        let analysis = text.map(|text| self.server.sql_guard.analyze(text));
+        let analysis = match text {
+            Some(text) => Some(self.read_text(&frame, text).await?),
+            None => None,
+        };
         let frame = match analysis.as_ref().filter(|a| a.names_channel) {
             Some(_) => match self.scope_channels(&frame) {
                 Ok(scoped) => scoped.unwrap_or(frame),

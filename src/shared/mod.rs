@@ -52,6 +52,10 @@ pub struct Server {
     pub sql_guard: AnalysisCache,
     /// `server.sql_guard` at start-up (false: tenant SQL goes through unread).
     pub guard_enabled: bool,
+    /// Threads that may run PostgreSQL's parser for the guard at once (as many as the
+    /// runtime's workers): a parse runs off the runtime's threads, so a long one never
+    /// stalls other clients, and this bounds the CPU and memory such parses take together.
+    pub parser_slots: Arc<tokio::sync::Semaphore>,
     clients: AtomicUsize,
     /// PAUSE: new transactions wait until RESUME.
     paused: watch::Sender<bool>,
@@ -81,6 +85,7 @@ impl Server {
             .then_some(config.context.schema.as_str());
         let plan = InjectionPlan::new(config.context.settings(), verified);
         let guard_enabled = config.server.sql_guard;
+        let config_workers = config.server.worker_threads;
         if !crate::tenant::use_channel_key(config.server.channel_key.as_deref()) {
             tracing::warn!(
                 key = "server.channel_key_file",
@@ -124,6 +129,9 @@ impl Server {
             // With the guard off nothing is refused: the parser path is not run at all.
             sql_guard: AnalysisCache::new(if guard_enabled { protected } else { Vec::new() }),
             guard_enabled,
+            parser_slots: Arc::new(tokio::sync::Semaphore::new(crate::config::worker_threads(
+                config_workers,
+            ))),
             clients: AtomicUsize::new(0),
             paused: watch::channel(false).0,
             shutdown_requested: watch::channel(false).0,
