@@ -65,10 +65,22 @@ impl AnalysisCache {
     /// clears, its shape) was seen before. Refused texts are not kept: they are rare, and
     /// their message is built afresh each time.
     pub fn analyze(&self, sql: &[u8]) -> Analysis {
+        self.analyze_unless(sql, false)
+            .expect("analyzed in full when the parser may run")
+    }
+
+    /// [`AnalysisCache::analyze`], or None when the analysis needs PostgreSQL's parser
+    /// (nothing remembered answers for the text and the fast path does not clear it): the
+    /// session then runs `analyze` off the runtime's thread.
+    pub fn analyze_inline(&self, sql: &[u8]) -> Option<Analysis> {
+        self.analyze_unless(sql, true)
+    }
+
+    fn analyze_unless(&self, sql: &[u8], parser_deferred: bool) -> Option<Analysis> {
         // The text itself first: with bound parameters (most drivers) it repeats, and the
         // shape's scan would only find no number.
         if let Some(hit) = self.verdicts.get(sql) {
-            return hit.analysis.clone();
+            return Some(hit.analysis.clone());
         }
         let mut shaped = Vec::new();
         let by_shape = shape::masked(sql, &mut shaped) == Some(true);
@@ -77,10 +89,17 @@ impl AnalysisCache {
             && let Some(hit) = self.verdicts.get(key)
             && hit.cleared
         {
-            return hit.analysis.clone();
+            return Some(hit.analysis.clone());
         }
         let m = Mentions::of(sql);
         let cleared = fast::clears_mentioning(sql, m);
+        if parser_deferred
+            && !cleared
+            && !self.protected.is_empty()
+            && sql.len() <= super::MAX_PARSED_TEXT
+        {
+            return None;
+        }
         // A shape stands for its text only when the fast path clears the text; it then
         // mentions the same words (`shape::masked`).
         let key = if by_shape && cleared { key } else { sql };
@@ -96,26 +115,7 @@ impl AnalysisCache {
             };
             self.verdicts.insert(key.into(), entry);
         }
-        analysis
-    }
-
-    /// True when [`AnalysisCache::analyze`] would run PostgreSQL's parser on `sql`: no
-    /// analysis of it is remembered, the fast path does not clear it, and it is not too
-    /// long to parse (then it is refused at once).
-    pub fn needs_parser(&self, sql: &[u8]) -> bool {
-        if self.protected.is_empty()
-            || sql.len() > super::MAX_PARSED_TEXT
-            || self.verdicts.contains_key(sql)
-        {
-            return false;
-        }
-        let mut shaped = Vec::new();
-        if shape::masked(sql, &mut shaped) == Some(true)
-            && self.verdicts.get(&shaped[..]).is_some_and(|e| e.cleared)
-        {
-            return false;
-        }
-        !fast::clears_mentioning(sql, Mentions::of(sql))
+        Some(analysis)
     }
 
     /// True when `sql` was analyzed before (probably: slots are shared by hash, and a
@@ -192,22 +192,28 @@ mod tests {
     fn only_texts_the_parser_would_read_leave_the_runtimes_thread() {
         let c = cache();
         // Cleared by the fast path: read inline.
-        assert!(!c.needs_parser(b"SELECT abalance FROM pgbench_accounts WHERE aid = 7"));
+        let simple = b"SELECT abalance FROM pgbench_accounts WHERE aid = 7";
+        assert_eq!(
+            c.analyze_inline(simple),
+            Some(analyze(simple, c.protected()))
+        );
         // Two statements: the parser reads them, until their analysis is remembered.
         let two = b"SELECT 1; SELECT 2";
-        assert!(c.needs_parser(two));
+        assert_eq!(c.analyze_inline(two), None);
         c.analyze(two);
         c.analyze(two);
-        assert!(!c.needs_parser(two));
+        assert_eq!(c.analyze_inline(two), Some(analyze(two, c.protected())));
         // Too long to parse: refused inline.
         let long = format!(
             "SELECT 1; SELECT '{}'",
             "x".repeat(crate::policy::MAX_PARSED_TEXT)
         );
-        assert!(!c.needs_parser(long.as_bytes()));
-        assert!(c.analyze(long.as_bytes()).protected_change.is_some());
+        let refused = c
+            .analyze_inline(long.as_bytes())
+            .map(|a| a.protected_change.is_some());
+        assert_eq!(refused, Some(true));
         // With the guard off nothing is parsed.
-        assert!(!AnalysisCache::new(Vec::new()).needs_parser(b"SELECT 1; SELECT 2"));
+        assert!(AnalysisCache::new(Vec::new()).analyze_inline(two).is_some());
     }
 
     #[test]

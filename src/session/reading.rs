@@ -13,9 +13,8 @@ use super::{End, Session};
 impl Session {
     /// The guard's analysis of `text`, which is a part of `frame`'s bytes.
     pub(super) async fn read_text(&self, frame: &Frame, text: &[u8]) -> Result<Analysis, End> {
-        let guard = &self.server.sql_guard;
-        if !guard.needs_parser(text) {
-            return Ok(guard.analyze(text));
+        if let Some(analysis) = self.server.sql_guard.analyze_inline(text) {
+            return Ok(analysis);
         }
         // Owned permits: a client that leaves while its text is parsed does not free the
         // slot before the parse ends.
