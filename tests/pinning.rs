@@ -471,3 +471,62 @@ async fn a_function_made_in_pg_temp_pins_the_client() {
         Ok(tenant_id("globex").to_string())
     );
 }
+
+/// Every kind of object made in `pg_temp` pins, not only relations and functions: a temp
+/// enum, domain, collation, operator or text search configuration has neither a `pg_class`
+/// nor a `pg_proc` row, and each was gone in the next transaction (found by
+/// tokio-postgres's own tests, which make `pg_temp.mood`).
+#[tokio::test]
+async fn every_kind_of_object_in_pg_temp_pins_the_client() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let kinds = [
+        (
+            "CREATE TYPE pg_temp.mood AS ENUM ('sad', 'ok')",
+            "SELECT 'ok'::pg_temp.mood::text",
+            "ok",
+            "DROP TYPE pg_temp.mood",
+        ),
+        (
+            "CREATE DOMAIN pg_temp.positive AS int CHECK (VALUE > 0)",
+            "SELECT 3::pg_temp.positive::text",
+            "3",
+            "DROP DOMAIN pg_temp.positive",
+        ),
+        (
+            "CREATE COLLATION pg_temp.c2 FROM \"C\"",
+            "SELECT ('b' COLLATE pg_temp.c2)::text",
+            "b",
+            "DROP COLLATION pg_temp.c2",
+        ),
+        (
+            "CREATE OPERATOR pg_temp.### (LEFTARG = int, RIGHTARG = int, FUNCTION = int4pl)",
+            "SELECT (1 OPERATOR(pg_temp.###) 2)::text",
+            "3",
+            "DROP OPERATOR pg_temp.### (int, int)",
+        ),
+        (
+            "CREATE TEXT SEARCH CONFIGURATION pg_temp.simple2 (COPY = simple)",
+            "SELECT to_tsvector('pg_temp.simple2', 'a')::text",
+            "'a':1",
+            "DROP TEXT SEARCH CONFIGURATION pg_temp.simple2",
+        ),
+    ];
+    let acme = env.proxy.connect("acme").await;
+    for (create, using, want, drop) in kinds {
+        acme.batch_execute(create).await.expect(create);
+        // Each in its own transaction: the object outlives the one that made it.
+        assert_eq!(one(&acme, using).await, want, "{create}");
+        assert_eq!(one(&acme, using).await, want, "{create}");
+        acme.batch_execute(drop).await.expect(drop);
+        assert_eq!(
+            env.globex_served().await,
+            Ok(tenant_id("globex").to_string()),
+            "{drop}"
+        );
+    }
+}

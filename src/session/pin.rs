@@ -20,12 +20,14 @@ use crate::registry::{ClientEntry, TenantStats};
 pub(super) const KEPT_ROW: &str = "pgtenant kept";
 
 /// One text column listing what the session keeps, comma-separated ('' when nothing): temp
-/// objects, channels listened to, WITH HOLD cursors, SQL-level prepared statements, and
+/// objects (relations, and every other kind through its dependency on the temp schema:
+/// functions, types, domains, collations, operators, text search objects), channels listened to, WITH HOLD cursors, SQL-level prepared statements, and
 /// session advisory locks. Run only between transactions, where transaction-level cursors
 /// and locks are already gone.
 pub(super) const KEPT_SQL: &str = "SELECT 'pgtenant kept', pg_catalog.concat_ws(',', \
     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
-      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+        AND refobjid = pg_catalog.pg_my_temp_schema()) \
       THEN 'temp' END, \
     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN 'listen' END, \
     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) THEN 'cursor' END, \
