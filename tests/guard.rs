@@ -12,6 +12,8 @@ mod lookalikes;
 mod parser_classes;
 #[path = "guard/protocol_paths.rs"]
 mod protocol_paths;
+#[path = "guard/readings.rs"]
+mod readings;
 
 use bytes::BytesMut;
 use common::raw::{self, RawConn};

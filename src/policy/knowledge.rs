@@ -251,6 +251,11 @@ pub const RELATIONS: &[(&str, bool)] = &[
     ("pg_settings", true),
 ];
 
+/// True when writes to relation `rel` change settings (from [`RELATIONS`]).
+pub fn write_guarded(rel: &str) -> bool {
+    RELATIONS.iter().any(|(n, writes)| *writes && *n == rel)
+}
+
 /// Settings that govern the server connection rather than the client's statements: the
 /// connection is pgtenant's and outlives the client's transaction (it waits in the pool, then
 /// serves others), so no client may set them (`idle_session_timeout` would have PostgreSQL

@@ -7,8 +7,11 @@
 
 use serde_json::Value;
 
+mod names;
 pub mod position;
+mod readings;
 mod tree;
+use names::{named_function, names_in, relation};
 use tree::{
     body_options, collect_exprs, constant, ends_with_transaction_control, expression, is_kind,
     last_name, name_in_text, node, parse_mode, record_with_default, reserved_name, tagged,
@@ -44,8 +47,22 @@ pub enum Parsed {
     Refused(GuardViolation),
 }
 
-/// Checks `sql` with PostgreSQL's parser against the `protected` settings.
+/// Checks `sql` with PostgreSQL's parser against the `protected` settings, in every reading
+/// PostgreSQL could give it (see [`readings`]): refused if any reading is refused. A text
+/// another reading cannot parse is judged by the readings that can.
 pub fn check(sql: &[u8], protected: &[String]) -> Parsed {
+    let verdict = check_reading(sql, protected);
+    if verdict != Parsed::Allowed {
+        return verdict;
+    }
+    match readings::refused_in_another(sql, &|text| check_reading(text, protected)) {
+        Some(v) => Parsed::Refused(v),
+        None => verdict,
+    }
+}
+
+/// [`check`] in the guard's own reading (UTF-8, standard strings).
+fn check_reading(sql: &[u8], protected: &[String]) -> Parsed {
     let text = String::from_utf8_lossy(sql);
     let mut c = Checker {
         protected,
@@ -205,6 +222,14 @@ impl Checker<'_> {
                 }
                 relation(rel, false)
             }
+            // A view or rule over a view whose writes change settings makes it writable
+            // under another name (an UPDATE of the view fires pg_settings' rule).
+            "ViewStmt" | "RuleStmt" => match tree::names_relation(v, &knowledge::write_guarded) {
+                Some(rel) => refuse(format!(
+                    "a view or rule over {rel} (writes through it would change settings)"
+                )),
+                None => Ok(()),
+            },
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 let rel = v.get("relation").and_then(|r| r.get("relname"));
                 relation(rel.and_then(Value::as_str).unwrap_or(""), true)
@@ -455,40 +480,6 @@ impl Checker<'_> {
             ));
         }
         Ok(())
-    }
-}
-
-/// Refuses a relation the table names (`write`: as the target of a write).
-fn relation(rel: &str, write: bool) -> Result<(), Stop> {
-    let listed = knowledge::RELATIONS.iter().find(|(n, _)| *n == rel);
-    match listed {
-        Some((n, false)) => refuse(format!("{n} (reaches other tenants' sessions)")),
-        Some((n, true)) if write => refuse(*n),
-        _ => Ok(()),
-    }
-}
-
-/// Refuses a function named without a call when calling it later would be refused now.
-fn named_function(name: &str) -> Result<(), Stop> {
-    match knowledge::function(name) {
-        None | Some(Func::SessionState) => Ok(()),
-        Some(_) => refuse(format!("{name} named as a function")),
-    }
-}
-
-/// Calls `f` on every `String` node under `v`.
-fn names_in(v: &Value, f: &mut dyn FnMut(&str) -> Result<(), Stop>) -> Result<(), Stop> {
-    if let Some(s) = v
-        .get("String")
-        .and_then(|s| s.get("sval"))
-        .and_then(Value::as_str)
-    {
-        f(s)?;
-    }
-    match v {
-        Value::Object(o) => o.values().try_for_each(|c| names_in(c, f)),
-        Value::Array(a) => a.iter().try_for_each(|c| names_in(c, f)),
-        _ => Ok(()),
     }
 }
 

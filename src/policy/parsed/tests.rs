@@ -119,6 +119,17 @@ fn refuses_each_class() {
         "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         "UPDATE pg_catalog.\"pg_settings\" SET setting = 'b' WHERE name = 'app.current_tenant'",
         "WITH x AS (UPDATE pg_settings SET setting = 'b' RETURNING 1) SELECT 1",
+        // A view or rule makes pg_settings writable under another name.
+        "CREATE TEMP VIEW s AS SELECT * FROM pg_settings",
+        "CREATE VIEW s AS SELECT name, setting FROM pg_catalog.\"pg_settings\" WHERE true",
+        "CREATE OR REPLACE VIEW s AS WITH w AS (SELECT * FROM pg_settings) SELECT * FROM w",
+        "CREATE RULE r AS ON UPDATE TO t DO INSTEAD UPDATE pg_settings SET setting = 'off'",
+        // Hidden from the guard's reading, seen in another PostgreSQL could be switched to:
+        // standard_conforming_strings = off (`\'` ends no string, `\145` is `e`) ...
+        "SELECT query_to_xml('select 1 /* \\052\\057, (select s\\145t_config(''app.curr\\145nt_tenant'', ''x'', true)) as b \\057\\052 */ --\\', true, false, '''') as q, ', true, false, current_user::text) as z --' as r",
+        // ... and a client-only encoding (SJIS: `Ã` is 0xC3 0x83, and 0x83 0x5C is one
+        // character, so the string ends at the next quote).
+        "SELECT E'Ã\\', (SELECT set_config($$app.current_tenant$$, $$x$$, true)) --'",
         "SET standard_conforming_strings = off",
         "SET standard_conforming_strings TO 0",
         "SET \"standard_conforming_strings\" = 'off'",

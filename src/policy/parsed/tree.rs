@@ -5,17 +5,39 @@ use serde_json::Value;
 
 use crate::policy::sql::{Lexer, Token, TokenKind};
 
+thread_local! {
+    /// Parses on this thread read strings as with `standard_conforming_strings = off`
+    /// (see [`super::readings`]).
+    static ESCAPING_STRINGS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every parse on this thread reading backslashes in ordinary strings as
+/// escapes, as PostgreSQL does with `standard_conforming_strings = off`.
+pub(super) fn with_escaping_strings<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ESCAPING_STRINGS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ESCAPING_STRINGS.with(|c| c.replace(true)));
+    f()
+}
+
 /// PostgreSQL's grammar in `mode` (a PL/pgSQL expression's `parseMode`: 0 a statement,
 /// 2 an expression, 3 to 5 an assignment to a name of 1 to 3 parts).
 pub(super) fn parse_mode(sql: &str, mode: i64) -> pg_query::Result<pg_query::ParseResult> {
     use pg_query::ParserOptions as O;
-    let options = match mode {
+    let mut options = match mode {
         2 => O::PLPGSQL_EXPR,
         3 => O::PLPGSQL_ASSIGN1,
         4 => O::PLPGSQL_ASSIGN2,
         5 => O::PLPGSQL_ASSIGN3,
         _ => O::DEFAULT,
     };
+    if ESCAPING_STRINGS.with(|c| c.get()) {
+        options |= O::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
     pg_query::parse(sql, options)
 }
 
@@ -302,4 +324,19 @@ pub(super) fn reserved_name(name: &str) -> bool {
     let prefix = crate::protocol::RESERVED_PREFIX;
     name.get(..prefix.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// The first relation under `v` (any depth) for which `listed` is true.
+pub(super) fn names_relation<'v>(v: &'v Value, listed: &dyn Fn(&str) -> bool) -> Option<&'v str> {
+    match v {
+        Value::Object(o) => {
+            let here = o.get("relname").and_then(Value::as_str);
+            if let Some(rel) = here.filter(|r| listed(r)) {
+                return Some(rel);
+            }
+            o.values().find_map(|c| names_relation(c, listed))
+        }
+        Value::Array(a) => a.iter().find_map(|c| names_relation(c, listed)),
+        _ => None,
+    }
 }
