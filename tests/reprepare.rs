@@ -505,3 +505,42 @@ async fn a_named_parse_pipelined_with_its_bind_is_answered_by_postgresql() {
     );
     assert_eq!(seen[1], seen[0], "pgtenant answers as PostgreSQL does");
 }
+
+/// The same bytes are another text under another client encoding: a copy prepared by a
+/// LATIN1 client never serves a UTF8 client's statement (found by a red-team pass: the
+/// UTF8 tenant got `cafÃ©`, the other tenant's literal).
+#[tokio::test]
+async fn a_copy_parsed_under_another_client_encoding_never_serves() {
+    // Plain mode: in verified mode another tenant's turn on a backend starts clean.
+    let env = TestEnv::start_with(|cfg| {
+        cfg.context.mode = pgtenant::config::ContextMode::Plain;
+        for db in cfg.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let text = "SELECT 'café'::text || ' ' || length('café')";
+    let mut utf8 = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    parse_sync(&mut utf8, "q", text).await;
+    let want = vec![vec![Some("café 4".to_string())]];
+    assert_eq!(data_rows(&bind_run(&mut utf8, "q", &[]).await), want);
+    let mut latin1 = RawConn::connect_with(
+        env.proxy.addr,
+        &[
+            ("user", "acme"),
+            ("database", "app"),
+            ("client_encoding", "LATIN1"),
+        ],
+        "acme-secret",
+    )
+    .await
+    .unwrap();
+    parse_sync(&mut latin1, "q", text).await;
+    let theirs = data_rows(&bind_run(&mut latin1, "q", &[]).await);
+    assert_ne!(theirs, want, "LATIN1 reads other characters");
+    for _ in 0..3 {
+        assert_eq!(data_rows(&bind_run(&mut utf8, "q", &[]).await), want);
+    }
+}

@@ -47,10 +47,14 @@ const FOLLOWED: &[&str] = &[
 
 /// Settings that decide what PostgreSQL makes of a statement's text when it parses it: a
 /// literal's value is fixed at Parse (`'03/04/2026'` under DateStyle, a `timestamptz`
-/// under TimeZone, `x = NULL` under transform_null_equals), so a prepared statement
-/// parsed under one client's values must not serve a client with others. `search_path`
+/// under TimeZone, `x = NULL` under transform_null_equals; its very characters under
+/// client_encoding), so a prepared statement parsed under one client's values must not
+/// serve a client with others. `search_path`
 /// and `row_security` are not here: PostgreSQL re-plans a statement when they change.
 const PARSE_SETTINGS: &[&str] = &[
+    // The text itself: PostgreSQL converts a Parse's bytes from the client encoding, so
+    // the same bytes are another literal (or name) under LATIN1 than under UTF8.
+    "client_encoding",
     "DateStyle",
     "TimeZone",
     "IntervalStyle",
