@@ -121,8 +121,15 @@ async fn globex_sees_nothing(globex: &mut RawConn, sql: &str, code: Option<&str>
 /// A proxy with one backend (cleaned, not pinned: see `cleaned_pool_of`), the guard on
 /// or off, and this file's objects created.
 async fn one_backend_with_setup(guard: bool) -> TestEnv {
+    one_backend_in_mode(guard, pgtenant::config::ContextMode::Verified).await
+}
+
+/// [`one_backend_with_setup`] in context mode `mode` (plain mode keeps a backend's
+/// session from one tenant to the next, so only the release rule cleans it).
+async fn one_backend_in_mode(guard: bool, mode: pgtenant::config::ContextMode) -> TestEnv {
     let env = TestEnv::start_with(|c| {
         c.server.sql_guard = guard;
+        c.context.mode = mode;
         cleaned_pool_of(c, 1);
     })
     .await;
@@ -143,8 +150,9 @@ async fn acme_and_globex(env: &TestEnv) -> (RawConn, RawConn) {
 
 #[tokio::test]
 async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
-    for guard in [true, false] {
-        let env = one_backend_with_setup(guard).await;
+    use pgtenant::config::ContextMode::{Plain, Verified};
+    for (guard, mode) in [(true, Verified), (false, Verified), (true, Plain)] {
+        let env = one_backend_in_mode(guard, mode).await;
         let long = async {
             let (mut acme, mut globex) = acme_and_globex(&env).await;
             let mut cases: Vec<(&str, &str, Option<&str>)> = vec![
@@ -174,6 +182,18 @@ async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
                     None,
                 ),
                 (
+                    // A call in a join condition (once read as `CREATE INDEX ... ON t (c)`).
+                    "SELECT count(*) FROM (VALUES (1)) x JOIN (VALUES (1)) y ON hyg_set() IS NOT NULL",
+                    "SELECT current_setting('hyg.left', true)",
+                    None,
+                ),
+                (
+                    "SELECT count(*) FROM (VALUES (1)) x JOIN (VALUES (1)) y \
+                     ON nextval('hyg_log_id_seq') > 0",
+                    "SELECT currval('hyg_log_id_seq')",
+                    Some("55000"),
+                ),
+                (
                     "CREATE FUNCTION pg_temp.hyg_f() RETURNS text LANGUAGE sql AS $$ SELECT 'acme' $$; \
                      SELECT pg_temp.hyg_f()",
                     "SELECT pg_temp.hyg_f()",
@@ -197,7 +217,7 @@ async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
                 ));
             }
             for (made, seen, code) in cases {
-                let what = format!("guard {guard}: acme ran {made}");
+                let what = format!("guard {guard}, {mode:?}: acme ran {made}");
                 let msgs = acme.simple(made).await;
                 assert!(raw::errors(&msgs).is_empty(), "{what}: {msgs:?}");
                 if made.contains("hyg_f") {

@@ -110,14 +110,14 @@ pub const SAFE_CALLS: [&str; 56] = [
 const SEQUENCE_CALLS: [&str; 4] = ["nextval", "setval", "currval", "lastval"];
 
 /// Words before a name followed by `(` that make it something other than a call: a
-/// relation's column list (`INSERT INTO t (a, b)`, `COPY t (a)`, `REFERENCES t (id)`,
-/// `ON t (col)`), an alias's column list, a function being defined or dropped.
-const NOT_A_CALL_AFTER: [&str; 10] = [
+/// relation's column list (`INSERT INTO t (a, b)`, `COPY t (a)`, `REFERENCES t (id)`), an
+/// alias's column list, a function being defined or dropped. (`ON t (col)` only in
+/// `CREATE INDEX`: elsewhere `ON f(...)` is a join condition calling `f`, see [`call`].)
+const NOT_A_CALL_AFTER: [&str; 9] = [
     "into",
     "table",
     "copy",
     "references",
-    "on",
     "as",
     "function",
     "procedure",
@@ -192,7 +192,9 @@ fn call(s: &[Token], k: usize) -> Leftover {
     } else {
         k.checked_sub(1)
     };
-    if before.is_some_and(|b| is_kw_in(s.get(b), &NOT_A_CALL_AFTER)) {
+    if before.is_some_and(|b| {
+        is_kw_in(s.get(b), &NOT_A_CALL_AFTER) || (is_kw(s.get(b), "on") && creates_index(s))
+    }) {
         return Leftover::Nothing;
     }
     if is_kw_in(Some(t), &SEQUENCE_CALLS) {
@@ -206,6 +208,12 @@ fn call(s: &[Token], k: usize) -> Leftover {
     } else {
         Leftover::Unseen
     }
+}
+
+/// True when `s` is `CREATE [UNIQUE] INDEX ...`, where `ON t (` names a table's columns.
+fn creates_index(s: &[Token]) -> bool {
+    is_kw(s.first(), "create")
+        && (is_kw(s.get(1), "index") || (is_kw(s.get(1), "unique") && is_kw(s.get(2), "index")))
 }
 
 /// Common built-in functions, read as PostgreSQL's own when unqualified.
@@ -277,6 +285,10 @@ mod tests {
             "CREATE TABLE t (a int)",
             "COPY t (a) FROM STDIN",
             "CREATE FUNCTION public.f(int) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE INDEX ON t (a)",
+            "CREATE UNIQUE INDEX i ON public.t (a)",
+            // A sequence call in a join condition is a call.
+            "SELECT * FROM a JOIN b ON nextval('s') > 0",
         ] {
             assert_eq!(of(t), Leftover::Sweep, "{t}");
         }
@@ -298,6 +310,10 @@ mod tests {
             "SELECT U&\"pg\\005ftemp\".f()",
             "DO $$BEGIN PERFORM 1; END$$",
             "SELECT 1; do 'begin end'",
+            // A join condition calls its function (red-team: read as `CREATE INDEX ON t (c)`).
+            "SELECT count(*) FROM x JOIN y ON set_pref('9MB') IS NOT NULL",
+            "SELECT 1 FROM x JOIN y ON public.set_pref('9MB') IS NOT NULL",
+            "CREATE TABLE t2 AS SELECT 1 FROM x JOIN y ON f(1)",
         ] {
             assert_eq!(of(t), Leftover::Unseen, "{t}");
         }
