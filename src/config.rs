@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub max_startup_message_size: usize,
     /// Largest single protocol message accepted from a client after authentication.
     pub max_message_size: usize,
+    /// Bytes all clients together may hold for messages over 1 MiB while they arrive (a
+    /// message is held whole before it is judged); past it, FATAL 53200.
+    pub large_message_bytes_total: usize,
     /// A client that has not authenticated by then is disconnected.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
@@ -188,6 +191,7 @@ impl Default for ServerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
             max_startup_message_size: 10_000,
             max_message_size: 64 * 1024 * 1024,
+            large_message_bytes_total: 1024 * 1024 * 1024,
             auth_timeout: Duration::from_secs(15),
             max_client_connections: 10_000,
             startup_evict_after: Duration::from_secs(2),

@@ -597,3 +597,60 @@ async fn one_tenant_does_not_hold_every_parser_slot() {
         "globex's text was read after all of acme's (places: acme {acme_places:?}, globex {globex_place})"
     );
 }
+
+/// Large messages held while they arrive take from one budget for all clients: a client
+/// that withholds the last byte of a large message holds all of it, and many such clients
+/// grew the proxy without bound (red-team: 60 MB per connection). Past
+/// `large_message_bytes_total` the next one ends with FATAL 53200; others are served.
+#[tokio::test]
+async fn large_messages_arriving_share_one_budget() {
+    let env = TestEnv::start_with(|c| {
+        c.server.max_message_size = 4 * 1024 * 1024;
+        c.server.large_message_bytes_total = 8 * 1024 * 1024;
+    })
+    .await;
+    // A Query of 3 MiB, all but its last byte.
+    let mut query = BytesMut::new();
+    messages::query(
+        &mut query,
+        &format!("SELECT '{}'", "x".repeat(3 * 1024 * 1024)),
+    );
+    let partial = &query[..query.len() - 1];
+    let mut holders = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let pw = format!("{tenant}-secret");
+        let mut c = RawConn::connect(env.proxy.addr, tenant, &pw).await.unwrap();
+        c.send(partial).await;
+        holders.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = RawConn::connect(env.proxy.addr, "initech", "initech-secret")
+        .await
+        .unwrap();
+    third.send(partial).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), third.until_ready())
+        .await
+        .expect("an answer, not a wait");
+    let errs = raw::errors(&got);
+    assert_eq!(errs.len(), 1, "{got:?}");
+    assert_eq!(
+        (errs[0].severity.as_str(), errs[0].code.as_str()),
+        ("FATAL", "53200")
+    );
+    assert!(
+        errs[0].message.contains("large_message_bytes_total"),
+        "{got:?}"
+    );
+    // Others are served meanwhile; a holder that finishes its message gets its answer.
+    let globex = env.proxy.connect("globex").await;
+    assert_eq!(one(&globex, "SELECT 1::text").await, "1");
+    let mut first = holders.remove(0);
+    first.send(&query[query.len() - 1..]).await;
+    assert!(raw::errors(&first.until_ready().await).is_empty());
+    // Its share is given back: another client may send a large message now.
+    let mut again = RawConn::connect(env.proxy.addr, "initech", "initech-secret")
+        .await
+        .unwrap();
+    again.send(&query).await;
+    assert!(raw::errors(&again.until_ready().await).is_empty());
+}

@@ -33,6 +33,13 @@ impl Config {
                 "must be at least 8192".into(),
             );
         }
+        if s.large_message_bytes_total < s.max_message_size {
+            bad(
+                "server.large_message_bytes_total".into(),
+                "must be at least server.max_message_size (one message of that size must fit)"
+                    .into(),
+            );
+        }
         if s.max_client_connections == 0 {
             bad(
                 "server.max_client_connections".into(),

@@ -14,6 +14,7 @@ pub mod flow;
 mod guard;
 pub mod handover;
 pub mod input;
+mod large;
 pub mod lot;
 pub mod params;
 mod pin;
@@ -68,6 +69,8 @@ pub enum End {
     /// does (`standard_conforming_strings=off`, a client-only encoding): FATAL, and the
     /// backend is closed, before another statement runs.
     Unreadable(String),
+    /// Memory the proxy will not give one more large message (FATAL 53200).
+    OutOfMemory(String),
     /// Not an end: the idle session moves to the lot (with its idle timeout left, if any).
     Parked(Option<std::time::Duration>),
 }
@@ -81,6 +84,7 @@ impl fmt::Display for End {
             End::BackendLost(e) => write!(f, "backend connection lost: {e}"),
             End::BackendEnded(m) => write!(f, "backend ended the session: {m}"),
             End::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
+            End::OutOfMemory(m) => write!(f, "{m}"),
             End::Shutdown => write!(f, "server shutting down"),
             End::Killed => write!(f, "killed by an administrator"),
             End::Removed(what) => write!(f, "its {what} was removed from the configuration"),
@@ -136,6 +140,8 @@ pub struct Session {
     /// Relaying the client's frames, skipping them to its Sync, or COPY IN.
     input: InputMode,
     max_message: usize,
+    /// The shared budget's bytes held for a large message being read (see [`large`]).
+    large: Option<Box<large::Reservation>>,
     /// The client's named and unnamed prepared statements.
     statements: statements::ClientStatements,
     /// The client's unnamed statement exists on the attached backend.
@@ -171,6 +177,7 @@ impl Session {
             me,
             txn_started: None,
             max_message: server.config().server.max_message_size,
+            large: None,
             client,
             cbuf: s.leftover,
             cout: BytesMut::new(),
@@ -332,6 +339,9 @@ async fn finish(s: &mut Session, end: End) -> End {
                 sqlstate::PROTOCOL_VIOLATION,
                 m,
             )
+        }
+        End::OutOfMemory(m) => {
+            messages::error_response(&mut s.cout, Severity::Fatal, sqlstate::OUT_OF_MEMORY, m)
         }
         End::Unreadable(m) => messages::error_response(
             &mut s.cout,

@@ -192,6 +192,9 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         // buffered behind it: so a client that leaves while its request waits is seen to
         // leave (and its backend closed), whatever the wait is for.
         let read_client = !s.has_blocked_frame() || s.cbuf.len() < READ_AHEAD;
+        if let Err(end) = s.budget_large_message() {
+            return Some(end);
+        }
         let backend = s.attachment.conn_mut();
         tokio::select! {
             // Fixed order (no per-iteration random start): the backend's replies first, so

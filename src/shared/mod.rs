@@ -56,6 +56,9 @@ pub struct Server {
     /// runtime's workers): a parse runs off the runtime's threads, so a long one never
     /// stalls other clients, and this bounds the CPU and memory such parses take together.
     pub parser_slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes all clients hold for large messages they are sending (see
+    /// `server.large_message_bytes_total`).
+    pub large_message_bytes: Arc<AtomicUsize>,
     clients: AtomicUsize,
     /// PAUSE: new transactions wait until RESUME.
     paused: watch::Sender<bool>,
@@ -132,6 +135,7 @@ impl Server {
             parser_slots: Arc::new(tokio::sync::Semaphore::new(crate::config::worker_threads(
                 config_workers,
             ))),
+            large_message_bytes: Arc::new(AtomicUsize::new(0)),
             clients: AtomicUsize::new(0),
             paused: watch::channel(false).0,
             shutdown_requested: watch::channel(false).0,

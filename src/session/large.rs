@@ -1,0 +1,64 @@
+//! Memory for large client messages. A message is held whole before it is judged (the guard
+//! reads its text, a Parse is kept to be re-created), so a client sending a message of up
+//! to `max_message_size` holds that much while it arrives, and one that never sends the
+//! last byte holds it for as long as it stays connected. Messages over [`LARGE`] therefore
+//! take their size from one budget shared by every client
+//! (`server.large_message_bytes_total`) before they are read: past it, the client's session
+//! ends with FATAL 53200 instead of the proxy's memory growing without bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{End, Session};
+
+/// Messages up to this size are read without asking the budget.
+pub const LARGE: usize = 1024 * 1024;
+
+/// Bytes of the shared budget held by one client for the large message it is reading.
+#[derive(Debug)]
+pub struct Reservation {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Session {
+    /// Before reading more of the client's bytes: when the buffer starts with a message over
+    /// [`LARGE`] that has not fully arrived, its size is taken from the shared budget (or
+    /// the session ends); once no such message is being read, what was taken is given back.
+    pub(super) fn budget_large_message(&mut self) -> Result<(), End> {
+        let arriving = match self.cbuf.get(..5) {
+            Some(head) => {
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let total = len.saturating_add(1);
+                (total > LARGE && total > self.cbuf.len()).then_some(total)
+            }
+            None => None,
+        };
+        let Some(total) = arriving else {
+            self.large = None;
+            return Ok(());
+        };
+        if self.large.as_ref().is_some_and(|r| r.bytes >= total) {
+            return Ok(());
+        }
+        self.large = None;
+        let limit = self.server.config().server.large_message_bytes_total;
+        let held = self.server.large_message_bytes.clone();
+        let taken = held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n + total <= limit).then_some(n + total)
+        });
+        if taken.is_err() {
+            return Err(End::OutOfMemory(format!(
+                "out of memory: a message of {total} bytes would take the bytes all clients' large messages may hold together past server.large_message_bytes_total ({limit})"
+            )));
+        }
+        self.large = Some(Box::new(Reservation { held, bytes: total }));
+        Ok(())
+    }
+}
