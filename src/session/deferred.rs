@@ -97,7 +97,7 @@ impl Session {
         let mut at = 0;
         loop {
             let rest = &self.cbuf[at..];
-            let (tag, total) = peek_frame(rest, self.max_message).ok()??;
+            let (tag, total) = peek_frame(rest, self.server.max_message()).ok()??;
             let body = rest.get(5..total)?;
             at += total;
             match tag {
@@ -120,7 +120,7 @@ impl Session {
                     replies.push(bt::COMMAND_COMPLETE);
                     // Only the Sync may follow.
                     let rest = &self.cbuf[at..];
-                    let (tag, total) = peek_frame(rest, self.max_message).ok()??;
+                    let (tag, total) = peek_frame(rest, self.server.max_message()).ok()??;
                     if tag != ft::SYNC || rest.len() < total {
                         return None;
                     }

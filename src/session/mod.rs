@@ -139,7 +139,6 @@ pub struct Session {
     pin: Option<Box<pin::Pin>>,
     /// Relaying the client's frames, skipping them to its Sync, or COPY IN.
     input: InputMode,
-    max_message: usize,
     /// The shared budget's bytes held for a large message being read (see [`large`]).
     large: Option<Box<large::Reservation>>,
     /// The client's named and unnamed prepared statements.
@@ -176,7 +175,6 @@ impl Session {
         let mut session = Box::new(Session {
             me,
             txn_started: None,
-            max_message: server.config().server.max_message_size,
             large: None,
             client,
             cbuf: s.leftover,

@@ -57,7 +57,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            let frame = match split_frame(&mut self.cbuf, self.max_message) {
+            let frame = match split_frame(&mut self.cbuf, self.server.max_message()) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::ProtocolViolation(e.to_string())),

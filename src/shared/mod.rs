@@ -59,6 +59,8 @@ pub struct Server {
     /// Bytes all clients hold for large messages they are sending (see
     /// `server.large_message_bytes_total`).
     pub large_message_bytes: Arc<AtomicUsize>,
+    /// `server.max_message_size`, read for every client message (kept current by reloads).
+    max_message: AtomicUsize,
     clients: AtomicUsize,
     /// PAUSE: new transactions wait until RESUME.
     paused: watch::Sender<bool>,
@@ -78,6 +80,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// `server.max_message_size` now: the largest message a client may send.
+    pub fn max_message(&self) -> usize {
+        self.max_message.load(Ordering::Relaxed)
+    }
+
     /// Builds the shared state from a validated config; fails when TLS files cannot be loaded.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Server>, crate::tls::TlsError> {
         let tls = match config.tls.mode {
@@ -89,6 +96,7 @@ impl Server {
         let plan = InjectionPlan::new(config.context.settings(), verified);
         let guard_enabled = config.server.sql_guard;
         let config_workers = config.server.worker_threads;
+        let config_max_message = config.server.max_message_size;
         if !crate::tenant::use_channel_key(config.server.channel_key.as_deref()) {
             tracing::warn!(
                 key = "server.channel_key_file",
@@ -136,6 +144,7 @@ impl Server {
                 config_workers,
             ))),
             large_message_bytes: Arc::new(AtomicUsize::new(0)),
+            max_message: AtomicUsize::new(config_max_message),
             clients: AtomicUsize::new(0),
             paused: watch::channel(false).0,
             shutdown_requested: watch::channel(false).0,

@@ -163,6 +163,8 @@ impl Server {
             .count();
         self.tenant_top
             .store(cfg.server.metrics_top_tenants, Ordering::Relaxed);
+        self.max_message
+            .store(cfg.server.max_message_size, Ordering::Relaxed);
         self.pools.store(Arc::new(pools));
         self.tenants.store(Arc::new(tenants));
         self.config.store(Arc::new(cfg));
