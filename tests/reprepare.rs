@@ -544,3 +544,22 @@ async fn a_copy_parsed_under_another_client_encoding_never_serves() {
         assert_eq!(data_rows(&bind_run(&mut utf8, "q", &[]).await), want);
     }
 }
+
+/// PostgreSQL's messages that name a prepared statement name the client's statement, not
+/// the proxy's name for it on the backend (red-team: `... but prepared statement
+/// "pgtenant_s_<hash>" requires 1`, a name derived from the text).
+#[tokio::test]
+async fn errors_name_the_clients_statement() {
+    let env = TestEnv::start().await;
+    let mut seen = Vec::new();
+    for through in [false, true] {
+        let mut c = env.raw_acme_or_direct(through).await;
+        parse_sync(&mut c, "s1", "SELECT $1::int").await;
+        let got = bind_run(&mut c, "s1", &[b"1", b"2"]).await;
+        let errs = errors(&got);
+        assert_eq!(errs.len(), 1, "{got:?}");
+        seen.push((errs[0].code.clone(), errs[0].message.clone()));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(seen[1].1.contains("\"s1\""), "{seen:?}");
+}

@@ -438,3 +438,57 @@ mod tests {
         }
     }
 }
+
+impl Session {
+    /// A backend's ErrorResponse (`raw`, read as `fields`) written again as the client
+    /// must see it: a refusal without the PL/pgSQL that raised it (see
+    /// [`super::guard::plain_refusal`]), a statement by the client's name; None when it
+    /// goes as it is.
+    pub(super) fn as_client_sees_it(
+        &self,
+        fields: &crate::protocol::messages::ErrorFields,
+        raw: &[u8],
+    ) -> Option<BytesMut> {
+        super::guard::plain_refusal(fields).or_else(|| self.with_client_names(raw))
+    }
+
+    /// An ErrorResponse (`raw`, the whole message) that names a statement by the proxy's
+    /// name for it (`bind message supplies 2 parameters, but prepared statement
+    /// "pgtenant_s_..." requires 1`), written again with the client's own name, as
+    /// PostgreSQL would have named it; None when it names none.
+    fn with_client_names(&self, raw: &[u8]) -> Option<BytesMut> {
+        let prefix = format!("\"{}s_", crate::protocol::RESERVED_PREFIX);
+        let body = raw.get(5..)?;
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = body;
+        let mut renamed = false;
+        while let Some(at) = find(rest, prefix.as_bytes()) {
+            let start = at + 1;
+            let end = rest[start..]
+                .iter()
+                .position(|&b| b == b'"')
+                .map(|n| start + n)?;
+            out.extend_from_slice(&rest[..start]);
+            match self.statements.name_of(&rest[start..end]) {
+                Some(name) => {
+                    out.extend_from_slice(name);
+                    renamed = true;
+                }
+                None => out.extend_from_slice(&rest[start..end]),
+            }
+            rest = &rest[end..];
+        }
+        if !renamed {
+            return None;
+        }
+        out.extend_from_slice(rest);
+        let mut msg = BytesMut::new();
+        write_msg(&mut msg, bt::ERROR_RESPONSE, |b| b.extend_from_slice(&out));
+        Some(msg)
+    }
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

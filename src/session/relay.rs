@@ -378,7 +378,7 @@ impl Session {
                             self.cout.extend_from_slice(raw);
                             return Err(End::BackendEnded(fields.message));
                         }
-                        if let Some(plain) = super::guard::plain_refusal(&fields) {
+                        if let Some(plain) = self.as_client_sees_it(&fields, raw) {
                             self.cout.extend_from_slice(&plain);
                             self.emit_synthetic();
                             continue;

@@ -198,6 +198,17 @@ impl ClientStatements {
         self.by_name.as_ref()?.map.get(name).cloned()
     }
 
+    /// The client's name for the statement the proxy prepared on backends as
+    /// `backend_name` (for PostgreSQL's messages that name it).
+    pub fn name_of(&self, backend_name: &[u8]) -> Option<&[u8]> {
+        let named = self.by_name.as_ref()?;
+        named
+            .map
+            .iter()
+            .find(|(_, d)| d.backend_name.as_bytes() == backend_name)
+            .map(|(k, _)| k.as_slice())
+    }
+
     /// The unnamed statement, if the client has parsed one.
     pub fn unnamed(&self) -> Option<&Unnamed> {
         self.unnamed.as_deref()
