@@ -31,7 +31,22 @@ impl Session {
     /// Before reading more of the client's bytes: when the buffer starts with a message over
     /// [`LARGE`] that has not fully arrived, its size is taken from the shared budget (or
     /// the session ends); once no such message is being read, what was taken is given back.
+    /// Checked before every read, so the common case is two comparisons, inline.
+    #[inline]
     pub(super) fn budget_large_message(&mut self) -> Result<(), End> {
+        let head_large = self.cbuf.len() >= 5
+            && u32::from_be_bytes([self.cbuf[1], self.cbuf[2], self.cbuf[3], self.cbuf[4]])
+                as usize
+                >= LARGE;
+        if !head_large && self.large.is_none() {
+            return Ok(());
+        }
+        self.budget_large_message_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn budget_large_message_slow(&mut self) -> Result<(), End> {
         let arriving = match self.cbuf.get(..5) {
             Some(head) => {
                 let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;

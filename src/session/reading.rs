@@ -11,11 +11,18 @@ use crate::protocol::codec::Frame;
 use super::{End, Session};
 
 impl Session {
-    /// The guard's analysis of `text`, which is a part of `frame`'s bytes.
+    /// The guard's analysis of `text`, which is a part of `frame`'s bytes: inline when no
+    /// parse is needed (nearly every text), else off the runtime's thread. The slow path's
+    /// future is boxed, so the relay's own future does not grow by its size.
     pub(super) async fn read_text(&self, frame: &Frame, text: &[u8]) -> Result<Analysis, End> {
-        if let Some(analysis) = self.server.sql_guard.analyze_inline(text) {
-            return Ok(analysis);
+        match self.server.sql_guard.analyze_inline(text) {
+            Some(analysis) => Ok(analysis),
+            None => Box::pin(self.parse_off_thread(frame, text)).await,
         }
+    }
+
+    /// [`Session::read_text`] for a text PostgreSQL's parser must read.
+    async fn parse_off_thread(&self, frame: &Frame, text: &[u8]) -> Result<Analysis, End> {
         // Owned permits: a client that leaves while its text is parsed does not free the
         // slot before the parse ends.
         let closed = |_| End::ProtocolViolation("the server is shutting down".into());

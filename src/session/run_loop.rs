@@ -192,9 +192,6 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
         // buffered behind it: so a client that leaves while its request waits is seen to
         // leave (and its backend closed), whatever the wait is for.
         let read_client = !s.has_blocked_frame() || s.cbuf.len() < READ_AHEAD;
-        if let Err(end) = s.budget_large_message() {
-            return Some(end);
-        }
         let backend = s.attachment.conn_mut();
         tokio::select! {
             // Fixed order (no per-iteration random start): the backend's replies first, so
@@ -219,6 +216,10 @@ async fn relay_busy(s: &mut Session, stopping: &mut bool, mut woken: bool) -> Op
                 Ok(0) => return Some(End::ClientClosed),
                 Ok(n) => {
                     s.server.metrics.client_received_bytes.inc_by(n as u64);
+                    // Before more of a large message is read (see `large`).
+                    if let Err(end) = s.budget_large_message() {
+                        return Some(end);
+                    }
                     // A request is coming: room for what goes to the backend and back.
                     buffers::fill(&mut s.bout);
                     buffers::fill(&mut s.cout);
