@@ -38,6 +38,14 @@ pub(crate) fn clears_mentioning(sql: &[u8], m: Mentions) -> bool {
         .iter()
         .any(|(w, _)| w.as_bytes().eq_ignore_ascii_case(word))
         && !m.any_needle()
+        && !finishes_prepared(word, rest)
+}
+
+/// True for `COMMIT PREPARED` / `ROLLBACK PREPARED` (two-phase commit, which the parser
+/// path refuses): a COMMIT or ROLLBACK naming `prepared` anywhere is left to the parser.
+fn finishes_prepared(word: &[u8], rest: &[u8]) -> bool {
+    (word.eq_ignore_ascii_case(b"commit") || word.eq_ignore_ascii_case(b"rollback"))
+        && rest.windows(8).any(|w| w.eq_ignore_ascii_case(b"prepared"))
 }
 
 #[cfg(test)]
@@ -88,6 +96,8 @@ mod tests {
             "SELECT 'x' -- ; ALTER ROLE app PASSWORD 'p'",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "insert into t values (1, 'x; y')",
+            "COMMIT PREPARED 'x'",
+            "rollback /* */ Prepared 'x';",
         ] {
             assert!(!clears(t.as_bytes()), "{t}");
         }

@@ -33,8 +33,37 @@ pub fn weak_lock(lock_stmt: &serde_json::Value) -> bool {
         .is_some_and(|m| m < WEAKEST_REFUSED_LOCK)
 }
 
+/// The kind two-phase commit is refused as (a `TransactionStmt` that prepares a transaction
+/// or finishes a prepared one), which `guard_allow` may list.
+pub const TWO_PHASE: &str = "TwoPhaseCommit";
+
+/// True for a `TransactionStmt` of two-phase commit: `PREPARE TRANSACTION`, `COMMIT
+/// PREPARED`, `ROLLBACK PREPARED`. Every tenant shares the role, and PostgreSQL lets the
+/// role that prepared a transaction finish it from any session: any tenant could commit or
+/// roll back another's (its global id is listed in `pg_prepared_xacts`).
+pub fn two_phase(transaction_stmt: &serde_json::Value) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as K;
+    let kind = transaction_stmt
+        .get("kind")
+        .and_then(serde_json::Value::as_i64);
+    [
+        K::TransStmtPrepare,
+        K::TransStmtCommitPrepared,
+        K::TransStmtRollbackPrepared,
+    ]
+    .iter()
+    .any(|k| kind == Some(*k as i64))
+}
+
 /// Statement kinds by their parse-node name. A kind not listed is refused with 0A000.
 pub const STATEMENTS: &[(&str, Kind)] = &[
+    (
+        TWO_PHASE,
+        Kind::Refuse(
+            PRIV,
+            "two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED): every tenant shares the role, so any tenant could finish another's prepared transaction",
+        ),
+    ),
     ("SelectStmt", Kind::Allow),
     // A PL/pgSQL assignment (only from the PL/pgSQL parse modes).
     ("PlassignStmt", Kind::Allow),

@@ -146,6 +146,9 @@ impl Checker<'_> {
             {
                 self.widenable.push(kind.to_string());
             }
+            if kind == "TransactionStmt" && knowledge::two_phase(body) {
+                self.widenable.push(knowledge::TWO_PHASE.to_string());
+            }
             let start = raw
                 .get("stmt_location")
                 .and_then(Value::as_u64)

@@ -407,3 +407,66 @@ async fn statements_after_a_commit_inside_a_do_block_are_refused() {
         .unwrap();
     assert_eq!(one(&acme, CTX).await, tenant_id("acme"));
 }
+
+/// Two-phase commit: every tenant is the same role, and PostgreSQL lets the role that
+/// prepared a transaction finish it from any session, so one tenant could roll back (or
+/// commit) another's prepared transaction, whose id `pg_prepared_xacts` lists (found by a
+/// red-team pass). Refused unless the database's `guard_allow` lists `TwoPhaseCommit`.
+#[tokio::test]
+async fn one_tenant_cannot_finish_anothers_prepared_transaction() {
+    use pgtenant::pgcluster::{ClusterOptions, TempCluster};
+    let cluster = TempCluster::start(ClusterOptions {
+        extra_conf: vec![("max_prepared_transactions".into(), "4".into())],
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    pgtenant::demo::load_example(&cluster).await.unwrap();
+    // Straight to PostgreSQL as the app role: one session prepares, another rolls it back.
+    let direct = |c: &TempCluster| {
+        format!(
+            "host=127.0.0.1 port={} user=app_user password=app_password dbname=app",
+            c.port()
+        )
+    };
+    let first = connect(&direct(&cluster)).await.unwrap();
+    let second = connect(&direct(&cluster)).await.unwrap();
+    first
+        .batch_execute("BEGIN; SELECT 1; PREPARE TRANSACTION 'globex-1'")
+        .await
+        .unwrap();
+    let gid = one(&second, "SELECT gid FROM pg_prepared_xacts").await;
+    assert_eq!(gid, "globex-1");
+    second
+        .batch_execute("ROLLBACK PREPARED 'globex-1'")
+        .await
+        .unwrap();
+
+    for allow in [false, true] {
+        let mut cfg = test_config(&cluster);
+        if allow {
+            for db in cfg.databases.values_mut() {
+                db.guard_allow = vec!["TwoPhaseCommit".into()];
+            }
+        }
+        let proxy = Proxy::start(cfg).await;
+        let acme = proxy.connect("acme").await;
+        for sql in [
+            "BEGIN; SELECT 1; PREPARE TRANSACTION 'acme-1'",
+            "ROLLBACK PREPARED 'acme-1'",
+            "COMMIT PREPARED 'acme-1'",
+        ] {
+            let r = acme.batch_execute(sql).await;
+            let code = r.as_ref().err().and_then(sqlstate);
+            if allow {
+                // Allowed, PostgreSQL answers (the last finds nothing left to commit).
+                assert_ne!(code.as_deref(), Some("42501"), "{sql}: {r:?}");
+            } else {
+                assert_eq!(code.as_deref(), Some("42501"), "{sql}: {r:?}");
+                let _ = acme.batch_execute("ROLLBACK").await;
+            }
+        }
+        assert_eq!(one(&acme, CTX).await, tenant_id("acme"));
+        proxy.shutdown().await;
+    }
+}

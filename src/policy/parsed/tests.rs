@@ -130,6 +130,11 @@ fn refuses_each_class() {
         // ... and a client-only encoding (SJIS: `Ã` is 0xC3 0x83, and 0x83 0x5C is one
         // character, so the string ends at the next quote).
         "SELECT E'Ã\\', (SELECT set_config($$app.current_tenant$$, $$x$$, true)) --'",
+        // Two-phase commit: any tenant could finish another's prepared transaction.
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "rollback   prepared 'x'",
+        "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'x'",
         "SET standard_conforming_strings = off",
         "SET standard_conforming_strings TO 0",
         "SET \"standard_conforming_strings\" = 'off'",
