@@ -233,6 +233,15 @@ impl Checker<'_> {
                 )),
                 None => Ok(()),
             },
+            // `(x).f` and `t.f` may call `f(x)`, `f(t)` (PostgreSQL's attribute notation
+            // for a one-argument function): a refused function named there is refused.
+            "AIndirection" => names_in(v.get("indirection").unwrap_or(&Value::Null), &mut |s| {
+                named_function(s)
+            }),
+            "ColumnRef" => match v.get("fields").and_then(Value::as_array) {
+                Some(f) if f.len() > 1 => names_in(&f[f.len() - 1], &mut |s| named_function(s)),
+                _ => Ok(()),
+            },
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 let rel = v.get("relation").and_then(|r| r.get("relname"));
                 relation(rel.and_then(Value::as_str).unwrap_or(""), true)

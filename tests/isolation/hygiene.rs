@@ -17,6 +17,8 @@ CREATE FUNCTION public.hyg_make_temp() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN CREATE TEMP TABLE IF NOT EXISTS hyg_left AS SELECT 'acme secret'::text AS note; RETURN 'made'; END $$;
 CREATE FUNCTION public.hyg_set() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN PERFORM set_config('hyg.left', 'acme', false); RETURN 'set'; END $$;
+CREATE FUNCTION public.hyg_set_to(v text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN PERFORM set_config('hyg.left', v, false); RETURN 'set'; END $$;
 CREATE FUNCTION public.hyg_forget_all() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN EXECUTE 'DEALLOCATE ALL'; RETURN 'forgot'; END $$;
 CREATE FUNCTION public.hyg_forget_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -186,6 +188,17 @@ async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
                     "SELECT count(*) FROM (VALUES (1)) x JOIN (VALUES (1)) y ON hyg_set() IS NOT NULL",
                     "SELECT current_setting('hyg.left', true)",
                     None,
+                ),
+                (
+                    // Attribute notation: `(x).f` calls `f(x)`.
+                    "SELECT ('acme'::text).hyg_set_to",
+                    "SELECT current_setting('hyg.left', true)",
+                    None,
+                ),
+                (
+                    "SELECT ('hyg_log_id_seq'::regclass).nextval",
+                    "SELECT currval('hyg_log_id_seq')",
+                    Some("55000"),
                 ),
                 (
                     "SELECT count(*) FROM (VALUES (1)) x JOIN (VALUES (1)) y \

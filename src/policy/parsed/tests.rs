@@ -130,6 +130,13 @@ fn refuses_each_class() {
         // ... and a client-only encoding (SJIS: `Ã` is 0xC3 0x83, and 0x83 0x5C is one
         // character, so the string ends at the next quote).
         "SELECT E'Ã\\', (SELECT set_config($$app.current_tenant$$, $$x$$, true)) --'",
+        // Attribute notation calls a one-argument function (red-team: `(0.5).setseed`).
+        "SELECT (0.5::float8).setseed",
+        "SELECT (0.5::float8).\"setseed\"",
+        "SELECT ((0.5)::float8).pg_catalog.setseed",
+        "SELECT t.setseed FROM (SELECT 0.5::float8) t",
+        "SELECT ('SELECT 1'::text).ts_stat",
+        "SELECT (42).pg_terminate_backend",
         // Two-phase commit: any tenant could finish another's prepared transaction.
         "PREPARE TRANSACTION 'x'",
         "COMMIT PREPARED 'x'",

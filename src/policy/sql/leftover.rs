@@ -163,7 +163,9 @@ fn statement(s: &[Token]) -> Leftover {
         Leftover::Sweep
     };
     for k in 0..s.len() {
-        if is_op(s.get(k + 1), b'(') {
+        // `f(...)`, or `(x).f`: PostgreSQL's attribute notation calls `f(x)`.
+        let attribute = k >= 2 && is_op(s.get(k - 1), b'.') && is_op(s.get(k - 2), b')');
+        if is_op(s.get(k + 1), b'(') || attribute {
             worst = worst.max(call(s, k));
         }
     }
@@ -289,6 +291,7 @@ mod tests {
             "CREATE UNIQUE INDEX i ON public.t (a)",
             // A sequence call in a join condition is a call.
             "SELECT * FROM a JOIN b ON nextval('s') > 0",
+            "SELECT ('s'::regclass).nextval",
         ] {
             assert_eq!(of(t), Leftover::Sweep, "{t}");
         }
@@ -314,6 +317,9 @@ mod tests {
             "SELECT count(*) FROM x JOIN y ON set_pref('9MB') IS NOT NULL",
             "SELECT 1 FROM x JOIN y ON public.set_pref('9MB') IS NOT NULL",
             "CREATE TABLE t2 AS SELECT 1 FROM x JOIN y ON f(1)",
+            // Attribute notation: `(x).f` is `f(x)` (red-team: `('9MB'::text).set_pref`).
+            "SELECT ('9MB'::text).set_pref",
+            "SELECT ('9MB'::text).\"set_pref\"",
         ] {
             assert_eq!(of(t), Leftover::Unseen, "{t}");
         }
