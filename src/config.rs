@@ -90,6 +90,8 @@ pub struct ServerConfig {
     /// Bytes all clients together may hold for messages over 1 MiB while they arrive (a
     /// message is held whole before it is judged); past it, FATAL 53200.
     pub large_message_bytes_total: usize,
+    /// The part of `large_message_bytes_total` one tenant's clients may hold together.
+    pub large_message_bytes_per_tenant: usize,
     /// A client that has not authenticated by then is disconnected.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
@@ -192,6 +194,7 @@ impl Default for ServerConfig {
             max_startup_message_size: 10_000,
             max_message_size: 64 * 1024 * 1024,
             large_message_bytes_total: 1024 * 1024 * 1024,
+            large_message_bytes_per_tenant: 256 * 1024 * 1024,
             auth_timeout: Duration::from_secs(15),
             max_client_connections: 10_000,
             startup_evict_after: Duration::from_secs(2),

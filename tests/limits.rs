@@ -607,6 +607,7 @@ async fn large_messages_arriving_share_one_budget() {
     let env = TestEnv::start_with(|c| {
         c.server.max_message_size = 4 * 1024 * 1024;
         c.server.large_message_bytes_total = 8 * 1024 * 1024;
+        c.server.large_message_bytes_per_tenant = 8 * 1024 * 1024;
     })
     .await;
     // A Query of 3 MiB, all but its last byte.
@@ -653,4 +654,53 @@ async fn large_messages_arriving_share_one_budget() {
         .unwrap();
     again.send(&query).await;
     assert!(raw::errors(&again.until_ready().await).is_empty());
+}
+
+/// One tenant's clients hold at most `large_message_bytes_per_tenant` of the budget
+/// together (red-team: one tenant's 18 partial messages took the whole 1 GiB, and every
+/// other tenant's large message then ended its session).
+#[tokio::test]
+async fn one_tenant_cannot_take_the_whole_large_message_budget() {
+    let env = TestEnv::start_with(|c| {
+        c.server.max_message_size = 4 * 1024 * 1024;
+        c.server.large_message_bytes_total = 16 * 1024 * 1024;
+        c.server.large_message_bytes_per_tenant = 4 * 1024 * 1024;
+    })
+    .await;
+    let mut query = BytesMut::new();
+    messages::query(
+        &mut query,
+        &format!("SELECT '{}'", "x".repeat(3 * 1024 * 1024)),
+    );
+    let partial = &query[..query.len() - 1];
+    let mut acme = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    acme.send(partial).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut acme2 = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    acme2.send(partial).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), acme2.until_ready())
+        .await
+        .expect("an answer, not a wait");
+    let errs = raw::errors(&got);
+    assert_eq!(errs.len(), 1, "{got:?}");
+    assert_eq!(
+        (errs[0].severity.as_str(), errs[0].code.as_str()),
+        ("FATAL", "53200")
+    );
+    assert!(
+        errs[0].message.contains("large_message_bytes_per_tenant"),
+        "{got:?}"
+    );
+    // Another tenant still may send one.
+    let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    globex.send(&query).await;
+    assert!(raw::errors(&globex.until_ready().await).is_empty());
+    acme.send(&query[query.len() - 1..]).await;
+    assert!(raw::errors(&acme.until_ready().await).is_empty());
 }

@@ -40,6 +40,15 @@ impl Config {
                     .into(),
             );
         }
+        if s.large_message_bytes_per_tenant < s.max_message_size
+            || s.large_message_bytes_per_tenant > s.large_message_bytes_total
+        {
+            bad(
+                "server.large_message_bytes_per_tenant".into(),
+                "must be at least server.max_message_size and at most server.large_message_bytes_total"
+                    .into(),
+            );
+        }
         if s.max_client_connections == 0 {
             bad(
                 "server.max_client_connections".into(),

@@ -25,6 +25,9 @@ pub struct TenantStats {
     /// The tenant's turn at PostgreSQL's parser: its clients parse one text at a time, so
     /// one tenant cannot hold every parser slot (`Server::parser_slots`) while others wait.
     pub parse_turn: ParseTurn,
+    /// Bytes the tenant's clients hold for large messages arriving (see
+    /// `server.large_message_bytes_per_tenant`).
+    pub large_message_bytes: AtomicUsize,
 }
 
 /// One permit: whose turn it is to run the guard's parser among a tenant's clients.

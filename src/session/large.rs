@@ -3,28 +3,45 @@
 //! to `max_message_size` holds that much while it arrives, and one that never sends the
 //! last byte holds it for as long as it stays connected. Messages over [`LARGE`] therefore
 //! take their size from one budget shared by every client
-//! (`server.large_message_bytes_total`) before they are read: past it, the client's session
-//! ends with FATAL 53200 instead of the proxy's memory growing without bound.
+//! (`server.large_message_bytes_total`), and from their tenant's share of it
+//! (`server.large_message_bytes_per_tenant`), before they are read: past either, the
+//! client's session ends with FATAL 53200 instead of the proxy's memory growing without
+//! bound, and one tenant cannot take the whole budget from the others.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{End, Session};
+use crate::registry::TenantStats;
 
 /// Messages up to this size are read without asking the budget.
 pub const LARGE: usize = 1024 * 1024;
 
-/// Bytes of the shared budget held by one client for the large message it is reading.
+/// Bytes of the shared budget, and of its tenant's share, held by one client for the large
+/// message it is reading.
 #[derive(Debug)]
 pub struct Reservation {
     held: Arc<AtomicUsize>,
+    tenant: Arc<TenantStats>,
     bytes: usize,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.tenant
+            .large_message_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
     }
+}
+
+/// Adds `n` to `counter` unless that passes `limit`.
+fn take(counter: &AtomicUsize, n: usize, limit: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            (held + n <= limit).then_some(held + n)
+        })
+        .is_ok()
 }
 
 impl Session {
@@ -63,17 +80,35 @@ impl Session {
             return Ok(());
         }
         self.large = None;
-        let limit = self.server.config().server.large_message_bytes_total;
+        let (limit, per_tenant) = {
+            let cfg = self.server.config();
+            (
+                cfg.server.large_message_bytes_total,
+                cfg.server.large_message_bytes_per_tenant,
+            )
+        };
+        // The tenant's share first: one tenant's clients cannot take the whole budget from
+        // every other tenant.
+        let tenant = self.stats().clone();
+        if !take(&tenant.large_message_bytes, total, per_tenant) {
+            return Err(End::OutOfMemory(format!(
+                "out of memory: a message of {total} bytes would take the bytes this tenant's clients' large messages may hold together past server.large_message_bytes_per_tenant ({per_tenant})"
+            )));
+        }
         let held = self.server.large_message_bytes.clone();
-        let taken = held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n + total <= limit).then_some(n + total)
-        });
-        if taken.is_err() {
+        if !take(&held, total, limit) {
+            tenant
+                .large_message_bytes
+                .fetch_sub(total, Ordering::AcqRel);
             return Err(End::OutOfMemory(format!(
                 "out of memory: a message of {total} bytes would take the bytes all clients' large messages may hold together past server.large_message_bytes_total ({limit})"
             )));
         }
-        self.large = Some(Box::new(Reservation { held, bytes: total }));
+        self.large = Some(Box::new(Reservation {
+            held,
+            tenant,
+            bytes: total,
+        }));
         Ok(())
     }
 }

@@ -53,8 +53,9 @@ pub struct Server {
     /// `server.sql_guard` at start-up (false: tenant SQL goes through unread).
     pub guard_enabled: bool,
     /// Threads that may run PostgreSQL's parser for the guard at once (as many as the
-    /// runtime's workers): a parse runs off the runtime's threads, so a long one never
-    /// stalls other clients, and this bounds the CPU and memory such parses take together.
+    /// runtime's workers, at least two): a parse runs off the runtime's threads, so a long
+    /// one never stalls other clients, and this bounds the CPU and memory such parses take
+    /// together.
     pub parser_slots: Arc<tokio::sync::Semaphore>,
     /// Bytes all clients hold for large messages they are sending (see
     /// `server.large_message_bytes_total`).
@@ -140,9 +141,11 @@ impl Server {
             // With the guard off nothing is refused: the parser path is not run at all.
             sql_guard: AnalysisCache::new(if guard_enabled { protected } else { Vec::new() }),
             guard_enabled,
-            parser_slots: Arc::new(tokio::sync::Semaphore::new(crate::config::worker_threads(
-                config_workers,
-            ))),
+            // At least two: each tenant parses one text at a time, so while one tenant keeps
+            // a slot busy the others still have one.
+            parser_slots: Arc::new(tokio::sync::Semaphore::new(
+                crate::config::worker_threads(config_workers).max(2),
+            )),
             large_message_bytes: Arc::new(AtomicUsize::new(0)),
             max_message: AtomicUsize::new(config_max_message),
             clients: AtomicUsize::new(0),
