@@ -123,10 +123,7 @@ impl Checker<'_> {
         if depth > MAX_DEPTH {
             return refuse("SQL nested too deep to verify");
         }
-        let parsed = parse_mode(sql, mode).map_err(|e| match e {
-            pg_query::Error::Parse(m) => Stop::Syntax(m),
-            other => Stop::Syntax(other.to_string()),
-        })?;
+        let parsed = parse_mode(sql, mode).map_err(tree::stop_of)?;
         let tree = serde_json::to_value(&parsed.protobuf)
             .map_err(|e| Stop::Syntax(format!("unreadable parse tree: {e}")))?;
         for raw in tree

@@ -210,3 +210,18 @@ fn syntax_errors_are_reported_as_postgresql_would() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_tree_too_deep_to_decode_is_a_limit_not_a_syntax_error() {
+    let deep = format!("SELECT 1; SELECT 'a'{}", " || 'a'".repeat(80));
+    match verdict(&deep) {
+        Parsed::Refused(v) => {
+            assert_eq!(v.code, crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED);
+            assert!(v.message().contains("too complex"), "{}", v.message());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Within the decoder's depth it is read as usual.
+    let shallow = format!("SELECT 1; SELECT 'a'{}", " || 'a'".repeat(20));
+    assert_eq!(verdict(&shallow), Parsed::Allowed);
+}

@@ -24,6 +24,22 @@ pub(super) fn with_escaping_strings<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Why the parse of a text stopped the check: PostgreSQL's grammar refused it (a syntax
+/// error), or the tree it made is deeper than its decoder reads (about 50 nested operators;
+/// PostgreSQL would run it, the guard cannot read it: a limit, not a syntax error).
+pub(super) fn stop_of(e: pg_query::Error) -> super::Stop {
+    match e {
+        pg_query::Error::Parse(m) => super::Stop::Syntax(m),
+        pg_query::Error::Decode(_) => super::Stop::Refused(crate::policy::GuardViolation {
+            setting: "statement too complex for pgtenant's guard: its parse tree nests deeper than the guard reads (about 50 nested operators or parentheses); send it as a statement of its own, or nest less".into(),
+            code: crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            widenable: Vec::new(),
+            position: None,
+        }),
+        other => super::Stop::Syntax(other.to_string()),
+    }
+}
+
 /// PostgreSQL's grammar in `mode` (a PL/pgSQL expression's `parseMode`: 0 a statement,
 /// 2 an expression, 3 to 5 an assignment to a name of 1 to 3 parts).
 pub(super) fn parse_mode(sql: &str, mode: i64) -> pg_query::Result<pg_query::ParseResult> {
