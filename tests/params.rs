@@ -485,3 +485,62 @@ async fn a_partial_start_up_datestyle_starts_from_the_default_not_the_last_clien
     }
     f.finish();
 }
+
+/// What PostgreSQL says about a client's start-up settings reaches the client, as on a
+/// direct connection: a 65-character application_name is truncated with a NOTICE (found
+/// by tokio-postgres's own `notices` test). Also when the answer comes from the start-up
+/// memo of an earlier client with the same settings.
+#[tokio::test]
+async fn start_up_notices_reach_the_client() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.pool_size = 1;
+        }
+    })
+    .await;
+    let long = "x".repeat(65);
+    let direct_addr = format!("127.0.0.1:{}", env.cluster.port()).parse().unwrap();
+    let direct = RawConn::connect_with(
+        direct_addr,
+        &[
+            ("user", "app_user"),
+            ("database", "app"),
+            ("application_name", &long),
+        ],
+        "app_password",
+    )
+    .await
+    .unwrap();
+    let want: Vec<(String, String)> = direct
+        .startup_notices
+        .iter()
+        .map(|n| (n.code.clone(), n.message.clone()))
+        .collect();
+    assert_eq!(want.len(), 1, "{want:?}");
+    assert!(want[0].1.contains("will be truncated"), "{want:?}");
+    let holder = env.proxy.connect("globex").await;
+    for round in 0..2 {
+        if round == 1 {
+            // The one backend is busy: the answer comes from the first login's memo.
+            holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        let through = RawConn::connect_with(
+            env.proxy.addr,
+            &[
+                ("user", "acme"),
+                ("database", "app"),
+                ("application_name", &long),
+            ],
+            "acme-secret",
+        )
+        .await
+        .unwrap();
+        let got: Vec<(String, String)> = through
+            .startup_notices
+            .iter()
+            .map(|n| (n.code.clone(), n.message.clone()))
+            .collect();
+        assert_eq!(got, want, "round {round}");
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -200,7 +200,7 @@ impl BackendConn {
         let mut out = BytesMut::new();
         messages::query(&mut out, "DISCARD ALL");
         messages::query(&mut out, RESEED);
-        self.exchange_until(&out, 2).await?;
+        self.exchange_until(&out, 2, None).await?;
         self.discarded();
         Ok(())
     }
@@ -239,7 +239,18 @@ impl BackendConn {
     /// Sends `out` and reads until ReadyForQuery, collecting DataRows as text. Used only for
     /// the proxy's own housekeeping, never on a client's behalf.
     pub async fn exchange(&mut self, out: &[u8]) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-        self.exchange_until(out, 1).await
+        self.exchange_until(out, 1, None).await
+    }
+
+    /// [`BackendConn::exchange`] that keeps the NoticeResponses it reads (whole messages)
+    /// in `notices`: a client's start-up settings, applied on its behalf, get the notices
+    /// PostgreSQL's own start-up would have sent it.
+    pub async fn exchange_keeping_notices(
+        &mut self,
+        out: &[u8],
+        notices: &mut BytesMut,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        self.exchange_until(out, 1, Some(notices)).await
     }
 
     /// [`BackendConn::exchange`] of `out` holding `readies` requests that each end with
@@ -249,6 +260,7 @@ impl BackendConn {
         &mut self,
         out: &[u8],
         mut readies: usize,
+        mut notices: Option<&mut BytesMut>,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         self.stream.send(out).await?;
         let mut rows = Vec::new();
@@ -261,6 +273,11 @@ impl BackendConn {
                     self.note_parameter(f.body());
                 }
                 bt::NOTIFICATION_RESPONSE => self.held_notifications.extend_from_slice(&f.raw),
+                bt::NOTICE_RESPONSE => {
+                    if let Some(n) = notices.as_deref_mut() {
+                        n.extend_from_slice(&f.raw);
+                    }
+                }
                 bt::ERROR_RESPONSE => {
                     error = error.or(Some(messages::parse_error_fields(f.body())));
                 }

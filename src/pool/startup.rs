@@ -15,6 +15,8 @@ pub struct StartupAnswer {
     pub reported: Vec<(String, String)>,
     /// The client's settings after the server normalised them, its defaults filled in.
     pub values: Vec<(String, String)>,
+    /// The NoticeResponses applying them brought (whole messages; usually none).
+    pub notices: bytes::Bytes,
 }
 
 /// A client's start-up settings as it sent them (names and values, in order).
@@ -65,6 +67,7 @@ mod tests {
         let memo = StartupMemo::default();
         let asked = pairs(&[("application_name", "app"), ("DateStyle", "iso")]);
         let answer = |tz: &str| StartupAnswer {
+            notices: bytes::Bytes::new(),
             reported: pairs(&[("TimeZone", tz)]),
             values: pairs(&[("DateStyle", "ISO, MDY")]),
         };

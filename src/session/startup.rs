@@ -45,7 +45,8 @@ impl Session {
         self.params.fill_defaults(conn);
         self.params.apply(conn, &mut out, &mut flow);
         messages::sync(&mut out);
-        if let Err(e) = conn.exchange(&out).await {
+        let mut notices = BytesMut::new();
+        if let Err(e) = conn.exchange_keeping_notices(&out, &mut notices).await {
             pooled.release(Cleanup::Full);
             // An invalid startup setting: PostgreSQL would refuse the connection the same way.
             return Err(match e {
@@ -68,11 +69,15 @@ impl Session {
                 slot.1 = v.to_string();
             }
         }
+        // What PostgreSQL says about the settings (a truncated application_name, say), as
+        // its own start-up would.
+        self.cout.extend_from_slice(&notices);
         if transaction {
             pooled.release(Cleanup::None);
             let answer = crate::pool::startup::StartupAnswer {
                 reported,
                 values: self.params.to_pairs(),
+                notices: notices.freeze(),
             };
             self.send_startup_response(&answer.reported).await?;
             self.pool.startup.put(asked, answer);
@@ -111,6 +116,7 @@ impl Session {
             self.params.set(k, v);
         }
         self.params.intern();
+        self.cout.extend_from_slice(&known.notices);
         self.send_startup_response(&known.reported).await
     }
 }

@@ -72,6 +72,8 @@ pub struct RawConn {
     buf: BytesMut,
     /// The process id of BackendKeyData (the proxy-issued one through pgtenant).
     pub pid: i32,
+    /// The NoticeResponses received while logging in.
+    pub startup_notices: Vec<ErrorFields>,
 }
 
 impl RawConn {
@@ -81,6 +83,7 @@ impl RawConn {
             stream: RawStream::Plain(TcpStream::connect(addr).await.expect("tcp connect")),
             buf: BytesMut::new(),
             pid: 0,
+            startup_notices: Vec::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl RawConn {
             stream: RawStream::Tls(Box::new(tls)),
             buf: BytesMut::new(),
             pid: 0,
+            startup_notices: Vec::new(),
         };
         c.login(&[("user", user), ("database", "app")], password)
             .await
@@ -175,6 +179,7 @@ impl RawConn {
                     }
                 }
                 b'K' => c.pid = i32::from_be_bytes(body[..4].try_into().unwrap()),
+                b'N' => c.startup_notices.push(parse_error_fields(&body)),
                 b'Z' => return Ok(self),
                 _ => {}
             }
