@@ -417,28 +417,6 @@ fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::deallocated_name;
-
-    #[test]
-    fn only_a_lone_deallocate_of_one_name_is_read() {
-        let name = |s: &str| deallocated_name(s.as_bytes()).map(|n| String::from_utf8(n).unwrap());
-        assert_eq!(name("DEALLOCATE _pg3_0").as_deref(), Some("_pg3_0"));
-        assert_eq!(name("deallocate prepare S1;").as_deref(), Some("s1"));
-        assert_eq!(name("DEALLOCATE \"S\"\"1\"").as_deref(), Some("S\"1"));
-        for other in [
-            "DEALLOCATE ALL",
-            "DEALLOCATE PREPARE ALL",
-            "DEALLOCATE a; SELECT 1",
-            "SELECT 1",
-            "DEALLOCATE",
-        ] {
-            assert_eq!(name(other), None, "{other}");
-        }
-    }
-}
-
 impl Session {
     /// A backend's ErrorResponse (`raw`, read as `fields`) written again as the client
     /// must see it: a refusal without the PL/pgSQL that raised it (see
@@ -491,4 +469,26 @@ impl Session {
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deallocated_name;
+
+    #[test]
+    fn only_a_lone_deallocate_of_one_name_is_read() {
+        let name = |s: &str| deallocated_name(s.as_bytes()).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(name("DEALLOCATE _pg3_0").as_deref(), Some("_pg3_0"));
+        assert_eq!(name("deallocate prepare S1;").as_deref(), Some("s1"));
+        assert_eq!(name("DEALLOCATE \"S\"\"1\"").as_deref(), Some("S\"1"));
+        for other in [
+            "DEALLOCATE ALL",
+            "DEALLOCATE PREPARE ALL",
+            "DEALLOCATE a; SELECT 1",
+            "SELECT 1",
+            "DEALLOCATE",
+        ] {
+            assert_eq!(name(other), None, "{other}");
+        }
+    }
 }

@@ -30,7 +30,7 @@ fn pipeline(first: Option<&str>) -> BytesMut {
         "UPDATE public.settings_v SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         &[],
     );
-    raw::extended(&mut out, &hidden_switch(&tenant_id("globex")), &[]);
+    raw::extended(&mut out, &hidden_switch(tenant_id("globex")), &[]);
     raw::extended(
         &mut out,
         "SELECT current_setting('app.current_tenant', true)",
