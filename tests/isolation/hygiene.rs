@@ -196,6 +196,17 @@ async fn left_state_never_reaches_the_next_tenant_guard_on_and_off() {
                     None,
                 ),
                 (
+                    "SELECT ('{acme}'::text[])[1].hyg_set_to",
+                    "SELECT current_setting('hyg.left', true)",
+                    None,
+                ),
+                (
+                    // A function in FROM: its alias stands for its value.
+                    "SELECT u.hyg_set_to FROM upper('acme') u",
+                    "SELECT current_setting('hyg.left', true)",
+                    None,
+                ),
+                (
                     "SELECT ('hyg_log_id_seq'::regclass).nextval",
                     "SELECT currval('hyg_log_id_seq')",
                     Some("55000"),

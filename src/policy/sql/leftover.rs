@@ -162,10 +162,9 @@ fn statement(s: &[Token]) -> Leftover {
     } else {
         Leftover::Sweep
     };
+    let sources = has_function_source(s);
     for k in 0..s.len() {
-        // `f(...)`, or `(x).f`: PostgreSQL's attribute notation calls `f(x)`.
-        let attribute = k >= 2 && is_op(s.get(k - 1), b'.') && is_op(s.get(k - 2), b')');
-        if is_op(s.get(k + 1), b'(') || attribute {
+        if is_op(s.get(k + 1), b'(') || attribute_call(s, k, sources) {
             worst = worst.max(call(s, k));
         }
     }
@@ -211,6 +210,85 @@ fn call(s: &[Token], k: usize) -> Leftover {
         Leftover::Unseen
     }
 }
+
+/// True when the name at `k` may be a call in PostgreSQL's attribute notation, `x.f` for
+/// `f(x)`: after a parenthesized expression `(x).f`, a subscript `a[1].f` or a parameter
+/// `$1.f`, and, in a statement with a function in its FROM list (`FROM upper($1) u`, whose
+/// alias stands for the function's value), after any name (`u.f`). A table alias's `t.f`
+/// calls `f(t)` only for a function of the table's row type (see the README).
+fn attribute_call(s: &[Token], k: usize, function_sources: bool) -> bool {
+    if k < 2 || !is_op(s.get(k - 1), b'.') || is_op(s.get(k + 1), b'(') {
+        return false;
+    }
+    let x = &s[k - 2];
+    is_op(Some(x), b')')
+        || is_op(Some(x), b']')
+        || x.kind == TokenKind::Param
+        || (function_sources && matches!(x.kind, TokenKind::Ident | TokenKind::QuotedIdent))
+}
+
+/// True when the statement `s` has a function call in a FROM list (after `FROM`, `JOIN`,
+/// `LATERAL`, or a comma of a FROM list), whose alias is the function's value.
+fn has_function_source(s: &[Token]) -> bool {
+    (0..s.len()).any(|k| {
+        if !is_op(s.get(k + 1), b'(')
+            || !matches!(s[k].kind, TokenKind::Ident | TokenKind::QuotedIdent)
+        {
+            return false;
+        }
+        // Skip a qualifier: `FROM pg_catalog.f(...)`.
+        let mut p = k;
+        while p >= 2 && is_op(s.get(p - 1), b'.') {
+            p -= 2;
+        }
+        let Some(before) = p.checked_sub(1) else {
+            return false;
+        };
+        if is_kw_in(s.get(before), &["from", "join", "lateral"]) {
+            return true;
+        }
+        is_op(s.get(before), b',') && in_from_list(s, before)
+    })
+}
+
+/// True when the comma at `at` separates items of a FROM list: the nearest clause word
+/// before it at the same parenthesis depth is `FROM` (or `JOIN`).
+fn in_from_list(s: &[Token], at: usize) -> bool {
+    let mut depth = 0usize;
+    for t in s[..at].iter().rev() {
+        if is_op(Some(t), b')') {
+            depth += 1;
+        } else if is_op(Some(t), b'(') {
+            if depth == 0 {
+                return false;
+            }
+            depth -= 1;
+        } else if depth == 0 && is_kw_in(Some(t), &["from", "join"]) {
+            return true;
+        } else if depth == 0 && is_kw_in(Some(t), &CLAUSES) {
+            return false;
+        }
+    }
+    false
+}
+
+/// Words that start a clause other than FROM (a comma after them is not in a FROM list).
+const CLAUSES: [&str; 14] = [
+    "select",
+    "where",
+    "group",
+    "having",
+    "window",
+    "order",
+    "limit",
+    "offset",
+    "values",
+    "set",
+    "returning",
+    "on",
+    "using",
+    "into",
+];
 
 /// True when `s` is `CREATE [UNIQUE] INDEX ...`, where `ON t (` names a table's columns.
 fn creates_index(s: &[Token]) -> bool {
@@ -268,6 +346,9 @@ mod tests {
             "SELECT current_setting('app.current_tenant')",
             "SELECT x::varchar(10), CAST(y AS numeric(10, 2)) FROM t",
             "WITH a AS (SELECT 1) SELECT * FROM a",
+            // A table's alias: `t.a` is a column (unless a function of its row type exists).
+            "SELECT t.a, u.b FROM t, u WHERE t.id = lower($1)",
+            "SELECT t.a FROM t WHERE t.b IN (SELECT count(*) FROM u)",
         ] {
             assert_eq!(of(t), Leftover::Nothing, "{t}");
         }
@@ -317,9 +398,15 @@ mod tests {
             "SELECT count(*) FROM x JOIN y ON set_pref('9MB') IS NOT NULL",
             "SELECT 1 FROM x JOIN y ON public.set_pref('9MB') IS NOT NULL",
             "CREATE TABLE t2 AS SELECT 1 FROM x JOIN y ON f(1)",
-            // Attribute notation: `(x).f` is `f(x)` (red-team: `('9MB'::text).set_pref`).
+            // Attribute notation: `(x).f` is `f(x)` (red-team: `('9MB'::text).set_pref`),
+            // also after a subscript, a parameter, and a function's alias in FROM.
             "SELECT ('9MB'::text).set_pref",
             "SELECT ('9MB'::text).\"set_pref\"",
+            "SELECT $1.set_pref",
+            "SELECT ('{11MB}'::text[])[1].set_pref",
+            "SELECT u.set_pref FROM upper('17MB') u",
+            "SELECT u.set_pref FROM t, upper('17MB') AS u",
+            "SELECT u.set_pref FROM t JOIN LATERAL lower(t.a) u ON true",
         ] {
             assert_eq!(of(t), Leftover::Unseen, "{t}");
         }
