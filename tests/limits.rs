@@ -441,6 +441,46 @@ async fn all_clients_prepared_statements_are_bounded_together() {
     );
 }
 
+/// One tenant's clients keep at most `prepared_statement_bytes_per_tenant` together, so one
+/// tenant cannot fill the database's total and lock every other tenant out of preparing
+/// statements (red-team: 68 connections of one tenant took the whole 1 GiB).
+#[tokio::test]
+async fn one_tenants_prepared_statements_are_bounded_together() {
+    let env = TestEnv::start_with(|c| {
+        for db in c.databases.values_mut() {
+            db.prepared_statement_bytes = 64 * 1024;
+            db.prepared_statement_bytes_total = 512 * 1024;
+            db.prepared_statement_bytes_per_tenant = Some(96 * 1024);
+        }
+    })
+    .await;
+    let outcome = |r: (usize, Option<messages::ErrorFields>)| {
+        let e = r.1.unwrap_or_default();
+        (
+            r.0,
+            e.code,
+            e.message.contains("prepared_statement_bytes_per_tenant"),
+        )
+    };
+    let mut first = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    assert_eq!(outcome(fill(&mut first).await), (15, "54000".into(), false));
+    let mut second = RawConn::connect(env.proxy.addr, "acme", "acme-secret")
+        .await
+        .unwrap();
+    // 96 KiB less the first client's 15 statements leaves room for 7.
+    assert_eq!(outcome(fill(&mut second).await), (7, "53200".into(), true));
+    // Another tenant is not locked out.
+    let mut globex = RawConn::connect(env.proxy.addr, "globex", "globex-secret")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(fill(&mut globex).await),
+        (15, "54000".into(), false)
+    );
+}
+
 /// A long text the guard's fast path cannot clear would cost PostgreSQL's parser thousands
 /// of times its size in the proxy's memory and seconds of its worker: over 128 KiB such a
 /// text is refused (54000) at once, and other clients are served meanwhile. A long text

@@ -51,6 +51,11 @@ pub struct DatabaseConfig {
     /// exhaust the proxy's memory). Beyond it a client's Parse gets ERROR 53200.
     #[serde(default = "default_statement_bytes_total")]
     pub prepared_statement_bytes_total: usize,
+    /// The part of `prepared_statement_bytes_total` one tenant's clients may keep together,
+    /// so one tenant cannot take it all (default: a quarter, at least
+    /// `prepared_statement_bytes`). Beyond it a client's Parse gets ERROR 53200.
+    #[serde(default)]
+    pub prepared_statement_bytes_per_tenant: Option<usize>,
     /// Transaction pooling: a plain BEGIN is answered by the proxy and sent with the
     /// transaction's first statement (no backend held in between, one round trip fewer).
     #[serde(default = "default_true")]
@@ -140,6 +145,12 @@ impl DatabaseConfig {
     pub fn pinned_limit(&self) -> usize {
         self.max_pinned_connections
             .unwrap_or((self.pool_size / 2).max(1))
+    }
+
+    /// The bytes of prepared statements one tenant's clients may keep in force.
+    pub fn statement_bytes_per_tenant(&self) -> usize {
+        self.prepared_statement_bytes_per_tenant
+            .unwrap_or((self.prepared_statement_bytes_total / 4).max(self.prepared_statement_bytes))
     }
 }
 

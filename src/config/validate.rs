@@ -175,6 +175,17 @@ impl Config {
                     ),
                 );
             }
+            if let Some(n) = db.prepared_statement_bytes_per_tenant
+                && (n < db.prepared_statement_bytes || n > db.prepared_statement_bytes_total)
+            {
+                bad(
+                    key("prepared_statement_bytes_per_tenant"),
+                    format!(
+                        "must be at least prepared_statement_bytes ({}) and at most prepared_statement_bytes_total ({})",
+                        db.prepared_statement_bytes, db.prepared_statement_bytes_total
+                    ),
+                );
+            }
             if let Some(n) = db.max_pinned_connections
                 && n > db.pool_size
             {

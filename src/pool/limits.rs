@@ -24,6 +24,7 @@ pub(super) struct Limits {
     /// Bytes of named statements one client, and all clients, may keep defined.
     pub(super) statement_bytes: usize,
     pub(super) statement_bytes_total: usize,
+    pub(super) statement_bytes_per_tenant: usize,
 }
 
 impl Limits {
@@ -42,6 +43,7 @@ impl Limits {
             hold: cfg.affinity_hold,
             statement_bytes: cfg.prepared_statement_bytes,
             statement_bytes_total: cfg.prepared_statement_bytes_total,
+            statement_bytes_per_tenant: cfg.statement_bytes_per_tenant(),
         }
     }
 }

@@ -193,11 +193,15 @@ impl Pool {
         self.limits.load().pin_mode
     }
 
-    /// Bytes of named prepared statements one client, and all clients of this pool
-    /// together, may keep defined.
-    pub fn statement_bytes(&self) -> (usize, usize) {
+    /// Bytes of prepared statements one client, all clients of this pool together, and
+    /// one tenant's clients together may keep defined.
+    pub fn statement_bytes(&self) -> crate::session::statements::Budgets {
         let limits = self.limits.load();
-        (limits.statement_bytes, limits.statement_bytes_total)
+        crate::session::statements::Budgets {
+            client: limits.statement_bytes,
+            total: limits.statement_bytes_total,
+            tenant: limits.statement_bytes_per_tenant,
+        }
     }
 
     /// Connections pinned to one client right now.

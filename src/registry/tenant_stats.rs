@@ -28,6 +28,9 @@ pub struct TenantStats {
     /// Bytes the tenant's clients hold for large messages arriving (see
     /// `server.large_message_bytes_per_tenant`).
     pub large_message_bytes: AtomicUsize,
+    /// Bytes of prepared statements the tenant's clients keep defined (see
+    /// `databases.<name>.prepared_statement_bytes_per_tenant`).
+    pub statement_bytes: Arc<AtomicUsize>,
 }
 
 /// One permit: whose turn it is to run the guard's parser among a tenant's clients.

@@ -48,7 +48,7 @@ impl Session {
                     return false;
                 };
                 if frame.tag == ft::PARSE {
-                    let usage = &self.pool.statement_usage;
+                    let usage = super::prepared::usage_of(&self.pool, &self.me);
                     self.statements
                         .define(frame.body(), crate::policy::Reading::BEGIN, usage);
                 }

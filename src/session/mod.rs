@@ -259,9 +259,7 @@ impl Session {
     /// The tenant's counters (kept with the client's identity, not copied into every
     /// session).
     fn stats(&self) -> &Arc<TenantStats> {
-        static UNCOUNTED: std::sync::LazyLock<Arc<TenantStats>> =
-            std::sync::LazyLock::new(Arc::default);
-        self.me.entry.identity().map_or(&UNCOUNTED, |i| &i.stats)
+        stats_of(&self.me)
     }
 
     /// Keeps the client's admission slot until the session ends.
@@ -305,6 +303,14 @@ pub async fn drive(mut s: Box<Session>, mut wake: lot::Wake) {
             Err(back) => (s, wake) = (back, lot::Wake::Ready),
         }
     }
+}
+
+/// The counters of the tenant of the client `me` (one shared set for clients not yet
+/// logged in).
+fn stats_of(me: &ClientHandle) -> &Arc<TenantStats> {
+    static UNCOUNTED: std::sync::LazyLock<Arc<TenantStats>> =
+        std::sync::LazyLock::new(Arc::default);
+    me.entry.identity().map_or(&UNCOUNTED, |i| &i.stats)
 }
 
 /// Relays until the client leaves (then returns the backend, cleaned, or closes it) or

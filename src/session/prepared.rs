@@ -37,11 +37,10 @@ impl Session {
     fn forward_translated(&mut self, frame: &Frame) -> Option<()> {
         match frame.tag {
             ft::PARSE => {
-                let Defined::Named(def) = self.statements.define(
-                    frame.body(),
-                    self.frame_reading,
-                    &self.pool.statement_usage,
-                )?
+                let usage = usage_of(&self.pool, &self.me);
+                let Defined::Named(def) =
+                    self.statements
+                        .define(frame.body(), self.frame_reading, usage)?
                 else {
                     return None;
                 };
@@ -246,20 +245,30 @@ impl Session {
             return None;
         }
         let limits = self.pool.statement_bytes();
-        let usage = &self.pool.statement_usage;
-        let (code, message) = match self.statements.over_budget(frame.body(), limits, usage)? {
+        let counters = (&*self.pool.statement_usage, &*self.stats().statement_bytes);
+        let (code, message) = match self
+            .statements
+            .over_budget(frame.body(), limits, counters)?
+        {
             Over::Client => (
                 crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "prepared statements of this connection would exceed {} bytes (databases.{}.prepared_statement_bytes); close some first",
-                    limits.0, self.pool.name
+                    limits.client, self.pool.name
+                ),
+            ),
+            Over::Tenant => (
+                crate::protocol::sqlstate::OUT_OF_MEMORY,
+                format!(
+                    "prepared statements of all this tenant's clients would exceed {} bytes (databases.{}.prepared_statement_bytes_per_tenant)",
+                    limits.tenant, self.pool.name
                 ),
             ),
             Over::Pool => (
                 crate::protocol::sqlstate::OUT_OF_MEMORY,
                 format!(
                     "prepared statements of all clients of database {} would exceed {} bytes (databases.{}.prepared_statement_bytes_total)",
-                    self.pool.name, limits.1, self.pool.name
+                    self.pool.name, limits.total, self.pool.name
                 ),
             ),
         };
@@ -308,7 +317,11 @@ impl Session {
         }
         if self
             .statements
-            .define(frame.body(), self.frame_reading, &self.pool.statement_usage)
+            .define(
+                frame.body(),
+                self.frame_reading,
+                usage_of(&self.pool, &self.me),
+            )
             .is_none()
         {
             return false;
@@ -414,6 +427,18 @@ fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
                 .into_bytes(),
         ),
         _ => None,
+    }
+}
+
+/// Where the statement bytes of client `me` of `pool` are counted, for the statements it
+/// defines: the pool's total and its tenant's (made only when the first is defined).
+pub(super) fn usage_of<'a>(
+    pool: &'a Arc<crate::pool::Pool>,
+    me: &'a crate::registry::ClientHandle,
+) -> impl FnOnce() -> super::statements::Usage + 'a {
+    move || super::statements::Usage {
+        pool: pool.statement_usage.clone(),
+        tenant: super::stats_of(me).statement_bytes.clone(),
     }
 }
 

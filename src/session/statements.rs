@@ -37,24 +37,52 @@ pub struct ClientStatements {
 /// budget so that many tiny statements cost what they take.
 const ENTRY_COST: usize = 256;
 
-/// The client's named statements, and the bytes they take, also counted in `usage`, the
-/// pool's total over all its clients.
+/// Where a client's statement bytes are also counted: the pool's total over all its
+/// clients, and its tenant's over all the tenant's clients.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub pool: Arc<AtomicUsize>,
+    pub tenant: Arc<AtomicUsize>,
+}
+
+impl Usage {
+    fn add(&self, n: usize) {
+        self.pool.fetch_add(n, Ordering::Relaxed);
+        self.tenant.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.pool.fetch_sub(n, Ordering::Relaxed);
+        self.tenant.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// The byte budgets a Parse is checked against: one client's named statements, all
+/// clients' of the pool, and all clients' of one tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    pub client: usize,
+    pub total: usize,
+    pub tenant: usize,
+}
+
+/// The client's named statements, and the bytes they take, also counted in `usage`.
 #[derive(Debug)]
 struct Named {
     map: HashMap<Vec<u8>, Arc<StatementDef>>,
     bytes: usize,
-    usage: Arc<AtomicUsize>,
+    usage: Usage,
 }
 
 impl Named {
     fn add(&mut self, n: usize) {
         self.bytes += n;
-        self.usage.fetch_add(n, Ordering::Relaxed);
+        self.usage.add(n);
     }
 
     fn sub(&mut self, n: usize) {
         self.bytes -= n;
-        self.usage.fetch_sub(n, Ordering::Relaxed);
+        self.usage.sub(n);
     }
 
     fn take(&mut self, name: &[u8]) {
@@ -66,7 +94,7 @@ impl Named {
 
 impl Drop for Named {
     fn drop(&mut self) {
-        self.usage.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.usage.sub(self.bytes);
     }
 }
 
@@ -77,6 +105,8 @@ pub enum Over {
     Client,
     /// All clients' of the pool together (`prepared_statement_bytes_total`).
     Pool,
+    /// All clients' of the tenant together (`prepared_statement_bytes_per_tenant`).
+    Tenant,
 }
 
 /// What a named statement counts against the budget.
@@ -85,17 +115,17 @@ fn cost(name: &[u8], body: &[u8]) -> usize {
 }
 
 /// The client's unnamed statement: its Parse body after the (empty) name, counted in
-/// `usage` (the pool's total) while it is kept.
+/// `usage` while it is kept.
 #[derive(Debug)]
 pub struct Unnamed {
     pub body: Vec<u8>,
     pub reading: Reading,
-    usage: Arc<AtomicUsize>,
+    usage: Usage,
 }
 
 impl Drop for Unnamed {
     fn drop(&mut self) {
-        self.usage.fetch_sub(self.body.len(), Ordering::Relaxed);
+        self.usage.sub(self.body.len());
     }
 }
 
@@ -112,12 +142,12 @@ pub enum Defined {
 
 impl ClientStatements {
     /// Records the statement a Parse defines, with what the guard read in its query; its
-    /// bytes count in `usage` (the pool's total) too.
+    /// bytes count in `usage` (the pool's and the tenant's totals) too.
     pub fn define(
         &mut self,
         parse_body: &[u8],
         reading: Reading,
-        usage: &Arc<AtomicUsize>,
+        usage: impl FnOnce() -> Usage,
     ) -> Option<Defined> {
         let (name, rest) = read_cstr(parse_body)?;
         if name.is_empty() {
@@ -125,16 +155,16 @@ impl ClientStatements {
                 Box::new(Unnamed {
                     body: Vec::new(),
                     reading: Reading::default(),
-                    usage: usage.clone(),
+                    usage: usage(),
                 })
             });
             // Drivers re-parse texts of one length over and over: the shared total moves
             // only when the length does.
             let old = u.body.len();
             if rest.len() > old {
-                u.usage.fetch_add(rest.len() - old, Ordering::Relaxed);
+                u.usage.add(rest.len() - old);
             } else if rest.len() < old {
-                u.usage.fetch_sub(old - rest.len(), Ordering::Relaxed);
+                u.usage.sub(old - rest.len());
             }
             if u.body.capacity() > UNNAMED_KEPT && rest.len() <= UNNAMED_KEPT {
                 u.body = Vec::new();
@@ -149,7 +179,7 @@ impl ClientStatements {
             Box::new(Named {
                 map: HashMap::new(),
                 bytes: 0,
-                usage: usage.clone(),
+                usage: usage(),
             })
         });
         named.take(name);
@@ -166,27 +196,34 @@ impl ClientStatements {
         (!name.is_empty() && self.by_name.as_ref()?.map.contains_key(name)).then_some(name)
     }
 
-    /// Which budget the statement a Parse defines would exceed: the client's own `limit`
-    /// (named statements), or `total` for all clients whose statements `usage` counts.
+    /// Which budget the statement a Parse defines would exceed: the client's own (named
+    /// statements), or the total of all clients of the pool (`pool` counts it), or of the
+    /// tenant (`tenant`).
     pub fn over_budget(
         &self,
         parse_body: &[u8],
-        (limit, total): (usize, usize),
-        usage: &AtomicUsize,
+        budgets: Budgets,
+        (pool, tenant): (&AtomicUsize, &AtomicUsize),
     ) -> Option<Over> {
         let (name, rest) = read_cstr(parse_body)?;
-        let usage = usage.load(Ordering::Relaxed);
-        if name.is_empty() {
-            // The unnamed statement (one bulk INSERT may be large) counts in the pool's
-            // total only, and replaces the last one.
-            let replaced = self.unnamed.as_ref().map_or(0, |u| u.body.len());
-            return (usage.saturating_sub(replaced) + rest.len() > total).then_some(Over::Pool);
-        }
-        let n = cost(name, rest);
+        let pool = pool.load(Ordering::Relaxed);
+        let tenant = tenant.load(Ordering::Relaxed);
+        // The unnamed statement (one bulk INSERT may be large) counts in the totals only,
+        // and replaces the last one.
+        let (n, freed) = if name.is_empty() {
+            (
+                rest.len(),
+                self.unnamed.as_ref().map_or(0, |u| u.body.len()),
+            )
+        } else {
+            (cost(name, rest), 0)
+        };
         let held = self.by_name.as_ref().map_or(0, |n| n.bytes);
-        if held + n > limit {
+        if !name.is_empty() && held + n > budgets.client {
             Some(Over::Client)
-        } else if usage + n > total {
+        } else if tenant.saturating_sub(freed) + n > budgets.tenant {
+            Some(Over::Tenant)
+        } else if pool.saturating_sub(freed) + n > budgets.total {
             Some(Over::Pool)
         } else {
             None
@@ -336,8 +373,15 @@ pub fn statement_target(frame: &Frame) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    fn usage() -> Usage {
+        Usage {
+            pool: Arc::default(),
+            tenant: Arc::default(),
+        }
+    }
+
     fn named(c: &mut ClientStatements, parse: &[u8]) -> Arc<StatementDef> {
-        match c.define(parse, Reading::default(), &Arc::default()) {
+        match c.define(parse, Reading::default(), usage) {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         }
@@ -345,17 +389,24 @@ mod tests {
 
     #[test]
     fn named_statements_are_counted_against_the_byte_budgets() {
-        let usage = Arc::new(AtomicUsize::new(0));
+        let usage = usage();
+        let counted = || usage.pool.load(Ordering::Relaxed);
         let define = |c: &mut ClientStatements, parse: &[u8]| match c.define(
             parse,
             Reading::default(),
-            &usage,
+            || usage.clone(),
         ) {
             Some(Defined::Named(d)) => d,
             other => panic!("{other:?}"),
         };
+        let budgets = |client, total, tenant| Budgets {
+            client,
+            total,
+            tenant,
+        };
+        let counters = (&*usage.pool, &*usage.tenant);
         let over = |c: &ClientStatements, parse: &[u8], limit: usize, total: usize| {
-            c.over_budget(parse, (limit, total), &usage)
+            c.over_budget(parse, budgets(limit, total, usize::MAX), counters)
         };
         let mut c = ClientStatements::default();
         // Name "s1" (2) + body "select 1\0" + no types (2 + 9 + 2 = 13 bytes) + the entry.
@@ -364,38 +415,49 @@ mod tests {
         assert_eq!(over(&c, s1, one, one), None);
         assert_eq!(over(&c, s1, one - 1, one), Some(Over::Client));
         define(&mut c, s1);
-        assert_eq!(usage.load(Ordering::Relaxed), one);
+        assert_eq!(counted(), one);
+        assert_eq!(
+            usage.tenant.load(Ordering::Relaxed),
+            one,
+            "the tenant's too"
+        );
         let s2 = b"s2\0select 2\0\0\0";
         assert_eq!(over(&c, s2, 2 * one - 1, 9 * one), Some(Over::Client));
         assert_eq!(over(&c, s2, 2 * one, 9 * one), None);
-        // The unnamed statement counts (its body, no entry) in the pool's total only, and
+        // The tenant's share of the total.
+        let tenant_over = c.over_budget(s2, budgets(9 * one, 9 * one, 2 * one - 1), counters);
+        assert_eq!(tenant_over, Some(Over::Tenant));
+        // The unnamed statement counts (its body, no entry) in the totals only, and
         // replaces the last one.
         let unnamed = b"\0select 3\0\0\0";
         assert_eq!(over(&c, unnamed, 0, one + 11), None);
         assert_eq!(over(&c, unnamed, 0, one + 10), Some(Over::Pool));
+        let tenant_over = c.over_budget(unnamed, budgets(0, 9 * one, one + 10), counters);
+        assert_eq!(tenant_over, Some(Over::Tenant));
         assert!(matches!(
-            c.define(unnamed, Reading::default(), &usage),
+            c.define(unnamed, Reading::default(), || usage.clone()),
             Some(Defined::Unnamed)
         ));
-        c.define(unnamed, Reading::default(), &usage);
-        assert_eq!(usage.load(Ordering::Relaxed), one + 11);
+        c.define(unnamed, Reading::default(), || usage.clone());
+        assert_eq!(counted(), one + 11);
         assert_eq!(over(&c, unnamed, one + 11, one + 11), None, "a replacement");
         c.unnamed = None;
-        assert_eq!(usage.load(Ordering::Relaxed), one);
+        assert_eq!(counted(), one);
         // Another client's statements count in the pool's total, not in this client's.
         let mut other = ClientStatements::default();
         define(&mut other, s1);
         assert_eq!(over(&c, s2, 2 * one, 2 * one), Some(Over::Pool));
         drop(other);
-        assert_eq!(usage.load(Ordering::Relaxed), one, "a client's go with it");
+        assert_eq!(counted(), one, "a client's go with it");
         c.remove(b"s1");
         assert_eq!(over(&c, s2, one, one), None);
         let d = define(&mut c, s2);
         c.forget_backend_name(&d.backend_name);
-        assert_eq!(usage.load(Ordering::Relaxed), 0);
+        assert_eq!(counted(), 0);
         define(&mut c, s1);
         c.clear();
-        assert_eq!(usage.load(Ordering::Relaxed), 0);
+        assert_eq!(counted(), 0);
+        assert_eq!(usage.tenant.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -462,13 +524,13 @@ mod tests {
                     no_txn_block: true,
                     ..Reading::default()
                 },
-                &Arc::default(),
+                usage,
             ),
             Some(Defined::Unnamed)
         ));
         assert!(a.reading(b"").unwrap().no_txn_block);
         assert!(matches!(
-            a.define(b"\0select 3\0\0\0", Reading::default(), &Arc::default()),
+            a.define(b"\0select 3\0\0\0", Reading::default(), usage),
             Some(Defined::Unnamed)
         ));
         assert_eq!(a.unnamed().unwrap().body, b"select 3\0\0\0");
