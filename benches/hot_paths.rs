@@ -270,11 +270,14 @@ fn statements(c: &mut Criterion) {
         .map(|i| parse_body(&format!("s{i}"), &format!("{SELECT} AND bid = {i}")))
         .collect();
     let mut client = ClientStatements::default();
-    let usage = std::sync::Arc::default();
+    let usage = pgtenant::session::statements::Usage {
+        pool: std::sync::Arc::default(),
+        tenant: std::sync::Arc::default(),
+    };
     let named = |client: &mut ClientStatements, body: &[u8]| match client.define(
         body,
         Reading::default(),
-        &usage,
+        || usage.clone(),
     ) {
         Some(Defined::Named(d)) => d,
         other => panic!("{other:?}"),
@@ -284,7 +287,7 @@ fn statements(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            black_box(client.define(&bodies[i], Reading::default(), &usage))
+            black_box(client.define(&bodies[i], Reading::default(), || usage.clone()))
         })
     });
     // What drivers do for nearly every query: re-parse the unnamed statement.
@@ -293,7 +296,7 @@ fn statements(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 client
-                    .define(&unnamed, Reading::default(), &usage)
+                    .define(&unnamed, Reading::default(), || usage.clone())
                     .is_some(),
             )
         })
