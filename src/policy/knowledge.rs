@@ -349,7 +349,7 @@ pub fn function(name: &str) -> Option<Func> {
 /// kind the allow-list refuses (a listed one, or a parse-node name `...Stmt` it does not
 /// know). Protected settings, functions and relations are never widened.
 pub fn widening_problem(kind: &str) -> Option<String> {
-    let node_name = kind.ends_with("Stmt")
+    let node_name = (kind.ends_with("Stmt") || kind == TWO_PHASE)
         && kind.starts_with(|c: char| c.is_ascii_uppercase())
         && kind.chars().all(|c| c.is_ascii_alphanumeric());
     match statement(kind) {

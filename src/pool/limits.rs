@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use crate::config::{DatabaseConfig, PinMode};
 
+/// The byte budgets a Parse is checked against: one client's named statements, all
+/// clients' of the pool, and all clients' of one tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementBudgets {
+    pub client: usize,
+    pub total: usize,
+    pub tenant: usize,
+}
+
 /// The limits of a pool that a reload may change in place.
 #[derive(Debug, Clone)]
 pub(super) struct Limits {

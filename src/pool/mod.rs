@@ -21,6 +21,7 @@ mod limits;
 pub mod startup;
 use affinity::Place;
 pub use conn::PooledConn;
+pub use limits::StatementBudgets;
 use limits::{Limits, backend_identity};
 
 /// A backend handed from a releasing client straight to a waiting one, with its slot.
@@ -195,9 +196,9 @@ impl Pool {
 
     /// Bytes of prepared statements one client, all clients of this pool together, and
     /// one tenant's clients together may keep defined.
-    pub fn statement_bytes(&self) -> crate::session::statements::Budgets {
+    pub fn statement_bytes(&self) -> StatementBudgets {
         let limits = self.limits.load();
-        crate::session::statements::Budgets {
+        StatementBudgets {
             client: limits.statement_bytes,
             total: limits.statement_bytes_total,
             tenant: limits.statement_bytes_per_tenant,

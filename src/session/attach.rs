@@ -320,9 +320,9 @@ impl Session {
             && self.flow.is_settled()
         {
             // A pin taken for a request that then never reached a backend (no backend
-            // free in time): nothing is kept, so nothing holds it.
+            // free in time): nothing is kept, so nothing holds it. (`dirty` stays: a
+            // statement defined meanwhile may still run and keep state.)
             self.pin = None;
-            self.dirty = false;
         }
         if self.pool.mode == PoolMode::Session
             || !self.attachment.is_attached()

@@ -119,8 +119,11 @@ impl Session {
                 "reserved_name",
             ));
         }
-        // Last, once nothing else refuses the request: the pin is held from here on.
-        if let Some(what) = keeps_state
+        // Last, once nothing else refuses the request: the pin is held from here on. Not
+        // for a named Parse the proxy answers itself (no backend runs it now; its
+        // statement is seen when it runs, by the state PostgreSQL reports after it).
+        let answered_here = !self.attachment.is_attached() && self.answers_locally(frame);
+        if let Some(what) = keeps_state.filter(|_| !answered_here)
             && let Some((code, msg)) = self.reserve_pin(what)
         {
             return Err(Refusal::new(code, msg, "pin"));

@@ -68,7 +68,9 @@ impl Session {
             Some(head) => {
                 let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
                 let total = len.saturating_add(1);
-                (total > LARGE && total > self.cbuf.len()).then_some(total)
+                // Past max_message_size the codec refuses it (08P01) before it is read.
+                let allowed = total <= self.server.max_message().saturating_add(1);
+                (total > LARGE && total > self.cbuf.len() && allowed).then_some(total)
             }
             None => None,
         };

@@ -156,7 +156,10 @@ impl Session {
             }
         }
         match self.take_pin() {
-            Ok(()) => true,
+            Ok(()) => {
+                tracing::debug!(parent: &self.span(), kept, "the client keeps its server connection");
+                true
+            }
             Err(cap) => {
                 let why = cap.message("cannot keep it");
                 self.warn_discarded(kept, &why);

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use crate::backend::statements::StatementDef;
 use crate::policy::Reading;
 use crate::policy::sql::Leftover;
+pub use crate::pool::StatementBudgets as Budgets;
 use crate::protocol::codec::{Frame, read_cstr};
 use crate::protocol::frontend_tag as ft;
 use crate::protocol::messages::write_msg;
@@ -55,15 +56,6 @@ impl Usage {
         self.pool.fetch_sub(n, Ordering::Relaxed);
         self.tenant.fetch_sub(n, Ordering::Relaxed);
     }
-}
-
-/// The byte budgets a Parse is checked against: one client's named statements, all
-/// clients' of the pool, and all clients' of one tenant.
-#[derive(Debug, Clone, Copy)]
-pub struct Budgets {
-    pub client: usize,
-    pub total: usize,
-    pub tenant: usize,
 }
 
 /// The client's named statements, and the bytes they take, also counted in `usage`.
