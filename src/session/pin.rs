@@ -21,8 +21,9 @@ pub(super) const KEPT_ROW: &str = "pgtenant kept";
 
 /// One text column listing what the session keeps, comma-separated ('' when nothing): temp
 /// objects (relations, and every other kind through its dependency on the temp schema:
-/// functions, types, domains, collations, operators, text search objects), channels listened to, WITH HOLD cursors, SQL-level prepared statements, and
-/// session advisory locks. Run only between transactions, where transaction-level cursors
+/// functions, types, domains, collations, operators, text search objects), channels
+/// listened to, WITH HOLD cursors, SQL-level prepared statements, and session advisory
+/// locks. Run only between transactions, where transaction-level cursors
 /// and locks are already gone.
 pub(super) const KEPT_SQL: &str = "SELECT 'pgtenant kept', pg_catalog.concat_ws(',', \
     CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
@@ -96,16 +97,13 @@ impl Session {
     }
 
     /// Before a statement that keeps session state is sent: None when it may run, else the
-    /// SQLSTATE and message that refuse it (`pin_session_state = "refuse"`, or no pin left).
-    /// Under `"pin"` the pin is taken now, not when the transaction ends: two clients
+    /// SQLSTATE and message that refuse it (no pin left; `pin_session_state = "refuse"` is
+    /// [`Session::pin_refusal`]'s, asked first). Under `"pin"` the pin is taken now, not when the transaction ends: two clients
     /// racing for the last pin then learn which one won before their state exists, instead
     /// of the loser's state being discarded at its COMMIT. A pin taken for state that does
     /// not outlive the transaction is given back at release (the session is marked as
     /// changed, so PostgreSQL is asked what it keeps).
     pub(super) fn reserve_pin(&mut self, what: &str) -> Option<(&'static str, String)> {
-        if let Some(refused) = self.pin_refusal(what) {
-            return Some(refused);
-        }
         if self.pin.is_some()
             || self.pool.mode != crate::config::PoolMode::Transaction
             || self.pool.pin_mode() != PinMode::Pin
